@@ -1,0 +1,253 @@
+"""The batch-first policy interface every algorithm implements.
+
+A policy sees a :class:`ContextBatch`: ``n`` events, each with its own candidate list,
+flattened into ``P`` rows (one per (event, candidate) pair) of a dense feature matrix.
+``choose`` returns, per event, the sampled row, its probability and the full
+distribution; ``learn`` takes the logged (features, action, reward, probability).
+
+Every decision's logged probability is the exact probability with which the action was
+sampled: subclasses only compute a distribution (``_distribution``) and the base class
+samples from *that* distribution by inverse CDF, with a uniform drawn from a stable hash
+of the event id and the policy's seed. The same state and the same event therefore give
+the same decision, across processes and restarts (Python's salted ``hash()`` is never
+used).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.utils import murmurhash3_32
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+STATE_VERSION = 1
+_TWO_POW_53 = float(1 << 53)
+
+
+class PolicyError(Exception):
+    """Root of the policies package's errors (bad state, bad batch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContextBatch:
+    """``n`` events flattened into ``P`` candidate rows.
+
+    Event ``i`` owns rows ``offsets[i]:offsets[i+1]``; ``actions[r]`` names row ``r``'s
+    candidate and ``X[r]`` is its feature vector. ``keys[i]`` (the event id) seeds the
+    event's exploration.
+    """
+
+    X: FloatArray
+    actions: list[str]
+    offsets: IntArray
+    keys: list[str]
+
+    @property
+    def n_events(self) -> int:
+        return len(self.keys)
+
+    @property
+    def sizes(self) -> IntArray:
+        return np.diff(self.offsets)
+
+    def row_event(self) -> IntArray:
+        """Event index of every row, shape ``[P]``."""
+        return np.repeat(np.arange(self.n_events, dtype=np.int64), self.sizes)
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    """``row[i]`` is event i's sampled row, ``probability[i] == pmf[row[i]]`` exactly."""
+
+    row: IntArray
+    probability: FloatArray
+    pmf: FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """Logged outcomes: event i took row ``row[i]`` with ``probability[i]``, got ``reward[i]``."""
+
+    batch: ContextBatch
+    row: IntArray
+    reward: FloatArray
+    probability: FloatArray
+
+
+def event_uniforms(keys: list[str], seed: int) -> FloatArray:
+    """One uniform in [0, 1) per key with 53 random bits, from two murmur3 hashes.
+
+    Stable across processes and platforms (unlike ``hash()``), so a replayed event
+    draws the same number.
+    """
+    s1 = seed & 0x7FFFFFFF
+    s2 = (seed * 2654435761 + 1) & 0x7FFFFFFF
+    out = np.empty(len(keys), dtype=np.float64)
+    for i, k in enumerate(keys):
+        hi = murmurhash3_32(k, seed=s1, positive=True) >> 6  # 26 bits
+        lo = murmurhash3_32(k, seed=s2, positive=True) >> 5  # 27 bits
+        out[i] = ((hi << 27) | lo) / _TWO_POW_53
+    return out
+
+
+def sample_rows(pmf: FloatArray, offsets: IntArray, u: FloatArray) -> IntArray:
+    """Inverse-CDF sampling of one row per event segment of ``pmf``.
+
+    Row r of event i is chosen iff ``u_i`` falls in its slice of the segment's CDF, so it
+    is chosen with probability ``pmf[r]`` (zero-probability rows are never chosen).
+    """
+    starts, ends = offsets[:-1], offsets[1:]
+    cdf = np.cumsum(pmf)
+    base = np.where(starts > 0, cdf[np.maximum(starts - 1, 0)], 0.0)
+    total = cdf[ends - 1] - base
+    rows = np.searchsorted(cdf, base + u * total, side="right").astype(np.int64)
+    return np.clip(rows, starts, ends - 1)
+
+
+def segment_max(values: FloatArray, offsets: IntArray) -> FloatArray:
+    """Per-event maximum of ``values`` broadcast back to rows."""
+    m = np.maximum.reduceat(values, offsets[:-1])
+    return np.repeat(m, np.diff(offsets))
+
+
+def segment_sum(values: FloatArray, offsets: IntArray) -> FloatArray:
+    """Per-event sum of ``values`` broadcast back to rows."""
+    s = np.add.reduceat(values, offsets[:-1])
+    return np.repeat(s, np.diff(offsets))
+
+
+class Policy(ABC):
+    """Base class: owns sampling, seeding, counting and the state envelope.
+
+    Subclasses fill in ``_distribution`` (per-row probabilities, each event's segment
+    summing to 1), ``_learn``, and ``_arrays`` / ``_load_arrays`` for their learned state.
+    Hyperparameters are constructor arguments stored under their own names; learned state
+    is private.
+
+    Parameters
+    ----------
+    n_features
+        Dimension of the feature vectors (``ContextBatch.X.shape[1]``).
+    seed
+        Seeds exploration together with each event id.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, n_features: int, seed: int = 0) -> None:
+        if n_features < 1:
+            raise PolicyError(f"n_features must be >= 1, got {n_features}")
+        self.n_features = int(n_features)
+        self.seed = int(seed)
+        self.n_learned = 0
+
+    # -- public API -----------------------------------------------------------------
+    def choose(self, batch: ContextBatch) -> Decisions:
+        """Sample one candidate per event; returns rows, their probabilities and the pmf."""
+        self._check_batch(batch)
+        if batch.n_events == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return Decisions(empty, np.empty(0), np.empty(0))
+        pmf = self._distribution(batch)
+        rows = sample_rows(pmf, batch.offsets, event_uniforms(batch.keys, self.seed))
+        return Decisions(rows, pmf[rows], pmf)
+
+    def learn(self, feedback: Feedback) -> None:
+        """Learn from logged outcomes; ``n_learned`` grows by the number of events."""
+        self._check_batch(feedback.batch)
+        if feedback.batch.n_events == 0:
+            return
+        self._learn(feedback)
+        self.n_learned += feedback.batch.n_events
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-serialisable), as stored in the state."""
+        return {"n_features": self.n_features, "seed": self.seed}
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+        """Explicit JSON metadata and named numpy arrays; never pickled."""
+        meta: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "policy": self.name,
+            "params": self.params(),
+            "n_learned": self.n_learned,
+        }
+        extra, arrays = self._arrays()
+        meta["state"] = extra
+        json.dumps(meta)  # fail here, not at write time, if anything is not plain JSON
+        return meta, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> Policy:
+        """Rebuild a policy from :meth:`state_dict` output, validating everything."""
+        if meta.get("version") != STATE_VERSION:
+            raise PolicyError(f"unsupported policy state version {meta.get('version')!r}")
+        if meta.get("policy") != cls.name:
+            raise PolicyError(f"state is for policy {meta.get('policy')!r}, not {cls.name!r}")
+        params = meta.get("params")
+        if not isinstance(params, dict):
+            raise PolicyError("policy state has no params object")
+        try:
+            policy = cls(**params)
+        except TypeError as exc:
+            raise PolicyError(f"bad params in policy state: {exc}") from exc
+        n_learned = meta.get("n_learned")
+        if not isinstance(n_learned, int) or n_learned < 0:
+            raise PolicyError("policy state has a bad n_learned")
+        for key, arr in arrays.items():
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise PolicyError(f"policy state array {key!r} holds non-finite values")
+        policy._load_arrays(meta.get("state") or {}, arrays)
+        policy.n_learned = n_learned
+        return policy
+
+    # -- subclass hooks ---------------------------------------------------------------
+    @abstractmethod
+    def _distribution(self, batch: ContextBatch) -> FloatArray:
+        """Per-row probabilities ``[P]``; each event's segment sums to 1."""
+
+    @abstractmethod
+    def _learn(self, feedback: Feedback) -> None:
+        """Update learned state from a non-empty feedback batch."""
+
+    @abstractmethod
+    def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+        """Learned state as (JSON extras, named arrays)."""
+
+    @abstractmethod
+    def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
+        """Inverse of ``_arrays``; raise :class:`PolicyError` on anything inconsistent."""
+
+    # -- helpers ----------------------------------------------------------------------
+    def _check_batch(self, batch: ContextBatch) -> None:
+        if batch.X.ndim != 2 or batch.X.shape[1] != self.n_features:
+            raise PolicyError(
+                f"{self.name}: expected features of width {self.n_features}, "
+                f"got shape {batch.X.shape}"
+            )
+        if len(batch.actions) != batch.X.shape[0] or batch.offsets[-1] != batch.X.shape[0]:
+            raise PolicyError(f"{self.name}: batch rows, actions and offsets disagree")
+        if batch.n_events and np.any(batch.sizes < 1):
+            raise PolicyError(f"{self.name}: every event needs at least one candidate")
+
+
+def expect_array(
+    arrays: dict[str, NDArray[Any]], key: str, shape: tuple[int, ...], kind: str = "f"
+) -> NDArray[Any]:
+    """Fetch ``arrays[key]`` and check its shape and dtype kind (for ``_load_arrays``)."""
+    if key not in arrays:
+        raise PolicyError(f"policy state lacks array {key!r}")
+    arr = arrays[key]
+    if arr.shape != shape or arr.dtype.kind != kind:
+        raise PolicyError(
+            f"policy state array {key!r} has shape {arr.shape} dtype {arr.dtype}, "
+            f"expected {shape} of kind {kind!r}"
+        )
+    return arr

@@ -1,0 +1,153 @@
+"""Context dict -> feature vectors: stable hashing into a bounded dimension.
+
+* slot 0 is a constant bias;
+* a number or bool ``k: v`` adds ``sign(k) * v`` at ``index(k)``;
+* a string ``k: "s"`` adds ``sign(k=s)`` at ``index(k=s)`` (one-hot through the hash);
+* ``null`` and absent keys add nothing, and keys never seen before need no registration;
+* candidate features (``candidate_features[action]``) hash in their own namespace,
+  shared across actions, and are added to that candidate's row only.
+
+Hashes are scikit-learn's murmurhash3_32 (stable across processes and restarts, never
+Python's salted ``hash()``), with the sign trick of Weinberger et al. (ICML 2009) so
+collisions cancel in expectation. The pipeline is stateless apart from its two
+parameters (``n_features``, ``seed``), so features mean the same after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.utils import murmurhash3_32
+
+from policies.base import ContextBatch, FloatArray, PolicyError
+
+Scalar = float | int | bool | str | None
+# A context encoded sparsely: parallel (slot, value) lists. Kept as plain lists because
+# contexts are small and numpy arrays of five entries cost more than they save.
+Sparse = tuple[list[int], list[float]]
+
+
+@dataclass(slots=True)
+class EncodedContext:
+    """One event's features before densification; what pending joins keep."""
+
+    context: Sparse
+    candidates: tuple[str, ...]
+    candidate_features: dict[str, Sparse] | None = None
+
+
+class FeatureHasher:
+    """Hashes context dicts into ``n_features`` dimensions (slot 0 = bias).
+
+    Parameters
+    ----------
+    n_features
+        Output dimension including the bias slot.
+    seed
+        Murmur3 seed; part of the feature definition.
+    cache_size
+        Bound on memoised key hashes (high-cardinality strings cannot grow it further).
+
+    Examples
+    --------
+    >>> h = FeatureHasher(n_features=8)
+    >>> enc = h.encode({"country": "de", "age": 31.0, "vip": True, "missing": None}, ["a", "b"])
+    >>> batch = h.assemble([enc], ["event-1"])
+    >>> batch.X.shape, batch.actions, float(batch.X[0, 0])
+    ((2, 8), ['a', 'b'], 1.0)
+    """
+
+    def __init__(self, n_features: int = 64, seed: int = 0, cache_size: int = 200_000) -> None:
+        if n_features < 2:
+            raise PolicyError("n_features must be >= 2 (slot 0 is the bias)")
+        self.n_features = n_features
+        self.seed = seed & 0x7FFFFFFF
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[int, float]] = {}
+
+    def _slot(self, token: str) -> tuple[int, float]:
+        hit = self._cache.get(token)
+        if hit is None:
+            h = murmurhash3_32(token, seed=self.seed, positive=False)
+            hit = (1 + abs(h) % (self.n_features - 1), 1.0 if h >= 0 else -1.0)
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()  # bounded memory beats a perfect hit rate
+            self._cache[token] = hit
+        return hit
+
+    def sparse(self, values: Mapping[str, Scalar], namespace: str = "") -> Sparse:
+        """Encode one flat mapping; non-finite numbers are the caller's to reject."""
+        idx: list[int] = []
+        val: list[float] = []
+        slot = self._slot
+        for key, v in values.items():
+            if v is None:
+                continue
+            if isinstance(v, str):
+                j, s = slot(f"{namespace}{key}={v}")
+                idx.append(j)
+                val.append(s)
+            else:  # int, float or bool (bool is an int: True -> 1.0, False -> 0.0)
+                j, s = slot(namespace + key)
+                idx.append(j)
+                val.append(s * float(v))
+        return idx, val
+
+    def encode(
+        self,
+        context: Mapping[str, Scalar],
+        candidates: Sequence[str],
+        candidate_features: Mapping[str, Mapping[str, Scalar]] | None = None,
+    ) -> EncodedContext:
+        cf = None
+        if candidate_features:
+            cf = {
+                a: self.sparse(f, "\x1fc:")
+                for a, f in candidate_features.items()
+                if a in candidates
+            }
+        return EncodedContext(self.sparse(context), tuple(candidates), cf or None)
+
+    def assemble(self, events: Sequence[EncodedContext], keys: list[str]) -> ContextBatch:
+        """Densify encoded events into one :class:`ContextBatch` (row = event x candidate)."""
+        n, d = len(events), self.n_features
+        sizes = np.fromiter((len(e.candidates) for e in events), dtype=np.int64, count=n)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        ev_rows: list[int] = []
+        ev_idx: list[int] = []
+        ev_val: list[float] = []
+        actions: list[str] = []
+        cand_rows: list[int] = []
+        cand_idx: list[int] = []
+        cand_val: list[float] = []
+        for i, e in enumerate(events):
+            ci, cv = e.context
+            ev_rows.extend([i] * len(ci))
+            ev_idx.extend(ci)
+            ev_val.extend(cv)
+            actions.extend(e.candidates)
+            if e.candidate_features:
+                start = int(offsets[i])
+                for k, a in enumerate(e.candidates):
+                    f = e.candidate_features.get(a)
+                    if f:
+                        cand_rows.extend([start + k] * len(f[0]))
+                        cand_idx.extend(f[0])
+                        cand_val.extend(f[1])
+        E = np.zeros((n, d))
+        E[:, 0] = 1.0
+        # add.at, not assignment: two keys may hash to one slot and must sum.
+        np.add.at(
+            E, (np.asarray(ev_rows, dtype=np.int64), np.asarray(ev_idx, dtype=np.int64)), ev_val
+        )
+        X: FloatArray = np.repeat(E, sizes, axis=0)
+        if cand_rows:
+            np.add.at(
+                X,
+                (np.asarray(cand_rows, dtype=np.int64), np.asarray(cand_idx, dtype=np.int64)),
+                cand_val,
+            )
+        return ContextBatch(X, actions, offsets, keys)

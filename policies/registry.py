@@ -1,0 +1,30 @@
+"""Policy name -> class; used by the settings, the stream and the generic policy checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policies.base import Policy, PolicyError
+from policies.epsilon_greedy import EpsilonGreedy
+
+POLICIES: dict[str, type[Policy]] = {
+    EpsilonGreedy.name: EpsilonGreedy,
+}
+
+
+def policy_class(name: str) -> type[Policy]:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise PolicyError(
+            f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}"
+        ) from None
+
+
+def create_policy(name: str, n_features: int, seed: int, **params: Any) -> Policy:
+    """Instantiate ``name`` with the given hyperparameters (unknown keys are an error)."""
+    cls = policy_class(name)
+    try:
+        return cls(n_features=n_features, seed=seed, **params)
+    except TypeError as exc:
+        raise PolicyError(f"bad parameters for policy {name!r}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""bandit-stream: everything that touches Kafka, SQLite, HTTP and the process."""

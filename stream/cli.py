@@ -1,0 +1,96 @@
+"""`bandit-stream run | demo | broker`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from confluent_kafka.admin import AdminClient
+
+from stream.config import Settings, load_settings, unknown_env_vars
+from stream.errors import StreamError
+from stream.kafka import admin_config
+from stream.logs import setup_logging
+from stream.signals import stop_on_signals
+from stream.topics import ensure_topics
+
+log = logging.getLogger("stream.cli")
+
+
+def _settings(**overrides: object) -> Settings:
+    settings = load_settings(**overrides)
+    setup_logging(settings.log_level, settings.log_format)
+    for name in unknown_env_vars():
+        log.warning("environment variable %s is not a bandit-stream setting (typo?)", name)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stream.loop import Service
+
+    settings = _settings()
+    ensure_topics(settings, AdminClient(admin_config(settings)))
+    service = Service(settings)
+    with stop_on_signals(service):
+        service.run()
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from stream.broker import EmbeddedBroker
+
+    settings = _settings(topic_partitions=args.partitions)
+    stop = threading.Event()
+    with EmbeddedBroker(port=args.port) as broker:
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
+        counts = ensure_topics(settings, AdminClient(admin_config(settings)))
+        print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
+        print("topics: " + ", ".join(f"{t} ({n})" for t, n in counts.items()), flush=True)
+        print("Ctrl-C or SIGTERM stops the broker", flush=True)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, lambda *_: stop.set())
+        stop.wait()
+        print("stopping broker", flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    settings = _settings(log_level=args.log_level)
+    return run_demo(args.events, args.rate, args.seed, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bandit-stream", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the service (configured by RL_* environment variables)")
+    run.set_defaults(fn=cmd_run)
+    broker = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--partitions", type=int, default=4,
+                        help="partitions of the topics it creates (default 4)")
+    broker.set_defaults(fn=cmd_broker)
+    demo = sub.add_parser("demo", help="broker + service + simulated traffic, live")
+    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--rate", type=float, default=2_000.0, help="contexts per second")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--log-level", default="WARNING")
+    demo.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except StreamError as exc:
+        print(f"bandit-stream: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The one Settings object: the only code that reads environment variables.
+
+Every variable is ``RL_<FIELD>`` except the three feature switches, which are named
+``ENABLE_RL_*`` as the product's interface requires. A bad value stops the service at
+start with a message naming the variable (:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from stream.errors import ConfigError
+
+ENV_PREFIX = "RL_"
+_SWITCHES = ("ENABLE_RL_ADVANCED", "ENABLE_RL_MONITORING", "ENABLE_RL_SHADOW_EVAL")
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _switch(name: str, default: bool) -> Any:
+    return Field(default, validation_alias=AliasChoices(name, name.lower()))
+
+
+class Settings(BaseSettings):
+    """All of bandit-stream's configuration. Defaults suit production Kafka."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True, extra="forbid")
+
+    # --- Kafka client --------------------------------------------------------------------
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_group_id: str = "bandit-stream"
+    kafka_session_timeout_ms: int = Field(45_000, ge=1_000)
+    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    kafka_fetch_wait_max_ms: int = Field(500, ge=0)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
+    ) = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    # Further librdkafka properties as a JSON object; applied last, so they win.
+    kafka_extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    # --- Topics --------------------------------------------------------------------------
+    topic_contexts: str = "bandit.contexts"
+    topic_rewards: str = "bandit.rewards"
+    topic_decisions: str = "bandit.decisions"
+    topic_metrics: str = "bandit.metrics"
+    topic_dead_letter: str = "bandit.dead-letter"
+    topic_state: str = "bandit.state"
+    # Partitions for topics the service creates itself (contexts and rewards share it).
+    topic_partitions: int = Field(4, ge=1, le=1024)
+
+    # --- Join ----------------------------------------------------------------------------
+    reward_wait_s: float = Field(3600.0, gt=0)
+    # A number, or "none" to drop expired decisions unlearned.
+    default_reward: float | None = 0.0
+    reward_min: float = 0.0
+    reward_max: float = 1.0
+    max_pending: int = Field(100_000, ge=1)
+
+    # --- Domains and policies ------------------------------------------------------------
+    max_domains: int = Field(1000, ge=1)
+    max_candidates: int = Field(64, ge=1, le=4096)
+    max_message_bytes: int = Field(1_048_576, ge=64)
+    policy: str = "doubly_robust"
+    baseline_policy: str = "epsilon_greedy"
+    shadow_policies: CommaList = Field(default_factory=lambda: ["offset_tree", "linucb"])
+    feature_dim: int = Field(64, ge=2, le=4096)
+    seed: int = Field(0, ge=0)
+    epsilon: float = Field(0.05, ge=0.0, le=1.0)
+    dr_alpha: float = Field(0.1, ge=0.0)
+    dr_learning_rate: float = Field(0.1, gt=0.0)
+    dr_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
+    dr_max_weight: float = Field(20.0, ge=1.0)
+    dr_max_history: int = Field(5000, ge=1)
+    ot_max_depth: int = Field(6, ge=1)
+    ot_min_split: int = Field(20, ge=2)
+    ot_split_threshold: float = Field(0.0, ge=0.0)
+    ot_max_nodes: int = Field(255, ge=1)
+
+    # --- Loop ----------------------------------------------------------------------------
+    batch_size: int = Field(500, ge=1, le=100_000)
+    update_interval: int = Field(10, ge=1)
+    # Buffered rewards are learned after this long even if update_interval is not reached,
+    # so a quiet domain still learns.
+    update_max_delay_s: float = Field(1.0, gt=0)
+    poll_timeout_s: float = Field(0.1, gt=0)
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+
+    # --- State, metrics, logging ---------------------------------------------------------
+    state_dir: Path = Path("state")
+    checkpoint_interval_s: float = Field(30.0, gt=0)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_interval_s: float = Field(10.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text"] = "text"
+    memory_limit_mb: int = Field(2048, ge=64)
+    memory_cleanup_interval: float = Field(60.0, gt=0)
+
+    # --- Rollout and monitoring ----------------------------------------------------------
+    rollout_percentage: float = Field(0.1, ge=0.0, le=1.0)
+    rollout_domains: CommaList = Field(default_factory=list)
+    latency_threshold_ms: float = Field(50.0, gt=0)
+    memory_threshold_mb: float = Field(1024.0, gt=0)
+    error_rate_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    enable_rl_advanced: bool = _switch("ENABLE_RL_ADVANCED", False)
+    enable_rl_monitoring: bool = _switch("ENABLE_RL_MONITORING", True)
+    enable_rl_shadow_eval: bool = _switch("ENABLE_RL_SHADOW_EVAL", False)
+
+    @field_validator("shadow_policies", "rollout_domains", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("default_reward", mode="before")
+    @classmethod
+    def _none_word(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("none", "null", ""):
+            return None
+        return v
+
+    @field_validator("reward_min", "reward_max", "default_reward", "reward_wait_s")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("baseline_policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from policies.registry import POLICIES
+
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; known: {', '.join(sorted(POLICIES))}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.reward_min >= self.reward_max:
+            raise ValueError("RL_REWARD_MIN must be below RL_REWARD_MAX")
+        if self.default_reward is not None and not (
+            self.reward_min <= self.default_reward <= self.reward_max
+        ):
+            raise ValueError("RL_DEFAULT_REWARD must lie within RL_REWARD_MIN..RL_REWARD_MAX")
+        if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
+            raise ValueError(
+                "RL_KAFKA_HEARTBEAT_INTERVAL_MS must be below RL_KAFKA_SESSION_TIMEOUT_MS"
+            )
+        if self.enable_rl_advanced:
+            from policies.registry import POLICIES
+
+            if self.policy not in POLICIES:
+                raise ValueError(
+                    f"RL_POLICY={self.policy!r} is not an available policy "
+                    f"(available: {', '.join(sorted(POLICIES))})"
+                )
+        return self
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    upper = field.upper()
+    return upper if upper in _SWITCHES else ENV_PREFIX + upper
+
+
+def unknown_env_vars() -> list[str]:
+    """``RL_*`` variables in the environment that no setting reads (likely typos)."""
+    known = {env_name(f) for f in Settings.model_fields}
+    return sorted(
+        k
+        for k in os.environ
+        if k.upper().startswith(ENV_PREFIX)
+        and k.upper() not in known
+        and not k.upper().startswith("RL_TEST_")
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment plus ``overrides``; errors name variables."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+            name = env_name(loc[0]) if loc else "settings"
+            got = (
+                f" (got {err['input']!r})" if loc and not isinstance(err.get("input"), dict) else ""
+            )
+            lines.append(f"{name}: {err['msg']}{got}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,100 @@
+"""Per-domain policies: created on first sight (bounded), deciding and learning in batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.utils import murmurhash3_32
+
+from policies.base import Decisions, Feedback, Policy
+from policies.features import EncodedContext, FeatureHasher
+from policies.registry import create_policy
+from stream.codec import ContextEvent
+from stream.config import Settings
+from stream.join import Pending
+
+
+def policy_params(name: str, settings: Settings) -> dict[str, Any]:
+    """The settings knobs that configure policy ``name`` (constructor keyword arguments)."""
+    if name == "epsilon_greedy":
+        return {"epsilon": settings.epsilon}
+    return {}
+
+
+@dataclass(slots=True)
+class DomainState:
+    name: str
+    policy: Policy
+    variant: str
+    buffer: list[tuple[Pending, float]] = field(default_factory=list)
+    buffer_since: float = 0.0
+    decisions: int = 0
+    rewards_joined: int = 0
+    reward_sum: float = 0.0
+    expired: int = 0
+
+
+class Domains:
+    """Owns every domain's served policy and its buffer of rewards awaiting a learn."""
+
+    def __init__(self, settings: Settings, hasher: FeatureHasher) -> None:
+        self.settings = settings
+        self.hasher = hasher
+        self.states: dict[str, DomainState] = {}
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def get_or_create(self, domain: str) -> DomainState | None:
+        """The domain's state, created on first sight; None once ``max_domains`` are active."""
+        state = self.states.get(domain)
+        if state is None:
+            if len(self.states) >= self.settings.max_domains:
+                return None
+            s = self.settings
+            # Distinct, stable exploration streams per domain (never Python's hash()).
+            seed = murmurhash3_32(domain, seed=s.seed & 0x7FFFFFFF, positive=True)
+            policy = create_policy(
+                s.baseline_policy, s.feature_dim, seed, **policy_params(s.baseline_policy, s)
+            )
+            state = DomainState(domain, policy, "control")
+            self.states[domain] = state
+        return state
+
+    def decide(
+        self, state: DomainState, events: list[ContextEvent]
+    ) -> tuple[list[EncodedContext], Decisions]:
+        """Featurise and choose for a batch of one domain's contexts."""
+        enc = self.hasher.encode
+        encoded = [enc(e.context, e.candidates, e.candidate_features) for e in events]
+        batch = self.hasher.assemble(encoded, [e.event_id for e in events])
+        decisions = state.policy.choose(batch)
+        state.decisions += len(events)
+        return encoded, decisions
+
+    def add_feedback(self, state: DomainState, pending: Pending, reward: float, now: float) -> None:
+        if not state.buffer:
+            state.buffer_since = now
+        state.buffer.append((pending, reward))
+
+    def flush_due(self, now: float, force: bool = False) -> int:
+        """Learn every buffer that is full or old enough; returns the number learned."""
+        learned = 0
+        limit, max_delay = self.settings.update_interval, self.settings.update_max_delay_s
+        for state in self.states.values():
+            buf = state.buffer
+            if buf and (force or len(buf) >= limit or now - state.buffer_since >= max_delay):
+                learned += self._learn(state, buf)
+                state.buffer = []
+        return learned
+
+    def _learn(self, state: DomainState, items: list[tuple[Pending, float]]) -> int:
+        encoded = [p.encoded for p, _ in items]
+        batch = self.hasher.assemble(encoded, [p.event_id for p, _ in items])
+        rows = batch.offsets[:-1] + np.fromiter((p.chosen for p, _ in items), np.int64, len(items))
+        rewards = np.fromiter((r for _, r in items), np.float64, len(items))
+        probs = np.fromiter((p.probability for p, _ in items), np.float64, len(items))
+        state.policy.learn(Feedback(batch, rows, rewards, probs))
+        return len(items)

@@ -1,0 +1,23 @@
+"""The stream package's exceptions: one root, Kafka errors keep their code."""
+
+from __future__ import annotations
+
+
+class StreamError(Exception):
+    """Root of every error raised by the stream package."""
+
+
+class ConfigError(StreamError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class BrokerError(StreamError):
+    """The embedded broker could not be started or reached."""
+
+
+class KafkaClientError(StreamError):
+    """A Kafka operation failed; ``code`` is librdkafka's error code when there is one."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message if code is None else f"{message} (code {code})")
+        self.code = code

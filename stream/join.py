@@ -1,0 +1,100 @@
+"""Decisions awaiting their reward: bounded, windowed, first reward wins.
+
+Pending decisions are kept in insertion order, which is deadline order because every
+decision waits the same ``wait_s``; expiry and eviction therefore pop from the front in
+O(1). A bounded memory of recently finished keys tells a duplicate reward (already
+joined) and a late one (already expired) apart from one for an event never seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from policies.features import EncodedContext
+
+
+class Outcome(Enum):
+    JOINED = "joined"
+    DUPLICATE = "duplicate"  # the decision already got its reward
+    LATE = "late"  # the decision expired before this reward came
+    UNKNOWN = "unknown"  # no decision with this (domain, event_id) is remembered
+
+
+@dataclass(slots=True)
+class Pending:
+    domain: str
+    event_id: str
+    encoded: EncodedContext
+    chosen: int  # index of the action in encoded.candidates
+    probability: float
+    policy: str
+    variant: str
+    decided_at: float  # epoch seconds
+    deadline: float  # epoch seconds
+
+
+Key = tuple[str, str]
+
+
+class PendingJoins:
+    """At most ``max_pending`` decisions, each waiting at most ``wait_s`` for a reward."""
+
+    def __init__(self, max_pending: int, wait_s: float, remember: int | None = None) -> None:
+        self.max_pending = max_pending
+        self.wait_s = wait_s
+        self._remember = remember if remember is not None else max_pending
+        self._pending: dict[Key, Pending] = {}
+        self._finished: dict[Key, Outcome] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._pending
+
+    def add(self, p: Pending) -> list[Pending]:
+        """Register a decision; returns the oldest decisions evicted to stay in bounds."""
+        key = (p.domain, p.event_id)
+        if key in self._pending:
+            raise KeyError(f"{key} is already pending")
+        self._finished.pop(key, None)  # a reused event id starts afresh
+        evicted = []
+        while len(self._pending) >= self.max_pending:
+            evicted.append(self._pop_oldest())
+        self._pending[key] = p
+        return evicted
+
+    def take(self, domain: str, event_id: str) -> tuple[Outcome, Pending | None]:
+        """Claim the pending decision for a reward; only the first claim joins."""
+        key = (domain, event_id)
+        p = self._pending.pop(key, None)
+        if p is not None:
+            self._finish(key, Outcome.DUPLICATE)
+            return Outcome.JOINED, p
+        return self._finished.get(key, Outcome.UNKNOWN), None
+
+    def expire(self, now: float) -> list[Pending]:
+        """Remove and return every decision whose window has closed."""
+        out = []
+        pending = self._pending
+        while pending:
+            first = next(iter(pending.values()))
+            if first.deadline > now:
+                break
+            out.append(self._pop_oldest())
+        return out
+
+    def items(self) -> list[Pending]:
+        return list(self._pending.values())
+
+    def _pop_oldest(self) -> Pending:
+        key = next(iter(self._pending))
+        p = self._pending.pop(key)
+        self._finish(key, Outcome.LATE)
+        return p
+
+    def _finish(self, key: Key, outcome: Outcome) -> None:
+        self._finished[key] = outcome
+        if len(self._finished) > self._remember:
+            del self._finished[next(iter(self._finished))]

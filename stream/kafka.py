@@ -1,0 +1,90 @@
+"""librdkafka configuration built in one place from the settings, and error wrapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, Message
+
+from stream.config import Settings
+from stream.errors import KafkaClientError
+
+
+def common_config(settings: Settings) -> dict[str, Any]:
+    """Connection and security properties shared by every client."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_username is not None:
+        conf["sasl.username"] = settings.kafka_sasl_username
+    if settings.kafka_sasl_password is not None:
+        conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_location:
+        conf["ssl.ca.location"] = settings.kafka_ssl_ca_location
+    return conf
+
+
+def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
+    """The service's consumer: offsets are stored by the loop only for processed messages."""
+    conf = common_config(settings)
+    conf.update(
+        {
+            "group.id": group_id or settings.kafka_group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            # The loop stores an offset only once its message is fully processed (its
+            # decision delivered); librdkafka's periodic commit then commits only those.
+            "enable.auto.offset.store": False,
+            "session.timeout.ms": settings.kafka_session_timeout_ms,
+            "heartbeat.interval.ms": settings.kafka_heartbeat_interval_ms,
+            "fetch.wait.max.ms": settings.kafka_fetch_wait_max_ms,
+            "enable.partition.eof": False,
+        }
+    )
+    conf.update(settings.kafka_extra)
+    return conf
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """Idempotent, ordered producer: a retried decision is never written twice."""
+    conf = common_config(settings)
+    conf.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "compression.type": "lz4",
+        }
+    )
+    conf.update(settings.kafka_extra)
+    return conf
+
+
+def admin_config(settings: Settings) -> dict[str, Any]:
+    conf = common_config(settings)
+    conf.update(settings.kafka_extra)
+    return conf
+
+
+def raise_for_error(msg: Message) -> None:
+    """Raise :class:`KafkaClientError` for a message that carries a fatal error."""
+    err = msg.error()
+    if err is not None:
+        raise KafkaClientError(f"{msg.topic()}[{msg.partition()}]: {err.str()}", err.code())
+
+
+def is_benign(err: KafkaError) -> bool:
+    """Errors librdkafka recovers from by itself (it retries and reconnects)."""
+    return not err.fatal() and (
+        err.retriable()
+        or err.code()
+        in (
+            KafkaError._PARTITION_EOF,
+            KafkaError._TRANSPORT,
+            KafkaError._ALL_BROKERS_DOWN,
+            KafkaError.UNKNOWN_TOPIC_OR_PART,
+        )
+    )

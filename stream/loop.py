@@ -1,0 +1,398 @@
+"""The decision loop: consume batch -> decode -> decide / join / learn -> produce -> store offsets.
+
+One consumer reads contexts and rewards in batches (``consume``, never a poll per
+message). An input offset is stored only once its message is fully processed: for a
+context, once its decision is acknowledged by the broker; librdkafka's auto-commit then
+commits stored offsets only. Nothing in the per-message path logs: it counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from policies.base import Decisions
+from policies.features import EncodedContext, FeatureHasher
+from stream.codec import (
+    ContextEvent,
+    DecodeError,
+    Limits,
+    RewardEvent,
+    decode_context,
+    decode_reward,
+    encode_decision,
+)
+from stream.config import Settings
+from stream.domains import Domains, DomainState
+from stream.join import Outcome, Pending, PendingJoins
+from stream.kafka import consumer_config, is_benign, producer_config
+from stream.logs import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    """Running totals since start (read by the demo, tests and, later, metrics)."""
+
+    turns: int = 0
+    consumed: int = 0
+    decisions: int = 0
+    rewards_joined: int = 0
+    rewards_learned: int = 0
+    duplicate_rewards: int = 0
+    late_rewards: int = 0
+    unknown_rewards: int = 0
+    expired: int = 0
+    evicted: int = 0
+    delivery_retries: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+_Retry = Callable[[Message, DeliveryCallback], None]
+
+
+class _BatchAck:
+    """Input offsets of one consumed batch, storable once its decisions are delivered."""
+
+    __slots__ = ("offsets", "outstanding", "_retry")
+
+    def __init__(self, offsets: dict[tuple[str, int], int], retry: _Retry) -> None:
+        self.offsets = offsets
+        self.outstanding = 0
+        self._retry = retry
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.outstanding -= 1
+        else:
+            # Never drop a decision: write it again (the producer is idempotent and ordered).
+            self._retry(msg, self.on_delivery)
+
+
+class Service:
+    """The running service. ``run()`` blocks until ``stop()``; safe to run in a thread."""
+
+    def __init__(
+        self, settings: Settings, on_turn: Callable[[Service], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.on_turn = on_turn
+        self.stats = Stats()
+        self.hasher = FeatureHasher(settings.feature_dim, seed=settings.seed)
+        self.domains = Domains(settings, self.hasher)
+        self.joins = PendingJoins(settings.max_pending, settings.reward_wait_s)
+        self.limits = Limits(
+            settings.max_message_bytes,
+            settings.max_candidates,
+            settings.reward_min,
+            settings.reward_max,
+        )
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._inflight: deque[_BatchAck] = deque()
+        self._rejects = RateLimitedLog(log)
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        s = self.settings
+        self._producer = Producer(producer_config(s))
+        self._consumer = Consumer(consumer_config(s))
+        self._consumer.subscribe(
+            [s.topic_contexts, s.topic_rewards],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+        )
+        log.info(
+            "consuming %s and %s as group %s from %s",
+            s.topic_contexts,
+            s.topic_rewards,
+            s.kafka_group_id,
+            s.kafka_bootstrap_servers,
+        )
+        try:
+            while not self._stopping.is_set():
+                self.turn()
+        finally:
+            self._shutdown()
+
+    def turn(self) -> None:
+        """One pass: consume a batch, process it, expire, learn, deliver, store offsets."""
+        assert self._consumer is not None and self._producer is not None
+        s = self.settings
+        msgs = self._consumer.consume(num_messages=s.batch_size, timeout=s.poll_timeout_s)
+        consumed_at = time.perf_counter()
+        now = time.time()
+        if msgs:
+            self._process(msgs, now, consumed_at)
+        self._expire(now)
+        self.stats.rewards_learned += self.domains.flush_due(now)
+        self._producer.poll(0)
+        self._store_done()
+        self.stats.turns += 1
+        if self.on_turn is not None:
+            self.on_turn(self)
+
+    def _shutdown(self) -> None:
+        """Finish: learn buffered rewards, flush decisions, store and commit offsets."""
+        consumer, producer = self._consumer, self._producer
+        assert consumer is not None and producer is not None
+        self.stats.rewards_learned += self.domains.flush_due(time.time(), force=True)
+        remaining = producer.flush(self.settings.shutdown_timeout_s)
+        if remaining:
+            log.error(
+                "%d decisions were not acknowledged before shutdown; their inputs stay "
+                "uncommitted and will be decided again",
+                remaining,
+            )
+        self._store_done()
+        self._commit()
+        consumer.close()
+        self.ready.clear()
+        log.info(
+            "stopped after %d decisions, %d rewards joined",
+            self.stats.decisions,
+            self.stats.rewards_joined,
+        )
+
+    # -- processing ---------------------------------------------------------------------
+    def _process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
+        s = self.settings
+        offsets: dict[tuple[str, int], int] = {}
+        contexts: dict[str, list[ContextEvent]] = defaultdict(list)
+        rewards: list[RewardEvent] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if is_benign(err):
+                    log.debug("consumer: %s", err.str())
+                else:
+                    log.error("consumer error: %s", err.str())
+                continue
+            topic, part, off = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
+            offsets[(topic, part)] = off
+            self.stats.consumed += 1
+            try:
+                if topic == s.topic_contexts:
+                    ev = decode_context(m.value(), m.key(), self.limits)
+                    contexts[ev.domain].append(ev)
+                else:
+                    rewards.append(decode_reward(m.value(), m.key(), self.limits))
+            except DecodeError as exc:
+                self._reject(exc.code, exc.reason, f"{topic}[{part}]@{off}")
+        ack = _BatchAck(offsets, self._reproduce)
+        for domain, events in contexts.items():
+            self._decide(domain, events, ack, now, consumed_at)
+        for r in rewards:
+            self._join(r, now)
+        self._inflight.append(ack)
+
+    def _decide(
+        self,
+        domain: str,
+        events: list[ContextEvent],
+        ack: _BatchAck,
+        now: float,
+        consumed_at: float,
+    ) -> None:
+        state = self.domains.get_or_create(domain)
+        if state is None:
+            for ev in events:
+                self._reject(
+                    "domain_limit",
+                    f"domain {domain!r} would exceed RL_MAX_DOMAINS={self.settings.max_domains}",
+                    ev.event_id,
+                )
+            return
+        fresh: list[ContextEvent] = []
+        seen: set[str] = set()
+        for ev in events:
+            if ev.event_id in seen or (domain, ev.event_id) in self.joins:
+                self._reject(
+                    "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.event_id
+                )
+            else:
+                seen.add(ev.event_id)
+                fresh.append(ev)
+        if not fresh:
+            return
+        encoded, dec = self.domains.decide(state, fresh)
+        self._emit(state, fresh, encoded, dec, ack, now, consumed_at)
+
+    def _emit(
+        self,
+        state: DomainState,
+        events: list[ContextEvent],
+        encoded: list[EncodedContext],
+        dec: Decisions,
+        ack: _BatchAck,
+        now: float,
+        consumed_at: float,
+    ) -> None:
+        s = self.settings
+        producer = self._producer
+        assert producer is not None
+        pmf = dec.pmf.tolist()
+        rows = dec.row.tolist()
+        probs = dec.probability.tolist()
+        policy = state.policy
+        version = policy.n_learned
+        deadline = now + s.reward_wait_s
+        start = 0
+        for i, ev in enumerate(events):
+            k = len(ev.candidates)
+            chosen = rows[i] - start
+            action = ev.candidates[chosen]
+            value = encode_decision(
+                event_id=ev.event_id,
+                domain=state.name,
+                action=action,
+                probability=probs[i],
+                probabilities=dict(zip(ev.candidates, pmf[start : start + k], strict=True)),
+                policy=policy.name,
+                policy_version=version,
+                variant=state.variant,
+                timestamp=time.time(),
+                latency_ms=(time.perf_counter() - consumed_at) * 1000.0,
+            )
+            start += k
+            self._produce(value, state.name.encode(), ack)
+            evicted = self.joins.add(
+                Pending(
+                    state.name,
+                    ev.event_id,
+                    encoded[i],
+                    chosen,
+                    probs[i],
+                    policy.name,
+                    state.variant,
+                    now,
+                    deadline,
+                )
+            )
+            if evicted:
+                self.stats.evicted += len(evicted)
+                self._learn_default(evicted, now)
+        self.stats.decisions += len(events)
+
+    def _join(self, r: RewardEvent, now: float) -> None:
+        outcome, pending = self.joins.take(r.domain, r.event_id)
+        if outcome is Outcome.JOINED:
+            assert pending is not None
+            state = self.domains.states[pending.domain]
+            state.rewards_joined += 1
+            state.reward_sum += r.reward
+            self.domains.add_feedback(state, pending, r.reward, now)
+            self.stats.rewards_joined += 1
+        elif outcome is Outcome.DUPLICATE:
+            self.stats.duplicate_rewards += 1
+        elif outcome is Outcome.LATE:
+            self.stats.late_rewards += 1
+        else:
+            self.stats.unknown_rewards += 1
+
+    def _expire(self, now: float) -> None:
+        expired = self.joins.expire(now)
+        if expired:
+            self.stats.expired += len(expired)
+            self._learn_default(expired, now)
+
+    def _learn_default(self, items: list[Pending], now: float) -> None:
+        """Decisions whose window closed: learn the default reward, or drop them if 'none'."""
+        default = self.settings.default_reward
+        for p in items:
+            state = self.domains.states.get(p.domain)
+            if state is None:
+                continue
+            state.expired += 1
+            if default is not None:
+                self.domains.add_feedback(state, p, default, now)
+
+    def _reject(self, code: str, reason: str, where: str) -> None:
+        self.stats.rejected[code] += 1
+        self._rejects.warning(code, "skipped %s: %s (%s)", where, reason, code)
+
+    # -- producing and offsets ----------------------------------------------------------
+    def _produce(self, value: bytes, key: bytes, ack: _BatchAck) -> None:
+        producer = self._producer
+        assert producer is not None
+        ack.outstanding += 1
+        while True:
+            try:
+                producer.produce(
+                    self.settings.topic_decisions, value, key, on_delivery=ack.on_delivery
+                )
+                return
+            except BufferError:
+                # Backpressure: the local queue is full; serve delivery reports and wait.
+                producer.poll(0.05)
+
+    def _reproduce(self, msg: Message, on_delivery: DeliveryCallback) -> None:
+        self.stats.delivery_retries += 1
+        self._rejects.warning(
+            "delivery", "decision delivery failed (%s); producing it again", msg.error()
+        )
+        producer = self._producer
+        assert producer is not None
+        # The callback runs inside poll(); produce() may raise BufferError if the queue is full.
+        while True:
+            try:
+                producer.produce(str(msg.topic()), msg.value(), msg.key(), on_delivery=on_delivery)
+                return
+            except BufferError:
+                time.sleep(0.01)
+
+    def _store_done(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while self._inflight and self._inflight[0].outstanding <= 0:
+            ack = self._inflight.popleft()
+            if not ack.offsets:
+                continue
+            tps = [TopicPartition(t, p, o + 1) for (t, p), o in ack.offsets.items()]
+            try:
+                consumer.store_offsets(offsets=tps)
+            except KafkaException as exc:
+                # A partition revoked meanwhile: its new owner re-reads from the last commit.
+                log.debug("store_offsets: %s", exc)
+
+    def _commit(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("commit failed: %s", exc.args[0].str())
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        self.ready.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        producer = self._producer
+        if producer is not None:
+            producer.flush(self.settings.shutdown_timeout_s)
+        self._store_done()
+        self._commit()

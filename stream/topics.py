@@ -1,0 +1,66 @@
+"""Topic creation and the start-up checks on the service's topics."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream.config import Settings
+from stream.errors import ConfigError, KafkaClientError
+
+log = logging.getLogger(__name__)
+
+
+def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        err = exc.args[0]
+        raise KafkaClientError(f"cannot read cluster metadata: {err.str()}", err.code()) from exc
+    return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+
+
+def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 15.0) -> dict[str, int]:
+    """Create the service's missing topics; check contexts and rewards are co-partitioned.
+
+    A domain's contexts and rewards must land in the same partition number so that one
+    instance holds its decisions and receives its rewards; that requires equal counts.
+    Returns the partition count of every service topic.
+    """
+    s = settings
+    wanted = {
+        s.topic_contexts: {},
+        s.topic_rewards: {},
+        s.topic_decisions: {},
+        s.topic_metrics: {},
+        s.topic_dead_letter: {},
+        s.topic_state: {"cleanup.policy": "compact"},
+    }
+    existing = _partition_counts(admin, timeout)
+    missing = [
+        NewTopic(name, num_partitions=s.topic_partitions, replication_factor=-1, config=cfg)
+        for name, cfg in wanted.items()
+        if name not in existing
+    ]
+    if missing:
+        for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
+            try:
+                fut.result()
+                log.info("created topic %s with %d partitions", name, s.topic_partitions)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() != 36:  # TOPIC_ALREADY_EXISTS: another instance won the race
+                    raise KafkaClientError(
+                        f"cannot create topic {name}: {err.str()}", err.code()
+                    ) from exc
+        existing = _partition_counts(admin, timeout)
+    counts = {name: existing.get(name, 0) for name in wanted}
+    if counts[s.topic_contexts] != counts[s.topic_rewards]:
+        raise ConfigError(
+            f"topics {s.topic_contexts} ({counts[s.topic_contexts]} partitions) and "
+            f"{s.topic_rewards} ({counts[s.topic_rewards]} partitions) must have the same "
+            "partition count, so that a domain's contexts and rewards meet in one instance"
+        )
+    return counts

@@ -1,0 +1,181 @@
+"""One broker per test session, fresh topics and consumer group per test.
+
+The embedded Tansu broker is started unless ``RL_TEST_BOOTSTRAP_SERVERS`` names an
+existing cluster (Apache Kafka from docker-compose), in which case that is used.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
+from stream.config import Settings, load_settings
+from stream.kafka import admin_config
+from stream.loop import Service
+from stream.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    external = os.environ.get("RL_TEST_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def settings_factory(bootstrap: str, tmp_path: Any) -> Callable[..., Settings]:
+    """Settings on fresh topics and a fresh group; the topics exist when it returns."""
+
+    def make(**overrides: Any) -> Settings:
+        tag = uuid.uuid4().hex[:10]
+        values: dict[str, Any] = {
+            **FAST_CLIENT_SETTINGS,
+            "kafka_bootstrap_servers": bootstrap,
+            "kafka_group_id": f"test-{tag}",
+            "topic_contexts": f"t-{tag}.contexts",
+            "topic_rewards": f"t-{tag}.rewards",
+            "topic_decisions": f"t-{tag}.decisions",
+            "topic_metrics": f"t-{tag}.metrics",
+            "topic_dead_letter": f"t-{tag}.dead-letter",
+            "topic_state": f"t-{tag}.state",
+            "topic_partitions": 2,
+            "state_dir": tmp_path / f"state-{tag}",
+            "update_interval": 1,
+            "poll_timeout_s": 0.05,
+        }
+        values.update(overrides)
+        settings = load_settings(**values)
+        ensure_topics(settings, AdminClient(admin_config(settings)))
+        return settings
+
+    return make
+
+
+@dataclass
+class Running:
+    service: Service
+    thread: threading.Thread
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.service.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "service did not stop"
+
+
+@pytest.fixture
+def start_service() -> Iterator[Callable[[Settings], Running]]:
+    """Run a Service in a thread until the test ends; waits for its partition assignment."""
+    running: list[Running] = []
+
+    def start(settings: Settings) -> Running:
+        service = Service(settings)
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                service.run()
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+                errors.append(exc)
+                raise
+
+        thread = threading.Thread(target=target, name="service", daemon=True)
+        thread.start()
+        assert service.ready.wait(30), f"service never got partitions: {errors}"
+        r = Running(service, thread)
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        if r.thread.is_alive():
+            r.stop()
+
+
+class Client:
+    """What an application does: produce contexts and rewards, read decisions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                                  "linger.ms": 1})
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "fetch.wait.max.ms": 10,
+        })
+        md = self.consumer.list_topics(settings.topic_decisions, timeout=10)
+        parts = md.topics[settings.topic_decisions].partitions
+        self.consumer.assign([TopicPartition(settings.topic_decisions, p, 0) for p in parts])
+
+    def send_raw(self, topic: str, value: bytes | None, key: bytes | None) -> None:
+        self.producer.produce(topic, value, key)
+
+    def context(self, event_id: str, domain: str = "d1", candidates: list[str] | None = None,
+                context: dict[str, Any] | None = None, **extra: Any) -> None:
+        doc = {"event_id": event_id, "domain": domain,
+               "context": context if context is not None else {"x": 1.0},
+               "candidates": candidates or ["a", "b", "c"], **extra}
+        self.send_raw(self.s.topic_contexts, orjson.dumps(doc), domain.encode())
+
+    def reward(self, event_id: str, reward: float, domain: str = "d1") -> None:
+        doc = {"event_id": event_id, "domain": domain, "reward": reward}
+        self.send_raw(self.s.topic_rewards, orjson.dumps(doc), domain.encode())
+
+    def flush(self) -> None:
+        assert self.producer.flush(10) == 0
+
+    def decisions(self, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Read exactly ``n`` decisions (fails on fewer), then check no extra one follows."""
+        self.flush()
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            for m in self.consumer.consume(num_messages=1000, timeout=0.2):
+                assert m.error() is None, m.error()
+                out.append(orjson.loads(m.value()))
+        assert len(out) >= n, f"got {len(out)} decisions, expected {n}"
+        extra = self.consumer.consume(num_messages=10, timeout=1.0)
+        out.extend(orjson.loads(m.value()) for m in extra if m.error() is None)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@pytest.fixture
+def client_factory() -> Iterator[Callable[[Settings], Client]]:
+    clients: list[Client] = []
+
+    def make(settings: Settings) -> Client:
+        c = Client(settings)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

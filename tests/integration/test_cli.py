@@ -1,0 +1,112 @@
+"""The new-user path: `bandit-stream broker`, `bandit-stream run`, any Kafka client, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+BIN = os.path.join(os.path.dirname(sys.executable), "bandit-stream")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "ENABLE_RL_"))}
+    env.update(extra)
+    return env
+
+
+def test_broker_command_prints_bootstrap_and_stops_on_sigterm():
+    port = free_port()
+    proc = subprocess.Popen([BIN, "broker", "--port", str(port), "--partitions", "3"],
+                            stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == f"bootstrap servers: 127.0.0.1:{port}"
+        topics = proc.stdout.readline()
+        assert "bandit.contexts (3)" in topics and "bandit.rewards (3)" in topics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_run_command_decides_learns_and_exits_cleanly(bootstrap):
+    tag = uuid.uuid4().hex[:8]
+    env = _env(
+        RL_KAFKA_BOOTSTRAP_SERVERS=bootstrap, RL_KAFKA_GROUP_ID=f"cli-{tag}",
+        RL_TOPIC_CONTEXTS=f"cli-{tag}.contexts", RL_TOPIC_REWARDS=f"cli-{tag}.rewards",
+        RL_TOPIC_DECISIONS=f"cli-{tag}.decisions", RL_TOPIC_METRICS=f"cli-{tag}.metrics",
+        RL_TOPIC_DEAD_LETTER=f"cli-{tag}.dlq", RL_TOPIC_STATE=f"cli-{tag}.state",
+        RL_KAFKA_SESSION_TIMEOUT_MS="2000", RL_KAFKA_HEARTBEAT_INTERVAL_MS="500",
+        RL_KAFKA_FETCH_WAIT_MAX_MS="10", RL_UPDATE_INTERVAL="1", RL_LOG_FORMAT="json",
+    )
+    proc = subprocess.Popen([BIN, "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        producer = Producer({"bootstrap.servers": bootstrap})
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{tag}",
+                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+        # `run` creates its topics at start; read every decisions partition from the start.
+        deadline = time.monotonic() + 30
+        parts: list[int] = []
+        while not parts and time.monotonic() < deadline:
+            md = consumer.list_topics(timeout=5).topics.get(f"cli-{tag}.decisions")
+            parts = list(md.partitions) if md and md.error is None else []
+            time.sleep(0.1)
+        assert parts, "run did not create its topics"
+        consumer.assign([TopicPartition(f"cli-{tag}.decisions", p, 0) for p in parts])
+        for i in range(20):
+            doc = {"event_id": f"e{i}", "domain": "shop", "context": {"n": i},
+                   "candidates": ["x", "y"]}
+            producer.produce(f"cli-{tag}.contexts", orjson.dumps(doc), b"shop")
+        producer.flush(10)
+        got: dict[str, dict] = {}
+        deadline = time.monotonic() + 60
+        while len(got) < 20 and time.monotonic() < deadline:
+            for m in consumer.consume(100, 0.2):
+                if m.error() is None:
+                    d = orjson.loads(m.value())
+                    got[d["event_id"]] = d
+        assert len(got) == 20
+        for i in range(20):
+            producer.produce(f"cli-{tag}.rewards", orjson.dumps(
+                {"event_id": f"e{i}", "domain": "shop", "reward": 1.0}), b"shop")
+        producer.flush(10)
+        time.sleep(2.0)
+        producer.produce(f"cli-{tag}.contexts", orjson.dumps(
+            {"event_id": "later", "domain": "shop", "context": {}, "candidates": ["x", "y"]}),
+            b"shop")
+        producer.flush(10)
+        later = None
+        deadline = time.monotonic() + 30
+        while later is None and time.monotonic() < deadline:
+            for m in consumer.consume(100, 0.2):
+                if m.error() is None and orjson.loads(m.value())["event_id"] == "later":
+                    later = orjson.loads(m.value())
+        assert later is not None and later["policy_version"] == 20  # the policy learned
+        consumer.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log = proc.stderr.read()
+        assert "stopped after 21 decisions, 20 rewards joined" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_run_command_rejects_bad_settings_naming_the_variable():
+    proc = subprocess.run([BIN, "run"], env=_env(RL_BATCH_SIZE="many"), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "RL_BATCH_SIZE" in proc.stderr

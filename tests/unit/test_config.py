@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+
+from stream.config import Settings, env_name, load_settings, unknown_env_vars
+from stream.errors import ConfigError
+from stream.kafka import consumer_config, producer_config
+
+ALL_NAMES = """RL_KAFKA_BOOTSTRAP_SERVERS RL_KAFKA_GROUP_ID RL_KAFKA_SESSION_TIMEOUT_MS
+RL_KAFKA_HEARTBEAT_INTERVAL_MS RL_KAFKA_FETCH_WAIT_MAX_MS RL_KAFKA_SECURITY_PROTOCOL
+RL_KAFKA_SASL_MECHANISM RL_KAFKA_SASL_USERNAME RL_KAFKA_SASL_PASSWORD RL_KAFKA_SSL_CA_LOCATION
+RL_KAFKA_EXTRA RL_TOPIC_CONTEXTS RL_TOPIC_REWARDS RL_TOPIC_DECISIONS RL_TOPIC_METRICS
+RL_TOPIC_DEAD_LETTER RL_TOPIC_STATE RL_REWARD_WAIT_S RL_DEFAULT_REWARD RL_REWARD_MIN
+RL_REWARD_MAX RL_MAX_PENDING RL_MAX_DOMAINS RL_MAX_CANDIDATES RL_POLICY RL_BASELINE_POLICY
+RL_SHADOW_POLICIES RL_BATCH_SIZE RL_UPDATE_INTERVAL RL_STATE_DIR RL_CHECKPOINT_INTERVAL_S
+RL_METRICS_PORT RL_METRICS_INTERVAL_S RL_LOG_LEVEL RL_LOG_FORMAT RL_DR_ALPHA RL_DR_LEARNING_RATE
+RL_DR_LR_DECAY RL_DR_MAX_WEIGHT RL_DR_MAX_HISTORY RL_OT_MAX_DEPTH RL_OT_MIN_SPLIT
+RL_OT_SPLIT_THRESHOLD RL_OT_MAX_NODES RL_MEMORY_LIMIT_MB RL_MEMORY_CLEANUP_INTERVAL
+RL_ROLLOUT_PERCENTAGE RL_ROLLOUT_DOMAINS RL_LATENCY_THRESHOLD_MS RL_MEMORY_THRESHOLD_MB
+RL_ERROR_RATE_THRESHOLD ENABLE_RL_ADVANCED ENABLE_RL_MONITORING ENABLE_RL_SHADOW_EVAL""".split()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for k in list(os.environ):
+        if k.startswith(("RL_", "ENABLE_RL_")):
+            monkeypatch.delenv(k)
+
+
+def test_every_documented_name_is_a_setting():
+    known = {env_name(f) for f in Settings.model_fields}
+    assert set(ALL_NAMES) <= known
+
+
+def test_defaults():
+    s = load_settings()
+    assert s.kafka_bootstrap_servers == "localhost:9092"
+    assert s.kafka_group_id == "bandit-stream"
+    assert (s.topic_contexts, s.topic_rewards, s.topic_decisions) == (
+        "bandit.contexts", "bandit.rewards", "bandit.decisions")
+    assert s.topic_dead_letter == "bandit.dead-letter" and s.topic_state == "bandit.state"
+    assert s.reward_wait_s == 3600 and s.default_reward == 0.0
+    assert (s.reward_min, s.reward_max) == (0.0, 1.0)
+    assert s.max_domains == 1000 and s.max_candidates == 64
+    assert s.policy == "doubly_robust" and s.baseline_policy == "epsilon_greedy"
+    assert s.shadow_policies == ["offset_tree", "linucb"]
+    assert s.checkpoint_interval_s == 30 and s.metrics_port == 9464 and s.metrics_interval_s == 10
+    assert s.enable_rl_advanced is False
+
+
+def test_environment_is_read(monkeypatch):
+    monkeypatch.setenv("RL_BATCH_SIZE", "77")
+    monkeypatch.setenv("RL_DEFAULT_REWARD", "none")
+    monkeypatch.setenv("RL_ROLLOUT_DOMAINS", "a, b,c")
+    monkeypatch.setenv("RL_KAFKA_EXTRA", '{"client.id": "x", "socket.keepalive.enable": true}')
+    monkeypatch.setenv("ENABLE_RL_SHADOW_EVAL", "true")
+    monkeypatch.setenv("RL_KAFKA_SASL_PASSWORD", "hunter2")
+    s = load_settings()
+    assert s.batch_size == 77 and s.default_reward is None
+    assert s.rollout_domains == ["a", "b", "c"]
+    assert s.enable_rl_shadow_eval is True
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+    conf = consumer_config(s)
+    assert conf["client.id"] == "x" and conf["sasl.password"] == "hunter2"
+    assert conf["enable.auto.offset.store"] is False
+    assert producer_config(s)["enable.idempotence"] is True
+
+
+@pytest.mark.parametrize("name,value", [
+    ("RL_BATCH_SIZE", "lots"), ("RL_BATCH_SIZE", "0"), ("RL_LOG_FORMAT", "xml"),
+    ("RL_REWARD_WAIT_S", "-1"), ("RL_BASELINE_POLICY", "nonsense"), ("RL_KAFKA_EXTRA", "[1]"),
+    ("RL_ROLLOUT_PERCENTAGE", "1.5"), ("ENABLE_RL_MONITORING", "perhaps"),
+    ("RL_DEFAULT_REWARD", "inf"),
+])
+def test_bad_value_names_the_variable(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert name in str(e.value)
+
+
+def test_cross_field_checks(monkeypatch):
+    monkeypatch.setenv("RL_REWARD_MIN", "2")
+    with pytest.raises(ConfigError, match="RL_REWARD_MIN"):
+        load_settings()
+
+
+def test_advanced_policy_must_exist_when_enabled(monkeypatch):
+    monkeypatch.setenv("ENABLE_RL_ADVANCED", "1")
+    monkeypatch.setenv("RL_POLICY", "nope")
+    with pytest.raises(ConfigError, match="RL_POLICY"):
+        load_settings()
+
+
+def test_unknown_rl_variables_are_reported(monkeypatch):
+    monkeypatch.setenv("RL_BATCHSIZE", "5")
+    assert unknown_env_vars() == ["RL_BATCHSIZE"]

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from policies.base import PolicyError
+from policies.features import FeatureHasher
+
+
+def dense(h: FeatureHasher, ctx, cands=("a",), cf=None):
+    return h.assemble([h.encode(ctx, list(cands), cf)], ["k"]).X
+
+
+def test_bias_and_bounded_dimension():
+    h = FeatureHasher(n_features=16)
+    X = dense(h, {f"k{i}": float(i) for i in range(500)})
+    assert X.shape == (1, 16)
+    assert X[0, 0] == 1.0
+
+
+def test_missing_none_and_new_keys_are_handled():
+    h = FeatureHasher(n_features=32)
+    base = dense(h, {"x": 2.0})
+    assert np.array_equal(dense(h, {"x": 2.0, "y": None}), base)
+    assert np.count_nonzero(dense(h, {})) == 1  # only the bias
+    assert not np.array_equal(dense(h, {"x": 2.0, "never_seen_before": "v"}), base)
+
+
+def test_numbers_bools_and_categories():
+    h = FeatureHasher(n_features=1024)
+    x1 = dense(h, {"n": 3.0})
+    x2 = dense(h, {"n": 6.0})
+    assert np.allclose(x2[0, 1:], 2 * x1[0, 1:])  # numbers are linear
+    assert np.count_nonzero(dense(h, {"b": False})[0, 1:]) == 0
+    assert np.count_nonzero(dense(h, {"b": True})[0, 1:]) == 1
+    de, fr = dense(h, {"c": "de"}), dense(h, {"c": "fr"})
+    assert np.abs(de[0, 1:]).sum() == 1.0 and np.abs(fr[0, 1:]).sum() == 1.0
+    assert not np.array_equal(de, fr)  # one slot per category value
+
+
+def test_colliding_keys_sum():
+    h = FeatureHasher(n_features=2)  # one hashed slot: everything collides
+    x = dense(h, {"a": 1.0, "b": 2.0})
+    sa, sb = h._slot("a")[1], h._slot("b")[1]
+    assert x[0, 1] == pytest.approx(sa * 1.0 + sb * 2.0)
+
+
+def test_candidate_features_only_on_their_row():
+    h = FeatureHasher(n_features=256)
+    X = dense(h, {"x": 1.0}, cands=("a", "b"), cf={"a": {"cost": 5.0}})
+    diff = X[0] - X[1]
+    assert np.count_nonzero(diff) == 1 and np.abs(diff).sum() == 5.0
+
+
+def test_hash_is_stable_across_processes():
+    code = ("from policies.features import FeatureHasher;"
+            "h=FeatureHasher(64, seed=3);print(h._slot('country=de'), h._slot('age'))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={"PYTHONHASHSEED": str(i)}).stdout for i in (1, 2)}
+    assert len(outs) == 1
+    h = FeatureHasher(64, seed=3)
+    assert outs.pop().strip() == f"{h._slot('country=de')} {h._slot('age')}"
+
+
+def test_cache_is_bounded():
+    h = FeatureHasher(n_features=64, cache_size=100)
+    for i in range(1000):
+        dense(h, {"user": f"u{i}"})
+    assert len(h._cache) <= 100
+
+
+def test_assemble_layout():
+    h = FeatureHasher(n_features=8)
+    evs = [h.encode({"x": 1.0}, ["a", "b", "c"]), h.encode({}, ["z"])]
+    b = h.assemble(evs, ["e1", "e2"])
+    assert b.offsets.tolist() == [0, 3, 4]
+    assert b.actions == ["a", "b", "c", "z"]
+    assert b.row_event().tolist() == [0, 0, 0, 1]
+
+
+def test_too_small_dimension_rejected():
+    with pytest.raises(PolicyError):
+        FeatureHasher(n_features=1)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from policies.features import EncodedContext
+from stream.join import Outcome, Pending, PendingJoins
+
+
+def pend(eid: str, t: float, wait: float = 10.0, domain: str = "d") -> Pending:
+    enc = EncodedContext(([], []), ("a",))
+    return Pending(domain, eid, enc, 0, 1.0, "p", "control", t, t + wait)
+
+
+def test_first_reward_wins_then_duplicate():
+    j = PendingJoins(10, 10.0)
+    j.add(pend("e1", 0))
+    outcome, p = j.take("d", "e1")
+    assert outcome is Outcome.JOINED and p is not None and p.event_id == "e1"
+    assert j.take("d", "e1") == (Outcome.DUPLICATE, None)
+    assert j.take("other", "e1") == (Outcome.UNKNOWN, None)
+    assert j.take("d", "nope") == (Outcome.UNKNOWN, None)
+
+
+def test_expiry_in_deadline_order_then_late():
+    j = PendingJoins(10, 10.0)
+    for i in range(5):
+        j.add(pend(f"e{i}", float(i)))
+    expired = j.expire(12.5)
+    assert [p.event_id for p in expired] == ["e0", "e1", "e2"]
+    assert len(j) == 2
+    assert j.take("d", "e0") == (Outcome.LATE, None)
+    assert j.take("d", "e4")[0] is Outcome.JOINED
+
+
+def test_bounded_evicts_oldest():
+    j = PendingJoins(3, 10.0)
+    evicted = []
+    for i in range(5):
+        evicted += j.add(pend(f"e{i}", float(i)))
+    assert [p.event_id for p in evicted] == ["e0", "e1"]
+    assert len(j) == 3
+    assert j.take("d", "e1") == (Outcome.LATE, None)
+
+
+def test_finished_memory_is_bounded():
+    j = PendingJoins(5, 10.0, remember=4)
+    for i in range(20):
+        j.add(pend(f"e{i}", 0.0))
+        j.take("d", f"e{i}")
+    assert len(j._finished) == 4
+    assert j.take("d", "e0") == (Outcome.UNKNOWN, None)
+    assert j.take("d", "e19") == (Outcome.DUPLICATE, None)
+
+
+def test_duplicate_pending_key_refused():
+    import pytest
+
+    j = PendingJoins(5, 10.0)
+    j.add(pend("e", 0.0))
+    with pytest.raises(KeyError):
+        j.add(pend("e", 1.0))

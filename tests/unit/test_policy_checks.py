@@ -1,0 +1,117 @@
+"""One check-suite run over every registered policy (in the spirit of River's estimator checks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from policies import POLICIES, ContextBatch, Feedback, create_policy
+from policies.features import FeatureHasher
+
+D = 16
+
+
+def make_batch(rng: np.random.Generator, n: int, cands: list[list[str]] | None = None,
+               prefix: str = "e") -> ContextBatch:
+    h = FeatureHasher(D)
+    cands = cands or [["a", "b", "c"][: 1 + i % 3] for i in range(n)]
+    enc = [h.encode({"x": float(rng.normal()), "c": f"v{rng.integers(3)}"}, cands[i])
+           for i in range(n)]
+    return h.assemble(enc, [f"{prefix}{i}" for i in range(n)])
+
+
+def feedback(batch: ContextBatch, dec, rng) -> Feedback:
+    return Feedback(batch, dec.row.copy(), rng.random(batch.n_events), dec.probability.copy())
+
+
+@pytest.fixture(params=sorted(POLICIES))
+def name(request) -> str:
+    return request.param
+
+
+def test_distribution_is_valid_and_logged_probability_exact(name):
+    rng = np.random.default_rng(0)
+    p = create_policy(name, D, seed=1)
+    for _ in range(5):
+        batch = make_batch(rng, 50)
+        d = p.choose(batch)
+        sums = np.add.reduceat(d.pmf, batch.offsets[:-1])
+        assert np.allclose(sums, 1.0, atol=1e-12)
+        assert np.all(d.pmf >= 0)
+        assert np.array_equal(d.probability, d.pmf[d.row])
+        assert np.all(d.probability > 0)
+        assert np.all((d.row >= batch.offsets[:-1]) & (d.row < batch.offsets[1:]))
+        p.learn(feedback(batch, d, rng))
+
+
+def test_same_seed_same_inputs_same_decisions(name):
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    p1, p2 = create_policy(name, D, seed=5), create_policy(name, D, seed=5)
+    for _ in range(3):
+        b1, b2 = make_batch(rng1, 40), make_batch(rng2, 40)
+        d1, d2 = p1.choose(b1), p2.choose(b2)
+        assert np.array_equal(d1.row, d2.row) and np.array_equal(d1.pmf, d2.pmf)
+        p1.learn(feedback(b1, d1, rng1))
+        p2.learn(feedback(b2, d2, rng2))
+
+
+def test_state_round_trip_gives_identical_later_decisions(name):
+    rng = np.random.default_rng(4)
+    p = create_policy(name, D, seed=2)
+    for _ in range(4):
+        b = make_batch(rng, 60)
+        p.learn(feedback(b, p.choose(b), rng))
+    meta, arrays = p.state_dict()
+    q = type(p).from_state(meta, {k: v.copy() for k, v in arrays.items()})
+    assert q.n_learned == p.n_learned == 240
+    b = make_batch(rng, 100, prefix="later")
+    dp, dq = p.choose(b), q.choose(b)
+    assert np.array_equal(dp.row, dq.row) and np.allclose(dp.pmf, dq.pmf, rtol=0, atol=1e-12)
+
+
+def test_learn_does_not_mutate_inputs(name):
+    rng = np.random.default_rng(5)
+    p = create_policy(name, D, seed=0)
+    b = make_batch(rng, 30)
+    fb = feedback(b, p.choose(b), rng)
+    before = (b.X.copy(), list(b.actions), b.offsets.copy(), fb.row.copy(), fb.reward.copy(),
+              fb.probability.copy())
+    p.learn(fb)
+    after = (b.X, b.actions, b.offsets, fb.row, fb.reward, fb.probability)
+    for x, y in zip(before, after, strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_candidate_lists_that_change_between_events(name):
+    rng = np.random.default_rng(6)
+    p = create_policy(name, D, seed=0)
+    for step in range(5):
+        cands = [[f"act{(step + j) % 9}" for j in range(1 + (i % 4))] for i in range(30)]
+        b = make_batch(rng, 30, cands=cands, prefix=f"s{step}-")
+        d = p.choose(b)
+        chosen = [b.actions[r] for r in d.row]
+        assert all(c in cands[i] for i, c in enumerate(chosen))
+        p.learn(feedback(b, d, rng))
+
+
+def test_bad_state_is_rejected(name):
+    from policies.base import PolicyError
+
+    rng = np.random.default_rng(7)
+    p = create_policy(name, D, seed=0)
+    b = make_batch(rng, 20)
+    p.learn(feedback(b, p.choose(b), rng))
+    meta, arrays = p.state_dict()
+    cls = type(p)
+    with pytest.raises(PolicyError):
+        cls.from_state({**meta, "version": 999}, arrays)
+    with pytest.raises(PolicyError):
+        cls.from_state({**meta, "policy": "other"}, arrays)
+    key = next(iter(arrays))
+    with pytest.raises(PolicyError):
+        cls.from_state(meta, {**arrays, key: arrays[key][:-1]})
+    bad = {k: v.copy() for k, v in arrays.items()}
+    f = next(k for k, v in bad.items() if v.dtype.kind == "f")
+    bad[f].flat[0] = np.nan
+    with pytest.raises(PolicyError):
+        cls.from_state(meta, bad)

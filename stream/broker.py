@@ -60,7 +60,9 @@ class EmbeddedBroker:
         self.host = host
         self.port = port or free_port(host)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
+        fd, log_path = tempfile.mkstemp(prefix="tansu-", suffix=".log")
+        self._log = os.fdopen(fd, "wb")  # Tansu's output, shown if it fails to start
+        self._log_path = Path(log_path)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -72,11 +74,20 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 30.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
-        log.info("starting Tansu on %s (log %s)", url, self._log.name)
-        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        log.info("starting Tansu on %s (log %s)", url, self._log_path)
+        self._proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         self._wait_ready(timeout)
         return self
 
@@ -88,19 +99,23 @@ class EmbeddedBroker:
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
                 # Accepting TCP is not enough: wait for a metadata answer.
-                md = AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=2)
+                md = AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(
+                    timeout=2
+                )
                 if md.brokers:
                     return
             except Exception:  # noqa: BLE001 - any failure here means "not yet"
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise BrokerError(f"Tansu did not accept connections within {timeout:.0f}s: {self._tail()}")
+                raise BrokerError(
+                    f"Tansu did not accept connections within {timeout:.0f}s: {self._tail()}"
+                )
             time.sleep(0.05)
 
     def _tail(self) -> str:
         try:
-            return Path(self._log.name).read_text(errors="replace")[-2000:]
+            return self._log_path.read_text(errors="replace")[-2000:]
         except OSError:
             return ""
 
@@ -114,11 +129,12 @@ class EmbeddedBroker:
                 proc.kill()
                 proc.wait()
         self._log.close()
-        Path(self._log.name).unlink(missing_ok=True)
+        self._log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start() if self._proc is None else self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
     broker = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
     broker.add_argument("--port", type=int, default=9092)
-    broker.add_argument("--partitions", type=int, default=4,
-                        help="partitions of the topics it creates (default 4)")
+    broker.add_argument(
+        "--partitions", type=int, default=4, help="partitions of the topics it creates (default 4)"
+    )
     broker.set_defaults(fn=cmd_broker)
     demo = sub.add_parser("demo", help="broker + service + simulated traffic, live")
     demo.add_argument("--events", type=int, default=20_000)

@@ -61,8 +61,17 @@ class _Progress:
 
 
 def _summary(service: Service, latest: dict[str, Any] | None) -> str:
-    rows = [("domain", "decisions", "rewards joined", "mean reward", "last 25%",
-             "uniform random", "best fixed action")]
+    rows = [
+        (
+            "domain",
+            "decisions",
+            "rewards joined",
+            "mean reward",
+            "last 25%",
+            "uniform random",
+            "best fixed action",
+        )
+    ]
     tallies = (latest or {}).get("tallies", {})
     for name, state in service.domains.states.items():
         t = tallies.get(name, {})
@@ -70,13 +79,17 @@ def _summary(service: Service, latest: dict[str, Any] | None) -> str:
         fixed = t.get("fixed_sum", {})
         best = max(fixed, key=fixed.get) if fixed else "-"
         recent = t.get("recent", [])
-        rows.append((
-            name, str(state.decisions), str(state.rewards_joined),
-            f"{state.reward_sum / max(state.rewards_joined, 1):.3f}",
-            f"{_mean(recent[-max(len(recent) // 4, 1):]):.3f}" if recent else "-",
-            f"{t.get('uniform_sum', 0.0) / n:.3f}",
-            f"{fixed[best] / n:.3f} ({best})" if fixed else "-",
-        ))
+        rows.append(
+            (
+                name,
+                str(state.decisions),
+                str(state.rewards_joined),
+                f"{state.reward_sum / max(state.rewards_joined, 1):.3f}",
+                f"{_mean(recent[-max(len(recent) // 4, 1) :]):.3f}" if recent else "-",
+                f"{t.get('uniform_sum', 0.0) / n:.3f}",
+                f"{fixed[best] / n:.3f} ({best})" if fixed else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -94,22 +107,37 @@ def run_demo(events: int, rate: float, seed: int, base: Settings | None = None) 
         }
         settings = load_settings(**overrides) if base is None else base.model_copy(update=overrides)
         ensure_topics(settings, AdminClient(admin_config(settings)))
-        print(f"broker on {broker.bootstrap_servers}; simulating {events} events at {rate:.0f}/s "
-              f"over {', '.join(d.name for d in DOMAINS)}  (Ctrl-C to stop)")
+        print(
+            f"broker on {broker.bootstrap_servers}; simulating {events} events at {rate:.0f}/s "
+            f"over {', '.join(d.name for d in DOMAINS)}  (Ctrl-C to stop)"
+        )
         ctx = mp.get_context("spawn")  # librdkafka threads already run here: never fork
         reports: Any = ctx.Queue()
         stop_sim = ctx.Event()
-        sim = ctx.Process(target=simulate, daemon=True, args=(
-            broker.bootstrap_servers, settings.topic_contexts, settings.topic_rewards,
-            settings.topic_decisions, events, rate, seed, 2.0, reports, stop_sim))
+        sim = ctx.Process(
+            target=simulate,
+            daemon=True,
+            args=(
+                broker.bootstrap_servers,
+                settings.topic_contexts,
+                settings.topic_rewards,
+                settings.topic_decisions,
+                events,
+                rate,
+                seed,
+                2.0,
+                reports,
+                stop_sim,
+            ),
+        )
         progress = _Progress(reports)
 
         def on_turn(service: Service) -> None:
             progress(service)
-            if progress.done and progress.latest is not None:
-                # Stop once every reward the simulator sent has been joined and learned.
-                if service.stats.rewards_joined >= progress.latest["rewards_sent"]:
-                    service.stop()
+            # Stop once every reward the simulator sent has been joined (then learned on exit).
+            latest = progress.latest
+            if progress.done and latest and service.stats.rewards_joined >= latest["rewards_sent"]:
+                service.stop()
 
         service = Service(settings, on_turn=on_turn)
         sim.start()
@@ -124,7 +152,8 @@ def run_demo(events: int, rate: float, seed: int, base: Settings | None = None) 
         print()
         print(_summary(service, progress.latest))
         st = service.stats
-        print(f"\n{st.decisions} decisions, {st.rewards_joined} rewards joined, "
-              f"{st.rewards_learned} learned, {st.rejected_total} messages skipped")
+        print(
+            f"\n{st.decisions} decisions, {st.rewards_joined} rewards joined, "
+            f"{st.rewards_learned} learned, {st.rejected_total} messages skipped"
+        )
     return 0
-

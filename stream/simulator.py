@@ -97,18 +97,33 @@ class DomainTally:
             del self.recent[:500]
 
 
-def simulate(bootstrap: str, contexts_topic: str, rewards_topic: str, decisions_topic: str,
-             events: int, rate: float, seed: int, max_delay_s: float,
-             reports: mp.Queue[Any], stop: Any) -> None:
+def simulate(
+    bootstrap: str,
+    contexts_topic: str,
+    rewards_topic: str,
+    decisions_topic: str,
+    events: int,
+    rate: float,
+    seed: int,
+    max_delay_s: float,
+    reports: mp.Queue[Any],
+    stop: Any,
+) -> None:
     """Process entry point. Sends ``("progress"|"done", {...})`` tuples on ``reports``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the demo stops us through ``stop``
     rng = random.Random(seed)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"demo-sim-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        "session.timeout.ms": 2000, "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 10,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"demo-sim-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 2000,
+            "heartbeat.interval.ms": 500,
+            "fetch.wait.max.ms": 10,
+        }
+    )
     consumer.subscribe([decisions_topic])
     by_name = {d.name: d for d in DOMAINS}
     tallies = {d.name: DomainTally() for d in DOMAINS}
@@ -127,15 +142,21 @@ def simulate(bootstrap: str, contexts_topic: str, rewards_topic: str, decisions_
             ctx = dom.context(rng)
             eid = f"{prefix}-{produced}"
             sent[eid] = (dom.name, ctx)
-            doc = {"event_id": eid, "domain": dom.name, "context": ctx,
-                   "candidates": list(dom.candidates), "timestamp": time.time()}
+            doc = {
+                "event_id": eid,
+                "domain": dom.name,
+                "context": ctx,
+                "candidates": list(dom.candidates),
+                "timestamp": time.time(),
+            }
             producer.produce(contexts_topic, orjson.dumps(doc), dom.name.encode())
             produced += 1
         # 2. Decisions: draw the reward now, send it after a random delay.
         for m in consumer.consume(num_messages=1000, timeout=0.01):
-            if m.error():
+            value = m.value()
+            if m.error() or value is None:
                 continue
-            d = orjson.loads(m.value())
+            d = orjson.loads(value)
             item = sent.pop(d["event_id"], None)
             if item is None:
                 continue
@@ -157,8 +178,10 @@ def simulate(bootstrap: str, contexts_topic: str, rewards_topic: str, decisions_
             last_report = now
             producer.flush(5)
             summary = {
-                "produced": produced, "rewards_sent": rewards_sent,
-                "elapsed": now - start, "tallies": {k: vars(v) for k, v in tallies.items()},
+                "produced": produced,
+                "rewards_sent": rewards_sent,
+                "elapsed": now - start,
+                "tallies": {k: vars(v) for k, v in tallies.items()},
             }
             reports.put(("done" if finished else "progress", summary))
             if finished:

@@ -112,13 +112,18 @@ class Client:
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
-        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                                  "linger.ms": 1})
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "fetch.wait.max.ms": 10,
-        })
+        self.producer = Producer(
+            {"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 1}
+        )
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
         md = self.consumer.list_topics(settings.topic_decisions, timeout=10)
         parts = md.topics[settings.topic_decisions].partitions
         self.consumer.assign([TopicPartition(settings.topic_decisions, p, 0) for p in parts])
@@ -126,11 +131,21 @@ class Client:
     def send_raw(self, topic: str, value: bytes | None, key: bytes | None) -> None:
         self.producer.produce(topic, value, key)
 
-    def context(self, event_id: str, domain: str = "d1", candidates: list[str] | None = None,
-                context: dict[str, Any] | None = None, **extra: Any) -> None:
-        doc = {"event_id": event_id, "domain": domain,
-               "context": context if context is not None else {"x": 1.0},
-               "candidates": candidates or ["a", "b", "c"], **extra}
+    def context(
+        self,
+        event_id: str,
+        domain: str = "d1",
+        candidates: list[str] | None = None,
+        context: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> None:
+        doc = {
+            "event_id": event_id,
+            "domain": domain,
+            "context": context if context is not None else {"x": 1.0},
+            "candidates": candidates or ["a", "b", "c"],
+            **extra,
+        }
         self.send_raw(self.s.topic_contexts, orjson.dumps(doc), domain.encode())
 
     def reward(self, event_id: str, reward: float, domain: str = "d1") -> None:

@@ -28,8 +28,12 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_broker_command_prints_bootstrap_and_stops_on_sigterm():
     port = free_port()
-    proc = subprocess.Popen([BIN, "broker", "--port", str(port), "--partitions", "3"],
-                            stdout=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [BIN, "broker", "--port", str(port), "--partitions", "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == f"bootstrap servers: 127.0.0.1:{port}"
@@ -45,18 +49,31 @@ def test_broker_command_prints_bootstrap_and_stops_on_sigterm():
 def test_run_command_decides_learns_and_exits_cleanly(bootstrap):
     tag = uuid.uuid4().hex[:8]
     env = _env(
-        RL_KAFKA_BOOTSTRAP_SERVERS=bootstrap, RL_KAFKA_GROUP_ID=f"cli-{tag}",
-        RL_TOPIC_CONTEXTS=f"cli-{tag}.contexts", RL_TOPIC_REWARDS=f"cli-{tag}.rewards",
-        RL_TOPIC_DECISIONS=f"cli-{tag}.decisions", RL_TOPIC_METRICS=f"cli-{tag}.metrics",
-        RL_TOPIC_DEAD_LETTER=f"cli-{tag}.dlq", RL_TOPIC_STATE=f"cli-{tag}.state",
-        RL_KAFKA_SESSION_TIMEOUT_MS="2000", RL_KAFKA_HEARTBEAT_INTERVAL_MS="500",
-        RL_KAFKA_FETCH_WAIT_MAX_MS="10", RL_UPDATE_INTERVAL="1", RL_LOG_FORMAT="json",
+        RL_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        RL_KAFKA_GROUP_ID=f"cli-{tag}",
+        RL_TOPIC_CONTEXTS=f"cli-{tag}.contexts",
+        RL_TOPIC_REWARDS=f"cli-{tag}.rewards",
+        RL_TOPIC_DECISIONS=f"cli-{tag}.decisions",
+        RL_TOPIC_METRICS=f"cli-{tag}.metrics",
+        RL_TOPIC_DEAD_LETTER=f"cli-{tag}.dlq",
+        RL_TOPIC_STATE=f"cli-{tag}.state",
+        RL_KAFKA_SESSION_TIMEOUT_MS="2000",
+        RL_KAFKA_HEARTBEAT_INTERVAL_MS="500",
+        RL_KAFKA_FETCH_WAIT_MAX_MS="10",
+        RL_UPDATE_INTERVAL="1",
+        RL_LOG_FORMAT="json",
     )
     proc = subprocess.Popen([BIN, "run"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         producer = Producer({"bootstrap.servers": bootstrap})
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{tag}",
-                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{tag}",
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,
+            }
+        )
         # `run` creates its topics at start; read every decisions partition from the start.
         deadline = time.monotonic() + 30
         parts: list[int] = []
@@ -67,8 +84,12 @@ def test_run_command_decides_learns_and_exits_cleanly(bootstrap):
         assert parts, "run did not create its topics"
         consumer.assign([TopicPartition(f"cli-{tag}.decisions", p, 0) for p in parts])
         for i in range(20):
-            doc = {"event_id": f"e{i}", "domain": "shop", "context": {"n": i},
-                   "candidates": ["x", "y"]}
+            doc = {
+                "event_id": f"e{i}",
+                "domain": "shop",
+                "context": {"n": i},
+                "candidates": ["x", "y"],
+            }
             producer.produce(f"cli-{tag}.contexts", orjson.dumps(doc), b"shop")
         producer.flush(10)
         got: dict[str, dict] = {}
@@ -80,13 +101,20 @@ def test_run_command_decides_learns_and_exits_cleanly(bootstrap):
                     got[d["event_id"]] = d
         assert len(got) == 20
         for i in range(20):
-            producer.produce(f"cli-{tag}.rewards", orjson.dumps(
-                {"event_id": f"e{i}", "domain": "shop", "reward": 1.0}), b"shop")
+            producer.produce(
+                f"cli-{tag}.rewards",
+                orjson.dumps({"event_id": f"e{i}", "domain": "shop", "reward": 1.0}),
+                b"shop",
+            )
         producer.flush(10)
         time.sleep(2.0)
-        producer.produce(f"cli-{tag}.contexts", orjson.dumps(
-            {"event_id": "later", "domain": "shop", "context": {}, "candidates": ["x", "y"]}),
-            b"shop")
+        producer.produce(
+            f"cli-{tag}.contexts",
+            orjson.dumps(
+                {"event_id": "later", "domain": "shop", "context": {}, "candidates": ["x", "y"]}
+            ),
+            b"shop",
+        )
         producer.flush(10)
         later = None
         deadline = time.monotonic() + 30
@@ -106,7 +134,8 @@ def test_run_command_decides_learns_and_exits_cleanly(bootstrap):
 
 
 def test_run_command_rejects_bad_settings_naming_the_variable():
-    proc = subprocess.run([BIN, "run"], env=_env(RL_BATCH_SIZE="many"), capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [BIN, "run"], env=_env(RL_BATCH_SIZE="many"), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "RL_BATCH_SIZE" in proc.stderr

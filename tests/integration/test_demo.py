@@ -15,8 +15,13 @@ pytestmark = pytest.mark.integration
 def test_demo_decides_learns_and_summarises():
     exe = os.path.join(os.path.dirname(sys.executable), "bandit-stream")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "ENABLE_RL_"))}
-    out = subprocess.run([exe, "demo", "--events", "6000", "--rate", "3000"], env=env,
-                         capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [exe, "demo", "--events", "6000", "--rate", "3000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     assert "6000 decisions, 6000 rewards joined, 6000 learned, 0 messages skipped" in text

@@ -18,8 +18,9 @@ def _learned(running, domain: str = "d1") -> int:
     return state.policy.n_learned if state else 0
 
 
-def test_one_decision_per_context_with_exact_probabilities(settings_factory, start_service,
-                                                           client_factory):
+def test_one_decision_per_context_with_exact_probabilities(
+    settings_factory, start_service, client_factory
+):
     settings = settings_factory()
     running = start_service(settings)
     client = client_factory(settings)
@@ -28,8 +29,12 @@ def test_one_decision_per_context_with_exact_probabilities(settings_factory, sta
         domain = f"dom{i % 3}"
         cands = [f"c{j}" for j in range(1 + i % 5)]
         sent[f"e{i}"] = (domain, cands)
-        client.context(f"e{i}", domain=domain, candidates=cands,
-                       context={"n": i / 10, "cat": f"v{i % 4}", "flag": i % 2 == 0, "gone": None})
+        client.context(
+            f"e{i}",
+            domain=domain,
+            candidates=cands,
+            context={"n": i / 10, "cat": f"v{i % 4}", "flag": i % 2 == 0, "gone": None},
+        )
     decisions = client.decisions(200)
     assert len(decisions) == 200
     assert sorted(d["event_id"] for d in decisions) == sorted(sent)
@@ -66,8 +71,10 @@ def test_rewards_join_and_each_is_learned_once(settings_factory, start_service, 
         client.reward(f"never-{i}", 1.0)
     client.flush()
     stats = running.service.stats
-    wait_for(lambda: stats.rewards_joined + stats.duplicate_rewards + stats.unknown_rewards >= 40,
-             what="all rewards consumed")
+    wait_for(
+        lambda: stats.rewards_joined + stats.duplicate_rewards + stats.unknown_rewards >= 40,
+        what="all rewards consumed",
+    )
     wait_for(lambda: _learned(running) == 25, what="the buffered rewards learned")
     time.sleep(1.5)  # nothing more may be learned
     assert _learned(running) == 25
@@ -104,8 +111,9 @@ def test_window_expiry_learns_the_default_reward(settings_factory, start_service
     assert stats.rewards_joined == 1
 
 
-def test_default_reward_none_drops_expired_decisions(settings_factory, start_service,
-                                                     client_factory):
+def test_default_reward_none_drops_expired_decisions(
+    settings_factory, start_service, client_factory
+):
     settings = settings_factory(reward_wait_s=0.5, default_reward=None)
     running = start_service(settings)
     client = client_factory(settings)
@@ -129,8 +137,9 @@ def test_pending_joins_are_bounded(settings_factory, start_service, client_facto
     wait_for(lambda: _learned(running) == 30, what="evicted decisions learned with the default")
 
 
-def test_malformed_messages_are_skipped_and_valid_ones_decided(settings_factory, start_service,
-                                                               client_factory):
+def test_malformed_messages_are_skipped_and_valid_ones_decided(
+    settings_factory, start_service, client_factory
+):
     settings = settings_factory(max_domains=2)
     running = start_service(settings)
     client = client_factory(settings)
@@ -140,15 +149,26 @@ def test_malformed_messages_are_skipped_and_valid_ones_decided(settings_factory,
         (b"{not json", b"d1"),
         (b"[1, 2, 3]", b"d1"),
         (orjson.dumps({"domain": "d1", "context": {}, "candidates": ["a"]}), b"d1"),
-        (orjson.dumps({"event_id": "x", "domain": "bad domain!", "context": {},
-                       "candidates": ["a"]}), None),
-        (orjson.dumps({"event_id": "x", "domain": "d1", "context": {"a": [1]},
-                       "candidates": ["a"]}), b"d1"),
+        (
+            orjson.dumps(
+                {"event_id": "x", "domain": "bad domain!", "context": {}, "candidates": ["a"]}
+            ),
+            None,
+        ),
+        (
+            orjson.dumps(
+                {"event_id": "x", "domain": "d1", "context": {"a": [1]}, "candidates": ["a"]}
+            ),
+            b"d1",
+        ),
         (orjson.dumps({"event_id": "x", "domain": "d1", "context": {}, "candidates": []}), b"d1"),
-        (orjson.dumps({"event_id": "x", "domain": "d1", "context": {},
-                       "candidates": ["a", "a"]}), b"d1"),
-        (b'{"event_id": "x", "domain": "d1", "context": {"v": 1e999}, "candidates": ["a"]}',
-         b"d1"),
+        (
+            orjson.dumps(
+                {"event_id": "x", "domain": "d1", "context": {}, "candidates": ["a", "a"]}
+            ),
+            b"d1",
+        ),
+        (b'{"event_id": "x", "domain": "d1", "context": {"v": 1e999}, "candidates": ["a"]}', b"d1"),
         (None, b"d1"),
     ]
     for i in range(30):
@@ -170,8 +190,9 @@ def test_malformed_messages_are_skipped_and_valid_ones_decided(settings_factory,
     assert running.thread.is_alive()
 
 
-def test_offsets_committed_only_for_processed_messages(settings_factory, start_service,
-                                                       client_factory):
+def test_offsets_committed_only_for_processed_messages(
+    settings_factory, start_service, client_factory
+):
     settings = settings_factory()
     running = start_service(settings)
     client = client_factory(settings)

@@ -39,7 +39,10 @@ def test_defaults():
     assert s.kafka_bootstrap_servers == "localhost:9092"
     assert s.kafka_group_id == "bandit-stream"
     assert (s.topic_contexts, s.topic_rewards, s.topic_decisions) == (
-        "bandit.contexts", "bandit.rewards", "bandit.decisions")
+        "bandit.contexts",
+        "bandit.rewards",
+        "bandit.decisions",
+    )
     assert s.topic_dead_letter == "bandit.dead-letter" and s.topic_state == "bandit.state"
     assert s.reward_wait_s == 3600 and s.default_reward == 0.0
     assert (s.reward_min, s.reward_max) == (0.0, 1.0)
@@ -68,12 +71,20 @@ def test_environment_is_read(monkeypatch):
     assert producer_config(s)["enable.idempotence"] is True
 
 
-@pytest.mark.parametrize("name,value", [
-    ("RL_BATCH_SIZE", "lots"), ("RL_BATCH_SIZE", "0"), ("RL_LOG_FORMAT", "xml"),
-    ("RL_REWARD_WAIT_S", "-1"), ("RL_BASELINE_POLICY", "nonsense"), ("RL_KAFKA_EXTRA", "[1]"),
-    ("RL_ROLLOUT_PERCENTAGE", "1.5"), ("ENABLE_RL_MONITORING", "perhaps"),
-    ("RL_DEFAULT_REWARD", "inf"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("RL_BATCH_SIZE", "lots"),
+        ("RL_BATCH_SIZE", "0"),
+        ("RL_LOG_FORMAT", "xml"),
+        ("RL_REWARD_WAIT_S", "-1"),
+        ("RL_BASELINE_POLICY", "nonsense"),
+        ("RL_KAFKA_EXTRA", "[1]"),
+        ("RL_ROLLOUT_PERCENTAGE", "1.5"),
+        ("ENABLE_RL_MONITORING", "perhaps"),
+        ("RL_DEFAULT_REWARD", "inf"),
+    ],
+)
 def test_bad_value_names_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as e:

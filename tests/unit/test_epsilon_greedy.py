@@ -15,7 +15,7 @@ def test_sampling_frequencies_match_the_logged_pmf():
     u = rng.random(50_000)
     counts = np.zeros(5)
     for i in range(0, 50_000, 2):
-        rows = sample_rows(pmf, offsets, u[i:i + 2])
+        rows = sample_rows(pmf, offsets, u[i : i + 2])
         counts[rows] += 1
     freq = counts[:4] / 25_000
     assert np.all(np.abs(freq - pmf[:4]) < 0.01)  # 3.3 sd of a binomial at n=25k is < 0.01
@@ -29,8 +29,12 @@ def test_event_seeding_matches_pmf_for_a_real_policy():
     for _ in range(10):
         p.learn(Feedback(fb, np.array([0]), np.array([1.0]), np.array([1.0])))
     n = 20_000
-    batch = ContextBatch(np.tile(X, (n, 1)), ["a", "b", "c"] * n, np.arange(0, 3 * n + 1, 3),
-                         [f"event-{i}" for i in range(n)])
+    batch = ContextBatch(
+        np.tile(X, (n, 1)),
+        ["a", "b", "c"] * n,
+        np.arange(0, 3 * n + 1, 3),
+        [f"event-{i}" for i in range(n)],
+    )
     d = p.choose(batch)
     assert np.allclose(d.pmf[:3], [0.1, 0.8, 0.1])
     freq = np.bincount(d.row - batch.offsets[:-1], minlength=3) / n
@@ -51,7 +55,9 @@ def test_learns_the_best_action_per_context():
     for step in range(200):
         ctx = rng.integers(2, size=20)
         X = np.repeat(np.stack([np.ones(20), ctx == 0, ctx == 1], axis=1).astype(float), 2, axis=0)
-        b = ContextBatch(X, ["a", "b"] * 20, np.arange(0, 41, 2), [f"{step}-{i}" for i in range(20)])
+        b = ContextBatch(
+            X, ["a", "b"] * 20, np.arange(0, 41, 2), [f"{step}-{i}" for i in range(20)]
+        )
         d = p.choose(b)
         acts = [b.actions[r] for r in d.row]
         r = np.array([float(rng.random() < means[a][c]) for a, c in zip(acts, ctx, strict=True)])

@@ -56,10 +56,20 @@ def test_candidate_features_only_on_their_row():
 
 
 def test_hash_is_stable_across_processes():
-    code = ("from policies.features import FeatureHasher;"
-            "h=FeatureHasher(64, seed=3);print(h._slot('country=de'), h._slot('age'))")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={"PYTHONHASHSEED": str(i)}).stdout for i in (1, 2)}
+    code = (
+        "from policies.features import FeatureHasher;"
+        "h=FeatureHasher(64, seed=3);print(h._slot('country=de'), h._slot('age'))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(i)},
+        ).stdout
+        for i in (1, 2)
+    }
     assert len(outs) == 1
     h = FeatureHasher(64, seed=3)
     assert outs.pop().strip() == f"{h._slot('country=de')} {h._slot('age')}"

@@ -11,12 +11,14 @@ from policies.features import FeatureHasher
 D = 16
 
 
-def make_batch(rng: np.random.Generator, n: int, cands: list[list[str]] | None = None,
-               prefix: str = "e") -> ContextBatch:
+def make_batch(
+    rng: np.random.Generator, n: int, cands: list[list[str]] | None = None, prefix: str = "e"
+) -> ContextBatch:
     h = FeatureHasher(D)
     cands = cands or [["a", "b", "c"][: 1 + i % 3] for i in range(n)]
-    enc = [h.encode({"x": float(rng.normal()), "c": f"v{rng.integers(3)}"}, cands[i])
-           for i in range(n)]
+    enc = [
+        h.encode({"x": float(rng.normal()), "c": f"v{rng.integers(3)}"}, cands[i]) for i in range(n)
+    ]
     return h.assemble(enc, [f"{prefix}{i}" for i in range(n)])
 
 
@@ -74,8 +76,14 @@ def test_learn_does_not_mutate_inputs(name):
     p = create_policy(name, D, seed=0)
     b = make_batch(rng, 30)
     fb = feedback(b, p.choose(b), rng)
-    before = (b.X.copy(), list(b.actions), b.offsets.copy(), fb.row.copy(), fb.reward.copy(),
-              fb.probability.copy())
+    before = (
+        b.X.copy(),
+        list(b.actions),
+        b.offsets.copy(),
+        fb.row.copy(),
+        fb.reward.copy(),
+        fb.probability.copy(),
+    )
     p.learn(fb)
     after = (b.X, b.actions, b.offsets, fb.row, fb.reward, fb.probability)
     for x, y in zip(before, after, strict=True):

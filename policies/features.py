@@ -1,7 +1,7 @@
 """Context dict -> feature vectors: stable hashing into a bounded dimension.
 
 * slot 0 is a constant bias;
-* a number or bool ``k: v`` adds ``sign(k) * v`` at ``index(k)``;
+* a number or bool ``k: v`` adds ``sign(k) * v`` at ``index(k)`` (``v`` clipped to +-1e6);
 * a string ``k: "s"`` adds ``sign(k=s)`` at ``index(k=s)`` (one-hot through the hash);
 * ``null`` and absent keys add nothing, and keys never seen before need no registration;
 * candidate features (``candidate_features[action]``) hash in their own namespace,
@@ -24,6 +24,8 @@ from sklearn.utils import murmurhash3_32
 from policies.base import ContextBatch, FloatArray, PolicyError
 
 Scalar = float | int | bool | str | None
+# Numbers are clipped to +-CLIP: a hostile 1e300 must not overflow x x^T in a model.
+CLIP = 1e6
 # A context encoded sparsely: parallel (slot, value) lists. Kept as plain lists because
 # contexts are small and numpy arrays of five entries cost more than they save.
 Sparse = tuple[list[int], list[float]]
@@ -92,7 +94,7 @@ class FeatureHasher:
             else:  # int, float or bool (bool is an int: True -> 1.0, False -> 0.0)
                 j, s = slot(namespace + key)
                 idx.append(j)
-                val.append(s * float(v))
+                val.append(s * min(CLIP, max(-CLIP, float(v))))
         return idx, val
 
     def encode(

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # --- Domains and policies ------------------------------------------------------------
     max_domains: int = Field(1000, ge=1)
     max_candidates: int = Field(64, ge=1, le=4096)
+    # Distinct actions one domain may accumulate; each costs a d x d model in linear policies.
+    max_actions: int = Field(256, ge=1)
     max_message_bytes: int = Field(1_048_576, ge=64)
     policy: str = "doubly_robust"
     baseline_policy: str = "epsilon_greedy"

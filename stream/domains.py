@@ -28,6 +28,7 @@ class DomainState:
     name: str
     policy: Policy
     variant: str
+    actions: set[str] = field(default_factory=set)  # every candidate seen, bounded
     buffer: list[tuple[Pending, float]] = field(default_factory=list)
     buffer_since: float = 0.0
     decisions: int = 0

@@ -226,14 +226,24 @@ class Service:
             return
         fresh: list[ContextEvent] = []
         seen: set[str] = set()
+        max_actions = self.settings.max_actions
         for ev in events:
             if ev.event_id in seen or (domain, ev.event_id) in self.joins:
                 self._reject(
                     "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.event_id
                 )
-            else:
-                seen.add(ev.event_id)
-                fresh.append(ev)
+                continue
+            new = [c for c in ev.candidates if c not in state.actions]
+            if new and len(state.actions) + len(new) > max_actions:
+                self._reject(
+                    "action_limit",
+                    f"domain {domain!r} would exceed RL_MAX_ACTIONS={max_actions} distinct actions",
+                    ev.event_id,
+                )
+                continue
+            state.actions.update(new)
+            seen.add(ev.event_id)
+            fresh.append(ev)
         if not fresh:
             return
         encoded, dec = self.domains.decide(state, fresh)

@@ -140,7 +140,7 @@ def test_pending_joins_are_bounded(settings_factory, start_service, client_facto
 def test_malformed_messages_are_skipped_and_valid_ones_decided(
     settings_factory, start_service, client_factory
 ):
-    settings = settings_factory(max_domains=2)
+    settings = settings_factory(max_domains=2, max_actions=4)
     running = start_service(settings)
     client = client_factory(settings)
     t = settings.topic_contexts
@@ -177,12 +177,14 @@ def test_malformed_messages_are_skipped_and_valid_ones_decided(
             client.send_raw(t, *bad[i])
     client.context("third-domain", domain="d3")  # over RL_MAX_DOMAINS=2
     client.context("ok0", domain="d1")  # still pending: a duplicate event id
+    client.context("many-actions", domain="d1", candidates=["a", "b", "p", "q"])  # 5 > 4 actions
     client.reward("ok1", 7.0, domain="d2")  # out of range
     client.send_raw(settings.topic_rewards, b"garbage", b"d1")
     decisions = client.decisions(30)
     assert sorted(d["event_id"] for d in decisions) == sorted(f"ok{i}" for i in range(30))
     stats = running.service.stats
-    wait_for(lambda: stats.rejected_total == len(bad) + 4, what="all rejections counted")
+    wait_for(lambda: stats.rejected_total == len(bad) + 5, what="all rejections counted")
+    assert stats.rejected["action_limit"] == 1
     assert stats.rejected["domain_limit"] == 1
     assert stats.rejected["duplicate_event"] == 1
     assert stats.rejected["reward_out_of_range"] == 1

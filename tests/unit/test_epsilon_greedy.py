@@ -85,3 +85,17 @@ def test_parameters_validated():
         EpsilonGreedy(n_features=4, epsilon=1.5)
     with pytest.raises(PolicyError):
         EpsilonGreedy(n_features=4, l2=0.0)
+
+
+def test_hostile_magnitudes_keep_the_distribution_finite():
+    from policies.features import FeatureHasher
+
+    h = FeatureHasher(16)
+    p = EpsilonGreedy(n_features=16)
+    for i, v in enumerate([1e300, -1e308, 1e-300, 12345678901234567890.0, 0.5]):
+        b = h.assemble([h.encode({"x": v, "y": -v}, ["a", "b"])], [f"e{i}"])
+        d = p.choose(b)
+        assert np.all(np.isfinite(d.pmf)) and np.isclose(d.pmf.sum(), 1.0)
+        p.learn(Feedback(b, d.row, np.array([1.0]), d.probability))
+    meta, arrays = p.state_dict()
+    assert all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")

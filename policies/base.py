@@ -123,6 +123,25 @@ def segment_sum(values: FloatArray, offsets: IntArray) -> FloatArray:
     return np.repeat(s, np.diff(offsets))
 
 
+def greedy_with_floor(scores: FloatArray, batch: ContextBatch, floor: float) -> FloatArray:
+    """Best-scoring candidates share ``1 - floor``; every candidate gets ``floor / K`` more.
+
+    Exact ties (within 1e-12) split the greedy mass evenly, so the distribution, and with
+    it the logged probability, is exactly what is sampled. Each candidate's probability is
+    at least ``floor / K``: deterministic scores become a distribution that explores.
+    """
+    offsets = batch.offsets
+    is_best = (scores >= segment_max(scores, offsets) - 1e-12).astype(np.float64)
+    sizes = np.repeat(batch.sizes, batch.sizes).astype(np.float64)
+    return floor / sizes + (1.0 - floor) * is_best / segment_sum(is_best, offsets)
+
+
+def mix_floor(pmf: FloatArray, batch: ContextBatch, floor: float) -> FloatArray:
+    """``(1 - floor) * pmf + floor / K`` per event: every candidate at least ``floor / K``."""
+    sizes = np.repeat(batch.sizes, batch.sizes).astype(np.float64)
+    return (1.0 - floor) * pmf + floor / sizes
+
+
 class Policy(ABC):
     """Base class: owns sampling, seeding, counting and the state envelope.
 

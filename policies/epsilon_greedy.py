@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from policies.base import (
@@ -13,8 +12,7 @@ from policies.base import (
     FloatArray,
     Policy,
     PolicyError,
-    segment_max,
-    segment_sum,
+    greedy_with_floor,
 )
 from policies.ridge import RidgeArms
 
@@ -71,12 +69,7 @@ class EpsilonGreedy(Policy):
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx = self._arms.indices(batch.actions)
-        scores = self._arms.predict(idx, batch.X)
-        # Ties within 1e-12 share the greedy mass, so the split is exact and symmetric.
-        is_best = (scores >= segment_max(scores, batch.offsets) - 1e-12).astype(np.float64)
-        sizes = np.repeat(batch.sizes, batch.sizes).astype(np.float64)
-        eps = self.epsilon
-        return eps / sizes + (1.0 - eps) * is_best / segment_sum(is_best, batch.offsets)
+        return greedy_with_floor(self._arms.predict(idx, batch.X), batch, self.epsilon)
 
     def _learn(self, feedback: Feedback) -> None:
         batch = feedback.batch

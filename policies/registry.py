@@ -6,10 +6,10 @@ from typing import Any
 
 from policies.base import Policy, PolicyError
 from policies.epsilon_greedy import EpsilonGreedy
+from policies.linear_ts import LinearTS
+from policies.linucb import LinUCB
 
-POLICIES: dict[str, type[Policy]] = {
-    EpsilonGreedy.name: EpsilonGreedy,
-}
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (EpsilonGreedy, LinUCB, LinearTS)}
 
 
 def policy_class(name: str) -> type[Policy]:

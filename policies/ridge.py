@@ -1,9 +1,11 @@
 """Per-action ("disjoint") online ridge regression, shared by the linear policies.
 
-Each action ``a`` keeps ``A_a = l2 * I + sum x x^T`` through its inverse and
-``b_a = sum r x``; the estimate is ``theta_a = A_a^{-1} b_a``. Updates are rank-1
-(Sherman–Morrison), never a fresh inverse per event. Actions are added on first sight,
-so candidate lists may change between events; rows grow by doubling.
+Each action ``a`` keeps the inverse of ``A_a = l2 * I + sum w x x^T`` and its estimate
+``theta_a``, updated by recursive least squares: with ``g = A_a^{-1} x`` after the rank-1
+(Sherman–Morrison) update, ``theta_a += eta * w * g * (y - theta_a . x)``. With ``eta = 1``
+this is exactly weighted ridge regression; a smaller ``eta`` damps each step. Never a fresh
+inverse per event. Actions are added on first sight, so candidate lists may change
+between events; storage grows by doubling.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.linalg.blas import daxpy, ddot, dger, dsymv
 
 from policies.base import FloatArray, IntArray, PolicyError, expect_array
 
@@ -27,7 +30,6 @@ class RidgeArms:
         self.index: dict[str, int] = {}
         self._names: list[str] = []
         self.A_inv: FloatArray = np.empty((0, n_features, n_features))
-        self.b: FloatArray = np.empty((0, n_features))
         self.theta: FloatArray = np.empty((0, n_features))
         self.counts: IntArray = np.empty(0, dtype=np.int64)
         self._alloc(4)
@@ -35,20 +37,13 @@ class RidgeArms:
     def _alloc(self, capacity: int) -> None:
         d = self.n_features
         a_inv = np.broadcast_to(np.eye(d) / self.l2, (capacity, d, d)).copy()
-        b = np.zeros((capacity, d))
         theta = np.zeros((capacity, d))
         counts = np.zeros(capacity, dtype=np.int64)
         n = len(self._names)
         if n:
-            a_inv[:n], b[:n], theta[:n], counts[:n] = (
-                self.A_inv[:n],
-                self.b[:n],
-                self.theta[:n],
-                self.counts[:n],
-            )
-        self.A_inv = a_inv  # (l2 I + X_a^T X_a)^{-1}, one d x d block per action
-        self.b = b  # X_a^T r_a
-        self.theta = theta  # A_inv @ b, kept current after every learn
+            a_inv[:n], theta[:n], counts[:n] = self.A_inv[:n], self.theta[:n], self.counts[:n]
+        self.A_inv = a_inv  # (l2 I + sum w x x^T)^{-1}, one symmetric d x d block per action
+        self.theta = theta  # the ridge estimate
         self.counts = counts  # updates per action
 
     @property
@@ -79,42 +74,63 @@ class RidgeArms:
         return np.einsum("pd,pd->p", self.theta[idx], X)
 
     def widths(self, idx: IntArray, X: FloatArray) -> FloatArray:
-        """``sqrt(x^T A_a^{-1} x)`` per row: the confidence width used by UCB/TS."""
-        q = np.einsum("pd,pde,pe->p", X, self.A_inv[idx], X)
+        """``sqrt(x^T A_a^{-1} x)`` per row: the confidence width used by UCB and TS."""
+        uniq, inv, counts = np.unique(idx, return_inverse=True, return_counts=True)
+        # Rows grouped by action into a padded (U, m, d) stack: one batched matmul.
+        order = np.argsort(inv, kind="stable")
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        pos = np.empty(len(idx), dtype=np.int64)
+        pos[order] = np.arange(len(idx)) - np.repeat(starts, counts)
+        G = np.zeros((len(uniq), int(counts.max()), self.n_features))
+        G[inv, pos] = X
+        A = self.A_inv[: len(uniq)] if uniq[-1] == len(uniq) - 1 else self.A_inv[uniq]
+        q = np.einsum("umd,umd->um", np.matmul(G, A), G)[inv, pos]
         return np.sqrt(np.maximum(q, 0.0))
 
     def update(
-        self, idx: IntArray, X: FloatArray, y: FloatArray, w: FloatArray | None = None
+        self,
+        idx: IntArray,
+        X: FloatArray,
+        y: FloatArray,
+        w: FloatArray | None = None,
+        eta: FloatArray | None = None,
     ) -> None:
-        """Rank-1 updates ``A += w x x^T``, ``b += w y x`` for each row, in order."""
-        touched = set()
-        for k in range(len(idx)):
-            a = int(idx[k])
-            x = X[k]
-            wk = 1.0 if w is None else float(w[k])
+        """One weighted RLS step per row, in order (see the module docstring)."""
+        A_inv, theta, counts = self.A_inv, self.theta, self.counts
+        il = idx.tolist()
+        yl = np.asarray(y, dtype=np.float64).tolist()
+        wl = [1.0] * len(il) if w is None else np.asarray(w, dtype=np.float64).tolist()
+        el = None if eta is None else np.asarray(eta, dtype=np.float64).tolist()
+        for k, a in enumerate(il):
+            wk = wl[k]
             if wk <= 0.0:
                 continue
-            ai = self.A_inv[a]
-            ax = ai @ x
+            x = X[k]
+            ai = A_inv[a].T  # F-ordered view of a symmetric block: BLAS updates it in place
+            ax = dsymv(1.0, ai, x)
+            denom = 1.0 + wk * ddot(x, ax)
             # Sherman–Morrison:
             # (A + w x x^T)^{-1} = A^{-1} - w A^{-1}x x^T A^{-1} / (1 + w x^T A^{-1} x)
-            ai -= np.outer(ax, ax) * (wk / (1.0 + wk * float(x @ ax)))
-            self.b[a] += wk * float(y[k]) * x
-            self.counts[a] += 1
-            touched.add(a)
-        for a in touched:
-            ai = self.A_inv[a]
-            # Keep the inverse symmetric: rank-1 downdates drift by rounding over 10^5 steps.
-            ai += ai.T
-            ai *= 0.5
-            self.theta[a] = ai @ self.b[a]
+            dger(-wk / denom, ax, ax, a=ai, overwrite_a=1)
+            # RLS: theta += eta * w * g * (y - theta . x), g = A_new^{-1} x = A_old^{-1} x / denom
+            step = wk * (yl[k] - ddot(theta[a], x)) / denom
+            if el is not None:
+                step *= el[k]
+            daxpy(ax, theta[a], a=step)
+            counts[a] += 1
+            if counts[a] % 64 == 0:
+                # dsymv reads one triangle; re-symmetrise now and then so rounding in the
+                # rank-1 updates cannot make the two triangles drift apart.
+                blk = A_inv[a]
+                blk += blk.T
+                blk *= 0.5
 
     # -- state --------------------------------------------------------------------------
     def arrays(self, prefix: str = "") -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         n = self.n_actions
         return {prefix + "actions": self.names}, {
             prefix + "A_inv": self.A_inv[:n],
-            prefix + "b": self.b[:n],
+            prefix + "theta": self.theta[:n],
             prefix + "counts": self.counts[:n],
         }
 
@@ -128,10 +144,11 @@ class RidgeArms:
             raise PolicyError("policy state lists an action twice")
         n, d = len(names), self.n_features
         a_inv = expect_array(arrays, prefix + "A_inv", (n, d, d))
-        b = expect_array(arrays, prefix + "b", (n, d))
+        theta = expect_array(arrays, prefix + "theta", (n, d))
         counts = expect_array(arrays, prefix + "counts", (n,), kind="i")
+        if not np.allclose(a_inv, np.swapaxes(a_inv, 1, 2), rtol=0, atol=1e-8):
+            raise PolicyError("policy state has a non-symmetric inverse")
         self.index, self._names = {}, []
         self._alloc(max(4, n))
         self.indices(names)
-        self.A_inv[:n], self.b[:n], self.counts[:n] = a_inv, b, counts
-        self.theta[:n] = np.einsum("nde,ne->nd", a_inv, b)
+        self.A_inv[:n], self.theta[:n], self.counts[:n] = a_inv, theta, counts

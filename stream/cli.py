@@ -64,6 +64,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.events, args.rate, args.seed, settings)
 
 
+def cmd_bench_convergence(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from policies import POLICIES
+    from stream.bench import convergence
+
+    settings = _settings()
+    policies = args.policies.split(",") if args.policies else sorted(POLICIES)
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"unknown policies: {', '.join(unknown)}; known: {', '.join(sorted(POLICIES))}",
+              file=sys.stderr)
+        return 2
+    sims = args.sims.split(",")
+    results = convergence.run(policies, sims, args.seeds, args.delay, Path(args.out), settings)
+    print(convergence.print_table(results))
+    print(f"results in {args.out}/convergence.json, .md, .png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bandit-stream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -81,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--log-level", default="WARNING")
     demo.set_defaults(fn=cmd_demo)
+    bench = sub.add_parser("bench", help="benchmarks writing JSON, Markdown and PNG")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    conv = bench_sub.add_parser("convergence", help="policies on simulated bandits (no broker)")
+    conv.add_argument("--policies", default="", help="comma list (default: every policy)")
+    conv.add_argument("--sims", default="seed,linear,digits")
+    conv.add_argument("--seeds", type=int, default=3)
+    conv.add_argument("--delay", type=int, default=0, help="reward delay in events")
+    conv.add_argument("--out", default="bench-out")
+    conv.set_defaults(fn=cmd_bench_convergence)
     return p
 
 

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     feature_dim: int = Field(64, ge=2, le=4096)
     seed: int = Field(0, ge=0)
     epsilon: float = Field(0.05, ge=0.0, le=1.0)
+    # Probability mass every non-epsilon-greedy policy spreads over the K candidates, so
+    # each has at least exploration_floor / K.
+    exploration_floor: float = Field(0.01, ge=0.0, lt=1.0)
+    linucb_alpha: float = Field(0.5, ge=0.0)
+    ts_scale: float = Field(0.2, ge=0.0)
     dr_alpha: float = Field(0.1, ge=0.0)
     dr_learning_rate: float = Field(0.1, gt=0.0)
     dr_lr_decay: float = Field(1.0, gt=0.0, le=1.0)

@@ -20,6 +20,10 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
     """The settings knobs that configure policy ``name`` (constructor keyword arguments)."""
     if name == "epsilon_greedy":
         return {"epsilon": settings.epsilon}
+    if name == "linucb":
+        return {"alpha": settings.linucb_alpha, "floor": settings.exploration_floor}
+    if name == "linear_ts":
+        return {"v": settings.ts_scale, "floor": settings.exploration_floor}
     return {}
 
 

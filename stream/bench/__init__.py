@@ -1,0 +1,1 @@
+"""`bandit-stream bench`: reproducible measurements written as JSON, Markdown and PNG."""

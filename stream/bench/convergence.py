@@ -1,0 +1,209 @@
+"""`bandit-stream bench convergence`: policies learning online on simulated bandits.
+
+Each policy runs in micro-batches of ``update_interval`` events (choose the batch, then
+learn its rewards), optionally learning each reward only ``delay`` events later, on the
+``seed``, ``linear`` and ``digits`` simulators. No broker: this measures the algorithms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from policies import ContextBatch, Feedback, create_policy
+from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
+from stream.bench.simulators import SIMULATORS, Simulation
+from stream.config import Settings
+from stream.domains import policy_params
+
+
+@dataclass
+class RunResult:
+    policy: str
+    simulator: str
+    seed: int
+    avg_reward: float
+    regret: float
+    optimal_share: float
+    optimal_share_last20: float
+    decisions_per_s: float
+    regret_curve: list[float]
+
+    def row(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d.pop("regret_curve")
+        return d
+
+
+def _batch(sim: Simulation, t0: int, t1: int, tag: str) -> ContextBatch:
+    n, k = t1 - t0, len(sim.actions)
+    X = np.hstack([np.ones((n, 1)), sim.X[t0:t1]])  # bias + the simulator's features
+    return ContextBatch(np.repeat(X, k, axis=0), sim.actions * n,
+                        np.arange(0, n * k + 1, k, dtype=np.int64),
+                        [f"{tag}-{t}" for t in range(t0, t1)])
+
+
+def run_one(name: str, sim: Simulation, seed: int, settings: Settings, update_interval: int,
+            delay: int, progress: tqdm | None = None) -> RunResult:
+    k = len(sim.actions)
+    policy = create_policy(name, sim.X.shape[1] + 1, seed, **policy_params(name, settings))
+    rng = np.random.default_rng(seed + 1000)
+    T = sim.rounds
+    chosen = np.empty(T, dtype=np.int64)
+    rewards = np.empty(T)
+    queue: deque[tuple[int, Feedback]] = deque()  # (index of the batch's last event, feedback)
+    busy = 0.0
+    tag = f"{sim.name}-{seed}"
+    for t0 in range(0, T, update_interval):
+        t1 = min(T, t0 + update_interval)
+        batch = _batch(sim, t0, t1, tag)
+        start = time.perf_counter()
+        dec = policy.choose(batch)
+        busy += time.perf_counter() - start
+        a = dec.row - batch.offsets[:-1]
+        ts = np.arange(t0, t1)
+        r = sim.draw(ts, a, rng)
+        chosen[t0:t1], rewards[t0:t1] = a, r
+        queue.append((t1 - 1, Feedback(batch, dec.row, r, dec.probability)))
+        start = time.perf_counter()
+        while queue and queue[0][0] + delay < t1:
+            policy.learn(queue.popleft()[1])
+        busy += time.perf_counter() - start
+        if progress is not None:
+            progress.update(t1 - t0)
+    expected = sim.expected
+    best = expected.max(axis=1)
+    got = expected[np.arange(T), chosen]
+    optimal = got >= best - 1e-12
+    last = int(T * 0.8)
+    regret = np.cumsum(best - got)
+    step = max(1, T // 200)
+    return RunResult(name, sim.name, seed, float(rewards.mean()), float(regret[-1]),
+                     float(optimal.mean()), float(optimal[last:].mean()),
+                     T / busy if busy > 0 else float("inf"), regret[::step].tolist())
+
+
+def _vw_run(sim: Simulation, seed: int, update_interval: int) -> tuple[float, float] | None:
+    """Vowpal Wabbit `--cb_explore_adf --squarecb -q sa`, if the `peers` extra is installed."""
+    try:
+        import vowpalwabbit
+    except ImportError:
+        return None
+    vw = vowpalwabbit.Workspace(f"--cb_explore_adf --squarecb -q sa --quiet --random_seed {seed}")
+    rng = np.random.default_rng(seed + 1000)
+    T, total = sim.rounds, 0.0
+    start = time.perf_counter()
+    feats = [" ".join(f"f{j}:{v:.6g}" for j, v in enumerate(x)) for x in sim.X]
+    for t in range(T):
+        shared = f"shared |s {feats[t]}"
+        lines = [shared] + [f"|a a={a}" for a in sim.actions]
+        pmf = np.asarray(vw.predict(lines), dtype=np.float64)
+        pmf /= pmf.sum()
+        a = int(rng.choice(len(pmf), p=pmf))
+        r = float(sim.draw(np.array([t]), np.array([a]), rng)[0])
+        total += r
+        lines[a + 1] = f"0:{-r}:{pmf[a]} " + lines[a + 1]
+        vw.learn(lines)
+    vw.finish()
+    return total / T, T / (time.perf_counter() - start)
+
+
+def run(policies: list[str], sims: list[str], seeds: int, delay: int, out: Path,
+        settings: Settings) -> list[RunResult]:
+    interval = settings.update_interval
+    plans = [(p, s, sd) for s in sims for sd in range(seeds) for p in policies]
+    total = sum(SIMULATORS[s](0).rounds for s, _sd, _p in ((s, sd, p) for p, s, sd in plans))
+    results: list[RunResult] = []
+    cache: dict[tuple[str, int], Simulation] = {}
+    with tqdm(total=total, unit="ev", desc="convergence", smoothing=0.05) as bar:
+        for name, sim_name, seed in plans:
+            sim = cache.setdefault((sim_name, seed), SIMULATORS[sim_name](seed))
+            bar.set_postfix_str(f"{name} on {sim_name} seed {seed}")
+            results.append(run_one(name, sim, seed, settings, interval, delay, bar))
+    peers = {}
+    for sim_name in sims:
+        runs = [_vw_run(cache[(sim_name, sd)], sd, interval) for sd in range(seeds)]
+        if all(r is not None for r in runs):
+            peers[sim_name] = {"avg_reward": float(np.mean([r[0] for r in runs if r])),
+                               "decisions_per_s": float(np.mean([r[1] for r in runs if r]))}
+    _write(results, peers, out, settings, delay)
+    return results
+
+
+def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.policy, r.simulator), []).append(r)
+    out = []
+    for (policy, sim), rs in groups.items():
+        out.append({
+            "policy": policy, "simulator": sim, "seeds": len(rs),
+            "avg_reward": float(np.mean([r.avg_reward for r in rs])),
+            "avg_reward_sd": float(np.std([r.avg_reward for r in rs])),
+            "regret": float(np.mean([r.regret for r in rs])),
+            "optimal_share": float(np.mean([r.optimal_share for r in rs])),
+            "optimal_share_last20": float(np.mean([r.optimal_share_last20 for r in rs])),
+            "decisions_per_s": float(np.mean([r.decisions_per_s for r in rs])),
+        })
+    return out
+
+
+def _write(results: list[RunResult], peers: dict[str, Any], out: Path, settings: Settings,
+           delay: int) -> None:
+    summary = summarise(results)
+    write_json(out, "convergence", {
+        "rows": [r.row() for r in results], "summary": summary, "peers": peers,
+        "update_interval": settings.update_interval, "delay": delay, "machine": machine(),
+    })
+    table = markdown_table(
+        ["policy", "simulator", "avg reward", "regret", "optimal", "optimal last 20%",
+         "decisions+updates/s"],
+        [[s["policy"], s["simulator"], f"{s['avg_reward']:.3f} ± {s['avg_reward_sd']:.3f}",
+          f"{s['regret']:.0f}", f"{s['optimal_share']:.3f}", f"{s['optimal_share_last20']:.3f}",
+          f"{s['decisions_per_s']:,.0f}"] for s in summary],
+    )
+    text = (f"# Convergence\n\nupdate interval {settings.update_interval}, reward delay "
+            f"{delay} events, mean over seeds.\n\n{table}\n")
+    if peers:
+        text += "\n## Vowpal Wabbit (--cb_explore_adf --squarecb -q sa)\n\n" + markdown_table(
+            ["simulator", "avg reward", "decisions+updates/s"],
+            [[k, f"{v['avg_reward']:.3f}", f"{v['decisions_per_s']:,.0f}"] for k, v in peers.items()])
+        text += "\n"
+    write_markdown(out, "convergence", text)
+    _plot(results, out)
+
+
+def _plot(results: list[RunResult], out: Path) -> None:
+    plt = pyplot()
+    sims = sorted({r.simulator for r in results})
+    fig, axes = plt.subplots(1, len(sims), figsize=(5 * len(sims), 4), squeeze=False)
+    for ax, sim in zip(axes[0], sims, strict=True):
+        for policy in sorted({r.policy for r in results if r.simulator == sim}):
+            curves = [r.regret_curve for r in results if r.simulator == sim and r.policy == policy]
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            ax.plot(np.linspace(0, 1, n), mean, label=policy)
+        ax.set_title(sim)
+        ax.set_xlabel("fraction of rounds")
+        ax.set_ylabel("cumulative regret")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "convergence.png", dpi=100)
+    plt.close(fig)
+
+
+def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -> str:
+    summary = summarise(results)
+    lines = [f"{'policy':<16}{'simulator':<10}{'avg_reward':>11}{'regret':>9}{'optimal':>9}"
+             f"{'last20':>8}{'dec+upd/s':>11}"]
+    for s in summary:
+        lines.append(f"{s['policy']:<16}{s['simulator']:<10}{s['avg_reward']:>11.3f}"
+                     f"{s['regret']:>9.0f}{s['optimal_share']:>9.3f}"
+                     f"{s['optimal_share_last20']:>8.3f}{s['decisions_per_s']:>11,.0f}")
+    return "\n".join(lines)

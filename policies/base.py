@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,18 +48,25 @@ class ContextBatch:
     actions: list[str]
     offsets: IntArray
     keys: list[str]
+    sizes: IntArray = field(init=False, repr=False, compare=False)  # candidates per event
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", np.diff(self.offsets))
 
     @property
     def n_events(self) -> int:
         return len(self.keys)
 
-    @property
-    def sizes(self) -> IntArray:
-        return np.diff(self.offsets)
-
     def row_event(self) -> IntArray:
         """Event index of every row, shape ``[P]``."""
         return np.repeat(np.arange(self.n_events, dtype=np.int64), self.sizes)
+
+    def uniform_layout(self) -> int:
+        """K when every event has exactly K candidates (rows reshape to ``[n, K, d]``), else 0."""
+        sizes = self.sizes
+        if len(sizes) and int(sizes.min()) == int(sizes.max()):
+            return int(sizes[0])
+        return 0
 
 
 @dataclass(frozen=True, slots=True)

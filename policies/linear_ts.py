@@ -74,7 +74,7 @@ class LinearTS(Policy):
         v: float = 0.2,
         l2: float = 1.0,
         floor: float = 0.01,
-        n_draws: int = 64,
+        n_draws: int = 32,
         seed: int = 0,
     ) -> None:
         super().__init__(n_features, seed)
@@ -108,14 +108,20 @@ class LinearTS(Policy):
         ev = batch.row_event()
         pos = np.arange(len(ev)) - batch.offsets[:-1][ev]
         # Distinct odd strides for draws and candidate positions walk the table.
-        at = start[ev][None, :] + np.arange(self.n_draws)[:, None] * 7919 + pos[None, :] * 104729
-        return _TABLE[at % _TABLE.size]
+        at = (np.arange(self.n_draws) * 7919)[:, None] + (start[ev] + pos * 104729)[None, :]
+        return _TABLE[at & (_TABLE.size - 1)]
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx = self._arms.indices(batch.actions)
+        k = batch.uniform_layout()
         mean = self._arms.predict(idx, batch.X)
-        width = self._arms.widths(idx, batch.X)
+        width = self._arms.widths(idx, batch.X, k)
         scores = mean[None, :] + self.v * width[None, :] * self._normals(batch)
+        if k:  # every event has k candidates: work on [draws, n, k] directly
+            s3 = scores.reshape(self.n_draws, -1, k)
+            wins3 = (s3 >= s3.max(axis=2, keepdims=True)).astype(np.float64)
+            wins3 /= wins3.sum(axis=2, keepdims=True)  # exact ties split the draw
+            return mix_floor(wins3.mean(axis=0).ravel(), batch, self.floor)
         starts = batch.offsets[:-1]
         best = np.repeat(np.maximum.reduceat(scores, starts, axis=1), batch.sizes, axis=1)
         wins = (scores >= best).astype(np.float64)

@@ -57,6 +57,10 @@ class RidgeArms:
     def indices(self, actions: list[str]) -> IntArray:
         """Slot of each action name, adding unseen actions."""
         index = self.index
+        try:  # fast path: every action already known
+            return np.fromiter(map(index.__getitem__, actions), np.int64, len(actions))
+        except KeyError:
+            pass
         out = np.empty(len(actions), dtype=np.int64)
         for i, a in enumerate(actions):
             j = index.get(a)
@@ -73,8 +77,20 @@ class RidgeArms:
         """``theta_a . x`` per row."""
         return np.einsum("pd,pd->p", self.theta[idx], X)
 
-    def widths(self, idx: IntArray, X: FloatArray) -> FloatArray:
-        """``sqrt(x^T A_a^{-1} x)`` per row: the confidence width used by UCB and TS."""
+    def widths(self, idx: IntArray, X: FloatArray, k: int = 0) -> FloatArray:
+        """``sqrt(x^T A_a^{-1} x)`` per row: the confidence width used by UCB and TS.
+
+        ``k`` (optional) says every event has the same k actions in the same order, so the
+        rows reshape to ``[n, k, d]`` and need no grouping.
+        """
+        if k:
+            lead = idx[:k]
+            n = len(idx) // k
+            if np.array_equal(idx.reshape(n, k), np.broadcast_to(lead, (n, k))):
+                G = np.ascontiguousarray(X.reshape(n, k, -1).transpose(1, 0, 2))  # [k, n, d]
+                A = self.A_inv[:k] if np.array_equal(lead, np.arange(k)) else self.A_inv[lead]
+                q = (np.matmul(G, A) * G).sum(-1).T.ravel()
+                return np.sqrt(np.maximum(q, 0.0))
         uniq, inv, counts = np.unique(idx, return_inverse=True, return_counts=True)
         # Rows grouped by action into a padded (U, m, d) stack: one batched matmul.
         order = np.argsort(inv, kind="stable")

@@ -68,7 +68,9 @@ class LinUCB(Policy):
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx = self._arms.indices(batch.actions)
-        ucb = self._arms.predict(idx, batch.X) + self.alpha * self._arms.widths(idx, batch.X, batch.uniform_layout())
+        ucb = self._arms.predict(idx, batch.X) + self.alpha * self._arms.widths(
+            idx, batch.X, batch.uniform_layout()
+        )
         return greedy_with_floor(ucb, batch, self.floor)
 
     def _learn(self, feedback: Feedback) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from policies.base import Policy, PolicyError
+from policies.doubly_robust import DoublyRobust
 from policies.epsilon_greedy import EpsilonGreedy
 from policies.linear_ts import LinearTS
 from policies.linucb import LinUCB
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (EpsilonGreedy, LinUCB, LinearTS)}
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (EpsilonGreedy, LinUCB, LinearTS, DoublyRobust)
+}
 
 
 def policy_class(name: str) -> type[Policy]:

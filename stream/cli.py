@@ -74,8 +74,10 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
     policies = args.policies.split(",") if args.policies else sorted(POLICIES)
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
-        print(f"unknown policies: {', '.join(unknown)}; known: {', '.join(sorted(POLICIES))}",
-              file=sys.stderr)
+        print(
+            f"unknown policies: {', '.join(unknown)}; known: {', '.join(sorted(POLICIES))}",
+            file=sys.stderr,
+        )
         return 2
     sims = args.sims.split(",")
     results = convergence.run(policies, sims, args.seeds, args.delay, Path(args.out), settings)

@@ -22,6 +22,15 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
         return {"epsilon": settings.epsilon}
     if name == "linucb":
         return {"alpha": settings.linucb_alpha, "floor": settings.exploration_floor}
+    if name == "doubly_robust":
+        return {
+            "alpha": settings.dr_alpha,
+            "learning_rate": settings.dr_learning_rate,
+            "lr_decay": settings.dr_lr_decay,
+            "max_weight": settings.dr_max_weight,
+            "max_history": settings.dr_max_history,
+            "floor": settings.exploration_floor,
+        }
     if name == "linear_ts":
         return {"v": settings.ts_scale, "floor": settings.exploration_floor}
     return {}

@@ -44,13 +44,23 @@ class RunResult:
 def _batch(sim: Simulation, t0: int, t1: int, tag: str) -> ContextBatch:
     n, k = t1 - t0, len(sim.actions)
     X = np.hstack([np.ones((n, 1)), sim.X[t0:t1]])  # bias + the simulator's features
-    return ContextBatch(np.repeat(X, k, axis=0), sim.actions * n,
-                        np.arange(0, n * k + 1, k, dtype=np.int64),
-                        [f"{tag}-{t}" for t in range(t0, t1)])
+    return ContextBatch(
+        np.repeat(X, k, axis=0),
+        sim.actions * n,
+        np.arange(0, n * k + 1, k, dtype=np.int64),
+        [f"{tag}-{t}" for t in range(t0, t1)],
+    )
 
 
-def run_one(name: str, sim: Simulation, seed: int, settings: Settings, update_interval: int,
-            delay: int, progress: tqdm | None = None) -> RunResult:
+def run_one(
+    name: str,
+    sim: Simulation,
+    seed: int,
+    settings: Settings,
+    update_interval: int,
+    delay: int,
+    progress: tqdm | None = None,
+) -> RunResult:
     k = len(sim.actions)
     policy = create_policy(name, sim.X.shape[1] + 1, seed, **policy_params(name, settings))
     rng = np.random.default_rng(seed + 1000)
@@ -84,9 +94,17 @@ def run_one(name: str, sim: Simulation, seed: int, settings: Settings, update_in
     last = int(T * 0.8)
     regret = np.cumsum(best - got)
     step = max(1, T // 200)
-    return RunResult(name, sim.name, seed, float(rewards.mean()), float(regret[-1]),
-                     float(optimal.mean()), float(optimal[last:].mean()),
-                     T / busy if busy > 0 else float("inf"), regret[::step].tolist())
+    return RunResult(
+        name,
+        sim.name,
+        seed,
+        float(rewards.mean()),
+        float(regret[-1]),
+        float(optimal.mean()),
+        float(optimal[last:].mean()),
+        T / busy if busy > 0 else float("inf"),
+        regret[::step].tolist(),
+    )
 
 
 def _vw_run(sim: Simulation, seed: int, update_interval: int) -> tuple[float, float] | None:
@@ -114,8 +132,9 @@ def _vw_run(sim: Simulation, seed: int, update_interval: int) -> tuple[float, fl
     return total / T, T / (time.perf_counter() - start)
 
 
-def run(policies: list[str], sims: list[str], seeds: int, delay: int, out: Path,
-        settings: Settings) -> list[RunResult]:
+def run(
+    policies: list[str], sims: list[str], seeds: int, delay: int, out: Path, settings: Settings
+) -> list[RunResult]:
     interval = settings.update_interval
     plans = [(p, s, sd) for s in sims for sd in range(seeds) for p in policies]
     total = sum(SIMULATORS[s](0).rounds for s, _sd, _p in ((s, sd, p) for p, s, sd in plans))
@@ -130,8 +149,10 @@ def run(policies: list[str], sims: list[str], seeds: int, delay: int, out: Path,
     for sim_name in sims:
         runs = [_vw_run(cache[(sim_name, sd)], sd, interval) for sd in range(seeds)]
         if all(r is not None for r in runs):
-            peers[sim_name] = {"avg_reward": float(np.mean([r[0] for r in runs if r])),
-                               "decisions_per_s": float(np.mean([r[1] for r in runs if r]))}
+            peers[sim_name] = {
+                "avg_reward": float(np.mean([r[0] for r in runs if r])),
+                "decisions_per_s": float(np.mean([r[1] for r in runs if r])),
+            }
     _write(results, peers, out, settings, delay)
     return results
 
@@ -142,38 +163,73 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
         groups.setdefault((r.policy, r.simulator), []).append(r)
     out = []
     for (policy, sim), rs in groups.items():
-        out.append({
-            "policy": policy, "simulator": sim, "seeds": len(rs),
-            "avg_reward": float(np.mean([r.avg_reward for r in rs])),
-            "avg_reward_sd": float(np.std([r.avg_reward for r in rs])),
-            "regret": float(np.mean([r.regret for r in rs])),
-            "optimal_share": float(np.mean([r.optimal_share for r in rs])),
-            "optimal_share_last20": float(np.mean([r.optimal_share_last20 for r in rs])),
-            "decisions_per_s": float(np.mean([r.decisions_per_s for r in rs])),
-        })
+        out.append(
+            {
+                "policy": policy,
+                "simulator": sim,
+                "seeds": len(rs),
+                "avg_reward": float(np.mean([r.avg_reward for r in rs])),
+                "avg_reward_sd": float(np.std([r.avg_reward for r in rs])),
+                "regret": float(np.mean([r.regret for r in rs])),
+                "optimal_share": float(np.mean([r.optimal_share for r in rs])),
+                "optimal_share_last20": float(np.mean([r.optimal_share_last20 for r in rs])),
+                "decisions_per_s": float(np.mean([r.decisions_per_s for r in rs])),
+            }
+        )
     return out
 
 
-def _write(results: list[RunResult], peers: dict[str, Any], out: Path, settings: Settings,
-           delay: int) -> None:
+def _write(
+    results: list[RunResult], peers: dict[str, Any], out: Path, settings: Settings, delay: int
+) -> None:
     summary = summarise(results)
-    write_json(out, "convergence", {
-        "rows": [r.row() for r in results], "summary": summary, "peers": peers,
-        "update_interval": settings.update_interval, "delay": delay, "machine": machine(),
-    })
-    table = markdown_table(
-        ["policy", "simulator", "avg reward", "regret", "optimal", "optimal last 20%",
-         "decisions+updates/s"],
-        [[s["policy"], s["simulator"], f"{s['avg_reward']:.3f} ± {s['avg_reward_sd']:.3f}",
-          f"{s['regret']:.0f}", f"{s['optimal_share']:.3f}", f"{s['optimal_share_last20']:.3f}",
-          f"{s['decisions_per_s']:,.0f}"] for s in summary],
+    write_json(
+        out,
+        "convergence",
+        {
+            "rows": [r.row() for r in results],
+            "summary": summary,
+            "peers": peers,
+            "update_interval": settings.update_interval,
+            "delay": delay,
+            "machine": machine(),
+        },
     )
-    text = (f"# Convergence\n\nupdate interval {settings.update_interval}, reward delay "
-            f"{delay} events, mean over seeds.\n\n{table}\n")
+    table = markdown_table(
+        [
+            "policy",
+            "simulator",
+            "avg reward",
+            "regret",
+            "optimal",
+            "optimal last 20%",
+            "decisions+updates/s",
+        ],
+        [
+            [
+                s["policy"],
+                s["simulator"],
+                f"{s['avg_reward']:.3f} ± {s['avg_reward_sd']:.3f}",
+                f"{s['regret']:.0f}",
+                f"{s['optimal_share']:.3f}",
+                f"{s['optimal_share_last20']:.3f}",
+                f"{s['decisions_per_s']:,.0f}",
+            ]
+            for s in summary
+        ],
+    )
+    text = (
+        f"# Convergence\n\nupdate interval {settings.update_interval}, reward delay "
+        f"{delay} events, mean over seeds.\n\n{table}\n"
+    )
     if peers:
         text += "\n## Vowpal Wabbit (--cb_explore_adf --squarecb -q sa)\n\n" + markdown_table(
             ["simulator", "avg reward", "decisions+updates/s"],
-            [[k, f"{v['avg_reward']:.3f}", f"{v['decisions_per_s']:,.0f}"] for k, v in peers.items()])
+            [
+                [k, f"{v['avg_reward']:.3f}", f"{v['decisions_per_s']:,.0f}"]
+                for k, v in peers.items()
+            ],
+        )
         text += "\n"
     write_markdown(out, "convergence", text)
     _plot(results, out)
@@ -200,10 +256,14 @@ def _plot(results: list[RunResult], out: Path) -> None:
 
 def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -> str:
     summary = summarise(results)
-    lines = [f"{'policy':<16}{'simulator':<10}{'avg_reward':>11}{'regret':>9}{'optimal':>9}"
-             f"{'last20':>8}{'dec+upd/s':>11}"]
+    lines = [
+        f"{'policy':<16}{'simulator':<10}{'avg_reward':>11}{'regret':>9}{'optimal':>9}"
+        f"{'last20':>8}{'dec+upd/s':>11}"
+    ]
     for s in summary:
-        lines.append(f"{s['policy']:<16}{s['simulator']:<10}{s['avg_reward']:>11.3f}"
-                     f"{s['regret']:>9.0f}{s['optimal_share']:>9.3f}"
-                     f"{s['optimal_share_last20']:>8.3f}{s['decisions_per_s']:>11,.0f}")
+        lines.append(
+            f"{s['policy']:<16}{s['simulator']:<10}{s['avg_reward']:>11.3f}"
+            f"{s['regret']:>9.0f}{s['optimal_share']:>9.3f}"
+            f"{s['optimal_share_last20']:>8.3f}{s['decisions_per_s']:>11,.0f}"
+        )
     return "\n".join(lines)

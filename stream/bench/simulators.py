@@ -27,7 +27,9 @@ class Simulation:
     def rounds(self) -> int:
         return int(self.X.shape[0])
 
-    def draw(self, t: NDArray[np.int64], a: NDArray[np.int64], rng: np.random.Generator) -> FloatArray:
+    def draw(
+        self, t: NDArray[np.int64], a: NDArray[np.int64], rng: np.random.Generator
+    ) -> FloatArray:
         mean = self.expected[t, a]
         if self.noise_sd > 0:
             return mean + rng.normal(0.0, self.noise_sd, size=len(t))
@@ -39,8 +41,13 @@ def seed_sim(seed: int, rounds: int = 5_000) -> Simulation:
     rng = np.random.default_rng(seed)
     means = np.array([0.3, 0.8, 0.5, 0.4])
     X = rng.random((rounds, 5))
-    return Simulation("seed", ["option1", "option2", "option3", "option4"], X,
-                      np.tile(means, (rounds, 1)), noise_sd=0.1)
+    return Simulation(
+        "seed",
+        ["option1", "option2", "option3", "option4"],
+        X,
+        np.tile(means, (rounds, 1)),
+        noise_sd=0.1,
+    )
 
 
 def linear_sim(seed: int, rounds: int = 20_000, d: int = 10, k: int = 5) -> Simulation:

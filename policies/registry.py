@@ -9,9 +9,10 @@ from policies.doubly_robust import DoublyRobust
 from policies.epsilon_greedy import EpsilonGreedy
 from policies.linear_ts import LinearTS
 from policies.linucb import LinUCB
+from policies.offset_tree import OffsetTree
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (EpsilonGreedy, LinUCB, LinearTS, DoublyRobust)
+    cls.name: cls for cls in (EpsilonGreedy, LinUCB, LinearTS, DoublyRobust, OffsetTree)
 }
 
 

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     ot_max_depth: int = Field(6, ge=1)
     ot_min_split: int = Field(20, ge=2)
     ot_split_threshold: float = Field(0.0, ge=0.0)
-    ot_max_nodes: int = Field(255, ge=1)
+    ot_max_nodes: int = Field(2047, ge=1)
 
     # --- Loop ----------------------------------------------------------------------------
     batch_size: int = Field(500, ge=1, le=100_000)

@@ -31,6 +31,14 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "max_history": settings.dr_max_history,
             "floor": settings.exploration_floor,
         }
+    if name == "offset_tree":
+        return {
+            "max_depth": settings.ot_max_depth,
+            "min_split": settings.ot_min_split,
+            "split_threshold": settings.ot_split_threshold,
+            "max_nodes": settings.ot_max_nodes,
+            "floor": settings.exploration_floor,
+        }
     if name == "linear_ts":
         return {"v": settings.ts_scale, "floor": settings.exploration_floor}
     return {}

@@ -1,0 +1,286 @@
+"""The offset tree: a binary tree of importance-weighted binary classifiers over actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.base import (
+    ContextBatch,
+    Feedback,
+    FloatArray,
+    IntArray,
+    Policy,
+    PolicyError,
+    mix_floor,
+)
+from policies.node_models import LinearBank, LogisticBank, TreeBank
+
+
+class OffsetTree(Policy):
+    """Offset-tree reduction (Beygelzimer & Langford, KDD 2009, "The Offset Tree for
+    Learning with Partial Labels").
+
+    Actions are the leaves of a binary tree (heap layout, leaves in order of first sight,
+    so an action keeps its leaf; the tree doubles when new actions need leaves). Each
+    internal node is a binary classifier deciding "left or right" for a context. For a
+    logged ``(x, a, r, p)``, starting at ``a``'s leaf and walking up, each node whose other
+    side holds a candidate learns the example with the **1/2 offset**: label ``a``'s side
+    if ``r > offset`` else the other side, weight ``min(1/p, max_weight) * |r - offset|``;
+    the walk continues upwards only while the node's classifier routes ``x`` towards ``a``
+    (the node's choice matters only then). Its regret is bounded by the node classifiers'
+    regret. A node whose other side holds no candidate is passed through, so candidate
+    sets that change between events work.
+
+    Node classifiers (``node_model="tree"``, the default) are scikit-learn decision trees
+    refit on each node's bounded, importance-weighted history whenever it grows by a
+    quarter; ``max_depth``, ``min_split`` (minimum samples to split) and
+    ``split_threshold`` (minimum impurity decrease) configure them, and ``max_nodes``
+    bounds the total number of tree nodes over all classifiers. ``"logistic"`` uses online
+    logistic regression instead.
+
+    A decision routes the context from the root (a node with exactly equal odds splits the
+    probability evenly); the chosen leaf gets ``1 - floor`` and every candidate ``floor/K``.
+    Node classifiers see the event's context as the mean of its candidate rows.
+
+    Parameters
+    ----------
+    n_features
+        Feature dimension.
+    max_depth, min_split, split_threshold
+        Decision-tree node classifiers' depth, minimum samples to split, and minimum
+        weighted impurity decrease of a split.
+    max_nodes
+        Total budget of decision-tree nodes over all node classifiers.
+    node_history
+        Examples each node keeps (a ring) for its refits.
+    node_model
+        ``"linear"`` (default: least-squares classifiers, rank-1 updates), ``"logistic"``
+        (online logistic regression, AdaGrad) or ``"tree"`` (decision trees, configured by
+        the tree knobs above).
+    node_lr
+        AdaGrad step size of the logistic node classifiers.
+    sharpness
+        How deterministically a node routes given its classifier's odds (0 = hard).
+    offset
+        The reward offset (1/2 for rewards in [0, 1]).
+    max_weight
+        Clip of the importance weight ``1/p``.
+    floor
+        Probability mass spread uniformly over the candidates.
+    seed
+        Exploration seed, combined with each event id.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from policies.base import ContextBatch, Feedback
+    >>> p = OffsetTree(n_features=2, min_split=2, seed=0)
+    >>> batch = ContextBatch(np.ones((2, 2)), ["a", "b"], np.array([0, 2]), ["e1"])
+    >>> p.choose(batch).pmf.tolist()  # untrained: even odds at the root
+    [0.5, 0.5]
+    >>> for _ in range(4):
+    ...     p.learn(Feedback(batch, np.array([0]), np.array([0.0]), np.array([0.5])))
+    >>> p.choose(batch).pmf.round(3).tolist()  # "a" paid nothing: route to "b"
+    [0.005, 0.995]
+    """
+
+    name = "offset_tree"
+
+    def __init__(
+        self,
+        n_features: int,
+        max_depth: int = 6,
+        min_split: int = 20,
+        split_threshold: float = 0.0,
+        max_nodes: int = 2047,
+        node_history: int = 1000,
+        node_model: str = "linear",
+        node_lr: float = 0.5,
+        sharpness: float = 10.0,
+        offset: float = 0.5,
+        max_weight: float = 5.0,
+        floor: float = 0.01,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(n_features, seed)
+        if max_depth < 1 or min_split < 2 or split_threshold < 0 or max_nodes < 1:
+            raise PolicyError(
+                "offset tree needs max_depth >= 1, min_split >= 2, "
+                "split_threshold >= 0 and max_nodes >= 1"
+            )
+        if node_model not in ("linear", "logistic", "tree"):
+            raise PolicyError(f"node_model must be linear, logistic or tree, not {node_model!r}")
+        if node_history < 1 or max_weight < 1 or not 0.0 <= floor < 1.0:
+            raise PolicyError("bad node_history, max_weight or floor")
+        self.max_depth = int(max_depth)
+        self.min_split = int(min_split)
+        self.split_threshold = float(split_threshold)
+        self.max_nodes = int(max_nodes)
+        self.node_history = int(node_history)
+        self.node_model = node_model
+        self.node_lr = float(node_lr)
+        if sharpness < 0:
+            raise PolicyError(f"sharpness must be >= 0, got {sharpness}")
+        self.sharpness = float(sharpness)
+        self.offset = float(offset)
+        self.max_weight = float(max_weight)
+        self.floor = float(floor)
+        self._slots: dict[str, int] = {}
+        self._names: list[str] = []
+        self._cap = 2  # leaves; internal nodes are heap ids 1 .. cap-1
+        self._bank: LinearBank | LogisticBank | TreeBank = self._new_bank()
+
+    def _new_bank(self) -> LinearBank | LogisticBank | TreeBank:
+        if self.node_model == "logistic":
+            return LogisticBank(self.n_features, self._cap, self.node_lr)
+        if self.node_model == "linear":
+            return LinearBank(self.n_features, self._cap)
+        return TreeBank(
+            self.n_features,
+            self._cap,
+            self.max_depth,
+            self.min_split,
+            self.split_threshold,
+            self.max_nodes,
+            self.node_history,
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **super().params(),
+            "max_depth": self.max_depth,
+            "min_split": self.min_split,
+            "split_threshold": self.split_threshold,
+            "max_nodes": self.max_nodes,
+            "node_history": self.node_history,
+            "node_model": self.node_model,
+            "node_lr": self.node_lr,
+            "sharpness": self.sharpness,
+            "offset": self.offset,
+            "max_weight": self.max_weight,
+            "floor": self.floor,
+        }
+
+    # -- structure ----------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self._cap.bit_length() - 1
+
+    def model_size(self) -> int:
+        """Decision-tree nodes over all classifiers ("tree"), or trained nodes ("logistic")."""
+        return self._bank.model_size()
+
+    def _slot_ids(self, actions: list[str]) -> IntArray:
+        slots = self._slots
+        try:
+            return np.fromiter(map(slots.__getitem__, actions), np.int64, len(actions))
+        except KeyError:
+            pass
+        for a in actions:
+            if a not in slots:
+                slots[a] = len(self._names)
+                self._names.append(a)
+        while len(self._names) > self._cap:
+            # Double the leaves: the old tree becomes the new root's left subtree, so every
+            # action keeps its leaf and every node its classifier.
+            self._cap *= 2
+            self._bank.grow(self._cap)
+        return np.fromiter(map(slots.__getitem__, actions), np.int64, len(actions))
+
+    def _paths(
+        self, heap: IntArray, ev: IntArray, leaves: IntArray, leaf_ev: IntArray
+    ) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
+        """For each leaf in ``leaves`` (of event ``leaf_ev``) and level: node, side, contested.
+
+        A node is contested for an event when its other side holds one of the event's
+        candidates (``heap`` and ``ev`` list every candidate leaf of the batch).
+        """
+        span = 2 * self._cap
+        shifts = np.arange(self.depth)[None, :]
+        child = leaves[:, None] >> shifts  # [n, depth]: the path's node below each level
+        present = (ev[:, None] * span + (heap[:, None] >> shifts)).ravel()
+        contested = np.isin(leaf_ev[:, None] * span + (child ^ 1), present)
+        return child >> 1, child & 1, contested
+
+    @staticmethod
+    def _event_contexts(batch: ContextBatch) -> FloatArray:
+        return np.add.reduceat(batch.X, batch.offsets[:-1], axis=0) / batch.sizes[:, None]
+
+    def _route_q(
+        self, node: IntArray, contested: NDArray[np.bool_], xe: FloatArray, owner: IntArray
+    ) -> FloatArray:
+        """P(right) at every contested (path, level); 0.5 elsewhere."""
+        q = np.full(node.shape, 0.5)
+        ri, li = np.nonzero(contested)
+        if len(ri):
+            q[ri, li] = self._bank.predict(node[ri, li], xe[owner[ri]])
+        return q
+
+    def _route(self, q: FloatArray) -> FloatArray:
+        """Routing probability to the right from the classifier's P(right) = q.
+
+        ``q^s / (q^s + (1-q)^s)`` with ``s = sharpness``: confident nodes route (almost)
+        deterministically, uncertain ones split the traffic and so explore where the tree
+        is unsure. ``sharpness = 0`` routes hard (even odds still split evenly).
+        """
+        if self.sharpness <= 0:
+            return np.where(q > 0.5, 1.0, np.where(q < 0.5, 0.0, 0.5))
+        qs, ps = q**self.sharpness, (1.0 - q) ** self.sharpness
+        return np.where(qs + ps > 0, qs / np.maximum(qs + ps, 1e-300), 0.5)
+
+    # -- policy -------------------------------------------------------------------------
+    def _distribution(self, batch: ContextBatch) -> FloatArray:
+        slots = self._slot_ids(batch.actions)  # may grow the tree: read _cap after
+        heap = self._cap + slots
+        ev = batch.row_event()
+        node, side, contested = self._paths(heap, ev, heap, ev)
+        q = self._route_q(node, contested, self._event_contexts(batch), ev)
+        route = self._route(q)
+        factor = np.where(contested, np.where(side == 1, route, 1.0 - route), 1.0)
+        return mix_floor(factor.prod(axis=1), batch, self.floor)
+
+    def _learn(self, feedback: Feedback) -> None:
+        batch = feedback.batch
+        slots = self._slot_ids(batch.actions)
+        heap = self._cap + slots
+        n = batch.n_events
+        events = np.arange(n)
+        xe = self._event_contexts(batch)
+        node, side, contested = self._paths(heap, batch.row_event(), heap[feedback.row], events)
+        q = self._route_q(node, contested, xe, events)
+        # The logged action wins a node when the node routes x to its side (or has no
+        # rival there); a node learns the example only if the action won every node below.
+        wins = ~contested | np.where(side == 1, q >= 0.5, q <= 0.5)
+        below = np.cumprod(wins, axis=1) > 0
+        alive = np.concatenate([np.ones((n, 1), dtype=bool), below[:, :-1]], axis=1)
+        r = feedback.reward
+        w = np.minimum(1.0 / np.maximum(feedback.probability, 1e-12), self.max_weight)
+        gain = w * np.abs(r - self.offset)
+        ti, tl = np.nonzero(contested & alive & (gain > 0)[:, None])
+        if len(ti) == 0:
+            return
+        # The 1/2 offset: label the action's side when it beat the offset, else the other.
+        label = np.where(r[ti] > self.offset, side[ti, tl], 1 - side[ti, tl]).astype(np.float64)
+        self._bank.train(node[ti, tl], xe[ti], label, gain[ti])
+
+    # -- state --------------------------------------------------------------------------
+    def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+        extra, arrays = self._bank.state()
+        return {**extra, "actions": list(self._names), "cap": self._cap}, arrays
+
+    def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
+        names, cap = extra.get("actions"), extra.get("cap")
+        if not isinstance(names, list) or not all(isinstance(a, str) for a in names):
+            raise PolicyError("offset tree state has a bad action list")
+        if len(set(names)) != len(names):
+            raise PolicyError("offset tree state lists an action twice")
+        if not isinstance(cap, int) or cap < 2 or cap & (cap - 1) or cap < len(names):
+            raise PolicyError("offset tree state has a bad leaf count")
+        self._names = list(names)
+        self._slots = {a: i for i, a in enumerate(names)}
+        self._cap = cap
+        self._bank = self._new_bank()
+        self._bank.load(extra, arrays, cap)

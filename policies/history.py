@@ -24,6 +24,11 @@ class RowRing:
         self.capacity = int(capacity)
         self.size = 0  # rows held
         self.head = 0  # next write position once full
+        self.X: FloatArray = np.zeros((0, n_features))
+        self.act: IntArray = np.zeros(0, dtype=np.int64)
+        self.chosen: NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self.weight: FloatArray = np.zeros(0)
+        self.reward: FloatArray = np.zeros(0)
         self._alloc(min(self.capacity, 256))
 
     def _alloc(self, cap: int) -> None:
@@ -51,7 +56,7 @@ class RowRing:
             X, act, chosen = X[-self.capacity :], act[-self.capacity :], chosen[-self.capacity :]
             weight, reward = weight[-self.capacity :], reward[-self.capacity :]
             m = self.capacity
-        while self.size < self.capacity and self.size + m > len(self.act):
+        while len(self.act) < self.capacity and self.size + m > len(self.act):
             self._alloc(min(self.capacity, 2 * len(self.act)))
         if self.size < self.capacity:
             take = min(m, self.capacity - self.size)

@@ -61,7 +61,6 @@ def run_one(
     delay: int,
     progress: tqdm | None = None,
 ) -> RunResult:
-    k = len(sim.actions)
     policy = create_policy(name, sim.X.shape[1] + 1, seed, **policy_params(name, settings))
     rng = np.random.default_rng(seed + 1000)
     T = sim.rounds

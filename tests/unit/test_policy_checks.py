@@ -123,3 +123,19 @@ def test_bad_state_is_rejected(name):
     bad[f].flat[0] = np.nan
     with pytest.raises(PolicyError):
         cls.from_state(meta, bad)
+
+
+def test_every_candidate_gets_at_least_the_floor(name):
+    rng = np.random.default_rng(8)
+    p = create_policy(name, D, seed=0)
+    floor = getattr(p, "floor", getattr(p, "epsilon", None))
+    assert floor is not None and floor > 0, "every policy must explore"
+    for step in range(20):
+        b = make_batch(rng, 40, prefix=f"f{step}-")
+        d = p.choose(b)
+        k = np.repeat(b.sizes, b.sizes)
+        assert np.all(d.pmf >= floor / k - 1e-12)
+        # Reward one action heavily so greedy policies become confident.
+        fb = feedback(b, d, rng)
+        fb.reward[:] = [1.0 if b.actions[r] == "a" else 0.0 for r in d.row]
+        p.learn(fb)

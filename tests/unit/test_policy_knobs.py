@@ -1,0 +1,219 @@
+"""Every tuning knob changes what it says it changes (a knob that changes nothing is a defect)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from policies import ContextBatch, Feedback
+from policies.doubly_robust import DoublyRobust
+from policies.history import RowRing
+from policies.linear_ts import LinearTS
+from policies.linucb import LinUCB
+from policies.offset_tree import OffsetTree
+from policies.ridge import RidgeArms
+
+
+def two_arm_stream(seed: int, n_batches: int = 40, n: int = 25):
+    """Context x in {e1, e2}; arm 'a' pays in e1, 'b' in e2 (Bernoulli 0.8 vs 0.2)."""
+    rng = np.random.default_rng(seed)
+    for s in range(n_batches):
+        c = rng.integers(2, size=n)
+        X = np.stack([np.ones(n), c == 0, c == 1], axis=1).astype(float)
+        yield (
+            ContextBatch(
+                np.repeat(X, 2, axis=0),
+                ["a", "b"] * n,
+                np.arange(0, 2 * n + 1, 2),
+                [f"{seed}-{s}-{i}" for i in range(n)],
+            ),
+            c,
+            rng,
+        )
+
+
+def run(policy, seed: int = 0, n_batches: int = 40) -> float:
+    total = 0.0
+    count = 0
+    for b, c, rng in two_arm_stream(seed, n_batches):
+        d = policy.choose(b)
+        good = np.array(
+            [(b.actions[r] == "a") == (ci == 0) for r, ci in zip(d.row, c, strict=True)]
+        )
+        r = (rng.random(len(c)) < np.where(good, 0.8, 0.2)).astype(float)
+        policy.learn(Feedback(b, d.row, r, d.probability))
+        total += r.sum()
+        count += len(r)
+    return total / count
+
+
+def probe(policy) -> ContextBatch:
+    X = np.repeat(np.array([[1.0, 1.0, 0.0]]), 2, axis=0)
+    return ContextBatch(X, ["a", "b"], np.array([0, 2]), ["probe"])
+
+
+def greedy_mass_spread(policy, n: int = 200) -> float:
+    """Mean probability of the non-best candidate over fresh contexts (exploration)."""
+    rng = np.random.default_rng(9)
+    X = np.hstack([np.ones((n, 1)), rng.random((n, 2))])
+    b = ContextBatch(
+        np.repeat(X, 2, axis=0),
+        ["a", "b"] * n,
+        np.arange(0, 2 * n + 1, 2),
+        [f"q{i}" for i in range(n)],
+    )
+    pmf = policy.choose(b).pmf.reshape(n, 2)
+    return float(pmf.min(axis=1).mean())
+
+
+# -- Doubly robust ------------------------------------------------------------------------
+def exploited_arm(policy) -> str:
+    """Train 'a' only (reward 0.6, 20 times), then ask: which arm does the policy prefer?"""
+    b = probe(policy)
+    for i in range(20):
+        fb = ContextBatch(b.X, b.actions, b.offsets, [f"t{i}"])
+        policy.learn(Feedback(fb, np.array([0]), np.array([0.6]), np.array([0.9])))
+    d = policy.choose(b)
+    return b.actions[int(np.argmax(d.pmf))]
+
+
+def test_dr_alpha_is_exploration_strength():
+    # Without a bonus the known-good arm wins; a strong bonus favours the unexplored one.
+    assert exploited_arm(DoublyRobust(3, alpha=0.0, floor=0.0)) == "a"
+    assert exploited_arm(DoublyRobust(3, alpha=5.0, floor=0.0)) == "b"
+
+
+def one_step(p: DoublyRobust, reward: float = 1.0, times: int = 1) -> float:
+    b = probe(p)
+    for i in range(times):
+        fb = ContextBatch(b.X, b.actions, b.offsets, [f"s{i}"])
+        p.learn(Feedback(fb, np.array([0]), np.array([reward]), np.array([1.0])))
+    return float(p._arms.theta[p._arms.index["a"]] @ b.X[0])
+
+
+def test_dr_learning_rate_scales_each_step():
+    full = one_step(DoublyRobust(3, refit_every=0, learning_rate=1.0))
+    tenth = one_step(DoublyRobust(3, refit_every=0, learning_rate=0.1))
+    assert tenth == pytest.approx(0.1 * full, rel=1e-9)
+
+
+def test_dr_lr_decay_shrinks_later_steps():
+    def adapt(decay: float) -> float:
+        p = DoublyRobust(3, refit_every=0, lr_decay=decay)
+        one_step(p, reward=0.0, times=30)  # a long run of zeros...
+        return one_step(p, reward=1.0, times=5)  # ...then how far do five ones move it?
+
+    assert adapt(0.8) < 0.1 * adapt(1.0)
+
+
+def test_dr_max_weight_clips_importance_weights():
+    def step_after_rare_event(max_weight):
+        p = DoublyRobust(n_features=3, alpha=0.0, refit_every=0, max_weight=max_weight)
+        b = probe(p)
+        p.learn(Feedback(b, np.array([1]), np.array([1.0]), np.array([0.01])))  # w = 100
+        return float(p._arms.theta[p._arms.index["b"]] @ b.X[1])
+
+    assert step_after_rare_event(2.0) < step_after_rare_event(50.0)
+
+
+def test_dr_max_history_bounds_the_refit_window():
+    sizes = {}
+    for h in (50, 400):
+        p = DoublyRobust(n_features=3, max_history=h, refit_every=100)
+        run(p, n_batches=20)
+        sizes[h] = p._history.size
+        assert p._history.size == min(h, 20 * 25 * 2)
+    assert sizes[50] < sizes[400]
+    # And the window changes the refit result.
+    thetas = []
+    for h in (20, 1000):
+        p = DoublyRobust(n_features=3, max_history=h, refit_every=100, max_weight=20)
+        run(p, n_batches=8)
+        thetas.append(p._arms.theta[:2].copy())
+    assert not np.allclose(thetas[0], thetas[1])
+
+
+def test_dr_learns_the_contextual_best_arm():
+    assert run(DoublyRobust(n_features=3, seed=0), n_batches=60) > 0.7  # optimum 0.8
+
+
+# -- Baselines ----------------------------------------------------------------------------
+def test_linucb_alpha_and_ts_scale_change_exploration():
+    assert exploited_arm(LinUCB(3, alpha=0.0, floor=0.0)) == "a"
+    assert exploited_arm(LinUCB(3, alpha=5.0, floor=0.0)) == "b"
+
+    def spread(v: float) -> float:
+        p = LinearTS(3, v=v, floor=0.0)
+        exploited_arm(p)
+        return float(p.choose(probe(p)).pmf.min())
+
+    assert spread(0.01) < spread(3.0)
+
+
+@pytest.mark.parametrize("cls", [LinUCB, LinearTS])
+def test_baselines_learn(cls):
+    assert run(cls(3, seed=0), n_batches=60) > 0.7
+
+
+# -- Offset tree --------------------------------------------------------------------------
+def test_offset_tree_learns_with_each_node_model():
+    for model in ("linear", "logistic", "tree"):
+        p = OffsetTree(n_features=3, node_model=model, min_split=4, seed=0)
+        assert run(p, n_batches=60) > 0.65, model
+
+
+def test_offset_tree_knobs_shape_the_node_trees():
+    def size(**kw):
+        p = OffsetTree(n_features=6, node_model="tree", **kw)
+        rng = np.random.default_rng(3)
+        for s in range(40):
+            X = np.hstack([np.ones((50, 1)), rng.random((50, 5))])
+            b = ContextBatch(
+                np.repeat(X, 4, axis=0),
+                ["a", "b", "c", "d"] * 50,
+                np.arange(0, 201, 4),
+                [f"{s}-{i}" for i in range(50)],
+            )
+            d = p.choose(b)
+            # A nonlinear rule: pays when the chosen action matches the quadrant of x1, x2.
+            quad = (X[:, 1] > 0.5) * 2 + (X[:, 2] > 0.5)
+            r = (d.row - b.offsets[:-1] == quad).astype(float)
+            p.learn(Feedback(b, d.row, r, d.probability))
+        return p.model_size()
+
+    base = size(max_depth=8, min_split=4, max_nodes=4000)
+    assert size(max_depth=1, min_split=4, max_nodes=4000) < base
+    assert size(max_depth=8, min_split=400, max_nodes=4000) < base
+    assert size(max_depth=8, min_split=4, split_threshold=0.05, max_nodes=4000) < base
+    assert size(max_depth=8, min_split=4, max_nodes=12) <= 12 < base
+
+
+def test_offset_tree_new_actions_get_leaves_and_keep_theirs():
+    p = OffsetTree(n_features=2, seed=0)
+    b1 = ContextBatch(np.ones((2, 2)), ["a", "b"], np.array([0, 2]), ["e1"])
+    p.choose(b1)
+    slots = dict(p._slots)
+    b2 = ContextBatch(np.ones((5, 2)), ["c", "d", "e", "a", "b"], np.array([0, 5]), ["e2"])
+    d = p.choose(b2)
+    assert {k: p._slots[k] for k in slots} == slots  # old actions keep their leaves
+    assert set(p._slots) == {"a", "b", "c", "d", "e"} and p._cap == 8
+    assert np.isclose(d.pmf.sum(), 1.0)
+
+
+# -- Shared machinery ---------------------------------------------------------------------
+def test_ring_buffer_keeps_the_newest_rows_in_order():
+    ring = RowRing(n_features=1, capacity=5)
+    for start in range(0, 12, 3):
+        vals = np.arange(start, start + 3, dtype=float)
+        ring.extend(vals[:, None], np.zeros(3, dtype=np.int64), np.zeros(3, bool), vals, vals)
+    assert ring.size == 5
+    assert sorted(ring.X[:5, 0].tolist()) == [7.0, 8.0, 9.0, 10.0, 11.0]
+
+
+def test_width_fast_path_matches_the_general_path():
+    rng = np.random.default_rng(4)
+    arms = RidgeArms(5)
+    idx = arms.indices(["a", "b", "c"] * 7)
+    X = rng.random((21, 5))
+    arms.update(idx, X, rng.random(21))
+    assert np.allclose(arms.widths(idx, X, 3), arms.widths(idx, X))

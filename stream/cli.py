@@ -80,8 +80,10 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
         )
         return 2
     sims = args.sims.split(",")
-    results = convergence.run(policies, sims, args.seeds, args.delay, Path(args.out), settings)
-    print(convergence.print_table(results))
+    results, peers = convergence.run(
+        policies, sims, args.seeds, args.delay, Path(args.out), settings
+    )
+    print(convergence.print_table(results, peers))
     print(f"results in {args.out}/convergence.json, .md, .png")
     return 0
 

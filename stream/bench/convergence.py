@@ -133,7 +133,7 @@ def _vw_run(sim: Simulation, seed: int, update_interval: int) -> tuple[float, fl
 
 def run(
     policies: list[str], sims: list[str], seeds: int, delay: int, out: Path, settings: Settings
-) -> list[RunResult]:
+) -> tuple[list[RunResult], dict[str, Any]]:
     interval = settings.update_interval
     plans = [(p, s, sd) for s in sims for sd in range(seeds) for p in policies]
     total = sum(SIMULATORS[s](0).rounds for s, _sd, _p in ((s, sd, p) for p, s, sd in plans))
@@ -153,7 +153,7 @@ def run(
                 "decisions_per_s": float(np.mean([r[1] for r in runs if r])),
             }
     _write(results, peers, out, settings, delay)
-    return results
+    return results, peers
 
 
 def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
@@ -265,4 +265,15 @@ def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -
             f"{s['regret']:>9.0f}{s['optimal_share']:>9.3f}"
             f"{s['optimal_share_last20']:>8.3f}{s['decisions_per_s']:>11,.0f}"
         )
+    for sim, v in (peers or {}).items():
+        lines.append(
+            f"Vowpal Wabbit (--cb_explore_adf --squarecb -q sa) on {sim}: "
+            f"{v['avg_reward']:.3f} at {v['decisions_per_s']:,.0f}/s"
+        )
+        for s in summary:
+            if s["simulator"] == sim:
+                lines.append(
+                    f"  {s['policy']:<16} reward x{s['avg_reward'] / v['avg_reward']:.3f}"
+                    f"  speed x{s['decisions_per_s'] / v['decisions_per_s']:.1f}"
+                )
     return "\n".join(lines)

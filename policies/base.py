@@ -104,18 +104,36 @@ def event_uniforms(keys: list[str], seed: int) -> FloatArray:
     return out
 
 
-def sample_rows(pmf: FloatArray, offsets: IntArray, u: FloatArray) -> IntArray:
-    """Inverse-CDF sampling of one row per event segment of ``pmf``.
+def as_matrix(values: FloatArray, offsets: IntArray, fill: float = 0.0) -> FloatArray:
+    """Rows of each event as one row of an ``[n, K_max]`` matrix, padded with ``fill``.
 
-    Row r of event i is chosen iff ``u_i`` falls in its slice of the segment's CDF, so it
-    is chosen with probability ``pmf[r]`` (zero-probability rows are never chosen).
+    When every event has K candidates this is a plain reshape (no copy).
     """
-    starts, ends = offsets[:-1], offsets[1:]
-    cdf = np.cumsum(pmf)
-    base = np.where(starts > 0, cdf[np.maximum(starts - 1, 0)], 0.0)
-    total = cdf[ends - 1] - base
-    rows = np.searchsorted(cdf, base + u * total, side="right").astype(np.int64)
-    return np.clip(rows, starts, ends - 1)
+    sizes = np.diff(offsets)
+    n = len(sizes)
+    k = int(sizes.max()) if n else 0
+    if n and int(sizes.min()) == k:
+        return values.reshape(n, k)
+    out = np.full((n, k), fill)
+    ev = np.repeat(np.arange(n), sizes)
+    out[ev, np.arange(len(values)) - offsets[:-1][ev]] = values
+    return out
+
+
+def sample_rows(pmf: FloatArray, offsets: IntArray, u: FloatArray) -> IntArray:
+    """Inverse-CDF sampling of one row per event of ``pmf``.
+
+    Row j of event i is chosen iff ``u_i * total_i`` falls in ``[cdf_{j-1}, cdf_j)`` of the
+    event's own CDF, i.e. with probability ``pmf[j]`` (zero-probability rows never). The
+    arithmetic is the same whatever the batch layout, so an event samples the same row
+    in any batch.
+    """
+    cdf = np.cumsum(as_matrix(pmf, offsets), axis=1)
+    sizes = np.diff(offsets)
+    total = cdf[np.arange(len(sizes)), sizes - 1]
+    j = np.argmax(cdf > (u * total)[:, None], axis=1)
+    j = np.where(cdf[np.arange(len(sizes)), j] > u * total, j, sizes - 1)  # u*total == total
+    return offsets[:-1] + np.minimum(j, sizes - 1)
 
 
 def segment_max(values: FloatArray, offsets: IntArray) -> FloatArray:
@@ -137,6 +155,11 @@ def greedy_with_floor(scores: FloatArray, batch: ContextBatch, floor: float) -> 
     it the logged probability, is exactly what is sampled. Each candidate's probability is
     at least ``floor / K``: deterministic scores become a distribution that explores.
     """
+    k = batch.uniform_layout()
+    if k:  # every event has k candidates: plain axis operations on [n, k]
+        s = scores.reshape(-1, k)
+        best = (s >= s.max(axis=1, keepdims=True) - 1e-12).astype(np.float64)
+        return (floor / k + (1.0 - floor) * best / best.sum(axis=1, keepdims=True)).ravel()
     offsets = batch.offsets
     is_best = (scores >= segment_max(scores, offsets) - 1e-12).astype(np.float64)
     sizes = np.repeat(batch.sizes, batch.sizes).astype(np.float64)
@@ -145,6 +168,9 @@ def greedy_with_floor(scores: FloatArray, batch: ContextBatch, floor: float) -> 
 
 def mix_floor(pmf: FloatArray, batch: ContextBatch, floor: float) -> FloatArray:
     """``(1 - floor) * pmf + floor / K`` per event: every candidate at least ``floor / K``."""
+    k = batch.uniform_layout()
+    if k:
+        return (1.0 - floor) * pmf + floor / k
     sizes = np.repeat(batch.sizes, batch.sizes).astype(np.float64)
     return (1.0 - floor) * pmf + floor / sizes
 

@@ -139,3 +139,21 @@ def test_every_candidate_gets_at_least_the_floor(name):
         fb = feedback(b, d, rng)
         fb.reward[:] = [1.0 if b.actions[r] == "a" else 0.0 for r in d.row]
         p.learn(fb)
+
+
+def test_an_event_decides_the_same_in_any_batch_layout(name):
+    """Uniform-layout fast paths and the general path agree exactly."""
+    rng = np.random.default_rng(10)
+    p = create_policy(name, D, seed=4)
+    for _ in range(3):
+        b = make_batch(rng, 30)
+        p.learn(feedback(b, p.choose(b), rng))
+    h = FeatureHasher(D)
+    ctx = {"x": 0.3, "c": "v1"}
+    alone = h.assemble([h.encode(ctx, ["a", "b", "c"])] * 4, [f"k{i}" for i in range(4)])
+    mixed = h.assemble(
+        [h.encode(ctx, ["a", "b", "c"]), h.encode(ctx, ["a"])] * 2, ["k0", "z0", "k2", "z1"]
+    )
+    da, dm = p.choose(alone), p.choose(mixed)
+    assert da.row[0] == dm.row[0] and da.row[2] - 6 == dm.row[2] - 4
+    assert np.array_equal(da.pmf[:3], dm.pmf[:3])

@@ -84,7 +84,7 @@ class DoublyRobust(Policy):
         lr_decay: float = 1.0,
         max_weight: float = 20.0,
         max_history: int = 5000,
-        refit_every: int = 1000,
+        refit_every: int = 5000,
         l2: float = 1.0,
         floor: float = 0.01,
         seed: int = 0,

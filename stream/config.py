@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     ot_min_split: int = Field(20, ge=2)
     ot_split_threshold: float = Field(0.0, ge=0.0)
     ot_max_nodes: int = Field(2047, ge=1)
+    # Node classifiers of the offset tree; the four knobs above configure "tree".
+    ot_node_model: Literal["linear", "logistic", "tree"] = "linear"
 
     # --- Loop ----------------------------------------------------------------------------
     batch_size: int = Field(500, ge=1, le=100_000)

@@ -37,6 +37,7 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "min_split": settings.ot_min_split,
             "split_threshold": settings.ot_split_threshold,
             "max_nodes": settings.ot_max_nodes,
+            "node_model": settings.ot_node_model,
             "floor": settings.exploration_floor,
         }
     if name == "linear_ts":

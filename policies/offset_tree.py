@@ -200,9 +200,17 @@ class OffsetTree(Policy):
         """
         span = 2 * self._cap
         shifts = np.arange(self.depth)[None, :]
-        child = leaves[:, None] >> shifts  # [n, depth]: the path's node below each level
-        present = (ev[:, None] * span + (heap[:, None] >> shifts)).ravel()
-        contested = np.isin(leaf_ev[:, None] * span + (child ^ 1), present)
+        child = leaf_ids = leaves[:, None] >> shifts  # [n, depth]: path node below each level
+        below = heap[:, None] >> shifts  # every candidate's ancestors, per level
+        n_ev = int(ev[-1]) + 1 if len(ev) else 0
+        if n_ev * span <= 1 << 22:
+            # A [events, heap ids] occupancy table: O(1) lookups instead of a sorted isin.
+            table = np.zeros((n_ev, span), dtype=bool)
+            table[np.repeat(ev, below.shape[1]), below.ravel()] = True
+            contested = table[leaf_ev[:, None], leaf_ids ^ 1]
+        else:
+            present = (ev[:, None] * span + below).ravel()
+            contested = np.isin(leaf_ev[:, None] * span + (child ^ 1), present)
         return child >> 1, child & 1, contested
 
     @staticmethod

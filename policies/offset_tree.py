@@ -99,6 +99,7 @@ class OffsetTree(Policy):
         node_history: int = 1000,
         node_model: str = "linear",
         node_lr: float = 0.5,
+        node_l2: float = 0.1,
         sharpness: float = 10.0,
         offset: float = 0.5,
         max_weight: float = 5.0,
@@ -122,6 +123,9 @@ class OffsetTree(Policy):
         self.node_history = int(node_history)
         self.node_model = node_model
         self.node_lr = float(node_lr)
+        if node_l2 <= 0:
+            raise PolicyError(f"node_l2 must be > 0, got {node_l2}")
+        self.node_l2 = float(node_l2)
         if sharpness < 0:
             raise PolicyError(f"sharpness must be >= 0, got {sharpness}")
         self.sharpness = float(sharpness)
@@ -137,7 +141,7 @@ class OffsetTree(Policy):
         if self.node_model == "logistic":
             return LogisticBank(self.n_features, self._cap, self.node_lr)
         if self.node_model == "linear":
-            return LinearBank(self.n_features, self._cap)
+            return LinearBank(self.n_features, self._cap, self.node_l2)
         return TreeBank(
             self.n_features,
             self._cap,
@@ -158,6 +162,7 @@ class OffsetTree(Policy):
             "node_history": self.node_history,
             "node_model": self.node_model,
             "node_lr": self.node_lr,
+            "node_l2": self.node_l2,
             "sharpness": self.sharpness,
             "offset": self.offset,
             "max_weight": self.max_weight,

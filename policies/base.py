@@ -49,9 +49,13 @@ class ContextBatch:
     offsets: IntArray
     keys: list[str]
     sizes: IntArray = field(init=False, repr=False, compare=False)  # candidates per event
+    _k: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sizes", np.diff(self.offsets))
+        sizes = np.diff(self.offsets)
+        object.__setattr__(self, "sizes", sizes)
+        k = int(sizes[0]) if len(sizes) and int(sizes.min()) == int(sizes.max()) else 0
+        object.__setattr__(self, "_k", k)
 
     @property
     def n_events(self) -> int:
@@ -63,10 +67,7 @@ class ContextBatch:
 
     def uniform_layout(self) -> int:
         """K when every event has exactly K candidates (rows reshape to ``[n, K, d]``), else 0."""
-        sizes = self.sizes
-        if len(sizes) and int(sizes.min()) == int(sizes.max()):
-            return int(sizes[0])
-        return 0
+        return self._k
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +287,7 @@ class Policy(ABC):
             )
         if len(batch.actions) != batch.X.shape[0] or batch.offsets[-1] != batch.X.shape[0]:
             raise PolicyError(f"{self.name}: batch rows, actions and offsets disagree")
-        if batch.n_events and np.any(batch.sizes < 1):
+        if batch.n_events and not batch.uniform_layout() and np.any(batch.sizes < 1):
             raise PolicyError(f"{self.name}: every event needs at least one candidate")
 
 

@@ -15,7 +15,6 @@ from policies.base import (
     Policy,
     PolicyError,
     mix_floor,
-    segment_sum,
 )
 from policies.ridge import RidgeArms
 
@@ -116,18 +115,27 @@ class LinearTS(Policy):
         k = batch.uniform_layout()
         mean = self._arms.predict(idx, batch.X)
         width = self._arms.widths(idx, batch.X, k)
-        scores = mean[None, :] + self.v * width[None, :] * self._normals(batch)
-        if k:  # every event has k candidates: work on [draws, n, k] directly
-            s3 = scores.reshape(self.n_draws, -1, k)
-            wins3 = (s3 >= s3.max(axis=2, keepdims=True)).astype(np.float64)
-            wins3 /= wins3.sum(axis=2, keepdims=True)  # exact ties split the draw
-            return mix_floor(wins3.mean(axis=0).ravel(), batch, self.floor)
-        starts = batch.offsets[:-1]
-        best = np.repeat(np.maximum.reduceat(scores, starts, axis=1), batch.sizes, axis=1)
-        wins = (scores >= best).astype(np.float64)
-        wins /= np.repeat(np.add.reduceat(wins, starts, axis=1), batch.sizes, axis=1)
-        pmf = wins.mean(axis=0)
-        pmf /= segment_sum(pmf, batch.offsets)  # exact normalisation after float sums
+        scores = mean[None, :] + self.v * width[None, :] * self._normals(batch)  # [draws, P]
+        n, sizes = batch.n_events, batch.sizes
+        if k:
+            s3 = scores.reshape(self.n_draws, n, k)
+        else:  # pad events to [draws, n, K_max] with -inf: padding never wins
+            kmax = int(sizes.max())
+            s3 = np.full((self.n_draws, n, kmax), -np.inf)
+            ev = batch.row_event()
+            s3[:, ev, np.arange(len(ev)) - batch.offsets[:-1][ev]] = scores
+        # Each draw's winner (an exact tie goes to the first candidate: probability zero
+        # unless widths vanish, and exact either way since it is what gets sampled).
+        win = s3.argmax(axis=2) + (np.arange(n) * s3.shape[2])[None, :]
+        counts = np.bincount(win.ravel(), minlength=n * s3.shape[2]).reshape(n, -1)
+        share = counts / self.n_draws
+        pmf = (
+            share.ravel()
+            if k
+            else share[
+                batch.row_event(), np.arange(len(scores[0])) - batch.offsets[:-1][batch.row_event()]
+            ]
+        )
         return mix_floor(pmf, batch, self.floor)
 
     def _learn(self, feedback: Feedback) -> None:

@@ -86,10 +86,10 @@ class RidgeArms:
         if k:
             lead = idx[:k]
             n = len(idx) // k
-            if np.array_equal(idx.reshape(n, k), np.broadcast_to(lead, (n, k))):
+            if bool((idx.reshape(n, k) == lead).all()):
                 G = np.ascontiguousarray(X.reshape(n, k, -1).transpose(1, 0, 2))  # [k, n, d]
                 A = self.A_inv[:k] if np.array_equal(lead, np.arange(k)) else self.A_inv[lead]
-                q = (np.matmul(G, A) * G).sum(-1).T.ravel()
+                q = np.einsum("knd,knd->kn", np.matmul(G, A), G).T.ravel()
                 return np.sqrt(np.maximum(q, 0.0))
         uniq, inv, counts = np.unique(idx, return_inverse=True, return_counts=True)
         # Rows grouped by action into a padded (U, m, d) stack: one batched matmul.

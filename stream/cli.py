@@ -32,9 +32,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stream.loop import Service
 
     settings = _settings()
-    ensure_topics(settings, AdminClient(admin_config(settings)))
     service = Service(settings)
-    with stop_on_signals(service):
+    with stop_on_signals(service):  # from the start: a SIGTERM during start-up exits 0 too
+        ensure_topics(settings, AdminClient(admin_config(settings)))
         service.run()
     return 0
 
@@ -44,14 +44,15 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     settings = _settings(topic_partitions=args.partitions)
     stop = threading.Event()
+    # Handlers first: a signal that arrives while the broker starts still stops it cleanly.
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
     with EmbeddedBroker(port=args.port) as broker:
         settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
         counts = ensure_topics(settings, AdminClient(admin_config(settings)))
         print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
         print("topics: " + ", ".join(f"{t} ({n})" for t, n in counts.items()), flush=True)
         print("Ctrl-C or SIGTERM stops the broker", flush=True)
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda *_: stop.set())
         stop.wait()
         print("stopping broker", flush=True)
     return 0

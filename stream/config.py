@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     dr_alpha: float = Field(0.3, ge=0.0)
     dr_learning_rate: float = Field(1.0, gt=0.0)
     dr_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
-    dr_max_weight: float = Field(5.0, ge=1.0)
+    dr_max_weight: float = Field(2.0, ge=1.0)
     dr_max_history: int = Field(5000, ge=1)
     ot_max_depth: int = Field(6, ge=1)
     ot_min_split: int = Field(20, ge=2)

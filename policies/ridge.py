@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.linalg.blas import daxpy, ddot, dger, dsymv
 
 from policies.base import FloatArray, IntArray, PolicyError, expect_array
+from policies.kernels import rls_update
 
 
 class RidgeArms:
@@ -112,34 +112,13 @@ class RidgeArms:
         eta: FloatArray | None = None,
     ) -> None:
         """One weighted RLS step per row, in order (see the module docstring)."""
-        A_inv, theta, counts = self.A_inv, self.theta, self.counts
-        il = idx.tolist()
-        yl = np.asarray(y, dtype=np.float64).tolist()
-        wl = [1.0] * len(il) if w is None else np.asarray(w, dtype=np.float64).tolist()
-        el = None if eta is None else np.asarray(eta, dtype=np.float64).tolist()
-        for k, a in enumerate(il):
-            wk = wl[k]
-            if wk <= 0.0:
-                continue
-            x = X[k]
-            ai = A_inv[a].T  # F-ordered view of a symmetric block: BLAS updates it in place
-            ax = dsymv(1.0, ai, x)
-            denom = 1.0 + wk * ddot(x, ax)
-            # Sherman–Morrison:
-            # (A + w x x^T)^{-1} = A^{-1} - w A^{-1}x x^T A^{-1} / (1 + w x^T A^{-1} x)
-            dger(-wk / denom, ax, ax, a=ai, overwrite_a=1)
-            # RLS: theta += eta * w * g * (y - theta . x), g = A_new^{-1} x = A_old^{-1} x / denom
-            step = wk * (yl[k] - ddot(theta[a], x)) / denom
-            if el is not None:
-                step *= el[k]
-            daxpy(ax, theta[a], a=step)
-            counts[a] += 1
-            if counts[a] % 64 == 0:
-                # dsymv reads one triangle; re-symmetrise now and then so rounding in the
-                # rank-1 updates cannot make the two triangles drift apart.
-                blk = A_inv[a]
-                blk += blk.T
-                blk *= 0.5
+        n = len(idx)
+        rls_update(
+            self.A_inv, self.theta, self.counts, np.ascontiguousarray(idx, dtype=np.int64),
+            np.ascontiguousarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64),
+            np.ones(n) if w is None else np.asarray(w, dtype=np.float64),
+            np.ones(n) if eta is None else np.asarray(eta, dtype=np.float64),
+        )
 
     # -- state --------------------------------------------------------------------------
     def arrays(self, prefix: str = "") -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:

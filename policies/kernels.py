@@ -13,7 +13,7 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def rls_update(A_inv, theta, counts, idx, X, y, w, eta):  # type: ignore[no-untyped-def]
+def rls_update(A_inv, theta, counts, idx, X, y, w, eta):
     """Weighted RLS steps, in order, on symmetric inverses ``A_inv[a]`` (in place).
 
     For each row k with action a, weight w_k > 0 and gain eta_k:
@@ -50,3 +50,28 @@ def rls_update(A_inv, theta, counts, idx, X, y, w, eta):  # type: ignore[no-unty
         for i in range(d):
             theta[a, i] += step * g[i]
         counts[a] += 1
+
+
+@njit(cache=True, nogil=True)
+def ts_win_shares(mean, width, v, offsets, start, n_draws, table):
+    """Share of ``n_draws`` posterior draws each row wins within its event.
+
+    Draw m of the row at position ``pos`` in event i uses the normal
+    ``table[(start_i + 7919 m + 104729 pos) & (len(table) - 1)]``; an exact tie goes to
+    the first candidate.
+    """
+    out = np.zeros(mean.shape[0])
+    mask = table.shape[0] - 1
+    for i in range(offsets.shape[0] - 1):
+        s, e = offsets[i], offsets[i + 1]
+        for m in range(n_draws):
+            best = -np.inf
+            bj = s
+            for r in range(s, e):
+                z = table[(start[i] + m * 7919 + (r - s) * 104729) & mask]
+                sc = mean[r] + v * width[r] * z
+                if sc > best:
+                    best = sc
+                    bj = r
+            out[bj] += 1.0
+    return out / n_draws

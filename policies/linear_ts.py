@@ -12,10 +12,12 @@ from policies.base import (
     ContextBatch,
     Feedback,
     FloatArray,
+    IntArray,
     Policy,
     PolicyError,
     mix_floor,
 )
+from policies.kernels import ts_win_shares
 from policies.ridge import RidgeArms
 
 # One table of standard normals shared by every instance (memory stays flat with many
@@ -98,45 +100,21 @@ class LinearTS(Policy):
             "n_draws": self.n_draws,
         }
 
-    def _normals(self, batch: ContextBatch) -> FloatArray:
-        """``(n_draws, P)`` standard normals, a deterministic function of each event id."""
+    def _starts(self, batch: ContextBatch) -> IntArray:
+        """Each event's offset into the normal table, hashed from its id and the seed."""
         s = (self.seed + 0x5EED) & 0x7FFFFFFF
-        start = np.fromiter(
+        return np.fromiter(
             (murmurhash3_32(k, seed=s, positive=True) for k in batch.keys), np.int64, batch.n_events
         )
-        ev = batch.row_event()
-        pos = np.arange(len(ev)) - batch.offsets[:-1][ev]
-        # Distinct odd strides for draws and candidate positions walk the table.
-        at = (np.arange(self.n_draws) * 7919)[:, None] + (start[ev] + pos * 104729)[None, :]
-        return _TABLE[at & (_TABLE.size - 1)]
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx = self._arms.indices(batch.actions)
-        k = batch.uniform_layout()
         mean = self._arms.predict(idx, batch.X)
-        width = self._arms.widths(idx, batch.X, k)
-        scores = mean[None, :] + self.v * width[None, :] * self._normals(batch)  # [draws, P]
-        n, sizes = batch.n_events, batch.sizes
-        if k:
-            s3 = scores.reshape(self.n_draws, n, k)
-        else:  # pad events to [draws, n, K_max] with -inf: padding never wins
-            kmax = int(sizes.max())
-            s3 = np.full((self.n_draws, n, kmax), -np.inf)
-            ev = batch.row_event()
-            s3[:, ev, np.arange(len(ev)) - batch.offsets[:-1][ev]] = scores
-        # Each draw's winner (an exact tie goes to the first candidate: probability zero
-        # unless widths vanish, and exact either way since it is what gets sampled).
-        win = s3.argmax(axis=2) + (np.arange(n) * s3.shape[2])[None, :]
-        counts = np.bincount(win.ravel(), minlength=n * s3.shape[2]).reshape(n, -1)
-        share = counts / self.n_draws
-        pmf = (
-            share.ravel()
-            if k
-            else share[
-                batch.row_event(), np.arange(len(scores[0])) - batch.offsets[:-1][batch.row_event()]
-            ]
+        width = self._arms.widths(idx, batch.X, batch.uniform_layout())
+        share = ts_win_shares(
+            mean, width, self.v, batch.offsets, self._starts(batch), self.n_draws, _TABLE
         )
-        return mix_floor(pmf, batch, self.floor)
+        return mix_floor(share, batch, self.floor)
 
     def _learn(self, feedback: Feedback) -> None:
         batch = feedback.batch

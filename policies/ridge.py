@@ -114,8 +114,12 @@ class RidgeArms:
         """One weighted RLS step per row, in order (see the module docstring)."""
         n = len(idx)
         rls_update(
-            self.A_inv, self.theta, self.counts, np.ascontiguousarray(idx, dtype=np.int64),
-            np.ascontiguousarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64),
+            self.A_inv,
+            self.theta,
+            self.counts,
+            np.ascontiguousarray(idx, dtype=np.int64),
+            np.ascontiguousarray(X, dtype=np.float64),
+            np.asarray(y, dtype=np.float64),
             np.ones(n) if w is None else np.asarray(w, dtype=np.float64),
             np.ones(n) if eta is None else np.asarray(eta, dtype=np.float64),
         )

@@ -75,3 +75,90 @@ def ts_win_shares(mean, width, v, offsets, start, n_draws, table):
                     bj = r
             out[bj] += 1.0
     return out / n_draws
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _node_q(weights, node, x, kind):
+    """P(right) of node ``node`` for context ``x``: least squares (0) or logistic (1)."""
+    z = 0.0
+    for j in range(x.shape[0]):
+        z += weights[node, j] * x[j]
+    if kind == 0:
+        return min(1.0, max(0.0, z))
+    z = min(50.0, max(-50.0, z))
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@njit(cache=True, nogil=True)
+def _contested(heap, s, e, child, level):
+    """Whether another candidate of the event lies on the other side of ``child``'s parent."""
+    sib = child ^ 1
+    for r in range(s, e):  # noqa: SIM110 - numba compiles loops, not generators
+        if (heap[r] >> level) == sib:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def ot_leaf_probs(heap, offsets, xe, weights, kind, depth, sharpness):
+    """Probability of each candidate leaf: the product of its path's routing odds.
+
+    A node routes right with ``q^s / (q^s + (1-q)^s)`` (``s = sharpness``; ``s = 0`` routes
+    hard, even odds splitting evenly); a node whose other side holds no candidate of the
+    event passes through.
+    """
+    prob = np.ones(heap.shape[0])
+    for i in range(offsets.shape[0] - 1):
+        s, e = offsets[i], offsets[i + 1]
+        for r in range(s, e):
+            p = 1.0
+            for level in range(depth):
+                child = heap[r] >> level
+                if not _contested(heap, s, e, child, level):
+                    continue
+                q = _node_q(weights, child >> 1, xe[i], kind)
+                if sharpness <= 0.0:
+                    route = 1.0 if q > 0.5 else (0.0 if q < 0.5 else 0.5)
+                else:
+                    qs = q**sharpness
+                    ps = (1.0 - q) ** sharpness
+                    route = qs / (qs + ps) if qs + ps > 0.0 else 0.5
+                p *= route if (child & 1) == 1 else 1.0 - route
+            prob[r] = p
+    return prob
+
+
+@njit(cache=True, nogil=True)
+def ot_training_pairs(heap, offsets, leaf, xe, weights, kind, depth, reward, w, offset):
+    """The offset tree's training examples of a batch: (node, event, label, weight).
+
+    Walking up from each logged leaf, every contested node learns the event (label: the
+    action's side if its reward beat ``offset``, else the other side; weight
+    ``w * |r - offset|``) while the action still wins, i.e. until a node routes its
+    context away from the action. Routing odds are those before the batch's updates.
+    """
+    n = offsets.shape[0] - 1
+    nodes = np.empty(n * depth, dtype=np.int64)
+    events = np.empty(n * depth, dtype=np.int64)
+    labels = np.empty(n * depth)
+    gains = np.empty(n * depth)
+    m = 0
+    for i in range(n):
+        s, e = offsets[i], offsets[i + 1]
+        gain = w[i] * abs(reward[i] - offset)
+        for level in range(depth):
+            child = leaf[i] >> level
+            if not _contested(heap, s, e, child, level):
+                continue
+            node = child >> 1
+            side = child & 1
+            if gain > 0.0:
+                nodes[m] = node
+                events[m] = i
+                labels[m] = side if reward[i] > offset else 1 - side
+                gains[m] = gain
+                m += 1
+            q = _node_q(weights, node, xe[i], kind)
+            if (side == 1 and q < 0.5) or (side == 0 and q > 0.5):
+                break  # the node sends x elsewhere: the nodes above never see this action
+    return nodes[:m], events[:m], labels[:m], gains[:m]

@@ -16,6 +16,7 @@ from policies.base import (
     PolicyError,
     mix_floor,
 )
+from policies.kernels import ot_leaf_probs, ot_training_pairs
 from policies.node_models import LinearBank, LogisticBank, TreeBank
 
 
@@ -245,9 +246,31 @@ class OffsetTree(Policy):
         return np.where(qs + ps > 0, qs / np.maximum(qs + ps, 1e-300), 0.5)
 
     # -- policy -------------------------------------------------------------------------
+    def _compiled(self) -> tuple[FloatArray, int] | None:
+        """Node weights and kind for the compiled paths (least squares / logistic)."""
+        bank = self._bank
+        if isinstance(bank, LinearBank):
+            return bank.arms.theta, 0
+        if isinstance(bank, LogisticBank):
+            return bank.W, 1
+        return None
+
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         slots = self._slot_ids(batch.actions)  # may grow the tree: read _cap after
         heap = self._cap + slots
+        compiled = self._compiled()
+        if compiled is not None:
+            weights, kind = compiled
+            prob = ot_leaf_probs(
+                heap,
+                batch.offsets,
+                self._event_contexts(batch),
+                weights,
+                kind,
+                self.depth,
+                self.sharpness,
+            )
+            return mix_floor(prob, batch, self.floor)
         ev = batch.row_event()
         node, side, contested = self._paths(heap, ev, heap, ev)
         q = self._route_q(node, contested, self._event_contexts(batch), ev)
@@ -262,6 +285,26 @@ class OffsetTree(Policy):
         n = batch.n_events
         events = np.arange(n)
         xe = self._event_contexts(batch)
+        r = feedback.reward
+        w = np.minimum(1.0 / np.maximum(feedback.probability, 1e-12), self.max_weight)
+        compiled = self._compiled()
+        if compiled is not None:
+            weights, kind = compiled
+            nodes, evs, labels, gains = ot_training_pairs(
+                heap,
+                batch.offsets,
+                heap[feedback.row],
+                xe,
+                weights,
+                kind,
+                self.depth,
+                np.asarray(r, dtype=np.float64),
+                w,
+                self.offset,
+            )
+            if len(nodes):
+                self._bank.train(nodes, xe[evs], labels, gains)
+            return
         node, side, contested = self._paths(heap, batch.row_event(), heap[feedback.row], events)
         q = self._route_q(node, contested, xe, events)
         # The logged action wins a node when the node routes x to its side (or has no
@@ -269,8 +312,6 @@ class OffsetTree(Policy):
         wins = ~contested | np.where(side == 1, q >= 0.5, q <= 0.5)
         below = np.cumprod(wins, axis=1) > 0
         alive = np.concatenate([np.ones((n, 1), dtype=bool), below[:, :-1]], axis=1)
-        r = feedback.reward
-        w = np.minimum(1.0 / np.maximum(feedback.probability, 1e-12), self.max_weight)
         gain = w * np.abs(r - self.offset)
         ti, tl = np.nonzero(contested & alive & (gain > 0)[:, None])
         if len(ti) == 0:

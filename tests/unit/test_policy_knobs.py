@@ -217,3 +217,33 @@ def test_width_fast_path_matches_the_general_path():
     X = rng.random((21, 5))
     arms.update(idx, X, rng.random(21))
     assert np.allclose(arms.widths(idx, X, 3), arms.widths(idx, X))
+
+
+@pytest.mark.parametrize("model", ["linear", "logistic"])
+def test_offset_tree_compiled_path_matches_numpy(model, monkeypatch):
+    """The numba kernels compute what the vectorised numpy path computes."""
+
+    def train(p, compiled: bool):
+        if not compiled:
+            monkeypatch.setattr(p, "_compiled", lambda: None)
+        rng = np.random.default_rng(5)
+        out = []
+        for s in range(15):
+            k = 3 + s % 4
+            X = np.hstack([np.ones((20, 1)), rng.random((20, 3))])
+            acts = [f"a{(s + j) % 7}" for j in range(k)]
+            b = ContextBatch(
+                np.repeat(X, k, axis=0),
+                acts * 20,
+                np.arange(0, 20 * k + 1, k),
+                [f"{s}-{i}" for i in range(20)],
+            )
+            d = p.choose(b)
+            out.append(d.pmf)
+            p.learn(Feedback(b, d.row, rng.random(20), d.probability))
+        return out
+
+    a = train(OffsetTree(4, node_model=model, seed=2), True)
+    b = train(OffsetTree(4, node_model=model, seed=2), False)
+    for x, y in zip(a, b, strict=True):
+        assert np.allclose(x, y, atol=1e-9)

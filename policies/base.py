@@ -24,6 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.utils import murmurhash3_32
 
+from policies.kernels import sample_segments
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
@@ -105,22 +107,6 @@ def event_uniforms(keys: list[str], seed: int) -> FloatArray:
     return out
 
 
-def as_matrix(values: FloatArray, offsets: IntArray, fill: float = 0.0) -> FloatArray:
-    """Rows of each event as one row of an ``[n, K_max]`` matrix, padded with ``fill``.
-
-    When every event has K candidates this is a plain reshape (no copy).
-    """
-    sizes = np.diff(offsets)
-    n = len(sizes)
-    k = int(sizes.max()) if n else 0
-    if n and int(sizes.min()) == k:
-        return values.reshape(n, k)
-    out = np.full((n, k), fill)
-    ev = np.repeat(np.arange(n), sizes)
-    out[ev, np.arange(len(values)) - offsets[:-1][ev]] = values
-    return out
-
-
 def sample_rows(pmf: FloatArray, offsets: IntArray, u: FloatArray) -> IntArray:
     """Inverse-CDF sampling of one row per event of ``pmf``.
 
@@ -129,12 +115,11 @@ def sample_rows(pmf: FloatArray, offsets: IntArray, u: FloatArray) -> IntArray:
     arithmetic is the same whatever the batch layout, so an event samples the same row
     in any batch.
     """
-    cdf = np.cumsum(as_matrix(pmf, offsets), axis=1)
-    sizes = np.diff(offsets)
-    total = cdf[np.arange(len(sizes)), sizes - 1]
-    j = np.argmax(cdf > (u * total)[:, None], axis=1)
-    j = np.where(cdf[np.arange(len(sizes)), j] > u * total, j, sizes - 1)  # u*total == total
-    return offsets[:-1] + np.minimum(j, sizes - 1)
+    return sample_segments(
+        np.ascontiguousarray(pmf, dtype=np.float64),
+        np.ascontiguousarray(offsets, dtype=np.int64),
+        np.ascontiguousarray(u, dtype=np.float64),
+    )
 
 
 def segment_max(values: FloatArray, offsets: IntArray) -> FloatArray:

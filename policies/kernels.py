@@ -162,3 +162,28 @@ def ot_training_pairs(heap, offsets, leaf, xe, weights, kind, depth, reward, w, 
             if (side == 1 and q < 0.5) or (side == 0 and q > 0.5):
                 break  # the node sends x elsewhere: the nodes above never see this action
     return nodes[:m], events[:m], labels[:m], gains[:m]
+
+
+@njit(cache=True, nogil=True)
+def sample_segments(pmf, offsets, u):
+    """Inverse-CDF sample of one row per event: the same arithmetic as a per-event cumsum.
+
+    Row j of event i is chosen iff ``u_i * total_i`` falls in ``[cdf_{j-1}, cdf_j)``.
+    """
+    n = offsets.shape[0] - 1
+    rows = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        s, e = offsets[i], offsets[i + 1]
+        total = 0.0
+        for r in range(s, e):
+            total += pmf[r]
+        target = u[i] * total
+        c = 0.0
+        pick = e - 1
+        for r in range(s, e):
+            c += pmf[r]
+            if c > target:
+                pick = r
+                break
+        rows[i] = pick
+    return rows

@@ -60,10 +60,11 @@ def run_one(
     update_interval: int,
     delay: int,
     progress: tqdm | None = None,
+    rounds: int | None = None,
 ) -> RunResult:
     policy = create_policy(name, sim.X.shape[1] + 1, seed, **policy_params(name, settings))
     rng = np.random.default_rng(seed + 1000)
-    T = sim.rounds
+    T = sim.rounds if rounds is None else min(rounds, sim.rounds)
     chosen = np.empty(T, dtype=np.int64)
     rewards = np.empty(T)
     queue: deque[tuple[int, Feedback]] = deque()  # (index of the batch's last event, feedback)
@@ -86,7 +87,7 @@ def run_one(
         busy += time.perf_counter() - start
         if progress is not None:
             progress.update(t1 - t0)
-    expected = sim.expected
+    expected = sim.expected[:T]
     best = expected.max(axis=1)
     got = expected[np.arange(T), chosen]
     optimal = got >= best - 1e-12
@@ -139,6 +140,9 @@ def run(
     total = sum(SIMULATORS[s](0).rounds for s, _sd, _p in ((s, sd, p) for p, s, sd in plans))
     results: list[RunResult] = []
     cache: dict[tuple[str, int], Simulation] = {}
+    # Compile (or load from cache) the numba kernels outside the timed runs.
+    for name in policies:
+        run_one(name, SIMULATORS[sims[0]](0), 0, settings, interval, 0, rounds=2 * interval)
     with tqdm(total=total, unit="ev", desc="convergence", smoothing=0.05) as bar:
         for name, sim_name, seed in plans:
             sim = cache.setdefault((sim_name, seed), SIMULATORS[sim_name](seed))

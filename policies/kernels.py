@@ -187,3 +187,24 @@ def sample_segments(pmf, offsets, u):
                 break
         rows[i] = pick
     return rows
+
+
+def warm_up() -> None:
+    """Compile (or load from the on-disk cache) every kernel now, not on the first event."""
+    d = 2
+    A = np.broadcast_to(np.eye(d), (2, d, d)).copy()
+    theta = np.zeros((2, d))
+    counts = np.zeros(2, dtype=np.int64)
+    idx = np.zeros(1, dtype=np.int64)
+    X = np.ones((1, d))
+    one = np.ones(1)
+    rls_update(A, theta, counts, idx, X, one, one, one)
+    offsets = np.array([0, 2], dtype=np.int64)
+    ts_win_shares(
+        np.zeros(2), np.ones(2), 1.0, offsets, np.zeros(1, dtype=np.int64), 2, np.zeros(4)
+    )
+    heap = np.array([2, 3], dtype=np.int64)
+    for kind in (0, 1):
+        ot_leaf_probs(heap, offsets, X, theta, kind, 1, 10.0)
+        ot_training_pairs(heap, offsets, heap[:1], X, theta, kind, 1, one, one, 0.5)
+    sample_segments(np.array([0.5, 0.5]), offsets, np.array([0.3]))

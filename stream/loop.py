@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from policies.base import Decisions
 from policies.features import EncodedContext, FeatureHasher
+from policies.kernels import warm_up
 from stream.codec import (
     ContextEvent,
     DecodeError,
@@ -116,6 +117,7 @@ class Service:
 
     def run(self) -> None:
         s = self.settings
+        warm_up()  # compile the policies' kernels before the first event, not during it
         self._producer = Producer(producer_config(s))
         self._consumer = Consumer(consumer_config(s))
         self._consumer.subscribe(

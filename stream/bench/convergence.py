@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from policies import ContextBatch, Feedback, create_policy
+from policies.kernels import warm_up
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
 from stream.bench.simulators import SIMULATORS, Simulation
 from stream.config import Settings
@@ -141,6 +142,7 @@ def run(
     results: list[RunResult] = []
     cache: dict[tuple[str, int], Simulation] = {}
     # Compile (or load from cache) the numba kernels outside the timed runs.
+    warm_up()
     for name in policies:
         run_one(name, SIMULATORS[sims[0]](0), 0, settings, interval, 0, rounds=2 * interval)
     with tqdm(total=total, unit="ev", desc="convergence", smoothing=0.05) as bar:

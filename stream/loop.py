@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +30,7 @@ from stream.codec import (
     encode_decision,
 )
 from stream.config import Settings
+from stream.delivery import BatchAck, Delivery
 from stream.domains import Domains, DomainState
 from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka import consumer_config, is_benign, producer_config
@@ -60,28 +61,6 @@ class Stats:
         return sum(self.rejected.values())
 
 
-DeliveryCallback = Callable[[KafkaError | None, Message], None]
-_Retry = Callable[[Message, DeliveryCallback], None]
-
-
-class _BatchAck:
-    """Input offsets of one consumed batch, storable once its decisions are delivered."""
-
-    __slots__ = ("offsets", "outstanding", "_retry")
-
-    def __init__(self, offsets: dict[tuple[str, int], int], retry: _Retry) -> None:
-        self.offsets = offsets
-        self.outstanding = 0
-        self._retry = retry
-
-    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is None:
-            self.outstanding -= 1
-        else:
-            # Never drop a decision: write it again (the producer is idempotent and ordered).
-            self._retry(msg, self.on_delivery)
-
-
 class Service:
     """The running service. ``run()`` blocks until ``stop()``; safe to run in a thread."""
 
@@ -102,7 +81,7 @@ class Service:
         )
         self.ready = threading.Event()
         self._stopping = threading.Event()
-        self._inflight: deque[_BatchAck] = deque()
+        self._delivery: Delivery | None = None
         self._rejects = RateLimitedLog(log)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -119,6 +98,7 @@ class Service:
         s = self.settings
         warm_up()  # compile the policies' kernels before the first event, not during it
         self._producer = Producer(producer_config(s))
+        self._delivery = Delivery(self._producer, s.topic_decisions, self._on_retry)
         self._consumer = Consumer(consumer_config(s))
         self._consumer.subscribe(
             [s.topic_contexts, s.topic_rewards],
@@ -202,18 +182,18 @@ class Service:
                     rewards.append(decode_reward(m.value(), m.key(), self.limits))
             except DecodeError as exc:
                 self._reject(exc.code, exc.reason, f"{topic}[{part}]@{off}")
-        ack = _BatchAck(offsets, self._reproduce)
+        assert self._delivery is not None
+        ack = self._delivery.batch(offsets)
         for domain, events in contexts.items():
             self._decide(domain, events, ack, now, consumed_at)
         for r in rewards:
             self._join(r, now)
-        self._inflight.append(ack)
 
     def _decide(
         self,
         domain: str,
         events: list[ContextEvent],
-        ack: _BatchAck,
+        ack: BatchAck,
         now: float,
         consumed_at: float,
     ) -> None:
@@ -257,13 +237,13 @@ class Service:
         events: list[ContextEvent],
         encoded: list[EncodedContext],
         dec: Decisions,
-        ack: _BatchAck,
+        ack: BatchAck,
         now: float,
         consumed_at: float,
     ) -> None:
         s = self.settings
-        producer = self._producer
-        assert producer is not None
+        delivery = self._delivery
+        assert delivery is not None
         pmf = dec.pmf.tolist()
         rows = dec.row.tolist()
         probs = dec.probability.tolist()
@@ -288,7 +268,7 @@ class Service:
                 latency_ms=(time.perf_counter() - consumed_at) * 1000.0,
             )
             start += k
-            self._produce(value, state.name.encode(), ack)
+            delivery.produce(value, state.name.encode(), ack)
             evicted = self.joins.add(
                 Pending(
                     state.name,
@@ -340,53 +320,20 @@ class Service:
             if default is not None:
                 self.domains.add_feedback(state, p, default, now)
 
-    def _reject(self, code: str, reason: str, where: str) -> None:
-        self.stats.rejected[code] += 1
-        self._rejects.warning(code, "skipped %s: %s (%s)", where, reason, code)
-
-    # -- producing and offsets ----------------------------------------------------------
-    def _produce(self, value: bytes, key: bytes, ack: _BatchAck) -> None:
-        producer = self._producer
-        assert producer is not None
-        ack.outstanding += 1
-        while True:
-            try:
-                producer.produce(
-                    self.settings.topic_decisions, value, key, on_delivery=ack.on_delivery
-                )
-                return
-            except BufferError:
-                # Backpressure: the local queue is full; serve delivery reports and wait.
-                producer.poll(0.05)
-
-    def _reproduce(self, msg: Message, on_delivery: DeliveryCallback) -> None:
+    def _on_retry(self, msg: Message) -> None:
         self.stats.delivery_retries += 1
         self._rejects.warning(
             "delivery", "decision delivery failed (%s); producing it again", msg.error()
         )
-        producer = self._producer
-        assert producer is not None
-        # The callback runs inside poll(); produce() may raise BufferError if the queue is full.
-        while True:
-            try:
-                producer.produce(str(msg.topic()), msg.value(), msg.key(), on_delivery=on_delivery)
-                return
-            except BufferError:
-                time.sleep(0.01)
 
+    def _reject(self, code: str, reason: str, where: str) -> None:
+        self.stats.rejected[code] += 1
+        self._rejects.warning(code, "skipped %s: %s (%s)", where, reason, code)
+
+    # -- offsets ------------------------------------------------------------------------
     def _store_done(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while self._inflight and self._inflight[0].outstanding <= 0:
-            ack = self._inflight.popleft()
-            if not ack.offsets:
-                continue
-            tps = [TopicPartition(t, p, o + 1) for (t, p), o in ack.offsets.items()]
-            try:
-                consumer.store_offsets(offsets=tps)
-            except KafkaException as exc:
-                # A partition revoked meanwhile: its new owner re-reads from the last commit.
-                log.debug("store_offsets: %s", exc)
+        assert self._consumer is not None and self._delivery is not None
+        self._delivery.store_done(self._consumer)
 
     def _commit(self) -> None:
         consumer = self._consumer

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from numpy.typing import NDArray
-
 from policies.base import (
     ContextBatch,
-    Feedback,
     FloatArray,
-    Policy,
     PolicyError,
     greedy_with_floor,
 )
-from policies.ridge import RidgeArms
+from policies.ridge import RidgePolicy
 
 
-class EpsilonGreedy(Policy):
+class EpsilonGreedy(RidgePolicy):
     """Epsilon-greedy exploration over disjoint ridge-regression reward models.
 
     Each action's expected reward is a ridge regression ``theta_a . x`` learned online
@@ -57,30 +53,17 @@ class EpsilonGreedy(Policy):
     def __init__(
         self, n_features: int, epsilon: float = 0.05, l2: float = 1.0, seed: int = 0
     ) -> None:
-        super().__init__(n_features, seed)
+        super().__init__(n_features, l2, seed)
         if not 0.0 <= epsilon <= 1.0:
             raise PolicyError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)
-        self.l2 = float(l2)
-        self._arms = RidgeArms(n_features, l2)
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "epsilon": self.epsilon, "l2": self.l2}
+        return {**super().params(), "epsilon": self.epsilon}
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx = self._arms.indices(batch.actions)
         return greedy_with_floor(self._arms.predict(idx, batch.X), batch, self.epsilon)
-
-    def _learn(self, feedback: Feedback) -> None:
-        batch = feedback.batch
-        chosen = [batch.actions[r] for r in feedback.row]
-        self._arms.update(self._arms.indices(chosen), batch.X[feedback.row], feedback.reward)
-
-    def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
-        return self._arms.arrays()
-
-    def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
-        self._arms.load(extra, arrays)
 
     @property
     def action_counts(self) -> dict[str, int]:

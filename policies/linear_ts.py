@@ -5,27 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 from sklearn.utils import murmurhash3_32
 
 from policies.base import (
     ContextBatch,
-    Feedback,
     FloatArray,
     IntArray,
-    Policy,
     PolicyError,
     mix_floor,
 )
 from policies.kernels import ts_win_shares
-from policies.ridge import RidgeArms
+from policies.ridge import RidgePolicy
 
 # One table of standard normals shared by every instance (memory stays flat with many
 # domains); an event's draws start at an offset hashed from its id and the policy seed.
 _TABLE = np.random.default_rng(20130617).standard_normal(1 << 16)
 
 
-class LinearTS(Policy):
+class LinearTS(RidgePolicy):
     """Linear Thompson sampling (Agrawal & Goyal, ICML 2013) over disjoint ridge arms.
 
     The posterior of arm ``a`` is ``N(theta_a, v^2 A_a^{-1})``; a draw is
@@ -78,7 +75,7 @@ class LinearTS(Policy):
         n_draws: int = 32,
         seed: int = 0,
     ) -> None:
-        super().__init__(n_features, seed)
+        super().__init__(n_features, l2, seed)
         if v < 0:
             raise PolicyError(f"v must be >= 0, got {v}")
         if not 0.0 <= floor < 1.0:
@@ -86,16 +83,13 @@ class LinearTS(Policy):
         if n_draws < 1:
             raise PolicyError(f"n_draws must be >= 1, got {n_draws}")
         self.v = float(v)
-        self.l2 = float(l2)
         self.floor = float(floor)
         self.n_draws = int(n_draws)
-        self._arms = RidgeArms(n_features, l2)
 
     def params(self) -> dict[str, Any]:
         return {
             **super().params(),
             "v": self.v,
-            "l2": self.l2,
             "floor": self.floor,
             "n_draws": self.n_draws,
         }
@@ -115,14 +109,3 @@ class LinearTS(Policy):
             mean, width, self.v, batch.offsets, self._starts(batch), self.n_draws, _TABLE
         )
         return mix_floor(share, batch, self.floor)
-
-    def _learn(self, feedback: Feedback) -> None:
-        batch = feedback.batch
-        chosen = [batch.actions[r] for r in feedback.row]
-        self._arms.update(self._arms.indices(chosen), batch.X[feedback.row], feedback.reward)
-
-    def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
-        return self._arms.arrays()
-
-    def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
-        self._arms.load(extra, arrays)

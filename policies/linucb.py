@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from numpy.typing import NDArray
-
-from policies.base import ContextBatch, Feedback, FloatArray, Policy, PolicyError, greedy_with_floor
-from policies.ridge import RidgeArms
+from policies.base import ContextBatch, FloatArray, PolicyError, greedy_with_floor
+from policies.ridge import RidgePolicy
 
 
-class LinUCB(Policy):
+class LinUCB(RidgePolicy):
     """Disjoint LinUCB (Li, Chu, Langford & Schapire, WWW 2010, Algorithm 1).
 
     Each action keeps a ridge regression ``theta_a = A_a^{-1} b_a`` (rank-1
@@ -53,18 +51,16 @@ class LinUCB(Policy):
         floor: float = 0.01,
         seed: int = 0,
     ) -> None:
-        super().__init__(n_features, seed)
+        super().__init__(n_features, l2, seed)
         if alpha < 0:
             raise PolicyError(f"alpha must be >= 0, got {alpha}")
         if not 0.0 <= floor < 1.0:
             raise PolicyError(f"floor must be in [0, 1), got {floor}")
         self.alpha = float(alpha)
-        self.l2 = float(l2)
         self.floor = float(floor)
-        self._arms = RidgeArms(n_features, l2)
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "alpha": self.alpha, "l2": self.l2, "floor": self.floor}
+        return {**super().params(), "alpha": self.alpha, "floor": self.floor}
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx = self._arms.indices(batch.actions)
@@ -72,14 +68,3 @@ class LinUCB(Policy):
             idx, batch.X, batch.uniform_layout()
         )
         return greedy_with_floor(ucb, batch, self.floor)
-
-    def _learn(self, feedback: Feedback) -> None:
-        batch = feedback.batch
-        chosen = [batch.actions[r] for r in feedback.row]
-        self._arms.update(self._arms.indices(chosen), batch.X[feedback.row], feedback.reward)
-
-    def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
-        return self._arms.arrays()
-
-    def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
-        self._arms.load(extra, arrays)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.base import FloatArray, IntArray, PolicyError, expect_array
+from policies.base import Feedback, FloatArray, IntArray, Policy, PolicyError, expect_array
 from policies.kernels import rls_update
 
 
@@ -151,3 +151,30 @@ class RidgeArms:
         self._alloc(max(4, n))
         self.indices(names)
         self.A_inv[:n], self.theta[:n], self.counts[:n] = a_inv, theta, counts
+
+
+class RidgePolicy(Policy):
+    """Shared by the policies whose model is one ridge regression per action.
+
+    They learn the logged action's reward directly (no importance weighting) and differ
+    only in how scores become a distribution (``_distribution``).
+    """
+
+    def __init__(self, n_features: int, l2: float = 1.0, seed: int = 0) -> None:
+        super().__init__(n_features, seed)
+        self.l2 = float(l2)
+        self._arms = RidgeArms(n_features, l2)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "l2": self.l2}
+
+    def _learn(self, feedback: Feedback) -> None:
+        batch = feedback.batch
+        chosen = [batch.actions[r] for r in feedback.row]
+        self._arms.update(self._arms.indices(chosen), batch.X[feedback.row], feedback.reward)
+
+    def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+        return self._arms.arrays()
+
+    def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
+        self._arms.load(extra, arrays)

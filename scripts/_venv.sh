@@ -1,5 +1,6 @@
 # Shared by scripts/demo and scripts/test: create .venv when missing and install the project.
-# Usage: source scripts/_venv.sh [EXTRA]
+# Usage: VENV_EXTRA=test source scripts/_venv.sh   (VENV_EXTRA optional: an extra to install)
+# (Not a positional argument: a sourced file sees its caller's arguments.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/python -m pip install -q --upgrade pip
 fi
 SPEC="."
-if [ -n "${1:-}" ]; then SPEC=".[$1]"; fi
+if [ -n "${VENV_EXTRA:-}" ]; then SPEC=".[$VENV_EXTRA]"; fi
 # Re-install only when pyproject.toml changed since the last install of this spec.
 STAMP=".venv/.installed-$(echo "$SPEC" | tr -c 'a-z' '_')"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then

@@ -1,4 +1,4 @@
-"""The README's commands accept their documented arguments (no venv is created here)."""
+"""The README's commands accept their documented arguments."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_venv_helper_ignores_the_callers_arguments(tmp_path):
-    # scripts/demo forwards its arguments to the CLI; the sourced helper must not read them.
-    probe = tmp_path / "probe.sh"
-    probe.write_text(
-        f'set -e\nPYTHON=true\nsource() {{ :; }}\n'
-        f'VENV_EXTRA="" ; set -- --events 5\n'
-        f'SPEC="."; if [ -n "${{VENV_EXTRA:-}}" ]; then SPEC=".[$VENV_EXTRA]"; fi\necho "$SPEC"\n'
+def test_demo_script_forwards_its_arguments():
+    # scripts/demo sources the venv helper; the helper must not take `--help` (or
+    # `--events N`) for an extra to install. .venv exists: scripts/test made it.
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "demo"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
-    out = subprocess.run(["bash", str(probe)], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "."
-    helper = (ROOT / "scripts" / "_venv.sh").read_text()
-    assert "$1" not in helper and "VENV_EXTRA" in helper
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--events" in out.stdout and "--rate" in out.stdout

@@ -1,0 +1,276 @@
+"""SQLite checkpoints: policy states, pending joins and input offsets in one transaction.
+
+Format: explicit numpy arrays (raw bytes + dtype + shape, dtypes from an allow-list) and
+JSON, under a schema version, with a SHA-256 digest per checkpoint; never pickle. Loading
+verifies the digest and every array; a corrupt or truncated checkpoint is reported and the
+previous version is loaded instead. The last ``keep`` versions are kept.
+
+Writing a checkpoint (:meth:`CheckpointStore.write`):
+
+1. the caller takes a consistent snapshot (policy ``state_dict()`` copies, pending joins,
+   and the offsets up to which that state reflects the input);
+2. the store serialises it and computes its digest;
+3. one SQLite transaction (WAL, synchronous=FULL) inserts the version, its policies,
+   arrays, pending joins and offsets, and deletes versions beyond ``keep``;
+4. the transaction commits; only after this may the caller commit the same offsets to
+   Kafka, so on restart the SQLite copy is never behind the committed offsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from stream.errors import StreamError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# Only plain numeric dtypes are ever read back (object arrays would need pickle).
+ALLOWED_DTYPES = frozenset({"<f8", "<f4", "<i8", "<i4", "|i1", "|b1"})
+
+PolicyState = tuple[dict[str, Any], dict[str, NDArray[Any]]]
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS checkpoint (
+    version INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,
+    schema INTEGER NOT NULL, digest TEXT NOT NULL, meta TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policy (
+    version INTEGER NOT NULL, domain TEXT NOT NULL, role TEXT NOT NULL, meta TEXT NOT NULL,
+    PRIMARY KEY (version, domain, role));
+CREATE TABLE IF NOT EXISTS array (
+    version INTEGER NOT NULL, domain TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL,
+    dtype TEXT NOT NULL, shape TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (version, domain, role, name));
+CREATE TABLE IF NOT EXISTS pending (version INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS offset (
+    version INTEGER NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    next INTEGER NOT NULL, PRIMARY KEY (version, topic, partition));
+"""
+
+
+class CheckpointError(StreamError):
+    """A checkpoint cannot be written or read."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A stored checkpoint fails validation (digest, dtype, shape or JSON)."""
+
+
+@dataclass
+class Snapshot:
+    """Everything a restart needs; ``domains[domain][role]`` is a policy's state."""
+
+    domains: dict[str, dict[str, PolicyState]]
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to read
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. the feature pipeline's params
+    version: int = 0
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    created: float
+    domains: int
+    pending: int
+
+
+class CheckpointStore:
+    """Versioned checkpoints in one SQLite file (WAL mode)."""
+
+    def __init__(self, path: Path, keep: int = 5) -> None:
+        if keep < 1:
+            raise CheckpointError("keep must be >= 1")
+        self.path = Path(path)
+        self.keep = keep
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_DDL)
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointError(f"cannot open checkpoint file {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- write --------------------------------------------------------------------------
+    def write(self, snap: Snapshot) -> int:
+        """Store ``snap`` as a new version in one transaction; returns the version."""
+        policies, arrays = [], []
+        for domain in sorted(snap.domains):
+            for role in sorted(snap.domains[domain]):
+                pmeta, arrs = snap.domains[domain][role]
+                policies.append((domain, role, orjson.dumps(pmeta, option=orjson.OPT_SORT_KEYS)))
+                for name in sorted(arrs):
+                    a = np.ascontiguousarray(arrs[name])
+                    dtype = a.dtype.str
+                    if dtype not in ALLOWED_DTYPES:
+                        raise CheckpointError(f"{domain}/{role}/{name}: dtype {dtype} not storable")
+                    arrays.append(
+                        (domain, role, name, dtype, orjson.dumps(list(a.shape)), a.tobytes())
+                    )
+        pending = orjson.dumps(snap.pending)
+        offsets = sorted(snap.offsets.items())
+        meta = orjson.dumps(snap.meta, option=orjson.OPT_SORT_KEYS)
+        digest = _digest(meta, policies, arrays, pending, offsets)
+        created = time.time()
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute(
+                "INSERT INTO checkpoint (created, schema, digest, meta) VALUES (?, ?, ?, ?)",
+                (created, SCHEMA_VERSION, digest, meta.decode()),
+            )
+            v = int(cur.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO policy VALUES (?, ?, ?, ?)",
+                [(v, d, r, m.decode()) for d, r, m in policies],
+            )
+            db.executemany(
+                "INSERT INTO array VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(v, d, r, n, t, s.decode(), b) for d, r, n, t, s, b in arrays],
+            )
+            db.execute("INSERT INTO pending VALUES (?, ?)", (v, pending))
+            db.executemany(
+                "INSERT INTO offset VALUES (?, ?, ?, ?)", [(v, t, p, o) for (t, p), o in offsets]
+            )
+            old = [
+                r[0]
+                for r in db.execute(
+                    "SELECT version FROM checkpoint ORDER BY version DESC LIMIT -1 OFFSET ?",
+                    (self.keep,),
+                )
+            ]
+            for table in ("checkpoint", "policy", "array", "pending", "offset"):
+                db.executemany(f"DELETE FROM {table} WHERE version = ?", [(o,) for o in old])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return v
+
+    # -- read ---------------------------------------------------------------------------
+    def versions(self) -> list[VersionInfo]:
+        try:
+            return self._versions()
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointError(f"cannot read checkpoint file {self.path}: {exc}") from exc
+
+    def _versions(self) -> list[VersionInfo]:
+        rows = self._db.execute(
+            "SELECT c.version, c.created, (SELECT COUNT(DISTINCT domain) FROM policy p"
+            " WHERE p.version = c.version), (SELECT length(data) FROM pending q"
+            " WHERE q.version = c.version) FROM checkpoint c ORDER BY c.version DESC"
+        ).fetchall()
+        return [VersionInfo(v, created, n, size or 0) for v, created, n, size in rows]
+
+    def load(self, version: int) -> Snapshot:
+        """One version, fully validated; raises :class:`CorruptCheckpoint`."""
+        try:
+            return self._load(version)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptCheckpoint(f"checkpoint version {version} in {self.path}: {exc}") from exc
+
+    def _load(self, version: int) -> Snapshot:
+        db = self._db
+        row = db.execute(
+            "SELECT created, schema, digest, meta FROM checkpoint WHERE version = ?", (version,)
+        ).fetchone()
+        if row is None:
+            raise CheckpointError(f"no checkpoint version {version}")
+        created, schema, digest, meta_text = row
+        if schema != SCHEMA_VERSION:
+            raise CorruptCheckpoint(f"version {version} has schema {schema}, not {SCHEMA_VERSION}")
+        policies = [
+            (d, r, m.encode())
+            for d, r, m in db.execute(
+                "SELECT domain, role, meta FROM policy WHERE version = ? ORDER BY domain, role",
+                (version,),
+            )
+        ]
+        arrays = [
+            (d, r, n, t, s.encode(), bytes(b))
+            for d, r, n, t, s, b in db.execute(
+                "SELECT domain, role, name, dtype, shape, data FROM array WHERE version = ?"
+                " ORDER BY domain, role, name",
+                (version,),
+            )
+        ]
+        prow = db.execute("SELECT data FROM pending WHERE version = ?", (version,)).fetchone()
+        pending_raw = bytes(prow[0]) if prow else b""
+        offsets = [
+            ((t, int(p)), int(o))
+            for t, p, o in db.execute(
+                "SELECT topic, partition, next FROM offset WHERE version = ?"
+                " ORDER BY topic, partition",
+                (version,),
+            )
+        ]
+        if _digest(meta_text.encode(), policies, arrays, pending_raw, offsets) != digest:
+            raise CorruptCheckpoint(f"checkpoint version {version} fails its digest check")
+        try:
+            domains: dict[str, dict[str, PolicyState]] = {}
+            for d, r, m in policies:
+                domains.setdefault(d, {})[r] = (orjson.loads(m), {})
+            for d, r, n, t, s, b in arrays:
+                domains[d][r][1][n] = _array(t, s, b, f"{d}/{r}/{n}")
+            pending = orjson.loads(pending_raw)
+            meta = orjson.loads(meta_text)
+        except (orjson.JSONDecodeError, KeyError, ValueError) as exc:
+            raise CorruptCheckpoint(f"checkpoint version {version}: {exc}") from exc
+        return Snapshot(domains, pending, dict(offsets), meta, version, created)
+
+    def latest(self) -> Snapshot | None:
+        """The newest version that validates; corrupt ones are reported and skipped."""
+        for info in self.versions():
+            try:
+                return self.load(info.version)
+            except CorruptCheckpoint as exc:
+                log.error("%s (%s); falling back to the previous version", exc, self.path)
+        return None
+
+
+def _array(dtype: str, shape_json: bytes, data: bytes, where: str) -> NDArray[Any]:
+    if dtype not in ALLOWED_DTYPES:
+        raise CorruptCheckpoint(f"{where}: dtype {dtype!r} is not allowed")
+    shape = orjson.loads(shape_json)
+    if not isinstance(shape, list) or not all(isinstance(x, int) and x >= 0 for x in shape):
+        raise CorruptCheckpoint(f"{where}: bad shape {shape!r}")
+    dt = np.dtype(dtype)
+    if len(data) != dt.itemsize * int(np.prod(shape, dtype=np.int64)):
+        raise CorruptCheckpoint(f"{where}: {len(data)} bytes do not fill shape {shape}")
+    return np.frombuffer(data, dtype=dt).reshape(shape).copy()
+
+
+def _digest(
+    meta: bytes, policies: list[Any], arrays: list[Any], pending: bytes, offsets: list[Any]
+) -> str:
+    h = hashlib.sha256()
+    h.update(meta)
+    for d, r, m in policies:
+        h.update(f"P{d}\x00{r}\x00".encode())
+        h.update(m)
+    for d, r, n, t, s, b in arrays:
+        h.update(f"A{d}\x00{r}\x00{n}\x00{t}\x00".encode())
+        h.update(s)
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    h.update(b"Q")
+    h.update(pending)
+    for (t, p), o in offsets:
+        h.update(f"O{t}\x00{p}\x00{o}".encode())
+    return h.hexdigest()

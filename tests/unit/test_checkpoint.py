@@ -1,0 +1,110 @@
+"""SQLite checkpoint store: round trip, retention, corruption fallback, no pickle."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import numpy as np
+import pytest
+
+from policies import ContextBatch, Feedback, create_policy, policy_class
+from stream.checkpoint import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
+
+
+def trained(name: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    p = create_policy(name, 4, seed=seed)
+    for s in range(5):
+        X = np.hstack([np.ones((20, 1)), rng.random((20, 3))])
+        b = ContextBatch(np.repeat(X, 3, axis=0), ["a", "b", "c"] * 20, np.arange(0, 61, 3),
+                         [f"{s}-{i}" for i in range(20)])
+        d = p.choose(b)
+        p.learn(Feedback(b, d.row, rng.random(20), d.probability))
+    return p
+
+
+def snapshot(n_domains: int = 3) -> Snapshot:
+    domains = {}
+    for i in range(n_domains):
+        roles = {}
+        for name in ("epsilon_greedy", "doubly_robust", "offset_tree"):
+            roles[name] = trained(name, i).state_dict()
+        domains[f"dom{i}"] = roles
+    pending = [{"domain": "dom0", "event_id": "e1", "chosen": 1, "probability": 0.5}]
+    offsets = {("ctx", 0): 41, ("ctx", 1): 7, ("rew", 0): 13}
+    return Snapshot(domains, pending, offsets, {"features": {"n_features": 4, "seed": 0}})
+
+
+def test_round_trip_restores_identical_policies(tmp_path):
+    store = CheckpointStore(tmp_path / "state.db")
+    snap = snapshot()
+    v = store.write(snap)
+    got = store.latest()
+    assert got is not None and got.version == v
+    assert got.offsets == snap.offsets and got.pending == snap.pending and got.meta == snap.meta
+    for domain, roles in snap.domains.items():
+        for role, (meta, arrays) in roles.items():
+            meta2, arrays2 = got.domains[domain][role]
+            assert meta2 == meta
+            for k, a in arrays.items():
+                assert arrays2[k].dtype == a.dtype and np.array_equal(arrays2[k], a)
+            restored = policy_class(role).from_state(meta2, arrays2)
+            original = policy_class(role).from_state(meta, arrays)
+            X = np.hstack([np.ones((10, 1)), np.random.default_rng(1).random((10, 3))])
+            b = ContextBatch(np.repeat(X, 3, axis=0), ["a", "b", "c"] * 10, np.arange(0, 31, 3),
+                             [f"x{i}" for i in range(10)])
+            assert np.array_equal(restored.choose(b).row, original.choose(b).row)
+
+
+def test_keeps_only_the_last_versions(tmp_path):
+    store = CheckpointStore(tmp_path / "state.db", keep=3)
+    versions = [store.write(snapshot(1)) for _ in range(6)]
+    assert [v.version for v in store.versions()] == versions[::-1][:3]
+    n_arrays = store._db.execute("SELECT COUNT(DISTINCT version) FROM array").fetchone()[0]
+    assert n_arrays == 3
+
+
+def test_corrupt_newest_is_reported_and_the_previous_loads(tmp_path, caplog):
+    path = tmp_path / "state.db"
+    store = CheckpointStore(path)
+    first = store.write(snapshot(1))
+    newest = store.write(snapshot(2))
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE array SET data = zeroblob(length(data)) WHERE version = ? AND rowid IN "
+               "(SELECT rowid FROM array WHERE version = ? LIMIT 1)", (newest, newest))
+    db.commit()
+    db.close()
+    store = CheckpointStore(path)
+    with pytest.raises(CorruptCheckpoint):
+        store.load(newest)
+    with caplog.at_level(logging.ERROR):
+        got = store.latest()
+    assert got is not None and got.version == first
+    assert f"checkpoint version {newest} fails its digest check" in caplog.text
+
+
+def test_truncated_file_is_reported_clearly(tmp_path):
+    path = tmp_path / "state.db"
+    store = CheckpointStore(path)
+    store.write(snapshot(1))
+    store.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    for extra in tmp_path.glob("state.db-*"):
+        extra.unlink()
+    with pytest.raises(CheckpointError, match="state.db"):
+        store = CheckpointStore(path)
+        store.latest()
+
+
+def test_object_arrays_are_never_stored_or_read(tmp_path):
+    store = CheckpointStore(tmp_path / "state.db")
+    bad = Snapshot({"d": {"p": ({}, {"x": np.array([object()], dtype=object)})}})
+    with pytest.raises(CheckpointError, match="not storable"):
+        store.write(bad)
+    v = store.write(Snapshot({"d": {"p": ({}, {"x": np.zeros(3)})}}))
+    store._db.execute("UPDATE array SET dtype = '|O' WHERE version = ?", (v,))
+    with pytest.raises(CorruptCheckpoint):
+        store.load(v)

@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     # --- State, metrics, logging ---------------------------------------------------------
     state_dir: Path = Path("state")
     checkpoint_interval_s: float = Field(30.0, gt=0)
+    checkpoint_keep: int = Field(5, ge=1)
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9464, ge=0, le=65535)
     metrics_interval_s: float = Field(10.0, gt=0)

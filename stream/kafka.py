@@ -34,9 +34,8 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         {
             "group.id": group_id or settings.kafka_group_id,
             "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-            # The loop stores an offset only once its message is fully processed (its
-            # decision delivered); librdkafka's periodic commit then commits only those.
+            # Offsets are committed only after a checkpoint holds the state they reflect.
+            "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "session.timeout.ms": settings.kafka_session_timeout_ms,
             "heartbeat.interval.ms": settings.kafka_heartbeat_interval_ms,

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from policies.base import Decisions
 from policies.features import EncodedContext, FeatureHasher
@@ -35,6 +35,7 @@ from stream.domains import Domains, DomainState
 from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka import consumer_config, is_benign, producer_config
 from stream.logs import RateLimitedLog
+from stream.state import open_store, restore, take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,12 @@ class Service:
         self._rejects = RateLimitedLog(log)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._store = open_store(settings.state_dir, settings.checkpoint_keep)
+        # Next offset to read per input partition, as of the state held in memory: set by
+        # the restored checkpoint, advanced by every checkpoint.
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._last_checkpoint = time.monotonic()
+        self.checkpoints_written = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -97,6 +104,7 @@ class Service:
     def run(self) -> None:
         s = self.settings
         warm_up()  # compile the policies' kernels before the first event, not during it
+        self._restore()
         self._producer = Producer(producer_config(s))
         self._delivery = Delivery(self._producer, s.topic_decisions, self._on_retry)
         self._consumer = Consumer(consumer_config(s))
@@ -131,25 +139,19 @@ class Service:
         self.stats.rewards_learned += self.domains.flush_due(now)
         self._producer.poll(0)
         self._store_done()
+        if time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s:
+            self.checkpoint()
         self.stats.turns += 1
         if self.on_turn is not None:
             self.on_turn(self)
 
     def _shutdown(self) -> None:
-        """Finish: learn buffered rewards, flush decisions, store and commit offsets."""
-        consumer, producer = self._consumer, self._producer
-        assert consumer is not None and producer is not None
-        self.stats.rewards_learned += self.domains.flush_due(time.time(), force=True)
-        remaining = producer.flush(self.settings.shutdown_timeout_s)
-        if remaining:
-            log.error(
-                "%d decisions were not acknowledged before shutdown; their inputs stay "
-                "uncommitted and will be decided again",
-                remaining,
-            )
-        self._store_done()
-        self._commit()
+        """Finish: learn buffered rewards, flush decisions, checkpoint, commit offsets."""
+        consumer = self._consumer
+        assert consumer is not None
+        self.checkpoint()
         consumer.close()
+        self._store.close()
         self.ready.clear()
         log.info(
             "stopped after %d decisions, %d rewards joined",
@@ -330,28 +332,92 @@ class Service:
         self.stats.rejected[code] += 1
         self._rejects.warning(code, "skipped %s: %s (%s)", where, reason, code)
 
+    # -- state --------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Load the newest valid checkpoint into the (empty) state."""
+        snap = self._store.latest()
+        if snap is None:
+            return
+        restore(snap, self.domains, self.joins, self.hasher)
+        self._offsets = dict(snap.offsets)
+        log.info(
+            "restored checkpoint %d: %d domains, %d pending decisions, %d offsets",
+            snap.version,
+            len(snap.domains),
+            len(snap.pending),
+            len(snap.offsets),
+        )
+
+    def checkpoint(self) -> int | None:
+        """Checkpoint the state, then commit the offsets it reflects.
+
+        1. learn every buffered reward, so the policies reflect every joined reward;
+        2. flush the producer: every decision of a processed context is acknowledged;
+        3. read the consumer's position on each assigned partition: everything before it
+           is now fully reflected in the state;
+        4. write policies, pending joins and those offsets in one SQLite transaction;
+        5. only then commit the same offsets to Kafka (SQLite stays authoritative).
+        """
+        consumer, producer = self._consumer, self._producer
+        if consumer is None or producer is None:
+            return None
+        self._last_checkpoint = time.monotonic()
+        self.stats.rewards_learned += self.domains.flush_due(time.time(), force=True)
+        remaining = producer.flush(self.settings.shutdown_timeout_s)
+        if remaining:
+            log.error(
+                "%d decisions unacknowledged: checkpoint skipped, their inputs will be "
+                "decided again after a restart",
+                remaining,
+            )
+            return None
+        self._store_done()
+        try:
+            positions = consumer.position(consumer.assignment())
+        except KafkaException as exc:
+            log.warning("cannot read positions for a checkpoint: %s", exc)
+            return None
+        for tp in positions:
+            if tp.offset >= 0:
+                self._offsets[(tp.topic, tp.partition)] = tp.offset
+        snap = take_snapshot(self.domains, self.joins, self.hasher, self._offsets)
+        version = self._store.write(snap)
+        self.checkpoints_written += 1
+        commit = [
+            TopicPartition(t, p, o)
+            for (t, p), o in self._offsets.items()
+            if any(tp.topic == t and tp.partition == p for tp in positions)
+        ]
+        if commit:
+            try:
+                consumer.commit(offsets=commit, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit after checkpoint %d failed: %s", version, exc.args[0].str())
+        return version
+
     # -- offsets ------------------------------------------------------------------------
     def _store_done(self) -> None:
         assert self._consumer is not None and self._delivery is not None
         self._delivery.store_done(self._consumer)
 
-    def _commit(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("commit failed: %s", exc.args[0].str())
-
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        # The checkpoint is authoritative: resume each partition where the state stands,
+        # so the tail after it is replayed into the state exactly once.
+        resumed = 0
+        for tp in partitions:
+            off = self._offsets.get((tp.topic, tp.partition))
+            if off is not None:
+                tp.offset = off
+                resumed += 1
+        if resumed:
+            consumer.assign(partitions)
+        log.info(
+            "assigned %s (%d resumed from the checkpoint)",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions),
+            resumed,
+        )
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
-        producer = self._producer
-        if producer is not None:
-            producer.flush(self.settings.shutdown_timeout_s)
-        self._store_done()
-        self._commit()
+        self.checkpoint()

@@ -46,7 +46,7 @@ def test_broker_command_prints_bootstrap_and_stops_on_sigterm():
             proc.kill()
 
 
-def test_run_command_decides_learns_and_exits_cleanly(bootstrap):
+def test_run_command_decides_learns_and_exits_cleanly(bootstrap, tmp_path):
     tag = uuid.uuid4().hex[:8]
     env = _env(
         RL_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
@@ -62,6 +62,7 @@ def test_run_command_decides_learns_and_exits_cleanly(bootstrap):
         RL_KAFKA_FETCH_WAIT_MAX_MS="10",
         RL_UPDATE_INTERVAL="1",
         RL_LOG_FORMAT="json",
+        RL_STATE_DIR=str(tmp_path / "state"),
     )
     proc = subprocess.Popen([BIN, "run"], env=env, stderr=subprocess.PIPE, text=True)
     try:

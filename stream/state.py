@@ -1,0 +1,134 @@
+"""The service's state <-> checkpoint snapshots: what is saved, and how it is restored."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from policies.features import EncodedContext, FeatureHasher, Sparse
+from policies.registry import policy_class
+from stream.checkpoint import CheckpointStore, CorruptCheckpoint, Snapshot
+from stream.domains import Domains, DomainState
+from stream.errors import ConfigError
+from stream.join import Pending, PendingJoins
+
+log = logging.getLogger(__name__)
+
+SERVED = "served"  # role of a domain's serving policy in a snapshot
+
+
+def pending_to_json(p: Pending) -> dict[str, Any]:
+    e = p.encoded
+    return {
+        "domain": p.domain,
+        "event_id": p.event_id,
+        "context": [e.context[0], e.context[1]],
+        "candidates": list(e.candidates),
+        "candidate_features": None
+        if e.candidate_features is None
+        else {a: [f[0], f[1]] for a, f in e.candidate_features.items()},
+        "chosen": p.chosen,
+        "probability": p.probability,
+        "policy": p.policy,
+        "variant": p.variant,
+        "decided_at": p.decided_at,
+        "deadline": p.deadline,
+    }
+
+
+def _sparse(obj: Any, n_features: int) -> Sparse:
+    if (
+        not isinstance(obj, list)
+        or len(obj) != 2
+        or len(obj[0]) != len(obj[1])
+        or not all(isinstance(i, int) and 0 <= i < n_features for i in obj[0])
+        or not all(isinstance(v, int | float) and math.isfinite(v) for v in obj[1])
+    ):
+        raise CorruptCheckpoint("a pending decision has malformed features")
+    return list(obj[0]), [float(v) for v in obj[1]]
+
+
+def pending_from_json(d: dict[str, Any], n_features: int) -> Pending:
+    try:
+        cands = tuple(d["candidates"])
+        cf = d["candidate_features"]
+        enc = EncodedContext(
+            _sparse(d["context"], n_features),
+            cands,
+            None if cf is None else {str(a): _sparse(f, n_features) for a, f in cf.items()},
+        )
+        chosen = int(d["chosen"])
+        prob = float(d["probability"])
+        if not (
+            all(isinstance(c, str) for c in cands)
+            and 0 <= chosen < len(cands)
+            and 0.0 < prob <= 1.0
+        ):
+            raise ValueError("bad candidates, chosen index or probability")
+        return Pending(
+            str(d["domain"]),
+            str(d["event_id"]),
+            enc,
+            chosen,
+            prob,
+            str(d["policy"]),
+            str(d["variant"]),
+            float(d["decided_at"]),
+            float(d["deadline"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptCheckpoint(f"a pending decision is malformed: {exc}") from exc
+
+
+def take_snapshot(
+    domains: Domains,
+    joins: PendingJoins,
+    hasher: FeatureHasher,
+    offsets: dict[tuple[str, int], int],
+) -> Snapshot:
+    """A consistent copy of the state (call between turns, buffers learned)."""
+    states = {}
+    info = {}
+    for name, st in domains.states.items():
+        meta, arrays = st.policy.state_dict()
+        states[name] = {SERVED: (meta, {k: v.copy() for k, v in arrays.items()})}
+        info[name] = {
+            "variant": st.variant,
+            "actions": sorted(st.actions),
+            "decisions": st.decisions,
+            "rewards_joined": st.rewards_joined,
+            "reward_sum": st.reward_sum,
+            "expired": st.expired,
+        }
+    meta = {"features": {"n_features": hasher.n_features, "seed": hasher.seed}, "domains": info}
+    return Snapshot(states, [pending_to_json(p) for p in joins.items()], dict(offsets), meta)
+
+
+def restore(snap: Snapshot, domains: Domains, joins: PendingJoins, hasher: FeatureHasher) -> None:
+    """Load a snapshot into empty state; raises on anything inconsistent."""
+    feats = snap.meta.get("features", {})
+    if feats != {"n_features": hasher.n_features, "seed": hasher.seed}:
+        raise ConfigError(
+            f"the checkpoint's features {feats} differ from RL_FEATURE_DIM/RL_SEED "
+            f"({hasher.n_features}/{hasher.seed}); restore them or use a new RL_STATE_DIR"
+        )
+    info = snap.meta.get("domains", {})
+    for name, roles in snap.domains.items():
+        meta, arrays = roles[SERVED]
+        policy = policy_class(str(meta.get("policy"))).from_state(meta, arrays)
+        d = info.get(name, {})
+        st = DomainState(name, policy, str(d.get("variant", "control")))
+        st.actions = set(d.get("actions", []))
+        st.decisions = int(d.get("decisions", 0))
+        st.rewards_joined = int(d.get("rewards_joined", 0))
+        st.reward_sum = float(d.get("reward_sum", 0.0))
+        st.expired = int(d.get("expired", 0))
+        domains.states[name] = st
+    for item in snap.pending:
+        joins.add(pending_from_json(item, hasher.n_features))
+
+
+def open_store(state_dir: Path, keep: int) -> CheckpointStore:
+    return CheckpointStore(Path(state_dir) / "checkpoints.sqlite", keep=keep)

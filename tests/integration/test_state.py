@@ -47,10 +47,9 @@ def test_restart_restores_policies_pending_joins_and_offsets(
     assert before["e0"]["policy_version"] == 0
 
 
-def test_a_replayed_context_gets_the_same_decision(settings_factory, start_service,
-                                                     client_factory):
+def test_a_replayed_context_gets_the_same_decision(settings_factory, start_service, client_factory):
     """Contexts after the checkpoint are replayed into restored state: same action, same p."""
-    settings = settings_factory(checkpoint_interval_s=3600.0)
+    settings = settings_factory(checkpoint_interval_s=0.5)
     first = start_service(settings)
     client = client_factory(settings)
     for i in range(20):
@@ -59,14 +58,16 @@ def test_a_replayed_context_gets_the_same_decision(settings_factory, start_servi
     for i in range(20):
         client.reward(f"a{i}", float(i % 2))
     client.flush()
-    wait_for(lambda: first.service.domains.states["d1"].policy.n_learned == 20, what="learning")
-    assert first.service.checkpoint() is not None  # the state as of now
+    svc = first.service
+    wait_for(lambda: svc.domains.states["d1"].policy.n_learned == 20, what="learning")
+    written = svc.checkpoints_written
+    wait_for(lambda: svc.checkpoints_written > written + 1, what="a checkpoint of that state")
+    svc.checkpoint = lambda: None  # type: ignore[method-assign]  # no checkpoint from here on
     for i in range(15):
         client.context(f"b{i}", context={"x": float(i)})
     original = {d["event_id"]: d for d in client.decisions(15)}
     # Stop as a crash would: no further checkpoint and no commit, so the b-contexts lie
     # after the last checkpoint (in-process, so the test can compare exact decisions).
-    first.service.checkpoint = lambda: None  # type: ignore[method-assign]
     first.stop()
 
     second = start_service(settings)

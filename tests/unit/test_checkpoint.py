@@ -17,8 +17,12 @@ def trained(name: str, seed: int = 0):
     p = create_policy(name, 4, seed=seed)
     for s in range(5):
         X = np.hstack([np.ones((20, 1)), rng.random((20, 3))])
-        b = ContextBatch(np.repeat(X, 3, axis=0), ["a", "b", "c"] * 20, np.arange(0, 61, 3),
-                         [f"{s}-{i}" for i in range(20)])
+        b = ContextBatch(
+            np.repeat(X, 3, axis=0),
+            ["a", "b", "c"] * 20,
+            np.arange(0, 61, 3),
+            [f"{s}-{i}" for i in range(20)],
+        )
         d = p.choose(b)
         p.learn(Feedback(b, d.row, rng.random(20), d.probability))
     return p
@@ -52,8 +56,12 @@ def test_round_trip_restores_identical_policies(tmp_path):
             restored = policy_class(role).from_state(meta2, arrays2)
             original = policy_class(role).from_state(meta, arrays)
             X = np.hstack([np.ones((10, 1)), np.random.default_rng(1).random((10, 3))])
-            b = ContextBatch(np.repeat(X, 3, axis=0), ["a", "b", "c"] * 10, np.arange(0, 31, 3),
-                             [f"x{i}" for i in range(10)])
+            b = ContextBatch(
+                np.repeat(X, 3, axis=0),
+                ["a", "b", "c"] * 10,
+                np.arange(0, 31, 3),
+                [f"x{i}" for i in range(10)],
+            )
             assert np.array_equal(restored.choose(b).row, original.choose(b).row)
 
 
@@ -72,8 +80,11 @@ def test_corrupt_newest_is_reported_and_the_previous_loads(tmp_path, caplog):
     newest = store.write(snapshot(2))
     store.close()
     db = sqlite3.connect(path)
-    db.execute("UPDATE array SET data = zeroblob(length(data)) WHERE version = ? AND rowid IN "
-               "(SELECT rowid FROM array WHERE version = ? LIMIT 1)", (newest, newest))
+    db.execute(
+        "UPDATE array SET data = zeroblob(length(data)) WHERE version = ? AND rowid IN "
+        "(SELECT rowid FROM array WHERE version = ? LIMIT 1)",
+        (newest, newest),
+    )
     db.commit()
     db.close()
     store = CheckpointStore(path)

@@ -57,6 +57,10 @@ class DomainState:
     rewards_joined: int = 0
     reward_sum: float = 0.0
     expired: int = 0
+    # The policy's state as last checkpointed (an immutable copy) and whether it has
+    # changed since: unchanged domains are not copied again at the next checkpoint.
+    saved: tuple[dict[str, Any], dict[str, Any]] | None = None
+    dirty: bool = True
 
 
 class Domains:
@@ -120,4 +124,5 @@ class Domains:
         rewards = np.fromiter((r for _, r in items), np.float64, len(items))
         probs = np.fromiter((p.probability for p, _ in items), np.float64, len(items))
         state.policy.learn(Feedback(batch, rows, rewards, probs))
+        state.dirty = True
         return len(items)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -35,7 +36,7 @@ from stream.domains import Domains, DomainState
 from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka import consumer_config, is_benign, producer_config
 from stream.logs import RateLimitedLog
-from stream.state import open_store, restore, take_snapshot
+from stream.state import encode_pending, open_store, restore, take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class Service:
         self._offsets: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
         self.checkpoints_written = 0
+        # One background writer: the loop only takes the snapshot; SQLite writes beside it.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._writing: tuple[Future[int], list[TopicPartition]] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -139,8 +143,9 @@ class Service:
         self.stats.rewards_learned += self.domains.flush_due(now)
         self._producer.poll(0)
         self._store_done()
+        self._finish_write(block=False)
         if time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s:
-            self.checkpoint()
+            self.checkpoint(wait=False)
         self.stats.turns += 1
         if self.on_turn is not None:
             self.on_turn(self)
@@ -151,6 +156,7 @@ class Service:
         assert consumer is not None
         self.checkpoint()
         consumer.close()
+        self._writer.shutdown(wait=True)
         self._store.close()
         self.ready.clear()
         log.info(
@@ -348,19 +354,25 @@ class Service:
             len(snap.offsets),
         )
 
-    def checkpoint(self) -> int | None:
+    def checkpoint(self, wait: bool = True) -> int | None:
         """Checkpoint the state, then commit the offsets it reflects.
 
         1. learn every buffered reward, so the policies reflect every joined reward;
         2. flush the producer: every decision of a processed context is acknowledged;
         3. read the consumer's position on each assigned partition: everything before it
            is now fully reflected in the state;
-        4. write policies, pending joins and those offsets in one SQLite transaction;
-        5. only then commit the same offsets to Kafka (SQLite stays authoritative).
+        4. snapshot the state (unchanged domains reuse their last copy) in the loop thread;
+        5. write policies, pending joins and those offsets in one SQLite transaction, in
+           the background writer (``wait=False``: the loop carries on meanwhile);
+        6. only when that commits, commit the same offsets to Kafka (SQLite stays
+           authoritative). With ``wait=True`` (revoke, shutdown) all of it happens now.
+
+        Returns the version written (``wait=True``), else None.
         """
         consumer, producer = self._consumer, self._producer
         if consumer is None or producer is None:
             return None
+        self._finish_write(block=True)  # one write at a time, in order
         self._last_checkpoint = time.monotonic()
         self.stats.rewards_learned += self.domains.flush_due(time.time(), force=True)
         remaining = producer.flush(self.settings.shutdown_timeout_s)
@@ -381,14 +393,29 @@ class Service:
             if tp.offset >= 0:
                 self._offsets[(tp.topic, tp.partition)] = tp.offset
         snap = take_snapshot(self.domains, self.joins, self.hasher, self._offsets)
-        version = self._store.write(snap)
-        self.checkpoints_written += 1
         commit = [
             TopicPartition(t, p, o)
             for (t, p), o in self._offsets.items()
             if any(tp.topic == t and tp.partition == p for tp in positions)
         ]
-        if commit:
+        store = self._store
+        self._writing = (self._writer.submit(lambda: store.write(encode_pending(snap))), commit)
+        return self._finish_write(block=True) if wait else None
+
+    def _finish_write(self, block: bool) -> int | None:
+        """Once the background write has committed, commit its offsets to Kafka."""
+        if self._writing is None or not (block or self._writing[0].done()):
+            return None
+        future, commit = self._writing
+        self._writing = None
+        try:
+            version = future.result()
+        except Exception:
+            log.exception("checkpoint write failed; offsets stay uncommitted")
+            return None
+        self.checkpoints_written += 1
+        consumer = self._consumer
+        if commit and consumer is not None:
             try:
                 consumer.commit(offsets=commit, asynchronous=False)
             except KafkaException as exc:

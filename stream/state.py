@@ -92,8 +92,11 @@ def take_snapshot(
     states = {}
     info = {}
     for name, st in domains.states.items():
-        meta, arrays = st.policy.state_dict()
-        states[name] = {SERVED: (meta, {k: v.copy() for k, v in arrays.items()})}
+        if st.dirty or st.saved is None:
+            meta, arrays = st.policy.state_dict()
+            st.saved = (meta, {k: v.copy() for k, v in arrays.items()})
+            st.dirty = False
+        states[name] = {SERVED: st.saved}
         info[name] = {
             "variant": st.variant,
             "actions": sorted(st.actions),
@@ -103,7 +106,15 @@ def take_snapshot(
             "expired": st.expired,
         }
     meta = {"features": {"n_features": hasher.n_features, "seed": hasher.seed}, "domains": info}
-    return Snapshot(states, [pending_to_json(p) for p in joins.items()], dict(offsets), meta)
+    # Pending decisions are never mutated once made: the snapshot keeps references and
+    # `encode_pending` turns them into JSON later, off the loop thread.
+    return Snapshot(states, joins.items(), dict(offsets), meta)  # type: ignore[arg-type]
+
+
+def encode_pending(snap: Snapshot) -> Snapshot:
+    """Replace the snapshot's pending decisions by their JSON form (for the writer)."""
+    snap.pending = [p if isinstance(p, dict) else pending_to_json(p) for p in snap.pending]
+    return snap
 
 
 def restore(snap: Snapshot, domains: Domains, joins: PendingJoins, hasher: FeatureHasher) -> None:

@@ -40,12 +40,23 @@ Key = tuple[str, str]
 class PendingJoins:
     """At most ``max_pending`` decisions, each waiting at most ``wait_s`` for a reward."""
 
-    def __init__(self, max_pending: int, wait_s: float, remember: int | None = None) -> None:
+    def __init__(
+        self,
+        max_pending: int,
+        wait_s: float,
+        remember: int | None = None,
+        early_wait_s: float = 0.0,
+    ) -> None:
         self.max_pending = max_pending
         self.wait_s = wait_s
+        self.early_wait_s = early_wait_s
         self._remember = remember if remember is not None else max_pending
         self._pending: dict[Key, Pending] = {}
         self._finished: dict[Key, Outcome] = {}
+        # Rewards that arrived before their context was decided (another partition was
+        # read first, or a replay after a restart reads the topics in another order):
+        # key -> (reward, deadline). Insertion order is deadline order.
+        self._early: dict[Key, tuple[float, float]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -87,6 +98,35 @@ class PendingJoins:
 
     def items(self) -> list[Pending]:
         return list(self._pending.values())
+
+    # -- rewards that came before their decision ------------------------------------------
+    def hold_early(self, domain: str, event_id: str, reward: float, now: float) -> bool:
+        """Keep an unknown reward for ``early_wait_s`` in case its context is yet to come."""
+        key = (domain, event_id)
+        if self.early_wait_s <= 0 or key in self._early or key in self._finished:
+            return False
+        while len(self._early) >= self.max_pending:
+            del self._early[next(iter(self._early))]
+        self._early[key] = (reward, now + self.early_wait_s)
+        return True
+
+    def claim_early(self, domain: str, event_id: str) -> float | None:
+        held = self._early.pop((domain, event_id), None)
+        return None if held is None else held[0]
+
+    def expire_early(self, now: float) -> int:
+        """Drop early rewards whose context never came; returns how many."""
+        n = 0
+        while self._early:
+            key = next(iter(self._early))
+            if self._early[key][1] > now:
+                break
+            del self._early[key]
+            n += 1
+        return n
+
+    def early_items(self) -> list[tuple[str, str, float, float]]:
+        return [(d, e, r, dl) for (d, e), (r, dl) in self._early.items()]
 
     def _pop_oldest(self) -> Pending:
         key = next(iter(self._pending))

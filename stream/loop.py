@@ -52,6 +52,7 @@ class Stats:
     rewards_learned: int = 0
     duplicate_rewards: int = 0
     late_rewards: int = 0
+    early_rewards: int = 0  # held until their context came (or counted unknown later)
     unknown_rewards: int = 0
     expired: int = 0
     evicted: int = 0
@@ -74,7 +75,9 @@ class Service:
         self.stats = Stats()
         self.hasher = FeatureHasher(settings.feature_dim, seed=settings.seed)
         self.domains = Domains(settings, self.hasher)
-        self.joins = PendingJoins(settings.max_pending, settings.reward_wait_s)
+        self.joins = PendingJoins(
+            settings.max_pending, settings.reward_wait_s, early_wait_s=settings.reward_early_wait_s
+        )
         self.limits = Limits(
             settings.max_message_bytes,
             settings.max_candidates,
@@ -290,6 +293,9 @@ class Service:
                     deadline,
                 )
             )
+            early = self.joins.claim_early(state.name, ev.event_id)
+            if early is not None:  # its reward came first: join it now
+                self._join(RewardEvent(ev.event_id, state.name, early), now)
             if evicted:
                 self.stats.evicted += len(evicted)
                 self._learn_default(evicted, now)
@@ -308,10 +314,13 @@ class Service:
             self.stats.duplicate_rewards += 1
         elif outcome is Outcome.LATE:
             self.stats.late_rewards += 1
+        elif self.joins.hold_early(r.domain, r.event_id, r.reward, now):
+            self.stats.early_rewards += 1
         else:
             self.stats.unknown_rewards += 1
 
     def _expire(self, now: float) -> None:
+        self.stats.unknown_rewards += self.joins.expire_early(now)
         expired = self.joins.expire(now)
         if expired:
             self.stats.expired += len(expired)

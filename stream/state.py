@@ -105,7 +105,11 @@ def take_snapshot(
             "reward_sum": st.reward_sum,
             "expired": st.expired,
         }
-    meta = {"features": {"n_features": hasher.n_features, "seed": hasher.seed}, "domains": info}
+    meta = {
+        "features": {"n_features": hasher.n_features, "seed": hasher.seed},
+        "domains": info,
+        "early_rewards": [list(x) for x in joins.early_items()],
+    }
     # Pending decisions are never mutated once made: the snapshot keeps references and
     # `encode_pending` turns them into JSON later, off the loop thread.
     return Snapshot(states, joins.items(), dict(offsets), meta)  # type: ignore[arg-type]
@@ -139,6 +143,12 @@ def restore(snap: Snapshot, domains: Domains, joins: PendingJoins, hasher: Featu
         domains.states[name] = st
     for item in snap.pending:
         joins.add(pending_from_json(item, hasher.n_features))
+    for item in snap.meta.get("early_rewards", []):
+        try:
+            domain, event_id, reward, deadline = item
+            joins._early[(str(domain), str(event_id))] = (float(reward), float(deadline))
+        except (TypeError, ValueError) as exc:
+            raise CorruptCheckpoint(f"an early reward is malformed: {exc}") from exc
 
 
 def open_store(state_dir: Path, keep: int) -> CheckpointStore:

@@ -55,7 +55,7 @@ def test_one_decision_per_context_with_exact_probabilities(
 
 
 def test_rewards_join_and_each_is_learned_once(settings_factory, start_service, client_factory):
-    settings = settings_factory(update_interval=3)
+    settings = settings_factory(update_interval=3, reward_early_wait_s=0.5)
     running = start_service(settings)
     client = client_factory(settings)
     for i in range(40):
@@ -72,7 +72,7 @@ def test_rewards_join_and_each_is_learned_once(settings_factory, start_service, 
     client.flush()
     stats = running.service.stats
     wait_for(
-        lambda: stats.rewards_joined + stats.duplicate_rewards + stats.unknown_rewards >= 40,
+        lambda: stats.rewards_joined + stats.duplicate_rewards + stats.early_rewards >= 40,
         what="all rewards consumed",
     )
     wait_for(lambda: _learned(running) == 25, what="the buffered rewards learned")
@@ -80,7 +80,7 @@ def test_rewards_join_and_each_is_learned_once(settings_factory, start_service, 
     assert _learned(running) == 25
     assert stats.rewards_joined == 25
     assert stats.duplicate_rewards == 10
-    assert stats.unknown_rewards == 5
+    wait_for(lambda: stats.unknown_rewards == 5, what="early rewards to give up")
     state = running.service.domains.states["d1"]
     assert state.reward_sum == 12.0
     # Later decisions carry the new policy version.
@@ -209,3 +209,20 @@ def test_offsets_committed_only_for_processed_messages(
     assert [d["event_id"] for d in decisions] == ["new"]
     time.sleep(1.0)
     assert running2.service.stats.decisions == 1
+
+
+def test_a_reward_before_its_context_is_held_and_joined(
+    settings_factory, start_service, client_factory
+):
+    settings = settings_factory(reward_early_wait_s=30.0)
+    running = start_service(settings)
+    client = client_factory(settings)
+    client.reward("early", 1.0)
+    client.flush()
+    stats = running.service.stats
+    wait_for(lambda: stats.early_rewards == 1, what="the early reward held")
+    client.context("early")
+    client.decisions(1)
+    wait_for(lambda: stats.rewards_joined == 1, what="the held reward joined")
+    wait_for(lambda: running.service.domains.states["d1"].policy.n_learned == 1, what="learned")
+    assert stats.unknown_rewards == 0

@@ -234,6 +234,25 @@ class CheckpointStore:
             raise CorruptCheckpoint(f"checkpoint version {version}: {exc}") from exc
         return Snapshot(domains, pending, dict(offsets), meta, version, created)
 
+    def rollback(self, domain: str, version: int) -> int:
+        """Write a new newest version: the latest state with ``domain`` as of ``version``.
+
+        The service loads the newest version at start, so the rollback takes effect at the
+        next start (run it while the service is stopped, or it is overwritten by the
+        service's next checkpoint).
+        """
+        old = self.load(version)
+        if domain not in old.domains:
+            raise CheckpointError(f"domain {domain!r} is not in checkpoint version {version}")
+        current = self.latest()
+        if current is None:
+            raise CheckpointError("no valid checkpoint to roll back from")
+        current.domains[domain] = old.domains[domain]
+        info = current.meta.setdefault("domains", {})
+        if domain in old.meta.get("domains", {}):
+            info[domain] = old.meta["domains"][domain]
+        return self.write(current)
+
     def latest(self) -> Snapshot | None:
         """The newest version that validates; corrupt ones are reported and skipped."""
         for info in self.versions():

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from confluent_kafka.admin import AdminClient
 
@@ -89,6 +90,44 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from stream.state import SERVED, open_store
+
+    settings = _settings()
+    store = open_store(settings.state_dir, settings.checkpoint_keep)
+    if args.action == "list":
+        print(f"{'version':>8}  {'created (UTC)':<20} {'domains':>8} {'pending bytes':>14}")
+        for v in store.versions():
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created))
+            print(f"{v.version:>8}  {created:<20} {v.domains:>8} {v.pending:>14}")
+        return 0
+    if args.action == "show":
+        snap = store.load(args.version) if args.version else store.latest()
+        if snap is None:
+            print("no checkpoint", file=sys.stderr)
+            return 1
+        if args.domain not in snap.domains:
+            print(f"domain {args.domain!r} is not in checkpoint {snap.version}", file=sys.stderr)
+            return 1
+        meta, arrays = snap.domains[args.domain][SERVED]
+        info = snap.meta.get("domains", {}).get(args.domain, {})
+        pending = sum(1 for p in snap.pending if p.get("domain") == args.domain)
+        print(f"checkpoint {snap.version}, domain {args.domain}")
+        print(f"  policy {meta['policy']} ({meta['params']}), learned {meta['n_learned']}")
+        print(
+            f"  decisions {info.get('decisions', 0)}, rewards joined "
+            f"{info.get('rewards_joined', 0)}, pending {pending}"
+        )
+        print("  arrays: " + ", ".join(f"{k} {list(a.shape)}" for k, a in sorted(arrays.items())))
+        return 0
+    version = store.rollback(args.domain, args.version)
+    print(
+        f"wrote checkpoint {version}: {args.domain} as of version {args.version}; "
+        "effective when the service next starts"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bandit-stream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--log-level", default="WARNING")
     demo.set_defaults(fn=cmd_demo)
+    ck = sub.add_parser("checkpoint", help="inspect checkpoints under RL_STATE_DIR, roll back")
+    ck_sub = ck.add_subparsers(dest="action", required=True)
+    ck_sub.add_parser("list", help="versions, newest first").set_defaults(fn=cmd_checkpoint)
+    show = ck_sub.add_parser("show", help="a domain's state in the newest (or a given) version")
+    show.add_argument("domain")
+    show.add_argument("--version", type=int, default=0)
+    show.set_defaults(fn=cmd_checkpoint)
+    rb = ck_sub.add_parser(
+        "rollback",
+        help="restore a domain's state from an older version "
+        "(effective at the next start; run it with the service stopped)",
+    )
+    rb.add_argument("domain")
+    rb.add_argument("version", type=int)
+    rb.set_defaults(fn=cmd_checkpoint)
     bench = sub.add_parser("bench", help="benchmarks writing JSON, Markdown and PNG")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     conv = bench_sub.add_parser("convergence", help="policies on simulated bandits (no broker)")

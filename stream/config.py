@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # --- Kafka client --------------------------------------------------------------------
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_group_id: str = "bandit-stream"
+    # Static group membership (group.instance.id): a restarted instance keeps its partitions
+    # without a rebalance. The Helm chart sets it from the pod name.
+    instance_id: str | None = None
     kafka_session_timeout_ms: int = Field(45_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
     kafka_fetch_wait_max_ms: int = Field(500, ge=0)

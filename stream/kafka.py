@@ -43,6 +43,8 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
             "enable.partition.eof": False,
         }
     )
+    if settings.instance_id:
+        conf["group.instance.id"] = settings.instance_id
     conf.update(settings.kafka_extra)
     return conf
 

@@ -119,3 +119,32 @@ def test_object_arrays_are_never_stored_or_read(tmp_path):
     store._db.execute("UPDATE array SET dtype = '|O' WHERE version = ?", (v,))
     with pytest.raises(CorruptCheckpoint):
         store.load(v)
+
+
+def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys):
+    from stream.cli import main
+    from stream.state import SERVED
+
+    for k in list(__import__("os").environ):
+        if k.startswith("RL_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
+    store = CheckpointStore(tmp_path / "checkpoints.sqlite")
+    early = trained("epsilon_greedy", 0)
+    v1 = store.write(Snapshot({"shop": {SERVED: early.state_dict()}}))
+    later = trained("epsilon_greedy", 1)
+    later.learn(Feedback(*_one_batch()))
+    store.write(Snapshot({"shop": {SERVED: later.state_dict()}}))
+    store.close()
+    assert main(["checkpoint", "list"]) == 0
+    assert main(["checkpoint", "show", "shop"]) == 0
+    out = capsys.readouterr().out
+    assert "epsilon_greedy" in out and f"learned {later.n_learned}" in out
+    assert main(["checkpoint", "rollback", "shop", str(v1)]) == 0
+    snap = CheckpointStore(tmp_path / "checkpoints.sqlite").latest()
+    assert snap is not None and snap.domains["shop"][SERVED][0]["n_learned"] == early.n_learned
+
+
+def _one_batch():
+    b = ContextBatch(np.ones((3, 4)), ["a", "b", "c"], np.array([0, 3]), ["z"])
+    return b, np.array([1]), np.array([1.0]), np.array([0.5])

@@ -69,6 +69,9 @@ def test_environment_is_read(monkeypatch):
     assert conf["client.id"] == "x" and conf["sasl.password"] == "hunter2"
     assert conf["enable.auto.offset.store"] is False
     assert producer_config(s)["enable.idempotence"] is True
+    assert "group.instance.id" not in conf
+    monkeypatch.setenv("RL_INSTANCE_ID", "bandit-stream-0")
+    assert consumer_config(load_settings())["group.instance.id"] == "bandit-stream-0"
 
 
 @pytest.mark.parametrize(

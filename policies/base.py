@@ -205,6 +205,13 @@ class Policy(ABC):
         self._learn(feedback)
         self.n_learned += feedback.batch.n_events
 
+    def trim(self) -> int:
+        """Release rebuildable memory (histories) under memory pressure; returns rows freed.
+
+        The learned model is kept; only what periodic refits would use is dropped.
+        """
+        return 0
+
     def params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable), as stored in the state."""
         return {"n_features": self.n_features, "seed": self.seed}

@@ -153,6 +153,11 @@ class DoublyRobust(Policy):
         if self.refit_every and self._since_refit >= self.refit_every:
             self.refit()
 
+    def trim(self) -> int:
+        freed = self._history.size
+        self._history = RowRing(self.n_features, self.max_history)
+        return freed
+
     def refit(self) -> None:
         """Closed-form ridge refit of every action on its recent rows' DR targets."""
         self._since_refit = 0

@@ -246,6 +246,17 @@ class OffsetTree(Policy):
         return np.where(qs + ps > 0, qs / np.maximum(qs + ps, 1e-300), 0.5)
 
     # -- policy -------------------------------------------------------------------------
+    def trim(self) -> int:
+        """Drop the decision-tree nodes' refit histories (the fitted trees stay)."""
+        if not isinstance(self._bank, TreeBank):
+            return 0
+        freed = 0
+        for node in self._bank.nodes.values():
+            freed += node.size
+            node.X, node.y, node.w = node.X[:0].copy(), node.y[:0].copy(), node.w[:0].copy()
+            node.size = node.head = node.pending = 0
+        return freed
+
     def _compiled(self) -> tuple[FloatArray, int] | None:
         """Node weights and kind for the compiled paths (least squares / logistic)."""
         bank = self._bank

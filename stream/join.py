@@ -96,6 +96,12 @@ class PendingJoins:
             out.append(self._pop_oldest())
         return out
 
+    def forget_finished(self) -> int:
+        """Drop the memory of finished joins (memory pressure); returns how many."""
+        n = len(self._finished)
+        self._finished.clear()
+        return n
+
     def items(self) -> list[Pending]:
         return list(self._pending.values())
 

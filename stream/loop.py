@@ -36,6 +36,7 @@ from stream.domains import Domains, DomainState
 from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka import consumer_config, is_benign, producer_config
 from stream.logs import RateLimitedLog
+from stream.memory import MemoryGuard
 from stream.state import encode_pending, open_store, restore, take_snapshot
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Service:
         self._offsets: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
         self.checkpoints_written = 0
+        self.memory = MemoryGuard(settings.memory_limit_mb, settings.memory_cleanup_interval)
         # One background writer: the loop only takes the snapshot; SQLite writes beside it.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._writing: tuple[Future[int], list[TopicPartition]] | None = None
@@ -147,6 +149,7 @@ class Service:
         self._producer.poll(0)
         self._store_done()
         self._finish_write(block=False)
+        self.memory.check(self)
         if time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s:
             self.checkpoint(wait=False)
         self.stats.turns += 1

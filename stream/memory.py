@@ -1,0 +1,68 @@
+"""RSS guard (`RL_MEMORY_LIMIT_MB`, checked every `RL_MEMORY_CLEANUP_INTERVAL` seconds).
+
+Over the limit it trims what can be rebuilt or is only an aid — the feature-hash cache,
+the memory of finished joins (duplicate vs. unknown reward counting), and the policies'
+refit histories — and never a pending decision still inside its reward window.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import psutil
+
+if TYPE_CHECKING:
+    from stream.loop import Service
+
+log = logging.getLogger(__name__)
+
+
+def process_rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class MemoryGuard:
+    def __init__(
+        self, limit_mb: float, interval_s: float, rss_mb: Callable[[], float] = process_rss_mb
+    ) -> None:
+        self.limit_mb = limit_mb
+        self.interval_s = interval_s
+        self._rss_mb = rss_mb
+        self._next = time.monotonic() + interval_s
+        self.trims = 0
+        self.last_rss_mb = 0.0
+
+    def check(self, service: Service, now: float | None = None) -> bool:
+        """Trim when due and over the limit; returns whether it trimmed."""
+        now = time.monotonic() if now is None else now
+        if now < self._next:
+            return False
+        self._next = now + self.interval_s
+        rss = self.last_rss_mb = self._rss_mb()
+        if rss <= self.limit_mb:
+            return False
+        freed = trim(service)
+        self.trims += 1
+        log.warning(
+            "RSS %.0f MB over RL_MEMORY_LIMIT_MB=%.0f: trimmed %s (now %.0f MB)",
+            rss,
+            self.limit_mb,
+            freed,
+            self._rss_mb(),
+        )
+        return True
+
+
+def trim(service: Service) -> dict[str, int]:
+    """Drop rebuildable structures; pending decisions are kept."""
+    freed = {"hash_cache": len(service.hasher._cache)}
+    service.hasher._cache.clear()
+    freed["finished_joins"] = service.joins.forget_finished()
+    rows = 0
+    for state in service.domains.states.values():
+        rows += state.policy.trim()
+    freed["history_rows"] = rows
+    return freed

@@ -15,7 +15,6 @@ used).
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -205,6 +204,11 @@ class Policy(ABC):
         self._learn(feedback)
         self.n_learned += feedback.batch.n_events
 
+    def clone(self) -> Policy:
+        """An independent copy (same state, own arrays)."""
+        meta, arrays = self.state_dict()
+        return type(self).from_state(meta, {k: v.copy() for k, v in arrays.items()})
+
     def trim(self) -> int:
         """Release rebuildable memory (histories) under memory pressure; returns rows freed.
 
@@ -225,8 +229,7 @@ class Policy(ABC):
             "n_learned": self.n_learned,
         }
         extra, arrays = self._arrays()
-        meta["state"] = extra
-        json.dumps(meta)  # fail here, not at write time, if anything is not plain JSON
+        meta["state"] = extra  # plain JSON by contract; the checkpoint writer serialises it
         return meta, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
 
     @classmethod

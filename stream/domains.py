@@ -57,10 +57,8 @@ class DomainState:
     rewards_joined: int = 0
     reward_sum: float = 0.0
     expired: int = 0
-    # The policy's state as last checkpointed (an immutable copy) and whether it has
-    # changed since: unchanged domains are not copied again at the next checkpoint.
-    saved: tuple[dict[str, Any], dict[str, Any]] | None = None
-    dirty: bool = True
+    # The checkpoint generation whose snapshot references this policy's arrays (-1: none).
+    frozen_at: int = -1
 
 
 class Domains:
@@ -70,6 +68,11 @@ class Domains:
         self.settings = settings
         self.hasher = hasher
         self.states: dict[str, DomainState] = {}
+        # Copy-on-write for checkpoints: a snapshot references the live policy arrays (no
+        # copy in the loop); while its background write is in flight, a domain about to be
+        # used gets a private clone first, so the arrays being written never change.
+        self.generation = 0
+        self.write_in_flight = False
 
     def __len__(self) -> int:
         return len(self.states)
@@ -97,6 +100,7 @@ class Domains:
         enc = self.hasher.encode
         encoded = [enc(e.context, e.candidates, e.candidate_features) for e in events]
         batch = self.hasher.assemble(encoded, [e.event_id for e in events])
+        self._thaw(state)
         decisions = state.policy.choose(batch)
         state.decisions += len(events)
         return encoded, decisions
@@ -117,12 +121,24 @@ class Domains:
                 state.buffer = []
         return learned
 
+    def _thaw(self, state: DomainState) -> None:
+        if self.write_in_flight and state.frozen_at == self.generation:
+            state.policy = state.policy.clone()
+        state.frozen_at = -1
+
+    def freeze_all(self) -> None:
+        """Start a snapshot generation: every policy's current arrays are now referenced."""
+        self.generation += 1
+        self.write_in_flight = True
+        for state in self.states.values():
+            state.frozen_at = self.generation
+
     def _learn(self, state: DomainState, items: list[tuple[Pending, float]]) -> int:
+        self._thaw(state)
         encoded = [p.encoded for p, _ in items]
         batch = self.hasher.assemble(encoded, [p.event_id for p, _ in items])
         rows = batch.offsets[:-1] + np.fromiter((p.chosen for p, _ in items), np.int64, len(items))
         rewards = np.fromiter((r for _, r in items), np.float64, len(items))
         probs = np.fromiter((p.probability for p, _ in items), np.float64, len(items))
         state.policy.learn(Feedback(batch, rows, rewards, probs))
-        state.dirty = True
         return len(items)

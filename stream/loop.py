@@ -420,6 +420,8 @@ class Service:
             return None
         future, commit = self._writing
         self._writing = None
+        future.exception()  # wait: until the write is over its arrays must stay untouched
+        self.domains.write_in_flight = False
         try:
             version = future.result()
         except Exception:

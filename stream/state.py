@@ -91,12 +91,9 @@ def take_snapshot(
     """A consistent copy of the state (call between turns, buffers learned)."""
     states = {}
     info = {}
+    domains.freeze_all()  # the arrays are referenced, not copied: copy-on-write from here
     for name, st in domains.states.items():
-        if st.dirty or st.saved is None:
-            meta, arrays = st.policy.state_dict()
-            st.saved = (meta, {k: v.copy() for k, v in arrays.items()})
-            st.dirty = False
-        states[name] = {SERVED: st.saved}
+        states[name] = {SERVED: st.policy.state_dict()}
         info[name] = {
             "variant": st.variant,
             "actions": sorted(st.actions),

@@ -148,3 +148,31 @@ def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys
 def _one_batch():
     b = ContextBatch(np.ones((3, 4)), ["a", "b", "c"], np.array([0, 3]), ["z"])
     return b, np.array([1]), np.array([1.0]), np.array([0.5])
+
+
+def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, monkeypatch):
+    """Copy-on-write: learning during an in-flight write never changes the snapshot."""
+    from policies.features import FeatureHasher
+    from stream.config import load_settings
+    from stream.domains import Domains
+    from stream.join import Pending, PendingJoins
+    from stream.state import SERVED, take_snapshot
+
+    for k in list(__import__("os").environ):
+        if k.startswith("RL_"):
+            monkeypatch.delenv(k)
+    settings = load_settings(state_dir=tmp_path)
+    h = FeatureHasher(settings.feature_dim)
+    doms = Domains(settings, h)
+    st = doms.get_or_create("d")
+    enc = h.encode({"x": 1.0}, ["a", "b"])
+    joins = PendingJoins(10, 3600)
+    snap = take_snapshot(doms, joins, h, {})
+    frozen = {k: v.copy() for k, v in snap.domains["d"][SERVED][1].items()}
+    p = Pending("d", "e", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
+    doms.add_feedback(st, p, 1.0, 0.0)
+    doms.flush_due(0.0, force=True)  # learns while the write is "in flight"
+    assert st.policy.n_learned == 1
+    for k, v in snap.domains["d"][SERVED][1].items():
+        assert np.array_equal(v, frozen[k]), k
+    assert snap.domains["d"][SERVED][0]["n_learned"] == 0

@@ -167,12 +167,15 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     st = doms.get_or_create("d")
     enc = h.encode({"x": 1.0}, ["a", "b"])
     joins = PendingJoins(10, 3600)
+    first = Pending("d", "e0", enc, 1, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
+    doms.add_feedback(st, first, 1.0, 0.0)
+    doms.flush_due(0.0, force=True)  # arrays are non-empty before the snapshot
     snap = take_snapshot(doms, joins, h, {})
     frozen = {k: v.copy() for k, v in snap.domains["d"][SERVED][1].items()}
-    p = Pending("d", "e", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
+    p = Pending("d", "e", enc, 1, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
     doms.add_feedback(st, p, 1.0, 0.0)
     doms.flush_due(0.0, force=True)  # learns while the write is "in flight"
-    assert st.policy.n_learned == 1
+    assert st.policy.n_learned == 2
     for k, v in snap.domains["d"][SERVED][1].items():
         assert np.array_equal(v, frozen[k]), k
-    assert snap.domains["d"][SERVED][0]["n_learned"] == 0
+    assert snap.domains["d"][SERVED][0]["n_learned"] == 1

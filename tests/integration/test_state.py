@@ -78,3 +78,26 @@ def test_a_replayed_context_gets_the_same_decision(settings_factory, start_servi
         assert replayed[eid]["probability"] == d["probability"]
         assert replayed[eid]["probabilities"] == d["probabilities"]
     assert second.service.stats.decisions == 15
+
+
+def test_contexts_and_rewards_must_be_co_partitioned(bootstrap):
+    import uuid
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from stream.config import load_settings
+    from stream.errors import ConfigError
+    from stream.kafka import admin_config
+    from stream.topics import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    s = load_settings(
+        kafka_bootstrap_servers=bootstrap, topic_contexts=f"m-{tag}.c", topic_rewards=f"m-{tag}.r"
+    )
+    admin = AdminClient(admin_config(s))
+    for f in admin.create_topics(
+        [NewTopic(f"m-{tag}.c", 4, 1), NewTopic(f"m-{tag}.r", 2, 1)]
+    ).values():
+        f.result()
+    with pytest.raises(ConfigError, match="same partition count"):
+        ensure_topics(s, admin)

@@ -91,8 +91,12 @@ def test_contexts_and_rewards_must_be_co_partitioned(bootstrap):
     from stream.topics import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
+    names = {f"topic_{t}": f"m-{tag}.{t}" for t in ("decisions", "metrics", "dead_letter", "state")}
     s = load_settings(
-        kafka_bootstrap_servers=bootstrap, topic_contexts=f"m-{tag}.c", topic_rewards=f"m-{tag}.r"
+        kafka_bootstrap_servers=bootstrap,
+        topic_contexts=f"m-{tag}.c",
+        topic_rewards=f"m-{tag}.r",
+        **names,
     )
     admin = AdminClient(admin_config(s))
     for f in admin.create_topics(

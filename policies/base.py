@@ -133,6 +133,18 @@ def segment_sum(values: FloatArray, offsets: IntArray) -> FloatArray:
     return np.repeat(s, np.diff(offsets))
 
 
+def check_floor(floor: float) -> float:
+    """Validate an exploration floor (the mass spread uniformly over the K candidates)."""
+    if not 0.0 <= floor < 1.0:
+        raise PolicyError(f"floor must be in [0, 1), got {floor}")
+    return float(floor)
+
+
+def importance_weights(probability: FloatArray, max_weight: float) -> FloatArray:
+    """``min(1/p, max_weight)``: the clipped inverse propensity of each logged action."""
+    return np.minimum(1.0 / np.maximum(probability, 1e-12), max_weight)
+
+
 def greedy_with_floor(scores: FloatArray, batch: ContextBatch, floor: float) -> FloatArray:
     """Best-scoring candidates share ``1 - floor``; every candidate gets ``floor / K`` more.
 

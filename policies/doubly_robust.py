@@ -8,7 +8,16 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.linalg import cho_factor, cho_solve
 
-from policies.base import ContextBatch, Feedback, FloatArray, Policy, PolicyError, greedy_with_floor
+from policies.base import (
+    ContextBatch,
+    Feedback,
+    FloatArray,
+    Policy,
+    PolicyError,
+    check_floor,
+    greedy_with_floor,
+    importance_weights,
+)
 from policies.history import RowRing
 from policies.ridge import RidgeArms
 
@@ -100,8 +109,6 @@ class DoublyRobust(Policy):
             raise PolicyError(f"max_weight must be >= 1, got {max_weight}")
         if refit_every < 0:
             raise PolicyError(f"refit_every must be >= 0, got {refit_every}")
-        if not 0.0 <= floor < 1.0:
-            raise PolicyError(f"floor must be in [0, 1), got {floor}")
         self.alpha = float(alpha)
         self.learning_rate = float(learning_rate)
         self.lr_decay = float(lr_decay)
@@ -109,7 +116,7 @@ class DoublyRobust(Policy):
         self.max_history = int(max_history)
         self.refit_every = int(refit_every)
         self.l2 = float(l2)
-        self.floor = float(floor)
+        self.floor = check_floor(floor)
         self._arms = RidgeArms(n_features, l2)
         self._history = RowRing(n_features, max_history)
         self._since_refit = 0
@@ -138,7 +145,7 @@ class DoublyRobust(Policy):
         batch = feedback.batch
         idx = self._arms.indices(batch.actions)
         rows = feedback.row
-        w = np.minimum(1.0 / np.maximum(feedback.probability, 1e-12), self.max_weight)
+        w = importance_weights(feedback.probability, self.max_weight)
         a = idx[rows]
         eta = None
         if self.learning_rate != 1.0 or self.lr_decay != 1.0:

@@ -12,6 +12,7 @@ from policies.base import (
     FloatArray,
     IntArray,
     PolicyError,
+    check_floor,
     mix_floor,
 )
 from policies.kernels import ts_win_shares
@@ -78,12 +79,10 @@ class LinearTS(RidgePolicy):
         super().__init__(n_features, l2, seed)
         if v < 0:
             raise PolicyError(f"v must be >= 0, got {v}")
-        if not 0.0 <= floor < 1.0:
-            raise PolicyError(f"floor must be in [0, 1), got {floor}")
         if n_draws < 1:
             raise PolicyError(f"n_draws must be >= 1, got {n_draws}")
         self.v = float(v)
-        self.floor = float(floor)
+        self.floor = check_floor(floor)
         self.n_draws = int(n_draws)
 
     def params(self) -> dict[str, Any]:

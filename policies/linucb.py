@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.base import ContextBatch, FloatArray, PolicyError, greedy_with_floor
+from policies.base import (
+    ContextBatch,
+    FloatArray,
+    PolicyError,
+    check_floor,
+    greedy_with_floor,
+)
 from policies.ridge import RidgePolicy
 
 
@@ -54,10 +60,8 @@ class LinUCB(RidgePolicy):
         super().__init__(n_features, l2, seed)
         if alpha < 0:
             raise PolicyError(f"alpha must be >= 0, got {alpha}")
-        if not 0.0 <= floor < 1.0:
-            raise PolicyError(f"floor must be in [0, 1), got {floor}")
         self.alpha = float(alpha)
-        self.floor = float(floor)
+        self.floor = check_floor(floor)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "alpha": self.alpha, "floor": self.floor}

@@ -14,6 +14,8 @@ from policies.base import (
     IntArray,
     Policy,
     PolicyError,
+    check_floor,
+    importance_weights,
     mix_floor,
 )
 from policies.kernels import ot_leaf_probs, ot_training_pairs
@@ -115,8 +117,8 @@ class OffsetTree(Policy):
             )
         if node_model not in ("linear", "logistic", "tree"):
             raise PolicyError(f"node_model must be linear, logistic or tree, not {node_model!r}")
-        if node_history < 1 or max_weight < 1 or not 0.0 <= floor < 1.0:
-            raise PolicyError("bad node_history, max_weight or floor")
+        if node_history < 1 or max_weight < 1:
+            raise PolicyError("node_history and max_weight must be >= 1")
         self.max_depth = int(max_depth)
         self.min_split = int(min_split)
         self.split_threshold = float(split_threshold)
@@ -132,7 +134,7 @@ class OffsetTree(Policy):
         self.sharpness = float(sharpness)
         self.offset = float(offset)
         self.max_weight = float(max_weight)
-        self.floor = float(floor)
+        self.floor = check_floor(floor)
         self._slots: dict[str, int] = {}
         self._names: list[str] = []
         self._cap = 2  # leaves; internal nodes are heap ids 1 .. cap-1
@@ -297,7 +299,7 @@ class OffsetTree(Policy):
         events = np.arange(n)
         xe = self._event_contexts(batch)
         r = feedback.reward
-        w = np.minimum(1.0 / np.maximum(feedback.probability, 1e-12), self.max_weight)
+        w = importance_weights(feedback.probability, self.max_weight)
         compiled = self._compiled()
         if compiled is not None:
             weights, kind = compiled

@@ -116,6 +116,10 @@ class PendingJoins:
         self._early[key] = (reward, now + self.early_wait_s)
         return True
 
+    def restore_early(self, domain: str, event_id: str, reward: float, deadline: float) -> None:
+        """Re-hold an early reward from a checkpoint (keeps its original deadline)."""
+        self._early[(domain, event_id)] = (reward, deadline)
+
     def claim_early(self, domain: str, event_id: str) -> float | None:
         held = self._early.pop((domain, event_id), None)
         return None if held is None else held[0]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError
 
 from stream.config import Settings
-from stream.errors import KafkaClientError
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
@@ -34,7 +33,8 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         {
             "group.id": group_id or settings.kafka_group_id,
             "auto.offset.reset": "earliest",
-            # Offsets are committed only after a checkpoint holds the state they reflect.
+            # Offsets are committed only after a checkpoint holds the state they reflect
+            # (an explicit commit of explicit offsets: nothing is stored or auto-committed).
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "session.timeout.ms": settings.kafka_session_timeout_ms,
@@ -68,13 +68,6 @@ def admin_config(settings: Settings) -> dict[str, Any]:
     conf = common_config(settings)
     conf.update(settings.kafka_extra)
     return conf
-
-
-def raise_for_error(msg: Message) -> None:
-    """Raise :class:`KafkaClientError` for a message that carries a fatal error."""
-    err = msg.error()
-    if err is not None:
-        raise KafkaClientError(f"{msg.topic()}[{msg.partition()}]: {err.str()}", err.code())
 
 
 def is_benign(err: KafkaError) -> bool:

@@ -1,9 +1,9 @@
-"""The decision loop: consume batch -> decode -> decide / join / learn -> produce -> store offsets.
+"""The decision loop: consume batch -> decode -> decide / join / learn -> produce -> checkpoint.
 
 One consumer reads contexts and rewards in batches (``consume``, never a poll per
-message). An input offset is stored only once its message is fully processed: for a
-context, once its decision is acknowledged by the broker; librdkafka's auto-commit then
-commits stored offsets only. Nothing in the per-message path logs: it counts.
+message). Offsets are committed only by a checkpoint, after the state they reflect is
+written and every decision of those inputs is acknowledged (see ``Service.checkpoint``).
+Nothing in the per-message path logs: it counts.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from stream.codec import (
     encode_decision,
 )
 from stream.config import Settings
-from stream.delivery import BatchAck, Delivery
+from stream.delivery import Delivery
 from stream.domains import Domains, DomainState
 from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka import consumer_config, is_benign, producer_config
@@ -136,7 +136,7 @@ class Service:
             self._shutdown()
 
     def turn(self) -> None:
-        """One pass: consume a batch, process it, expire, learn, deliver, store offsets."""
+        """One pass: consume a batch, process it, expire, learn, deliver, checkpoint when due."""
         assert self._consumer is not None and self._producer is not None
         s = self.settings
         msgs = self._consumer.consume(num_messages=s.batch_size, timeout=s.poll_timeout_s)
@@ -147,7 +147,6 @@ class Service:
         self._expire(now)
         self.stats.rewards_learned += self.domains.flush_due(now)
         self._producer.poll(0)
-        self._store_done()
         self._finish_write(block=False)
         self.memory.check(self)
         if time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s:
@@ -174,7 +173,6 @@ class Service:
     # -- processing ---------------------------------------------------------------------
     def _process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
         s = self.settings
-        offsets: dict[tuple[str, int], int] = {}
         contexts: dict[str, list[ContextEvent]] = defaultdict(list)
         rewards: list[RewardEvent] = []
         for m in msgs:
@@ -185,8 +183,7 @@ class Service:
                 else:
                     log.error("consumer error: %s", err.str())
                 continue
-            topic, part, off = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
-            offsets[(topic, part)] = off
+            topic = m.topic()
             self.stats.consumed += 1
             try:
                 if topic == s.topic_contexts:
@@ -195,11 +192,9 @@ class Service:
                 else:
                     rewards.append(decode_reward(m.value(), m.key(), self.limits))
             except DecodeError as exc:
-                self._reject(exc.code, exc.reason, f"{topic}[{part}]@{off}")
-        assert self._delivery is not None
-        ack = self._delivery.batch(offsets)
+                self._reject(exc.code, exc.reason, f"{topic}[{m.partition()}]@{m.offset()}")
         for domain, events in contexts.items():
-            self._decide(domain, events, ack, now, consumed_at)
+            self._decide(domain, events, now, consumed_at)
         for r in rewards:
             self._join(r, now)
 
@@ -207,7 +202,6 @@ class Service:
         self,
         domain: str,
         events: list[ContextEvent],
-        ack: BatchAck,
         now: float,
         consumed_at: float,
     ) -> None:
@@ -243,7 +237,7 @@ class Service:
         if not fresh:
             return
         encoded, dec = self.domains.decide(state, fresh)
-        self._emit(state, fresh, encoded, dec, ack, now, consumed_at)
+        self._emit(state, fresh, encoded, dec, now, consumed_at)
 
     def _emit(
         self,
@@ -251,7 +245,6 @@ class Service:
         events: list[ContextEvent],
         encoded: list[EncodedContext],
         dec: Decisions,
-        ack: BatchAck,
         now: float,
         consumed_at: float,
     ) -> None:
@@ -282,7 +275,7 @@ class Service:
                 latency_ms=(time.perf_counter() - consumed_at) * 1000.0,
             )
             start += k
-            delivery.produce(value, state.name.encode(), ack)
+            delivery.produce(value, state.name.encode())
             evicted = self.joins.add(
                 Pending(
                     state.name,
@@ -395,7 +388,6 @@ class Service:
                 remaining,
             )
             return None
-        self._store_done()
         try:
             positions = consumer.position(consumer.assignment())
         except KafkaException as exc:
@@ -406,9 +398,9 @@ class Service:
                 self._offsets[(tp.topic, tp.partition)] = tp.offset
         snap = take_snapshot(self.domains, self.joins, self.hasher, self._offsets)
         commit = [
-            TopicPartition(t, p, o)
-            for (t, p), o in self._offsets.items()
-            if any(tp.topic == t and tp.partition == p for tp in positions)
+            TopicPartition(tp.topic, tp.partition, self._offsets[(tp.topic, tp.partition)])
+            for tp in positions
+            if (tp.topic, tp.partition) in self._offsets
         ]
         store = self._store
         self._writing = (self._writer.submit(lambda: store.write(encode_pending(snap))), commit)
@@ -436,11 +428,7 @@ class Service:
                 log.warning("commit after checkpoint %d failed: %s", version, exc.args[0].str())
         return version
 
-    # -- offsets ------------------------------------------------------------------------
-    def _store_done(self) -> None:
-        assert self._consumer is not None and self._delivery is not None
-        self._delivery.store_done(self._consumer)
-
+    # -- partitions ---------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The checkpoint is authoritative: resume each partition where the state stands,
         # so the tail after it is replayed into the state exactly once.

@@ -143,7 +143,7 @@ def restore(snap: Snapshot, domains: Domains, joins: PendingJoins, hasher: Featu
     for item in snap.meta.get("early_rewards", []):
         try:
             domain, event_id, reward, deadline = item
-            joins._early[(str(domain), str(event_id))] = (float(reward), float(deadline))
+            joins.restore_early(str(domain), str(event_id), float(reward), float(deadline))
         except (TypeError, ValueError) as exc:
             raise CorruptCheckpoint(f"an early reward is malformed: {exc}") from exc
 

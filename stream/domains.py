@@ -57,6 +57,7 @@ class DomainState:
     rewards_joined: int = 0
     reward_sum: float = 0.0
     expired: int = 0
+    partition: int = -1  # the input partition its messages come from (co-partitioned)
     # The checkpoint generation whose snapshot references this policy's arrays (-1: none).
     frozen_at: int = -1
 
@@ -77,10 +78,12 @@ class Domains:
     def __len__(self) -> int:
         return len(self.states)
 
-    def get_or_create(self, domain: str) -> DomainState | None:
+    def get_or_create(self, domain: str, partition: int = -1) -> DomainState | None:
         """The domain's state, created on first sight; None once ``max_domains`` are active."""
         state = self.states.get(domain)
-        if state is None:
+        if state is not None:
+            state.partition = partition
+        else:
             if len(self.states) >= self.settings.max_domains:
                 return None
             s = self.settings
@@ -89,7 +92,7 @@ class Domains:
             policy = create_policy(
                 s.baseline_policy, s.feature_dim, seed, **policy_params(s.baseline_policy, s)
             )
-            state = DomainState(domain, policy, "control")
+            state = DomainState(domain, policy, "control", partition=partition)
             self.states[domain] = state
         return state
 
@@ -120,6 +123,17 @@ class Domains:
                 learned += self._learn(state, buf)
                 state.buffer = []
         return learned
+
+    def release(self, partitions: set[int]) -> set[str]:
+        """Drop the domains of ``partitions`` (now another instance's); returns their names."""
+        names = {n for n, st in self.states.items() if st.partition in partitions}
+        for n in names:
+            del self.states[n]
+        return names
+
+    def signature(self, state: DomainState) -> tuple[int, int, int, int]:
+        """Changes whenever the domain's policy or pending decisions change."""
+        return (state.decisions, state.rewards_joined, state.expired, state.policy.n_learned)
 
     def _thaw(self, state: DomainState) -> None:
         if self.write_in_flight and state.frozen_at == self.generation:

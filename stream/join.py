@@ -55,8 +55,8 @@ class PendingJoins:
         self._finished: dict[Key, Outcome] = {}
         # Rewards that arrived before their context was decided (another partition was
         # read first, or a replay after a restart reads the topics in another order):
-        # key -> (reward, deadline). Insertion order is deadline order.
-        self._early: dict[Key, tuple[float, float]] = {}
+        # key -> (reward, deadline, input partition). Insertion order is deadline order.
+        self._early: dict[Key, tuple[float, float, int]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -106,19 +106,23 @@ class PendingJoins:
         return list(self._pending.values())
 
     # -- rewards that came before their decision ------------------------------------------
-    def hold_early(self, domain: str, event_id: str, reward: float, now: float) -> bool:
+    def hold_early(
+        self, domain: str, event_id: str, reward: float, now: float, partition: int = -1
+    ) -> bool:
         """Keep an unknown reward for ``early_wait_s`` in case its context is yet to come."""
         key = (domain, event_id)
         if self.early_wait_s <= 0 or key in self._early or key in self._finished:
             return False
         while len(self._early) >= self.max_pending:
             del self._early[next(iter(self._early))]
-        self._early[key] = (reward, now + self.early_wait_s)
+        self._early[key] = (reward, now + self.early_wait_s, partition)
         return True
 
-    def restore_early(self, domain: str, event_id: str, reward: float, deadline: float) -> None:
+    def restore_early(
+        self, domain: str, event_id: str, reward: float, deadline: float, partition: int = -1
+    ) -> None:
         """Re-hold an early reward from a checkpoint (keeps its original deadline)."""
-        self._early[(domain, event_id)] = (reward, deadline)
+        self._early[(domain, event_id)] = (reward, deadline, partition)
 
     def claim_early(self, domain: str, event_id: str) -> float | None:
         held = self._early.pop((domain, event_id), None)
@@ -135,8 +139,20 @@ class PendingJoins:
             n += 1
         return n
 
-    def early_items(self) -> list[tuple[str, str, float, float]]:
-        return [(d, e, r, dl) for (d, e), (r, dl) in self._early.items()]
+    def early_items(self) -> list[tuple[str, str, float, float, int]]:
+        return [(d, e, r, dl, p) for (d, e), (r, dl, p) in self._early.items()]
+
+    def drop(self, domains: set[str], partitions: set[int]) -> int:
+        """Forget the pending decisions of ``domains`` and the early rewards of those
+        domains or ``partitions`` (released to another instance, which restores them from
+        the checkpoint); returns how many."""
+        keys = [k for k in self._pending if k[0] in domains]
+        for k in keys:
+            del self._pending[k]
+        early = [k for k, v in self._early.items() if k[0] in domains or v[2] in partitions]
+        for k in early:
+            del self._early[k]
+        return len(keys) + len(early)
 
     def _pop_oldest(self) -> Pending:
         key = next(iter(self._pending))

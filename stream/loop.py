@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
@@ -37,7 +38,9 @@ from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka import consumer_config, is_benign, producer_config
 from stream.logs import RateLimitedLog
 from stream.memory import MemoryGuard
-from stream.state import encode_pending, open_store, restore, take_snapshot
+from stream.ownership import Ownership
+from stream.state import encode_pending, open_store, take_snapshot
+from stream.statetopic import StatePublisher
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class Stats:
     late_rewards: int = 0
     early_rewards: int = 0  # held until their context came (or counted unknown later)
     unknown_rewards: int = 0
+    replay_skipped: int = 0  # replayed messages already in a restored domain's state
     expired: int = 0
     evicted: int = 0
     delivery_retries: int = 0
@@ -92,15 +96,14 @@ class Service:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._store = open_store(settings.state_dir, settings.checkpoint_keep)
-        # Next offset to read per input partition, as of the state held in memory: set by
-        # the restored checkpoint, advanced by every checkpoint.
-        self._offsets: dict[tuple[str, int], int] = {}
+        self.ownership = Ownership(settings, self.domains, self.joins, self.hasher, self._store)
+        self._publisher: StatePublisher | None = None
         self._last_checkpoint = time.monotonic()
         self.checkpoints_written = 0
         self.memory = MemoryGuard(settings.memory_limit_mb, settings.memory_cleanup_interval)
         # One background writer: the loop only takes the snapshot; SQLite writes beside it.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._writing: tuple[Future[int], list[TopicPartition]] | None = None
+        self._writing: tuple[Future[int], list[TopicPartition], dict[str, Any]] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -113,8 +116,8 @@ class Service:
     def run(self) -> None:
         s = self.settings
         warm_up()  # compile the policies' kernels before the first event, not during it
-        self._restore()
         self._producer = Producer(producer_config(s))
+        self._publisher = StatePublisher(s)
         self._delivery = Delivery(self._producer, s.topic_decisions, self._on_retry)
         self._consumer = Consumer(consumer_config(s))
         self._consumer.subscribe(
@@ -162,6 +165,8 @@ class Service:
         self.checkpoint()
         consumer.close()
         self._writer.shutdown(wait=True)
+        if self._publisher is not None:
+            self._publisher.close()
         self._store.close()
         self.ready.clear()
         log.info(
@@ -174,7 +179,9 @@ class Service:
     def _process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
         s = self.settings
         contexts: dict[str, list[ContextEvent]] = defaultdict(list)
-        rewards: list[RewardEvent] = []
+        partition_of: dict[str, int] = {}
+        rewards: list[tuple[RewardEvent, int]] = []
+        replaying = bool(self.ownership.valid_from)
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -183,20 +190,28 @@ class Service:
                 else:
                     log.error("consumer error: %s", err.str())
                 continue
-            topic = m.topic()
+            topic, part, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
             self.stats.consumed += 1
             try:
                 if topic == s.topic_contexts:
                     ev = decode_context(m.value(), m.key(), self.limits)
+                    if replaying and self.ownership.already_applied(topic, part, ev.domain, offset):
+                        self.stats.replay_skipped += 1
+                        continue
                     contexts[ev.domain].append(ev)
+                    partition_of[ev.domain] = part
                 else:
-                    rewards.append(decode_reward(m.value(), m.key(), self.limits))
+                    r = decode_reward(m.value(), m.key(), self.limits)
+                    if replaying and self.ownership.already_applied(topic, part, r.domain, offset):
+                        self.stats.replay_skipped += 1
+                        continue
+                    rewards.append((r, part))
             except DecodeError as exc:
-                self._reject(exc.code, exc.reason, f"{topic}[{m.partition()}]@{m.offset()}")
+                self._reject(exc.code, exc.reason, f"{topic}[{part}]@{offset}")
         for domain, events in contexts.items():
-            self._decide(domain, events, now, consumed_at)
-        for r in rewards:
-            self._join(r, now)
+            self._decide(domain, events, now, consumed_at, partition_of[domain])
+        for r, partition in rewards:
+            self._join(r, now, partition)
 
     def _decide(
         self,
@@ -204,8 +219,9 @@ class Service:
         events: list[ContextEvent],
         now: float,
         consumed_at: float,
+        partition: int,
     ) -> None:
-        state = self.domains.get_or_create(domain)
+        state = self.domains.get_or_create(domain, partition)
         if state is None:
             for ev in events:
                 self._reject(
@@ -291,13 +307,13 @@ class Service:
             )
             early = self.joins.claim_early(state.name, ev.event_id)
             if early is not None:  # its reward came first: join it now
-                self._join(RewardEvent(ev.event_id, state.name, early), now)
+                self._join(RewardEvent(ev.event_id, state.name, early), now, state.partition)
             if evicted:
                 self.stats.evicted += len(evicted)
                 self._learn_default(evicted, now)
         self.stats.decisions += len(events)
 
-    def _join(self, r: RewardEvent, now: float) -> None:
+    def _join(self, r: RewardEvent, now: float, partition: int) -> None:
         outcome, pending = self.joins.take(r.domain, r.event_id)
         if outcome is Outcome.JOINED:
             assert pending is not None
@@ -310,7 +326,7 @@ class Service:
             self.stats.duplicate_rewards += 1
         elif outcome is Outcome.LATE:
             self.stats.late_rewards += 1
-        elif self.joins.hold_early(r.domain, r.event_id, r.reward, now):
+        elif self.joins.hold_early(r.domain, r.event_id, r.reward, now, partition):
             self.stats.early_rewards += 1
         else:
             self.stats.unknown_rewards += 1
@@ -343,34 +359,21 @@ class Service:
         self.stats.rejected[code] += 1
         self._rejects.warning(code, "skipped %s: %s (%s)", where, reason, code)
 
-    # -- state --------------------------------------------------------------------------
-    def _restore(self) -> None:
-        """Load the newest valid checkpoint into the (empty) state."""
-        snap = self._store.latest()
-        if snap is None:
-            return
-        restore(snap, self.domains, self.joins, self.hasher)
-        self._offsets = dict(snap.offsets)
-        log.info(
-            "restored checkpoint %d: %d domains, %d pending decisions, %d offsets",
-            snap.version,
-            len(snap.domains),
-            len(snap.pending),
-            len(snap.offsets),
-        )
-
+    # -- state ----------------------------------------------------------------------
     def checkpoint(self, wait: bool = True) -> int | None:
-        """Checkpoint the state, then commit the offsets it reflects.
+        """Checkpoint the state, publish what changed, then commit the offsets it reflects.
 
         1. learn every buffered reward, so the policies reflect every joined reward;
         2. flush the producer: every decision of a processed context is acknowledged;
         3. read the consumer's position on each assigned partition: everything before it
            is now fully reflected in the state;
-        4. snapshot the state (unchanged domains reuse their last copy) in the loop thread;
-        5. write policies, pending joins and those offsets in one SQLite transaction, in
-           the background writer (``wait=False``: the loop carries on meanwhile);
-        6. only when that commits, commit the same offsets to Kafka (SQLite stays
-           authoritative). With ``wait=True`` (revoke, shutdown) all of it happens now.
+        4. snapshot the state (copy-on-write: no arrays copied) in the loop thread;
+        5. in the background writer (``wait=False``: the loop carries on meanwhile): write
+           policies, pending joins and those offsets in one SQLite transaction, then
+           produce the changed domains and the partition markers to the state topic;
+        6. only when the SQLite transaction commits, commit the same offsets to Kafka
+           (SQLite stays authoritative). With ``wait=True`` (revoke, shutdown) all of it
+           happens now.
 
         Returns the version written (``wait=True``), else None.
         """
@@ -393,24 +396,43 @@ class Service:
         except KafkaException as exc:
             log.warning("cannot read positions for a checkpoint: %s", exc)
             return None
-        for tp in positions:
-            if tp.offset >= 0:
-                self._offsets[(tp.topic, tp.partition)] = tp.offset
-        snap = take_snapshot(self.domains, self.joins, self.hasher, self._offsets)
+        own = self.ownership
+        own.advance({(tp.topic, tp.partition): tp.offset for tp in positions})
+        changed, markers, ahead = own.publish_plan()
+        signatures = {
+            d: self.domains.signature(self.domains.states[d])
+            for d in changed
+            if d in self.domains.states
+        }
+        snap = take_snapshot(self.domains, self.joins, self.hasher, own.offsets)
+        snap.meta["valid_from"] = own.valid_from_meta()
         commit = [
-            TopicPartition(tp.topic, tp.partition, self._offsets[(tp.topic, tp.partition)])
+            TopicPartition(tp.topic, tp.partition, own.offsets[(tp.topic, tp.partition)])
             for tp in positions
-            if (tp.topic, tp.partition) in self._offsets
+            if own.offsets.get((tp.topic, tp.partition), -1) >= 0
         ]
-        store = self._store
-        self._writing = (self._writer.submit(lambda: store.write(encode_pending(snap))), commit)
+        records = {d: (p, ahead[d]) for d, p in changed.items() if d in ahead}
+        store, publisher = self._store, self._publisher
+        timeout = self.settings.shutdown_timeout_s
+
+        def write() -> int:
+            version = store.write(encode_pending(snap))
+            if publisher is not None and markers:
+                try:
+                    publisher.publish(snap, records, markers, timeout)
+                except Exception:  # the local checkpoint stands; republished next time
+                    log.exception("state topic publish of checkpoint %d failed", version)
+                    signatures.clear()
+            return version
+
+        self._writing = (self._writer.submit(write), commit, signatures)
         return self._finish_write(block=True) if wait else None
 
     def _finish_write(self, block: bool) -> int | None:
         """Once the background write has committed, commit its offsets to Kafka."""
         if self._writing is None or not (block or self._writing[0].done()):
             return None
-        future, commit = self._writing
+        future, commit, signatures = self._writing
         self._writing = None
         future.exception()  # wait: until the write is over its arrays must stay untouched
         self.domains.write_in_flight = False
@@ -420,6 +442,7 @@ class Service:
             log.exception("checkpoint write failed; offsets stay uncommitted")
             return None
         self.checkpoints_written += 1
+        self.ownership.mark_published(signatures)
         consumer = self._consumer
         if commit and consumer is not None:
             try:
@@ -430,23 +453,35 @@ class Service:
 
     # -- partitions ---------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The checkpoint is authoritative: resume each partition where the state stands,
-        # so the tail after it is replayed into the state exactly once.
+        # Hold exactly these partitions: release the others' domains, restore the new
+        # ones from the newest checkpoint (local or state topic), then resume each
+        # partition where its state stands, so the tail is replayed into it exactly once.
+        s = self.settings
+        numbers = {
+            tp.partition for tp in partitions if tp.topic in (s.topic_contexts, s.topic_rewards)
+        }
+        self.ownership.assign(numbers)
         resumed = 0
         for tp in partitions:
-            off = self._offsets.get((tp.topic, tp.partition))
+            off = self.ownership.offsets.get((tp.topic, tp.partition))
             if off is not None:
                 tp.offset = off
                 resumed += 1
-        if resumed:
-            consumer.assign(partitions)
+        consumer.assign(partitions)
         log.info(
-            "assigned %s (%d resumed from the checkpoint)",
+            "assigned %s (%d resumed from a checkpoint; %d domains held)",
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions),
             resumed,
+            len(self.domains),
         )
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Checkpoint now; the domains stay in memory until the next assignment says
+        # which partitions went elsewhere. If the checkpoint fails, the in-memory state
+        # is ahead of every stored one: drop it all, so it is restored exactly.
         log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
-        self.checkpoint()
+        self.ready.clear()
+        if self.checkpoint() is None and self.ownership.held:
+            log.error("checkpoint on revoke failed: releasing every partition's state")
+            self.ownership.release_all()

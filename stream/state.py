@@ -101,6 +101,7 @@ def take_snapshot(
             "rewards_joined": st.rewards_joined,
             "reward_sum": st.reward_sum,
             "expired": st.expired,
+            "partition": st.partition,
         }
     meta = {
         "features": {"n_features": hasher.n_features, "seed": hasher.seed},
@@ -118,8 +119,21 @@ def encode_pending(snap: Snapshot) -> Snapshot:
     return snap
 
 
-def restore(snap: Snapshot, domains: Domains, joins: PendingJoins, hasher: FeatureHasher) -> None:
-    """Load a snapshot into empty state; raises on anything inconsistent."""
+def partition_of(snap: Snapshot, domain: str) -> int:
+    """The input partition a snapshot's domain was read from (-1: unknown)."""
+    p = snap.meta.get("domains", {}).get(domain, {}).get("partition", -1)
+    return p if isinstance(p, int) else -1
+
+
+def restore(
+    snap: Snapshot,
+    domains: Domains,
+    joins: PendingJoins,
+    hasher: FeatureHasher,
+    partitions: set[int] | None = None,
+) -> set[str]:
+    """Load a snapshot's domains (those of ``partitions``, or all) into the state, replacing
+    any same-named ones; raises on anything inconsistent. Returns the domains loaded."""
     feats = snap.meta.get("features", {})
     if feats != {"n_features": hasher.n_features, "seed": hasher.seed}:
         raise ConfigError(
@@ -127,7 +141,12 @@ def restore(snap: Snapshot, domains: Domains, joins: PendingJoins, hasher: Featu
             f"({hasher.n_features}/{hasher.seed}); restore them or use a new RL_STATE_DIR"
         )
     info = snap.meta.get("domains", {})
+    loaded: set[str] = set()
     for name, roles in snap.domains.items():
+        if partitions is not None and partition_of(snap, name) not in partitions:
+            continue
+        if SERVED not in roles:
+            raise CorruptCheckpoint(f"domain {name!r} has no served policy")
         meta, arrays = roles[SERVED]
         policy = policy_class(str(meta.get("policy"))).from_state(meta, arrays)
         d = info.get(name, {})
@@ -137,15 +156,23 @@ def restore(snap: Snapshot, domains: Domains, joins: PendingJoins, hasher: Featu
         st.rewards_joined = int(d.get("rewards_joined", 0))
         st.reward_sum = float(d.get("reward_sum", 0.0))
         st.expired = int(d.get("expired", 0))
+        st.partition = partition_of(snap, name)
         domains.states[name] = st
+        loaded.add(name)
     for item in snap.pending:
-        joins.add(pending_from_json(item, hasher.n_features))
+        p = pending_from_json(item, hasher.n_features)
+        if (partitions is None or p.domain in loaded) and (p.domain, p.event_id) not in joins:
+            joins.add(p)
     for item in snap.meta.get("early_rewards", []):
         try:
-            domain, event_id, reward, deadline = item
-            joins.restore_early(str(domain), str(event_id), float(reward), float(deadline))
+            domain, event_id, reward, deadline, part = item
+            if partitions is None or part in partitions:
+                joins.restore_early(
+                    str(domain), str(event_id), float(reward), float(deadline), int(part)
+                )
         except (TypeError, ValueError) as exc:
             raise CorruptCheckpoint(f"an early reward is malformed: {exc}") from exc
+    return loaded
 
 
 def open_store(state_dir: Path, keep: int) -> CheckpointStore:

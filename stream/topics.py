@@ -9,6 +9,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
 from stream.errors import ConfigError, KafkaClientError
+from stream.statetopic import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 15.0)
         s.topic_decisions: {},
         s.topic_metrics: {},
         s.topic_dead_letter: {},
-        s.topic_state: {"cleanup.policy": "compact"},
+        # Compacted: the newest snapshot per domain; large enough for a domain's state.
+        s.topic_state: {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES)},
     }
     existing = _partition_counts(admin, timeout)
     missing = [

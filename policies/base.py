@@ -15,6 +15,7 @@ used).
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -217,9 +218,13 @@ class Policy(ABC):
         self.n_learned += feedback.batch.n_events
 
     def clone(self) -> Policy:
-        """An independent copy (same state, own arrays)."""
-        meta, arrays = self.state_dict()
-        return type(self).from_state(meta, {k: v.copy() for k, v in arrays.items()})
+        """An independent copy (same state, own arrays).
+
+        A plain deep copy of this in-memory object: the checkpoint's copy-on-write clones
+        every policy used while a write is in flight, and rebuilding through
+        ``from_state`` (validating every array) cost ~0.5 ms per policy.
+        """
+        return copy.deepcopy(self)
 
     def trim(self) -> int:
         """Release rebuildable memory (histories) under memory pressure; returns rows freed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,8 @@ class Domains:
         self.settings = settings
         self.hasher = hasher
         self.states: dict[str, DomainState] = {}
+        # Domains with rewards awaiting a learn, in the order their buffers started.
+        self._buffered: dict[str, DomainState] = {}
         # Copy-on-write for checkpoints: a snapshot references the live policy arrays (no
         # copy in the loop); while its background write is in flight, a domain about to be
         # used gets a private clone first, so the arrays being written never change.
@@ -111,24 +114,37 @@ class Domains:
     def add_feedback(self, state: DomainState, pending: Pending, reward: float, now: float) -> None:
         if not state.buffer:
             state.buffer_since = now
+            self._buffered[state.name] = state
         state.buffer.append((pending, reward))
 
-    def flush_due(self, now: float, force: bool = False) -> int:
-        """Learn every buffer that is full or old enough; returns the number learned."""
+    def flush_due(self, now: float, force: bool = False, budget_s: float = 0.02) -> int:
+        """Learn the buffers that are full or old enough, oldest first; returns how many
+        rewards were learned. Without ``force`` it stops after ``budget_s`` of learning so
+        one turn never stalls decisions for long; the rest is learned next turn."""
         learned = 0
         limit, max_delay = self.settings.update_interval, self.settings.update_max_delay_s
-        for state in self.states.values():
+        start = time.perf_counter()
+        for name, state in list(self._buffered.items()):
             buf = state.buffer
-            if buf and (force or len(buf) >= limit or now - state.buffer_since >= max_delay):
+            if force or len(buf) >= limit or now - state.buffer_since >= max_delay:
                 learned += self._learn(state, buf)
                 state.buffer = []
+                del self._buffered[name]
+                if not force and time.perf_counter() - start > budget_s:
+                    break
         return learned
+
+    def put(self, state: DomainState) -> None:
+        """Install a restored domain (replacing any same-named one and its buffer)."""
+        self.states[state.name] = state
+        self._buffered.pop(state.name, None)
 
     def release(self, partitions: set[int]) -> set[str]:
         """Drop the domains of ``partitions`` (now another instance's); returns their names."""
         names = {n for n, st in self.states.items() if st.partition in partitions}
         for n in names:
             del self.states[n]
+            self._buffered.pop(n, None)
         return names
 
     def signature(self, state: DomainState) -> tuple[int, int, int, int]:

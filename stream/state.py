@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +110,26 @@ def take_snapshot(
         "early_rewards": [list(x) for x in joins.early_items()],
     }
     # Pending decisions are never mutated once made: the snapshot keeps references and
-    # `encode_pending` turns them into JSON later, off the loop thread.
-    return Snapshot(states, joins.items(), dict(offsets), meta)  # type: ignore[arg-type]
+    # `encode_pending` turns them into JSON later, off the loop thread. Joined rewards not
+    # learned yet go with their decision, so a checkpoint need not force a learn.
+    items: list[Any] = joins.items()
+    for st in domains.states.values():
+        items.extend(st.buffer)
+    return Snapshot(states, items, dict(offsets), meta)
 
 
 def encode_pending(snap: Snapshot) -> Snapshot:
-    """Replace the snapshot's pending decisions by their JSON form (for the writer)."""
-    snap.pending = [p if isinstance(p, dict) else pending_to_json(p) for p in snap.pending]
+    """Replace the snapshot's pending decisions by their JSON form (for the writer); a
+    joined reward awaiting its learn is its decision's JSON plus ``"reward"``."""
+    out: list[dict[str, Any]] = []
+    for p in snap.pending:
+        if isinstance(p, dict):
+            out.append(p)
+        elif isinstance(p, tuple):
+            out.append({**pending_to_json(p[0]), "reward": p[1]})
+        else:
+            out.append(pending_to_json(p))
+    snap.pending = out
     return snap
 
 
@@ -157,10 +171,18 @@ def restore(
         st.reward_sum = float(d.get("reward_sum", 0.0))
         st.expired = int(d.get("expired", 0))
         st.partition = partition_of(snap, name)
-        domains.states[name] = st
+        domains.put(st)
         loaded.add(name)
+    now = time.time()
     for item in snap.pending:
         p = pending_from_json(item, hasher.n_features)
+        if "reward" in item:  # joined, learned at the domain's next update
+            if p.domain in loaded:
+                reward = item["reward"]
+                if not isinstance(reward, int | float) or not math.isfinite(reward):
+                    raise CorruptCheckpoint(f"a buffered reward is malformed: {reward!r}")
+                domains.add_feedback(domains.states[p.domain], p, float(reward), now)
+            continue
         if (partitions is None or p.domain in loaded) and (p.domain, p.event_id) not in joins:
             joins.add(p)
     for item in snap.meta.get("early_rewards", []):

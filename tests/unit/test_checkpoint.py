@@ -179,3 +179,62 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     for k, v in snap.domains["d"][SERVED][1].items():
         assert np.array_equal(v, frozen[k]), k
     assert snap.domains["d"][SERVED][0]["n_learned"] == 1
+
+
+def _domains(tmp_path, monkeypatch):
+    from policies.features import FeatureHasher
+    from stream.config import load_settings
+    from stream.domains import Domains
+
+    for k in list(__import__("os").environ):
+        if k.startswith("RL_"):
+            monkeypatch.delenv(k)
+    settings = load_settings(state_dir=tmp_path, update_interval=100)
+    h = FeatureHasher(settings.feature_dim)
+    return settings, h, Domains(settings, h)
+
+
+def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path, monkeypatch):
+    """A periodic checkpoint stores the reward buffers; a restore learns them later."""
+    from stream.join import Pending, PendingJoins
+    from stream.state import encode_pending, open_store, restore, take_snapshot
+
+    settings, h, doms = _domains(tmp_path, monkeypatch)
+    st = doms.get_or_create("d", partition=0)
+    enc = h.encode({"x": 1.0}, ["a", "b"])
+    joins = PendingJoins(10, 3600)
+    joins.add(Pending("d", "waiting", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))
+    for i in range(3):
+        p = Pending("d", f"e{i}", enc, 1, 0.25, "epsilon_greedy", "control", 0.0, 1e12)
+        doms.add_feedback(st, p, 0.75, 0.0)
+    store = open_store(tmp_path, 5)
+    store.write(encode_pending(take_snapshot(doms, joins, h, {("c", 0): 9})))
+    snap = store.latest()
+    assert snap is not None
+
+    _, _, fresh = _domains(tmp_path, monkeypatch)
+    joins2 = PendingJoins(10, 3600)
+    restore(snap, fresh, joins2, h)
+    got = fresh.states["d"]
+    assert [(p.event_id, p.probability, r) for p, r in got.buffer] == [
+        (f"e{i}", 0.25, 0.75) for i in range(3)
+    ]
+    assert [p.event_id for p in joins2.items()] == ["waiting"]
+    assert got.policy.n_learned == 0
+    assert fresh.flush_due(0.0, force=True) == 3
+    assert got.policy.n_learned == 3
+
+
+def test_learning_is_spread_over_turns_by_a_time_budget(tmp_path, monkeypatch):
+    from stream.join import Pending
+
+    settings, h, doms = _domains(tmp_path, monkeypatch)
+    enc = h.encode({"x": 1.0}, ["a", "b"])
+    for i in range(50):
+        st = doms.get_or_create(f"d{i}")
+        doms.add_feedback(st, Pending(st.name, "e", enc, 1, 0.5, "eg", "control", 0, 1), 1.0, 0.0)
+    now = 10.0  # every buffer is older than RL_UPDATE_MAX_DELAY_S
+    assert doms.flush_due(now, budget_s=0.0) == 1  # the oldest, then the budget is spent
+    assert doms.states["d0"].policy.n_learned == 1
+    assert doms.flush_due(now) == 49  # the rest, oldest first
+    assert all(st.policy.n_learned == 1 for st in doms.states.values())

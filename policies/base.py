@@ -209,6 +209,14 @@ class Policy(ABC):
         rows = sample_rows(pmf, batch.offsets, event_uniforms(batch.keys, self.seed))
         return Decisions(rows, pmf[rows], pmf)
 
+    def distribution(self, batch: ContextBatch) -> FloatArray:
+        """The full distribution over every event's candidates (one entry per row), without
+        sampling: what off-policy evaluation scores against the logged decisions."""
+        self._check_batch(batch)
+        if batch.n_events == 0:
+            return np.empty(0)
+        return self._distribution(batch)
+
     def learn(self, feedback: Feedback) -> None:
         """Learn from logged outcomes; ``n_learned`` grows by the number of events."""
         self._check_batch(feedback.batch)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.base import Feedback, FloatArray, IntArray, Policy, PolicyError, expect_array
+from policies.base import ContextBatch, Feedback, FloatArray, IntArray, Policy, PolicyError, expect_array
 from policies.kernels import rls_update
 
 
@@ -172,6 +172,10 @@ class RidgePolicy(Policy):
         batch = feedback.batch
         chosen = [batch.actions[r] for r in feedback.row]
         self._arms.update(self._arms.indices(chosen), batch.X[feedback.row], feedback.reward)
+
+    def predict_rewards(self, batch: ContextBatch) -> FloatArray:
+        """The ridge estimate of every row's reward (0 for actions never learned)."""
+        return self._arms.predict(self._arms.indices(batch.actions), batch.X)
 
     def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         return self._arms.arrays()

@@ -1,4 +1,13 @@
-"""Per-domain policies: created on first sight (bounded), deciding and learning in batches."""
+"""Per-domain policies: created on first sight (bounded), deciding and learning in batches.
+
+Each domain has its served baseline (variant ``control``); with ``ENABLE_RL_ADVANCED`` a
+rollout domain also has the advanced policy (variant ``treatment``), which serves a stable
+``RL_ROLLOUT_PERCENTAGE`` of its units. With ``ENABLE_RL_SHADOW_EVAL`` the
+``RL_SHADOW_POLICIES`` learn beside them without serving, and before every learn each
+policy's distribution is scored against the logged decisions (IPS, SNIPS, DR; a ridge
+reward model per domain supplies DR's direct-method term). Every policy learns from every
+joined reward, off-policy, through the logged probabilities.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +18,11 @@ from typing import Any
 import numpy as np
 from sklearn.utils import murmurhash3_32
 
-from policies.base import Decisions, Feedback, Policy
+from policies.base import ContextBatch, Decisions, Feedback, Policy
+from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher
 from policies.registry import create_policy
+from policies.ridge import RidgePolicy
 from stream.codec import ContextEvent
 from stream.config import Settings
 from stream.join import Pending
@@ -46,11 +57,26 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
     return {}
 
 
+SERVED = "served"  # role of the baseline (variant control) in snapshots
+TREATMENT = "treatment"
+REWARD_MODEL = "reward_model"
+SHADOW = "shadow:"
+
+
+def rollout_unit(domain: str, unit: str, seed: int) -> float:
+    """A stable position in [0, 1) of (domain, unit): the same on every instance and run."""
+    return murmurhash3_32(f"{domain}\x00{unit}", seed=seed & 0x7FFFFFFF, positive=True) / 2**32
+
+
 @dataclass(slots=True)
 class DomainState:
     name: str
-    policy: Policy
-    variant: str
+    policy: Policy  # the baseline: serves variant "control"
+    variant: str = "control"
+    treatment: Policy | None = None  # the advanced policy, on rollout domains
+    shadows: dict[str, Policy] = field(default_factory=dict)
+    reward_model: Policy | None = None  # direct-method model for DR estimates
+    estimates: dict[str, OnlineEstimate] = field(default_factory=dict)  # role -> running
     actions: set[str] = field(default_factory=set)  # every candidate seen, bounded
     buffer: list[tuple[Pending, float]] = field(default_factory=list)
     buffer_since: float = 0.0
@@ -62,9 +88,43 @@ class DomainState:
     # The checkpoint generation whose snapshot references this policy's arrays (-1: none).
     frozen_at: int = -1
 
+    def roles(self) -> dict[str, Policy]:
+        """Every policy of the domain by its role in checkpoints."""
+        out = {SERVED: self.policy}
+        if self.treatment is not None:
+            out[TREATMENT] = self.treatment
+        for name, pol in self.shadows.items():
+            out[SHADOW + name] = pol
+        if self.reward_model is not None:
+            out[REWARD_MODEL] = self.reward_model
+        return out
+
+    def set_role(self, role: str, policy: Policy) -> None:
+        if role == SERVED:
+            self.policy = policy
+        elif role == TREATMENT:
+            self.treatment = policy
+        elif role == REWARD_MODEL:
+            self.reward_model = policy
+        elif role.startswith(SHADOW):
+            self.shadows[role[len(SHADOW) :]] = policy
+        else:
+            raise ValueError(f"unknown policy role {role!r}")
+
+
+@dataclass(slots=True)
+class Served:
+    """One variant's share of a batch of contexts and its decisions."""
+
+    variant: str
+    policy: Policy
+    events: list[ContextEvent]
+    encoded: list[EncodedContext]
+    decisions: Decisions
+
 
 class Domains:
-    """Owns every domain's served policy and its buffer of rewards awaiting a learn."""
+    """Owns every domain's policies and its buffer of rewards awaiting a learn."""
 
     def __init__(self, settings: Settings, hasher: FeatureHasher) -> None:
         self.settings = settings
@@ -77,40 +137,92 @@ class Domains:
         # used gets a private clone first, so the arrays being written never change.
         self.generation = 0
         self.write_in_flight = False
+        s = settings
+        self._rollout = set(s.rollout_domains)
 
     def __len__(self) -> int:
         return len(self.states)
+
+    # -- configuration ------------------------------------------------------------------
+    def _new(self, name: str, domain: str) -> Policy:
+        s = self.settings
+        # Distinct, stable exploration streams per domain and policy (never hash()).
+        seed = murmurhash3_32(f"{domain}/{name}", seed=s.seed & 0x7FFFFFFF, positive=True)
+        if name == s.baseline_policy:  # the baseline keeps the seed it always had
+            seed = murmurhash3_32(domain, seed=s.seed & 0x7FFFFFFF, positive=True)
+        return create_policy(name, s.feature_dim, seed, **policy_params(name, s))
+
+    def in_rollout(self, domain: str) -> bool:
+        return self.settings.enable_rl_advanced and (not self._rollout or domain in self._rollout)
+
+    def complete(self, state: DomainState) -> None:
+        """Give the domain exactly the policies the settings ask for (after a restore the
+        settings may have changed: missing ones start fresh, unwanted ones are dropped)."""
+        s = self.settings
+        if self.in_rollout(state.name):
+            if state.treatment is None or state.treatment.name != s.policy:
+                state.treatment = self._new(s.policy, state.name)
+        else:
+            state.treatment = None
+        wanted = s.shadow_policies if s.enable_rl_shadow_eval else []
+        state.shadows = {
+            n: state.shadows[n] if n in state.shadows else self._new(n, state.name) for n in wanted
+        }
+        if s.enable_rl_shadow_eval:
+            if not isinstance(state.reward_model, RidgePolicy):
+                state.reward_model = self._new("epsilon_greedy", state.name)
+        else:
+            state.reward_model = None
+        keep = set(state.roles()) - {REWARD_MODEL} if s.enable_rl_shadow_eval else set()
+        state.estimates = {r: state.estimates.get(r) or OnlineEstimate() for r in keep}
 
     def get_or_create(self, domain: str, partition: int = -1) -> DomainState | None:
         """The domain's state, created on first sight; None once ``max_domains`` are active."""
         state = self.states.get(domain)
         if state is not None:
-            state.partition = partition
-        else:
-            if len(self.states) >= self.settings.max_domains:
-                return None
-            s = self.settings
-            # Distinct, stable exploration streams per domain (never Python's hash()).
-            seed = murmurhash3_32(domain, seed=s.seed & 0x7FFFFFFF, positive=True)
-            policy = create_policy(
-                s.baseline_policy, s.feature_dim, seed, **policy_params(s.baseline_policy, s)
-            )
-            state = DomainState(domain, policy, "control", partition=partition)
-            self.states[domain] = state
+            if partition >= 0:
+                state.partition = partition
+            return state
+        if len(self.states) >= self.settings.max_domains:
+            return None
+        state = DomainState(
+            domain, self._new(self.settings.baseline_policy, domain), partition=partition
+        )
+        self.complete(state)
+        self.states[domain] = state
         return state
 
-    def decide(
-        self, state: DomainState, events: list[ContextEvent]
-    ) -> tuple[list[EncodedContext], Decisions]:
-        """Featurise and choose for a batch of one domain's contexts."""
-        enc = self.hasher.encode
-        encoded = [enc(e.context, e.candidates, e.candidate_features) for e in events]
-        batch = self.hasher.assemble(encoded, [e.event_id for e in events])
-        self._thaw(state)
-        decisions = state.policy.choose(batch)
-        state.decisions += len(events)
-        return encoded, decisions
+    # -- deciding -----------------------------------------------------------------------
+    def variant_of(self, domain: str, event: ContextEvent) -> str:
+        """``treatment`` for a stable RL_ROLLOUT_PERCENTAGE of units (unit_id, else the
+        event id) of a rollout domain; ``control`` otherwise."""
+        if not self.in_rollout(domain):
+            return "control"
+        unit = event.unit_id if event.unit_id is not None else event.event_id
+        u = rollout_unit(domain, unit, self.settings.seed)
+        return "treatment" if u < self.settings.rollout_percentage else "control"
 
+    def decide(self, state: DomainState, events: list[ContextEvent]) -> list[Served]:
+        """Featurise and choose for a batch of one domain's contexts, per variant."""
+        enc = self.hasher.encode
+        self._thaw(state)
+        groups: dict[str, list[ContextEvent]] = {}
+        if state.treatment is None:
+            groups["control"] = events
+        else:
+            for e in events:
+                groups.setdefault(self.variant_of(state.name, e), []).append(e)
+        out = []
+        for variant, evs in groups.items():
+            encoded = [enc(e.context, e.candidates, e.candidate_features) for e in evs]
+            batch = self.hasher.assemble(encoded, [e.event_id for e in evs])
+            policy = state.treatment if variant == "treatment" else state.policy
+            assert policy is not None
+            out.append(Served(variant, policy, evs, encoded, policy.choose(batch)))
+        state.decisions += len(events)
+        return out
+
+    # -- learning -----------------------------------------------------------------------
     def add_feedback(self, state: DomainState, pending: Pending, reward: float, now: float) -> None:
         if not state.buffer:
             state.buffer_since = now
@@ -136,6 +248,7 @@ class Domains:
 
     def put(self, state: DomainState) -> None:
         """Install a restored domain (replacing any same-named one and its buffer)."""
+        self.complete(state)
         self.states[state.name] = state
         self._buffered.pop(state.name, None)
 
@@ -153,7 +266,8 @@ class Domains:
 
     def _thaw(self, state: DomainState) -> None:
         if self.write_in_flight and state.frozen_at == self.generation:
-            state.policy = state.policy.clone()
+            for role, pol in state.roles().items():
+                state.set_role(role, pol.clone())
         state.frozen_at = -1
 
     def freeze_all(self) -> None:
@@ -170,5 +284,31 @@ class Domains:
         rows = batch.offsets[:-1] + np.fromiter((p.chosen for p, _ in items), np.int64, len(items))
         rewards = np.fromiter((r for _, r in items), np.float64, len(items))
         probs = np.fromiter((p.probability for p, _ in items), np.float64, len(items))
-        state.policy.learn(Feedback(batch, rows, rewards, probs))
+        if state.estimates:
+            self._evaluate(state, batch, rows, rewards, probs)
+        feedback = Feedback(batch, rows, rewards, probs)
+        for pol in state.roles().values():
+            pol.learn(feedback)
         return len(items)
+
+    def _evaluate(
+        self,
+        state: DomainState,
+        batch: ContextBatch,
+        rows: np.ndarray,
+        rewards: np.ndarray,
+        probs: np.ndarray,
+    ) -> None:
+        """Score every policy's distribution against the logged decisions, before it
+        learns them (so each estimate is of the policy as it would have acted)."""
+        model = state.reward_model
+        r_hat = model.predict_rewards(batch) if isinstance(model, RidgePolicy) else None
+        starts = batch.offsets[:-1]
+        roles = state.roles()
+        for role, acc in state.estimates.items():
+            pmf = roles[role].distribution(batch)
+            if r_hat is None:
+                acc.update(pmf[rows], probs, rewards)
+            else:
+                dm = np.add.reduceat(pmf * r_hat, starts)
+                acc.update(pmf[rows], probs, rewards, dm, r_hat[rows])

@@ -102,6 +102,12 @@ class PendingJoins:
         self._finished.clear()
         return n
 
+    def count_by_domain(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d, _ in self._pending:
+            out[d] = out.get(d, 0) + 1
+        return out
+
     def items(self) -> list[Pending]:
         return list(self._pending.values())
 

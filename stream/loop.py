@@ -18,10 +18,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from policies.base import Decisions
-from policies.features import EncodedContext, FeatureHasher
+from policies.features import FeatureHasher
 from policies.kernels import warm_up
 from stream.codec import (
     ContextEvent,
@@ -34,11 +34,13 @@ from stream.codec import (
 )
 from stream.config import Settings
 from stream.delivery import Delivery
-from stream.domains import Domains, DomainState
+from stream.domains import Domains, DomainState, Served
+from stream.http import serve
 from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka import consumer_config, is_benign, producer_config
 from stream.logs import RateLimitedLog
-from stream.memory import MemoryGuard
+from stream.memory import MemoryGuard, process_rss_mb
+from stream.metrics import Metrics
 from stream.ownership import Ownership
 from stream.state import encode_pending, open_store, take_snapshot
 from stream.statetopic import StatePublisher
@@ -97,7 +99,17 @@ class Service:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._store = open_store(settings.state_dir, settings.checkpoint_keep)
-        self.ownership = Ownership(settings, self.domains, self.joins, self.hasher, self._store)
+        self.metrics = Metrics(settings)
+        self.ownership = Ownership(
+            settings, self.domains, self.joins, self.hasher, self._store, self.metrics.forget
+        )
+        self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
+        self._http: Any = None
+        self._last_turn = time.monotonic()
+        self._last_metrics = time.monotonic()
+        self._checkpoint_started = 0.0
+        self.last_checkpoint_at = 0.0  # epoch seconds of the last committed checkpoint
+        self.last_checkpoint_s = 0.0  # its duration, start to SQLite commit
         self._publisher: StatePublisher | None = None
         self._last_checkpoint = time.monotonic()
         self.checkpoints_written = 0
@@ -123,6 +135,18 @@ class Service:
         gc.freeze()
         self._producer = Producer(producer_config(s))
         self._publisher = StatePublisher(s)
+        try:
+            self._http, self.metrics_port = serve(
+                s.metrics_host, s.metrics_port, self.metrics.registry, self._healthy, self._readiness
+            )
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
+        except OSError as exc:  # e.g. the port is taken: serve anyway, say so loudly
+            log.error(
+                "cannot serve /metrics, /healthz, /readyz on %s:%d: %s",
+                s.metrics_host,
+                s.metrics_port,
+                exc,
+            )
         self._delivery = Delivery(self._producer, s.topic_decisions, self._on_retry)
         self._consumer = Consumer(consumer_config(s))
         self._consumer.subscribe(
@@ -157,6 +181,9 @@ class Service:
         self._producer.poll(0)
         self._finish_write(block=False)
         self.memory.check(self)
+        self._last_turn = time.monotonic()
+        if self._last_turn - self._last_metrics >= s.metrics_interval_s:
+            self.report_metrics()
         if (
             time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
             and self._writing is None  # never wait for a slow write: start when it is done
@@ -175,6 +202,8 @@ class Service:
         self._writer.shutdown(wait=True)
         if self._publisher is not None:
             self._publisher.close()
+        if self._http is not None:
+            self._http.shutdown()
         self._store.close()
         self.ready.clear()
         log.info(
@@ -190,6 +219,7 @@ class Service:
         partition_of: dict[str, int] = {}
         rewards: list[tuple[RewardEvent, int]] = []
         replaying = bool(self.ownership.valid_from)
+        self.metrics.consumed += len(msgs)
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -260,31 +290,26 @@ class Service:
             fresh.append(ev)
         if not fresh:
             return
-        encoded, dec = self.domains.decide(state, fresh)
-        self._emit(state, fresh, encoded, dec, now, consumed_at)
+        for served in self.domains.decide(state, fresh):
+            self._emit(state, served, now, consumed_at)
 
-    def _emit(
-        self,
-        state: DomainState,
-        events: list[ContextEvent],
-        encoded: list[EncodedContext],
-        dec: Decisions,
-        now: float,
-        consumed_at: float,
-    ) -> None:
+    def _emit(self, state: DomainState, served: Served, now: float, consumed_at: float) -> None:
         s = self.settings
         delivery = self._delivery
         assert delivery is not None
+        events, encoded, dec = served.events, served.encoded, served.decisions
+        variant, policy = served.variant, served.policy
         pmf = dec.pmf.tolist()
         rows = dec.row.tolist()
         probs = dec.probability.tolist()
-        policy = state.policy
         version = policy.n_learned
+        latencies: list[float] = []
         deadline = now + s.reward_wait_s
         start = 0
         for i, ev in enumerate(events):
             k = len(ev.candidates)
             chosen = rows[i] - start
+            lat = (time.perf_counter() - consumed_at) * 1000.0
             action = ev.candidates[chosen]
             value = encode_decision(
                 event_id=ev.event_id,
@@ -294,10 +319,11 @@ class Service:
                 probabilities=dict(zip(ev.candidates, pmf[start : start + k], strict=True)),
                 policy=policy.name,
                 policy_version=version,
-                variant=state.variant,
+                variant=variant,
                 timestamp=time.time(),
-                latency_ms=(time.perf_counter() - consumed_at) * 1000.0,
+                latency_ms=lat,
             )
+            latencies.append(lat)
             start += k
             delivery.produce(value, state.name.encode())
             evicted = self.joins.add(
@@ -308,7 +334,7 @@ class Service:
                     chosen,
                     probs[i],
                     policy.name,
-                    state.variant,
+                    variant,
                     now,
                     deadline,
                 )
@@ -320,6 +346,7 @@ class Service:
                 self.stats.evicted += len(evicted)
                 self._learn_default(evicted, now)
         self.stats.decisions += len(events)
+        self.metrics.decided(state.name, variant, latencies, [e.event_id for e in events])
 
     def _join(self, r: RewardEvent, now: float, partition: int) -> None:
         outcome, pending = self.joins.take(r.domain, r.event_id)
@@ -330,14 +357,20 @@ class Service:
             state.reward_sum += r.reward
             self.domains.add_feedback(state, pending, r.reward, now)
             self.stats.rewards_joined += 1
-        elif outcome is Outcome.DUPLICATE:
+            self.metrics.reward(state.name, "joined", pending.variant, r.reward)
+            return
+        known = r.domain in self.domains.states  # metrics labels: held domains only
+        if outcome is Outcome.DUPLICATE:
             self.stats.duplicate_rewards += 1
         elif outcome is Outcome.LATE:
             self.stats.late_rewards += 1
         elif self.joins.hold_early(r.domain, r.event_id, r.reward, now, partition):
             self.stats.early_rewards += 1
+            return
         else:
             self.stats.unknown_rewards += 1
+        if known:
+            self.metrics.reward(r.domain, outcome.value)
 
     def _expire(self, now: float) -> None:
         self.stats.unknown_rewards += self.joins.expire_early(now)
@@ -354,6 +387,7 @@ class Service:
             if state is None:
                 continue
             state.expired += 1
+            self.metrics.expired(p.domain, default is not None)
             if default is not None:
                 self.domains.add_feedback(state, p, default, now)
 
@@ -365,6 +399,7 @@ class Service:
 
     def _reject(self, code: str, reason: str, where: str) -> None:
         self.stats.rejected[code] += 1
+        self.metrics.reject(code)
         self._rejects.warning(code, "skipped %s: %s (%s)", where, reason, code)
 
     # -- state ----------------------------------------------------------------------
@@ -391,6 +426,7 @@ class Service:
             return None
         self._finish_write(block=True)  # one write at a time, in order
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_started = time.perf_counter()
         if wait:  # periodic ones checkpoint the reward buffers instead of learning them now
             self.stats.rewards_learned += self.domains.flush_due(time.time(), force=True)
         remaining = producer.flush(self.settings.shutdown_timeout_s)
@@ -452,6 +488,8 @@ class Service:
             log.exception("checkpoint write failed; offsets stay uncommitted")
             return None
         self.checkpoints_written += 1
+        self.last_checkpoint_at = time.time()
+        self.last_checkpoint_s = time.perf_counter() - self._checkpoint_started
         self.ownership.mark_published(signatures)
         consumer = self._consumer
         if commit and consumer is not None:
@@ -460,6 +498,65 @@ class Service:
             except KafkaException as exc:
                 log.warning("commit after checkpoint %d failed: %s", version, exc.args[0].str())
         return version
+
+    # -- metrics and health -------------------------------------------------------------
+    def report_metrics(self) -> list[dict[str, Any]]:
+        """Produce one metrics event per active domain and refresh the gauges."""
+        self._last_metrics = time.monotonic()
+        m = self.metrics
+        rss = process_rss_mb()
+        estimates = {
+            name: {
+                role: {k: e.as_dict() for k, e in acc.result().items()}
+                for role, acc in st.estimates.items()
+            }
+            for name, st in self.domains.states.items()
+            if st.estimates
+        }
+        events = m.report(time.time(), self.joins.count_by_domain(), rss, estimates)
+        producer = self._producer
+        if producer is not None:
+            for ev in events:
+                try:
+                    producer.produce(
+                        self.settings.topic_metrics, orjson.dumps(ev), ev["domain"].encode()
+                    )
+                except BufferError:
+                    log.warning("producer queue full: metrics event for %s dropped", ev["domain"])
+        m.p_pending.set(len(self.joins))
+        m.p_rss.set(rss * 1024 * 1024)
+        if self.last_checkpoint_at:
+            m.p_ckpt_age.set(time.time() - self.last_checkpoint_at)
+            m.p_ckpt_duration.set(self.last_checkpoint_s)
+        self._refresh_lag()
+        return events
+
+    def _refresh_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            for tp in consumer.position(consumer.assignment()):
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    lag = max(0, high - tp.offset)
+                    self.metrics.p_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        except KafkaException as exc:
+            log.debug("consumer lag unavailable: %s", exc)
+
+    def _healthy(self) -> tuple[bool, str]:
+        quiet = time.monotonic() - self._last_turn
+        limit = max(10.0, 5 * self.settings.poll_timeout_s)
+        if quiet > limit:
+            return False, f"the loop has not turned for {quiet:.1f} s\n"
+        return True, "ok\n"
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "stopping\n"
+        if not self.ready.is_set():
+            return False, "waiting for partitions and their state\n"
+        return True, f"ready: partitions {sorted(self.ownership.held)}\n"
 
     # -- partitions ---------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING
 
@@ -43,12 +44,14 @@ class Ownership:
         joins: PendingJoins,
         hasher: FeatureHasher,
         store: CheckpointStore,
+        on_release: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.domains = domains
         self.joins = joins
         self.hasher = hasher
         self.store = store
+        self.on_release = on_release
         self.topics = (settings.topic_contexts, settings.topic_rewards)
         self.held: set[int] = set()
         # Next offset to read per input partition as of the state in memory: set by a
@@ -85,6 +88,8 @@ class Ownership:
                 self.valid_from.pop((t, p), None)
         for n in names:
             self.published.pop(n, None)
+        if self.on_release is not None:
+            self.on_release(names)
         self.held -= partitions
         log.info(
             "released partitions %s: %d domains, %d pending joins and early rewards",

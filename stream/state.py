@@ -8,16 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher, Sparse
 from policies.registry import policy_class
 from stream.checkpoint import CheckpointStore, CorruptCheckpoint, Snapshot
-from stream.domains import Domains, DomainState
+from stream.domains import SERVED, Domains, DomainState
 from stream.errors import ConfigError
 from stream.join import Pending, PendingJoins
 
 log = logging.getLogger(__name__)
-
-SERVED = "served"  # role of a domain's serving policy in a snapshot
 
 
 def pending_to_json(p: Pending) -> dict[str, Any]:
@@ -94,8 +93,9 @@ def take_snapshot(
     info = {}
     domains.freeze_all()  # the arrays are referenced, not copied: copy-on-write from here
     for name, st in domains.states.items():
-        states[name] = {SERVED: st.policy.state_dict()}
+        states[name] = {role: pol.state_dict() for role, pol in st.roles().items()}
         info[name] = {
+            "estimates": {role: acc.state() for role, acc in st.estimates.items()},
             "variant": st.variant,
             "actions": sorted(st.actions),
             "decisions": st.decisions,
@@ -161,10 +161,20 @@ def restore(
             continue
         if SERVED not in roles:
             raise CorruptCheckpoint(f"domain {name!r} has no served policy")
-        meta, arrays = roles[SERVED]
-        policy = policy_class(str(meta.get("policy"))).from_state(meta, arrays)
+        policies = {
+            role: policy_class(str(meta.get("policy"))).from_state(meta, arrays)
+            for role, (meta, arrays) in roles.items()
+        }
         d = info.get(name, {})
-        st = DomainState(name, policy, str(d.get("variant", "control")))
+        st = DomainState(name, policies.pop(SERVED), str(d.get("variant", "control")))
+        try:
+            for role, pol in policies.items():
+                st.set_role(role, pol)
+            st.estimates = {
+                role: OnlineEstimate.from_state(v) for role, v in d.get("estimates", {}).items()
+            }
+        except ValueError as exc:
+            raise CorruptCheckpoint(f"domain {name!r}: {exc}") from exc
         st.actions = set(d.get("actions", []))
         st.decisions = int(d.get("decisions", 0))
         st.rewards_joined = int(d.get("rewards_joined", 0))

@@ -58,6 +58,7 @@ def settings_factory(bootstrap: str, tmp_path: Any) -> Callable[..., Settings]:
             "state_dir": tmp_path / f"state-{tag}",
             "update_interval": 1,
             "poll_timeout_s": 0.05,
+            "metrics_port": 0,  # several services per process: each on a free port
         }
         values.update(overrides)
         settings = load_settings(**values)

@@ -22,6 +22,7 @@ BIN = os.path.join(os.path.dirname(sys.executable), "bandit-stream")
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "ENABLE_RL_"))}
+    env["RL_METRICS_PORT"] = "0"  # never collide with a service running on this machine
     env.update(extra)
     return env
 

@@ -36,6 +36,7 @@ def service_env(settings) -> dict[str, str]:
             "RL_TOPIC_REWARDS": settings.topic_rewards,
             "RL_TOPIC_DECISIONS": settings.topic_decisions,
             "RL_TOPIC_METRICS": settings.topic_metrics,
+            "RL_METRICS_PORT": "0",
             "RL_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
             "RL_TOPIC_STATE": settings.topic_state,
             "RL_STATE_DIR": str(settings.state_dir),

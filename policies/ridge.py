@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.base import ContextBatch, Feedback, FloatArray, IntArray, Policy, PolicyError, expect_array
+from policies.base import (
+    ContextBatch,
+    Feedback,
+    FloatArray,
+    IntArray,
+    Policy,
+    PolicyError,
+    expect_array,
+)
 from policies.kernels import rls_update
 
 

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
@@ -36,7 +37,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     service = Service(settings)
     with stop_on_signals(service):  # from the start: a SIGTERM during start-up exits 0 too
         ensure_topics(settings, AdminClient(admin_config(settings)))
-        service.run()
+        if args.profile:
+            from stream.profiling import run_profiled
+
+            out = Path(args.profile_out or Path(settings.state_dir) / f"profile-{args.profile}.txt")
+            run_profiled(args.profile, service.run, out)
+            print(f"{args.profile} profile: {out}", file=sys.stderr)
+        else:
+            service.run()
     return 0
 
 
@@ -132,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bandit-stream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the service (configured by RL_* environment variables)")
+    run.add_argument(
+        "--profile",
+        choices=["cpu", "memory"],
+        help="write a cProfile (cpu) or tracemalloc (memory) report on exit",
+    )
+    run.add_argument("--profile-out", help="report path (default RL_STATE_DIR/profile-KIND.txt)")
     run.set_defaults(fn=cmd_run)
     broker = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
     broker.add_argument("--port", type=int, default=9092)

@@ -137,7 +137,11 @@ class Service:
         self._publisher = StatePublisher(s)
         try:
             self._http, self.metrics_port = serve(
-                s.metrics_host, s.metrics_port, self.metrics.registry, self._healthy, self._readiness
+                s.metrics_host,
+                s.metrics_port,
+                self.metrics.registry,
+                self._healthy,
+                self._readiness,
             )
             log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
         except OSError as exc:  # e.g. the port is taken: serve anyway, say so loudly

@@ -78,6 +78,7 @@ class Window:
     unmatched: int = 0
     rewards: dict[str, RewardStats] = field(default_factory=dict)  # by variant
     latencies: list[float] = field(default_factory=list)
+    slow: int = 0  # decisions over RL_LATENCY_THRESHOLD_MS
 
 
 class Alert:
@@ -192,6 +193,7 @@ class Metrics:
         for i, ms in enumerate(latencies_ms):
             observe(ms / 1000.0)
             if ms > limit:
+                w.slow += 1
                 self._slow(ms, domain, event_ids[i])
 
     def _slow(self, ms: float, domain: str, event_id: str) -> None:
@@ -305,6 +307,8 @@ class Metrics:
                     "rss_mb": round(rss_mb, 1),
                     "error_rate": round(error_rate, 6),
                     "alerts": active,
+                    "slow_decisions": w.slow,
+                    "slowest": [x for x in self.slowest() if x["domain"] == domain],
                 }
             )
         self.windows = {}

@@ -118,6 +118,9 @@ def test_a_latency_breach_raises_then_clears_an_alert():
     assert events[0]["pending_joins"] == 3 and events[0]["decisions"] == 60
     assert m.registry.get_sample_value("bandit_alert_active", {"alert": "latency"}) == 1
     assert m.slow_count == 60 and len(m.slowest()) == 10
+    assert events[0]["slow_decisions"] == 60
+    top = events[0]["slowest"][0]
+    assert top["latency_ms"] == 35.0 and top["event_id"].startswith("slow")
     m.decided("d", "control", [18.0] * 50, [f"e{i}" for i in range(50)])
     m.report(3.0, {}, 100.0, {})
     assert m.alerts["latency"].active  # hysteresis: under the threshold, not under 80% of it

@@ -41,6 +41,7 @@ class ContextEvent:
     candidate_features: dict[str, dict[str, Scalar]] | None = None
     unit_id: str | None = None
     timestamp: float | None = None
+    source: Any = None  # the consumed message's Source, for a dead letter
 
 
 @dataclass(slots=True)
@@ -49,6 +50,7 @@ class RewardEvent:
     domain: str
     reward: float
     timestamp: float | None = None
+    source: Any = None  # the consumed message's Source, for a dead letter
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""Decisions out: a failed delivery is produced again, never skipped (the producer is
-idempotent and ordered); a full local queue is backpressure: poll and wait, never drop.
+"""Decisions and dead letters out: a failed delivery is produced again, never skipped (the
+producer is idempotent and ordered); a full local queue is backpressure: poll and wait,
+never drop.
 
 Input offsets are not tracked here: a checkpoint flushes the producer before it reads the
 consumer's positions, so every offset it commits has its decisions acknowledged.
@@ -23,10 +24,19 @@ class Delivery:
         self.topic = topic
         self._on_retry = on_retry
 
-    def produce(self, value: bytes, key: bytes) -> None:
+    def produce(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        topic: str | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        """Produce to ``topic`` (default: the decisions topic), waiting while the queue is full."""
         while True:
             try:
-                self.producer.produce(self.topic, value, key, on_delivery=self._on_delivery)
+                self.producer.produce(
+                    topic or self.topic, value, key, headers=headers, on_delivery=self._on_delivery
+                )
                 return
             except BufferError:
                 # Backpressure: the local queue is full; serve delivery reports and wait.
@@ -41,7 +51,11 @@ class Delivery:
         while True:
             try:
                 self.producer.produce(
-                    str(msg.topic()), msg.value(), msg.key(), on_delivery=self._on_delivery
+                    str(msg.topic()),
+                    msg.value(),
+                    msg.key(),
+                    headers=msg.headers(),
+                    on_delivery=self._on_delivery,
                 )
                 return
             except BufferError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from policies.features import EncodedContext
 
@@ -55,8 +56,9 @@ class PendingJoins:
         self._finished: dict[Key, Outcome] = {}
         # Rewards that arrived before their context was decided (another partition was
         # read first, or a replay after a restart reads the topics in another order):
-        # key -> (reward, deadline, input partition). Insertion order is deadline order.
-        self._early: dict[Key, tuple[float, float, int]] = {}
+        # key -> (reward, deadline, input partition, source message for a dead letter).
+        # Insertion order is deadline order.
+        self._early: dict[Key, tuple[float, float, int, Any]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -113,40 +115,57 @@ class PendingJoins:
 
     # -- rewards that came before their decision ------------------------------------------
     def hold_early(
-        self, domain: str, event_id: str, reward: float, now: float, partition: int = -1
-    ) -> bool:
-        """Keep an unknown reward for ``early_wait_s`` in case its context is yet to come."""
+        self,
+        domain: str,
+        event_id: str,
+        reward: float,
+        now: float,
+        partition: int = -1,
+        source: Any = None,
+    ) -> tuple[bool, list[tuple[str, str, Any]]]:
+        """Keep an unknown reward for ``early_wait_s`` in case its context is yet to come.
+
+        Returns whether it is held, and the oldest held rewards pushed out to stay within
+        ``max_pending`` (domain, event_id, source): they are given up on.
+        """
         key = (domain, event_id)
         if self.early_wait_s <= 0 or key in self._early or key in self._finished:
-            return False
+            return False, []
+        dropped = []
         while len(self._early) >= self.max_pending:
-            del self._early[next(iter(self._early))]
-        self._early[key] = (reward, now + self.early_wait_s, partition)
-        return True
+            old = next(iter(self._early))
+            dropped.append((old[0], old[1], self._early.pop(old)[3]))
+        self._early[key] = (reward, now + self.early_wait_s, partition, source)
+        return True, dropped
 
     def restore_early(
-        self, domain: str, event_id: str, reward: float, deadline: float, partition: int = -1
+        self,
+        domain: str,
+        event_id: str,
+        reward: float,
+        deadline: float,
+        partition: int = -1,
+        source: Any = None,
     ) -> None:
         """Re-hold an early reward from a checkpoint (keeps its original deadline)."""
-        self._early[(domain, event_id)] = (reward, deadline, partition)
+        self._early[(domain, event_id)] = (reward, deadline, partition, source)
 
     def claim_early(self, domain: str, event_id: str) -> float | None:
         held = self._early.pop((domain, event_id), None)
         return None if held is None else held[0]
 
-    def expire_early(self, now: float) -> int:
-        """Drop early rewards whose context never came; returns how many."""
-        n = 0
+    def expire_early(self, now: float) -> list[tuple[str, str, Any]]:
+        """Remove early rewards whose context never came: (domain, event_id, source)."""
+        out = []
         while self._early:
             key = next(iter(self._early))
             if self._early[key][1] > now:
                 break
-            del self._early[key]
-            n += 1
-        return n
+            out.append((key[0], key[1], self._early.pop(key)[3]))
+        return out
 
-    def early_items(self) -> list[tuple[str, str, float, float, int]]:
-        return [(d, e, r, dl, p) for (d, e), (r, dl, p) in self._early.items()]
+    def early_items(self) -> list[tuple[str, str, float, float, int, Any]]:
+        return [(d, e, r, dl, p, src) for (d, e), (r, dl, p, src) in self._early.items()]
 
     def drop(self, domains: set[str], partitions: set[int]) -> int:
         """Forget the pending decisions of ``domains`` and the early rewards of those

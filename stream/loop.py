@@ -33,6 +33,7 @@ from stream.codec import (
     encode_decision,
 )
 from stream.config import Settings
+from stream.deadletter import Source, dead_letter
 from stream.delivery import Delivery
 from stream.domains import Domains, DomainState, Served
 from stream.http import serve
@@ -240,6 +241,7 @@ class Service:
                     if replaying and self.ownership.already_applied(topic, part, ev.domain, offset):
                         self.stats.replay_skipped += 1
                         continue
+                    ev.source = m
                     contexts[ev.domain].append(ev)
                     partition_of[ev.domain] = part
                 else:
@@ -247,9 +249,10 @@ class Service:
                     if replaying and self.ownership.already_applied(topic, part, r.domain, offset):
                         self.stats.replay_skipped += 1
                         continue
+                    r.source = m
                     rewards.append((r, part))
             except DecodeError as exc:
-                self._reject(exc.code, exc.reason, f"{topic}[{part}]@{offset}")
+                self._reject(exc.code, exc.reason, m)
         for domain, events in contexts.items():
             self._decide(domain, events, now, consumed_at, partition_of[domain])
         for r, partition in rewards:
@@ -269,7 +272,7 @@ class Service:
                 self._reject(
                     "domain_limit",
                     f"domain {domain!r} would exceed RL_MAX_DOMAINS={self.settings.max_domains}",
-                    ev.event_id,
+                    ev.source,
                 )
             return
         fresh: list[ContextEvent] = []
@@ -278,7 +281,7 @@ class Service:
         for ev in events:
             if ev.event_id in seen or (domain, ev.event_id) in self.joins:
                 self._reject(
-                    "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.event_id
+                    "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.source
                 )
                 continue
             new = [c for c in ev.candidates if c not in state.actions]
@@ -286,7 +289,7 @@ class Service:
                 self._reject(
                     "action_limit",
                     f"domain {domain!r} would exceed RL_MAX_ACTIONS={max_actions} distinct actions",
-                    ev.event_id,
+                    ev.source,
                 )
                 continue
             state.actions.update(new)
@@ -366,18 +369,37 @@ class Service:
         known = r.domain in self.domains.states  # metrics labels: held domains only
         if outcome is Outcome.DUPLICATE:
             self.stats.duplicate_rewards += 1
+            self._reject(
+                "duplicate_reward", f"event {r.event_id!r} already has its reward", r.source
+            )
         elif outcome is Outcome.LATE:
             self.stats.late_rewards += 1
-        elif self.joins.hold_early(r.domain, r.event_id, r.reward, now, partition):
-            self.stats.early_rewards += 1
-            return
+            self._reject("expired_event", f"event {r.event_id!r}'s reward window closed", r.source)
         else:
-            self.stats.unknown_rewards += 1
+            src = Source.of(r.source) if isinstance(r.source, Message) else r.source
+            held, dropped = self.joins.hold_early(
+                r.domain, r.event_id, r.reward, now, partition, src
+            )
+            for d, e, s in dropped:
+                self._unknown(d, e, s)
+            if held:
+                self.stats.early_rewards += 1
+                return
+            self._unknown(r.domain, r.event_id, src)
+            return
         if known:
             self.metrics.reward(r.domain, outcome.value)
 
+    def _unknown(self, domain: str, event_id: str, src: Source | None) -> None:
+        """A reward no decision claimed (within RL_REWARD_EARLY_WAIT_S): dead-lettered."""
+        self.stats.unknown_rewards += 1
+        if domain in self.domains.states:
+            self.metrics.reward(domain, "unmatched")
+        self._reject("unknown_event", f"no decision for event {event_id!r} in {domain!r}", src)
+
     def _expire(self, now: float) -> None:
-        self.stats.unknown_rewards += self.joins.expire_early(now)
+        for d, e, src in self.joins.expire_early(now):
+            self._unknown(d, e, src)
         expired = self.joins.expire(now)
         if expired:
             self.stats.expired += len(expired)
@@ -401,10 +423,16 @@ class Service:
             "delivery", "decision delivery failed (%s); producing it again", msg.error()
         )
 
-    def _reject(self, code: str, reason: str, where: str) -> None:
+    def _reject(self, code: str, reason: str, src: Message | Source | None) -> None:
+        """Dead-letter a message (original bytes and key, the reason in its headers)."""
         self.stats.rejected[code] += 1
         self.metrics.reject(code)
-        self._rejects.warning(code, "skipped %s: %s (%s)", where, reason, code)
+        if isinstance(src, Message):
+            src = Source.of(src)
+        where = "?" if src is None else f"{src.topic}[{src.partition}]@{src.offset}"
+        self._rejects.warning(code, "dead-lettered %s: %s (%s)", where, reason, code)
+        if src is not None and self._delivery is not None:
+            dead_letter(self._delivery, self.settings.topic_dead_letter, code, reason, src)
 
     # -- state ----------------------------------------------------------------------
     def checkpoint(self, wait: bool = True) -> int | None:

@@ -224,7 +224,7 @@ class Ownership:
             for name, st in self.domains.states.items()
             if self.published.get(name) != self.domains.signature(st)
         }
-        for d, _e, _r, _dl, p in self.joins.early_items():
+        for d, _e, _r, _dl, p, _src in self.joins.early_items():
             if d not in self.domains.states and p in self.held:
                 changed[d] = p
         parts = {

@@ -12,6 +12,7 @@ from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher, Sparse
 from policies.registry import policy_class
 from stream.checkpoint import CheckpointStore, CorruptCheckpoint, Snapshot
+from stream.deadletter import Source
 from stream.domains import SERVED, Domains, DomainState
 from stream.errors import ConfigError
 from stream.join import Pending, PendingJoins
@@ -107,7 +108,10 @@ def take_snapshot(
     meta = {
         "features": {"n_features": hasher.n_features, "seed": hasher.seed},
         "domains": info,
-        "early_rewards": [list(x) for x in joins.early_items()],
+        "early_rewards": [
+            [d, e, r, dl, p, None if src is None else src.to_json()]
+            for d, e, r, dl, p, src in joins.early_items()
+        ],
     }
     # Pending decisions are never mutated once made: the snapshot keeps references and
     # `encode_pending` turns them into JSON later, off the loop thread. Joined rewards not
@@ -197,10 +201,15 @@ def restore(
             joins.add(p)
     for item in snap.meta.get("early_rewards", []):
         try:
-            domain, event_id, reward, deadline, part = item
+            domain, event_id, reward, deadline, part, src = item
             if partitions is None or part in partitions:
                 joins.restore_early(
-                    str(domain), str(event_id), float(reward), float(deadline), int(part)
+                    str(domain),
+                    str(event_id),
+                    float(reward),
+                    float(deadline),
+                    int(part),
+                    None if src is None else Source.from_json(src),
                 )
         except (TypeError, ValueError) as exc:
             raise CorruptCheckpoint(f"an early reward is malformed: {exc}") from exc

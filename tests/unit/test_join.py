@@ -62,17 +62,20 @@ def test_duplicate_pending_key_refused():
 def test_early_rewards_wait_for_their_context_then_expire():
     j = PendingJoins(3, 10.0, early_wait_s=5.0)
     assert j.take("d", "x")[0] is Outcome.UNKNOWN
-    assert j.hold_early("d", "x", 0.7, now=0.0)
-    assert not j.hold_early("d", "x", 0.1, now=1.0)  # first reward wins
+    assert j.hold_early("d", "x", 0.7, now=0.0) == (True, [])
+    assert not j.hold_early("d", "x", 0.1, now=1.0)[0]  # first reward wins
     assert j.claim_early("d", "x") == 0.7 and j.claim_early("d", "x") is None
-    j.hold_early("d", "y", 1.0, now=0.0)
+    j.hold_early("d", "y", 1.0, now=0.0, source="src-y")
     j.hold_early("d", "z", 1.0, now=4.0)
-    assert j.expire_early(4.5) == 0 and j.expire_early(5.0) == 1
+    assert j.expire_early(4.5) == []
+    assert j.expire_early(5.0) == [("d", "y", "src-y")]  # given up on: dead-lettered
     assert [e[1] for e in j.early_items()] == ["z"]
-    for i in range(10):  # bounded like the pending joins
-        j.hold_early("d", f"n{i}", 0.0, now=4.0)
+    pushed = []
+    for i in range(10):  # bounded like the pending joins; the oldest are given up on
+        pushed += j.hold_early("d", f"n{i}", 0.0, now=4.0)[1]
     assert len(j.early_items()) == 3
+    assert [p[1] for p in pushed] == ["z"] + [f"n{i}" for i in range(7)]
 
 
 def test_early_rewards_off_by_default():
-    assert not PendingJoins(3, 10.0).hold_early("d", "x", 1.0, now=0.0)
+    assert PendingJoins(3, 10.0).hold_early("d", "x", 1.0, now=0.0) == (False, [])

@@ -1,0 +1,174 @@
+"""The dead-letter topic: every rejected message, unchanged, with its reason; fuzzing a
+running loop with hostile messages between valid ones."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def read_dead_letters(s, n: int, timeout: float = 30.0) -> list[dict]:
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap_servers,
+            "group.id": "dlq",
+            "enable.auto.commit": False,
+        }
+    )
+    md = c.list_topics(s.topic_dead_letter, timeout=10).topics[s.topic_dead_letter]
+    c.assign([TopicPartition(s.topic_dead_letter, p, 0) for p in md.partitions])
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        for m in c.consume(500, 0.3):
+            if m.error() is None:
+                out.append(
+                    {"value": m.value(), "key": m.key(), **{k: v.decode() for k, v in m.headers()}}
+                )
+    c.close()
+    return out
+
+
+def test_every_rejected_message_is_dead_lettered_unchanged_with_its_reason(
+    settings_factory, start_service, client_factory
+):
+    settings = settings_factory(
+        max_domains=2,
+        max_actions=4,
+        reward_wait_s=5.0,
+        reward_early_wait_s=0.5,
+        default_reward=None,
+        max_message_bytes=10_000,
+    )
+    running = start_service(settings)
+    client = client_factory(settings)
+    ctx, rew = settings.topic_contexts, settings.topic_rewards
+    bad_contexts = {
+        "invalid_utf8": (b"\xff\xfe not utf8", b"d1"),
+        "invalid_json": (b"{not json", b"d1"),
+        "wrong_type": (b"[1, 2, 3]", b"d1"),
+        "missing_field": (
+            orjson.dumps({"domain": "d1", "context": {}, "candidates": ["a"]}),
+            b"d1",
+        ),
+        "bad_domain": (
+            orjson.dumps(
+                {"event_id": "x", "domain": "bad domain!", "context": {}, "candidates": ["a"]}
+            ),
+            None,
+        ),
+        "bad_candidates": (
+            orjson.dumps(
+                {"event_id": "x", "domain": "d1", "context": {}, "candidates": ["a", "a"]}
+            ),
+            b"d1",
+        ),
+        "oversized": (b"{" + b" " * settings.max_message_bytes + b"}", b"d1"),
+    }
+    for value, key in bad_contexts.values():
+        client.send_raw(ctx, value, key)
+    client.context("ok1", domain="d1")
+    client.context("ok2", domain="d2")
+    client.context("third", domain="d3")  # domain_limit
+    client.context("ok1", domain="d1")  # duplicate_event (still pending)
+    client.context("wide", domain="d1", candidates=["a", "b", "p", "q"])  # action_limit
+    client.decisions(2)
+    client.reward("ok1", 1.0, domain="d1")
+    client.reward("ok1", 1.0, domain="d1")  # duplicate_reward
+    client.reward("ok2", 9.0, domain="d2")  # reward_out_of_range
+    client.reward("ghost", 1.0, domain="d1")  # unknown_event, once its early wait is over
+    client.flush()
+    time.sleep(5.5)  # ok2 window closes
+    client.reward("ok2", 0.5, domain="d2")  # expired_event
+    client.flush()
+    expected = {
+        **{code: 1 for code in bad_contexts},
+        "domain_limit": 1,
+        "duplicate_event": 1,
+        "action_limit": 1,
+        "duplicate_reward": 1,
+        "reward_out_of_range": 1,
+        "unknown_event": 1,
+        "expired_event": 1,
+    }
+    letters = read_dead_letters(settings, sum(expected.values()))
+    by_code: dict[str, list[dict]] = {}
+    for d in letters:
+        by_code.setdefault(d["error_code"], []).append(d)
+    assert {c: len(v) for c, v in by_code.items()} == expected
+    for code, (value, key) in bad_contexts.items():
+        (d,) = by_code[code]
+        assert d["value"] == value and d["key"] == key  # unchanged
+        assert d["source_topic"] == ctx and d["error_reason"]
+        assert int(d["source_offset"]) >= 0 and int(d["source_timestamp"]) > 0
+    ghost = by_code["unknown_event"][0]
+    assert orjson.loads(ghost["value"])["event_id"] == "ghost" and ghost["source_topic"] == rew
+    assert running.service.stats.rejected_total == sum(expected.values())
+    assert running.thread.is_alive()
+
+
+hostile = (
+    st.binary(max_size=300)
+    | st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=30),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+        ),
+        max_leaves=15,
+    ).map(lambda v: json.dumps(v).encode())  # stdlib: NaN, Infinity, ints past 64 bits
+    | st.builds(
+        lambda c, k: orjson.dumps({"event_id": "h", "domain": "d1", "context": c, "candidates": k}),
+        st.dictionaries(
+            st.text(max_size=5),
+            st.lists(st.integers(-1000, 1000), max_size=2),
+            min_size=1,
+            max_size=2,
+        ),
+        st.lists(st.text(max_size=3), max_size=3),
+    )
+    | st.text(
+        alphabet=st.characters(min_codepoint=0x1F000, max_codepoint=0x10FFFF), max_size=50
+    ).map(str.encode)
+)
+
+
+def test_fuzzing_a_running_loop(settings_factory, start_service, client_factory):
+    settings = settings_factory()
+    running = start_service(settings)
+    client = client_factory(settings)
+    svc = running.service
+    sent = {"valid": 0, "garbage": 0}
+
+    @hsettings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(hostile, min_size=10, max_size=40))
+    def batch(messages):
+        for i, raw in enumerate(messages):
+            client.context(f"v{sent['valid']}", domain="d1")
+            sent["valid"] += 1
+            client.send_raw(
+                settings.topic_contexts if i % 2 else settings.topic_rewards, raw, b"d1"
+            )
+            sent["garbage"] += 1
+        client.flush()
+
+    batch()
+    wait_for(lambda: svc.stats.decisions == sent["valid"], what="every valid context decided")
+    # Garbage on the rewards topic that happens to be a well-formed reward for an unknown
+    # event waits RL_REWARD_EARLY_WAIT_S before it is dead-lettered: count it as early.
+    wait_for(
+        lambda: svc.stats.rejected_total + svc.stats.early_rewards >= sent["garbage"],
+        what="every hostile message rejected",
+    )
+    assert svc.stats.rejected_total + svc.stats.early_rewards == sent["garbage"]
+    assert running.thread.is_alive()

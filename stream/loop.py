@@ -36,6 +36,7 @@ from stream.config import Settings
 from stream.deadletter import Source, dead_letter
 from stream.delivery import Delivery
 from stream.domains import Domains, DomainState, Served
+from stream.health import BrokerWatch
 from stream.http import serve
 from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka import consumer_config, is_benign, producer_config
@@ -106,6 +107,7 @@ class Service:
         )
         self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
         self._http: Any = None
+        self.broker: BrokerWatch | None = None
         self._last_turn = time.monotonic()
         self._last_metrics = time.monotonic()
         self._checkpoint_started = 0.0
@@ -117,7 +119,7 @@ class Service:
         self.memory = MemoryGuard(settings.memory_limit_mb, settings.memory_cleanup_interval)
         # One background writer: the loop only takes the snapshot; SQLite writes beside it.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._writing: tuple[Future[int], list[TopicPartition], dict[str, Any]] | None = None
+        self._writing: tuple[Future[int], list[TopicPartition], dict[str, Any], bool] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -136,6 +138,8 @@ class Service:
         gc.freeze()
         self._producer = Producer(producer_config(s))
         self._publisher = StatePublisher(s)
+        self.broker = BrokerWatch(s)
+        self.broker.start()
         try:
             self._http, self.metrics_port = serve(
                 s.metrics_host,
@@ -158,6 +162,7 @@ class Service:
             [s.topic_contexts, s.topic_rewards],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         log.info(
             "consuming %s and %s as group %s from %s",
@@ -192,6 +197,7 @@ class Service:
         if (
             time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
             and self._writing is None  # never wait for a slow write: start when it is done
+            and (self.broker is None or self.broker.reachable)  # an outage: nothing to flush
         ):
             self.checkpoint(wait=False)
         self.stats.turns += 1
@@ -209,6 +215,8 @@ class Service:
             self._publisher.close()
         if self._http is not None:
             self._http.shutdown()
+        if self.broker is not None:
+            self.broker.stop()
         self._store.close()
         self.ready.clear()
         log.info(
@@ -461,7 +469,9 @@ class Service:
         self._checkpoint_started = time.perf_counter()
         if wait:  # periodic ones checkpoint the reward buffers instead of learning them now
             self.stats.rewards_learned += self.domains.flush_due(time.time(), force=True)
-        remaining = producer.flush(self.settings.shutdown_timeout_s)
+        # A periodic checkpoint gives up quickly (the next one retries); revoke and
+        # shutdown wait up to RL_SHUTDOWN_TIMEOUT_S for every decision to be acknowledged.
+        remaining = producer.flush(self.settings.shutdown_timeout_s if wait else 5.0)
         if remaining:
             log.error(
                 "%d decisions unacknowledged: checkpoint skipped, their inputs will be "
@@ -503,14 +513,14 @@ class Service:
                     signatures.clear()
             return version
 
-        self._writing = (self._writer.submit(write), commit, signatures)
+        self._writing = (self._writer.submit(write), commit, signatures, wait)
         return self._finish_write(block=True) if wait else None
 
     def _finish_write(self, block: bool) -> int | None:
         """Once the background write has committed, commit its offsets to Kafka."""
         if self._writing is None or not (block or self._writing[0].done()):
             return None
-        future, commit, signatures = self._writing
+        future, commit, signatures, sync = self._writing
         self._writing = None
         future.exception()  # wait: until the write is over its arrays must stay untouched
         self.domains.write_in_flight = False
@@ -526,7 +536,12 @@ class Service:
         consumer = self._consumer
         if commit and consumer is not None:
             try:
-                consumer.commit(offsets=commit, asynchronous=False)
+                # SQLite is authoritative; the Kafka copy need not hold up the loop
+                # (synchronous only on revoke and shutdown, when it is the last word).
+                if sync:
+                    consumer.commit(offsets=commit, asynchronous=False)
+                else:
+                    consumer.commit(offsets=commit, asynchronous=True)
             except KafkaException as exc:
                 log.warning("commit after checkpoint %d failed: %s", version, exc.args[0].str())
         return version
@@ -588,6 +603,8 @@ class Service:
             return False, "stopping\n"
         if not self.ready.is_set():
             return False, "waiting for partitions and their state\n"
+        if self.broker is not None and not self.broker.reachable:
+            return False, "the broker is unreachable\n"
         return True, f"ready: partitions {sorted(self.ownership.held)}\n"
 
     # -- partitions ---------------------------------------------------------------------
@@ -624,3 +641,16 @@ class Service:
         if self.checkpoint() is None and self.ownership.held:
             log.error("checkpoint on revoke failed: releasing every partition's state")
             self.ownership.release_all()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The group moved on without us (session timeout, e.g. a broker outage): another
+        # member may own these partitions already, so nothing is checkpointed or committed
+        # for them. Their in-memory state is ahead of the last checkpoint and is dropped;
+        # if they come back they are restored and the tail replayed exactly once.
+        log.warning(
+            "lost %s (session expired): dropping their state until they are reassigned",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions),
+        )
+        self.ready.clear()
+        self._finish_write(block=True)
+        self.ownership.release({tp.partition for tp in partitions} & self.ownership.held)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -72,6 +73,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(log_level=args.log_level)
     return run_demo(args.events, args.rate, args.seed, settings)
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from stream.bench.soak import run_soak
+
+    # The embedded broker unless RL_KAFKA_BOOTSTRAP_SERVERS names a cluster.
+    bootstrap = os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS")
+    r = run_soak(args.events, args.garbage, Path(args.out), bootstrap, args.seed)
+    print((Path(args.out) / "soak.md").read_text())
+    ok = r["decisions_equal_valid"] and r["dead_letters_equal_garbage"] and not r["crashes"]
+    return 0 if ok and r["exit_code"] == 0 else 1
 
 
 def cmd_bench_convergence(args: argparse.Namespace) -> int:
@@ -183,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--delay", type=int, default=0, help="reward delay in events")
     conv.add_argument("--out", default="bench-out")
     conv.set_defaults(fn=cmd_bench_convergence)
+    soak = bench_sub.add_parser(
+        "soak", help="a long run through a real broker with garbage (the service as a process)"
+    )
+    soak.add_argument("--events", type=int, default=1_000_000)
+    soak.add_argument("--garbage", type=float, default=0.01, help="share of garbage contexts")
+    soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument("--out", default="bench-out")
+    soak.set_defaults(fn=cmd_bench_soak)
     return p
 
 

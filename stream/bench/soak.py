@@ -1,0 +1,270 @@
+"""`bandit-stream bench soak`: a long run through a real broker with 1% garbage.
+
+The service runs as its own process (`bandit-stream run`), exactly as deployed, so a crash
+is an exit and its memory is its own. This process streams contexts (a share of them
+garbage of every kind the decoder refuses) and, a little later, a reward for every valid
+one; it samples the service's RSS every second and counts the decisions and dead letters
+on their topics. The report says whether decisions == valid contexts, dead letters ==
+garbage, and the service never crashed, with the RSS timeline.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from tqdm import tqdm
+
+from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
+from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
+from stream.config import Settings, env_name, load_settings
+from stream.kafka import admin_config
+from stream.topics import ensure_topics
+
+GARBAGE: list[bytes] = [
+    b"\xff\xfe\x00 not utf-8",
+    b"{truncated json",
+    b"[1, 2, 3]",
+    b'{"event_id": "g", "domain": "shop", "context": {}, "candidates": []}',
+    b'{"event_id": "g", "domain": "bad domain!", "context": {}, "candidates": ["a"]}',
+    b'{"event_id": "g", "domain": "shop", "context": {"x": NaN}, "candidates": ["a"]}',
+    b'{"domain": "shop", "context": {}, "candidates": ["a"]}',
+    b'{"event_id": "g", "domain": "shop", "context": {"x": [1]}, "candidates": ["a"]}',
+    b"",
+]
+DOMAINS = [f"soak{i}" for i in range(8)]
+CANDIDATES = ["a", "b", "c", "d"]
+
+
+def _service_env(s: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "ENABLE_RL_"))}
+    for field in (
+        "kafka_bootstrap_servers",
+        "kafka_group_id",
+        "topic_contexts",
+        "topic_rewards",
+        "topic_decisions",
+        "topic_metrics",
+        "topic_dead_letter",
+        "topic_state",
+        "state_dir",
+        "kafka_session_timeout_ms",
+        "kafka_heartbeat_interval_ms",
+        "kafka_fetch_wait_max_ms",
+        "reward_wait_s",
+    ):
+        env[env_name(field)] = str(getattr(s, field))
+    env["RL_METRICS_PORT"] = "0"
+    env["RL_LOG_FORMAT"] = "json"
+    return env
+
+
+class _Counter:
+    """Counts a topic's messages by reading them (Tansu's high watermarks under-report)."""
+
+    def __init__(self, bootstrap: str, topic: str, tag: str) -> None:
+        self.c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"soak-count-{tag}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        md = self.c.list_topics(topic, timeout=10).topics[topic]
+        self.c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+        self.n = 0
+
+    def poll(self, timeout: float = 0.2) -> int:
+        for m in self.c.consume(10000, timeout):
+            if m.error() is None:
+                self.n += 1
+        return self.n
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def run_soak(
+    events: int, garbage: float, out: Path, bootstrap: str | None = None, seed: int = 0
+) -> dict[str, Any]:
+    with ExitStack() as stack:
+        if bootstrap is None:
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
+        tag = uuid.uuid4().hex[:8]
+        s = load_settings(
+            **FAST_CLIENT_SETTINGS,
+            kafka_bootstrap_servers=bootstrap,
+            kafka_group_id=f"soak-{tag}",
+            topic_contexts=f"soak-{tag}.contexts",
+            topic_rewards=f"soak-{tag}.rewards",
+            topic_decisions=f"soak-{tag}.decisions",
+            topic_metrics=f"soak-{tag}.metrics",
+            topic_dead_letter=f"soak-{tag}.dead-letter",
+            topic_state=f"soak-{tag}.state",
+            state_dir=Path(tempfile.mkdtemp(prefix="bandit-soak-")),
+            reward_wait_s=600.0,
+        )
+        ensure_topics(s, AdminClient(admin_config(s)))
+        exe = Path(sys.executable).with_name("bandit-stream")
+        proc = subprocess.Popen(
+            [str(exe), "run"], env=_service_env(s), stderr=subprocess.PIPE, text=True
+        )
+        stack.callback(lambda: None if proc.poll() is not None else proc.kill())
+        ps = psutil.Process(proc.pid)
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"}
+        )
+        decided = _Counter(bootstrap, s.topic_decisions, tag)
+        dead_letters = _Counter(bootstrap, s.topic_dead_letter, tag)
+        rng = random.Random(seed)
+        rss: list[list[float]] = []
+        start = time.monotonic()
+        last_sample = 0.0
+        valid = bad = 0
+        lag: list[tuple[str, str]] = []
+
+        def sample() -> None:
+            nonlocal last_sample
+            now = time.monotonic()
+            if now - last_sample >= 1.0 and proc.poll() is None:
+                last_sample = now
+                rss.append([round(now - start, 2), round(ps.memory_info().rss / 2**20, 1)])
+
+        def send(topic: str, value: bytes, key: bytes) -> None:
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    return
+                except BufferError:
+                    producer.poll(0.05)
+
+        with tqdm(total=events, desc="soak: producing", unit="ev", file=sys.stderr) as bar:
+            for i in range(events):
+                domain = DOMAINS[i % len(DOMAINS)]
+                if rng.random() < garbage:
+                    send(s.topic_contexts, GARBAGE[bad % len(GARBAGE)], domain.encode())
+                    bad += 1
+                else:
+                    doc = {
+                        "event_id": f"s{i}",
+                        "domain": domain,
+                        "context": {"x": rng.random(), "tier": rng.choice(["free", "pro"])},
+                        "candidates": CANDIDATES,
+                    }
+                    send(s.topic_contexts, orjson.dumps(doc), domain.encode())
+                    lag.append((f"s{i}", domain))
+                    valid += 1
+                if len(lag) > 1000:  # rewards trail their contexts by ~1000 events
+                    eid, d = lag.pop(0)
+                    reward = {"event_id": eid, "domain": d, "reward": float(rng.random() < 0.5)}
+                    send(s.topic_rewards, orjson.dumps(reward), d.encode())
+                if i % 1000 == 0:
+                    producer.poll(0)
+                    sample()
+                    decided.poll(0)  # keep reading as we go: the final count stays short
+                    dead_letters.poll(0)
+                    bar.update(i - bar.n)
+            for eid, d in lag:
+                reward = {"event_id": eid, "domain": d, "reward": 1.0}
+                send(s.topic_rewards, orjson.dumps(reward), d.encode())
+            producer.flush(60)
+            bar.update(events - bar.n)
+
+        decisions = dead = 0
+        deadline = time.monotonic() + max(120.0, events / 2000)
+        with tqdm(
+            total=events, desc="soak: service catching up", unit="ev", file=sys.stderr
+        ) as bar:
+            while time.monotonic() < deadline and proc.poll() is None:
+                decisions, dead = decided.poll(), dead_letters.poll()
+                bar.update(decisions + dead - bar.n)
+                if decisions >= valid and dead >= bad:
+                    break
+                sample()
+        end = time.monotonic() + 2.0  # anything extra (a decision twice) would show now
+        while time.monotonic() < end:
+            decisions, dead = decided.poll(), dead_letters.poll()
+        crashed = proc.poll() is not None
+        if not crashed:
+            sample()
+            proc.send_signal(signal.SIGTERM)
+        try:
+            exit_code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            exit_code = -9
+        stderr = proc.stderr.read() if proc.stderr else ""
+        if os.environ.get("BANDIT_SOAK_LOG"):
+            Path(os.environ["BANDIT_SOAK_LOG"]).write_text(stderr)
+        decided.close()
+        dead_letters.close()
+        elapsed = time.monotonic() - start
+
+    result: dict[str, Any] = {
+        "events": events,
+        "garbage_share": garbage,
+        "valid_contexts": valid,
+        "garbage": bad,
+        "decisions": decisions,
+        "dead_letters": dead,
+        "decisions_equal_valid": decisions == valid,
+        "dead_letters_equal_garbage": dead == bad,
+        "crashes": int(crashed),
+        "exit_code": exit_code,
+        "tracebacks_in_log": stderr.count("Traceback"),
+        "duration_s": round(elapsed, 1),
+        "events_per_s": round(events / elapsed, 1),
+        "rss_mb": rss,
+        "machine": machine(),
+    }
+    _write(result, out)
+    return result
+
+
+def _write(r: dict[str, Any], out: Path) -> None:
+    write_json(out, "soak", r)
+    rows = [
+        ["events", r["events"]],
+        ["valid contexts / decisions", f"{r['valid_contexts']} / {r['decisions']}"],
+        ["garbage / dead letters", f"{r['garbage']} / {r['dead_letters']}"],
+        ["crashes", r["crashes"]],
+        ["exit code after SIGTERM", r["exit_code"]],
+        ["tracebacks in the log", r["tracebacks_in_log"]],
+        ["duration", f"{r['duration_s']} s ({r['events_per_s']} events/s)"],
+        [
+            "RSS first / last / max",
+            " / ".join(
+                f"{x:.0f} MB"
+                for x in (
+                    (r["rss_mb"][0][1], r["rss_mb"][-1][1], max(m for _, m in r["rss_mb"]))
+                    if r["rss_mb"]
+                    else (0, 0, 0)
+                )
+            ),
+        ],
+    ]
+    write_markdown(out, "soak", "# Soak\n\n" + markdown_table(["", "value"], rows) + "\n")
+    if r["rss_mb"]:
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot([t for t, _ in r["rss_mb"]], [m for _, m in r["rss_mb"]])
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("service RSS (MB)")
+        ax.set_title(f"soak: {r['events']:,} events, {r['garbage']:,} garbage")
+        fig.tight_layout()
+        fig.savefig(out / "soak.png", dpi=110)
+        plt.close(fig)

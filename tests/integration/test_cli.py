@@ -18,6 +18,7 @@ from stream.broker import free_port
 pytestmark = pytest.mark.integration
 
 BIN = os.path.join(os.path.dirname(sys.executable), "bandit-stream")
+SECRET = "s3cret-sasl-passw0rd"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -63,6 +64,8 @@ def test_run_command_decides_learns_and_exits_cleanly(bootstrap, tmp_path):
         RL_KAFKA_FETCH_WAIT_MAX_MS="10",
         RL_UPDATE_INTERVAL="1",
         RL_LOG_FORMAT="json",
+        RL_LOG_LEVEL="DEBUG",
+        RL_KAFKA_SASL_PASSWORD=SECRET,  # unused on PLAINTEXT, but must never be logged
         RL_STATE_DIR=str(tmp_path / "state"),
     )
     proc = subprocess.Popen([BIN, "run"], env=env, stderr=subprocess.PIPE, text=True)
@@ -130,6 +133,7 @@ def test_run_command_decides_learns_and_exits_cleanly(bootstrap, tmp_path):
         assert proc.wait(30) == 0
         log = proc.stderr.read()
         assert "stopped after 21 decisions, 20 rewards joined" in log
+        assert SECRET not in log
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -137,6 +137,21 @@ def test_pending_joins_are_bounded(settings_factory, start_service, client_facto
     wait_for(lambda: _learned(running) == 30, what="evicted decisions learned with the default")
 
 
+def test_a_full_producer_queue_is_backpressure_not_loss(
+    settings_factory, start_service, client_factory
+):
+    # A local queue of 3 messages: the loop must poll and wait, never drop or crash.
+    settings = settings_factory(kafka_extra={"queue.buffering.max.messages": 3})
+    running = start_service(settings)
+    client = client_factory(settings)
+    for i in range(300):
+        client.context(f"bp{i}", domain=f"d{i % 4}")
+    decisions = client.decisions(300)
+    assert sorted(d["event_id"] for d in decisions) == sorted(f"bp{i}" for i in range(300))
+    assert running.service.stats.delivery_retries == 0
+    assert running.thread.is_alive()
+
+
 def test_malformed_messages_are_skipped_and_valid_ones_decided(
     settings_factory, start_service, client_factory
 ):

@@ -120,9 +120,11 @@ def run_soak(
         )
         ensure_topics(s, AdminClient(admin_config(s)))
         exe = Path(sys.executable).with_name("bandit-stream")
-        proc = subprocess.Popen(
-            [str(exe), "run"], env=_service_env(s), stderr=subprocess.PIPE, text=True
-        )
+        # The service's log goes to a file: a pipe nobody reads while it runs would fill
+        # and block the service on its next log line.
+        log_path = Path(s.state_dir) / "service.log"
+        log_file = stack.enter_context(open(log_path, "w"))  # noqa: SIM115 - closed by the stack
+        proc = subprocess.Popen([str(exe), "run"], env=_service_env(s), stderr=log_file)
         stack.callback(lambda: None if proc.poll() is not None else proc.kill())
         ps = psutil.Process(proc.pid)
         producer = Producer(
@@ -207,7 +209,8 @@ def run_soak(
         except subprocess.TimeoutExpired:
             proc.kill()
             exit_code = -9
-        stderr = proc.stderr.read() if proc.stderr else ""
+        log_file.flush()
+        stderr = log_path.read_text()
         if os.environ.get("BANDIT_SOAK_LOG"):
             Path(os.environ["BANDIT_SOAK_LOG"]).write_text(stderr)
         decided.close()

@@ -68,7 +68,9 @@ def test_run_command_decides_learns_and_exits_cleanly(bootstrap, tmp_path):
         RL_KAFKA_SASL_PASSWORD=SECRET,  # unused on PLAINTEXT, but must never be logged
         RL_STATE_DIR=str(tmp_path / "state"),
     )
-    proc = subprocess.Popen([BIN, "run"], env=env, stderr=subprocess.PIPE, text=True)
+    log_path = tmp_path / "service.log"  # a file, not a pipe: DEBUG output must not block it
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([BIN, "run"], env=env, stderr=log_file)
     try:
         producer = Producer({"bootstrap.servers": bootstrap})
         consumer = Consumer(
@@ -131,7 +133,8 @@ def test_run_command_decides_learns_and_exits_cleanly(bootstrap, tmp_path):
         consumer.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-        log = proc.stderr.read()
+        log_file.close()
+        log = log_path.read_text()
         assert "stopped after 21 decisions, 20 rewards joined" in log
         assert SECRET not in log
     finally:

@@ -80,7 +80,7 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
 
     # The embedded broker unless RL_KAFKA_BOOTSTRAP_SERVERS names a cluster.
     bootstrap = os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS")
-    r = run_soak(args.events, args.garbage, Path(args.out), bootstrap, args.seed)
+    r = run_soak(args.events, args.garbage, Path(args.out), bootstrap, args.seed, args.rate)
     print((Path(args.out) / "soak.md").read_text())
     ok = r["decisions_equal_valid"] and r["dead_letters_equal_garbage"] and not r["crashes"]
     return 0 if ok and r["exit_code"] == 0 else 1
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--events", type=int, default=1_000_000)
     soak.add_argument("--garbage", type=float, default=0.01, help="share of garbage contexts")
     soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument(
+        "--rate", type=float, default=10_000.0, help="events offered per second (0: unpaced)"
+    )
     soak.add_argument("--out", default="bench-out")
     soak.set_defaults(fn=cmd_bench_soak)
     return p

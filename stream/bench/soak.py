@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,15 @@ class _Counter:
         md = self.c.list_topics(topic, timeout=10).topics[topic]
         self.c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
         self.n = 0
+        self.codes: Counter[str] = Counter()  # dead letters by their error_code header
 
     def poll(self, timeout: float = 0.2) -> int:
         for m in self.c.consume(10000, timeout):
             if m.error() is None:
                 self.n += 1
+                for pair in m.headers() or []:
+                    if pair[0] == "error_code" and isinstance(pair[1], bytes):
+                        self.codes[pair[1].decode()] += 1
         return self.n
 
     def close(self) -> None:
@@ -99,8 +104,16 @@ class _Counter:
 
 
 def run_soak(
-    events: int, garbage: float, out: Path, bootstrap: str | None = None, seed: int = 0
+    events: int,
+    garbage: float,
+    out: Path,
+    bootstrap: str | None = None,
+    seed: int = 0,
+    rate: float = 10_000.0,
 ) -> dict[str, Any]:
+    """Stream ``events`` at ``rate`` per second (0: as fast as possible). Paced, the run
+    is real time: a flood far ahead of its rewards would instead evict decisions at
+    RL_MAX_PENDING and dead-letter their late rewards, which is correct but not a soak."""
     with ExitStack() as stack:
         if bootstrap is None:
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
@@ -155,7 +168,12 @@ def run_soak(
                     producer.poll(0.05)
 
         with tqdm(total=events, desc="soak: producing", unit="ev", file=sys.stderr) as bar:
+            t0 = time.monotonic()
             for i in range(events):
+                if rate > 0 and i % 100 == 0:
+                    ahead = t0 + i / rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
                 domain = DOMAINS[i % len(DOMAINS)]
                 if rng.random() < garbage:
                     send(s.topic_contexts, GARBAGE[bad % len(GARBAGE)], domain.encode())
@@ -226,6 +244,8 @@ def run_soak(
         "dead_letters": dead,
         "decisions_equal_valid": decisions == valid,
         "dead_letters_equal_garbage": dead == bad,
+        "dead_letters_by_code": dict(dead_letters.codes),
+        "offered_per_s": rate,
         "crashes": int(crashed),
         "exit_code": exit_code,
         "tracebacks_in_log": stderr.count("Traceback"),
@@ -244,6 +264,11 @@ def _write(r: dict[str, Any], out: Path) -> None:
         ["events", r["events"]],
         ["valid contexts / decisions", f"{r['valid_contexts']} / {r['decisions']}"],
         ["garbage / dead letters", f"{r['garbage']} / {r['dead_letters']}"],
+        [
+            "dead letters by code",
+            ", ".join(f"{k} {v}" for k, v in sorted(r["dead_letters_by_code"].items())),
+        ],
+        ["offered rate", f"{r['offered_per_s']:.0f} events/s"],
         ["crashes", r["crashes"]],
         ["exit code after SIGTERM", r["exit_code"]],
         ["tracebacks in the log", r["tracebacks_in_log"]],

@@ -110,6 +110,40 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from policies import POLICIES
+    from stream.replay import replay_file
+
+    policies = args.policies.split(",")
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"unknown policies: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    summary = replay_file(Path(args.log), policies, _settings(), Path(args.out))
+    print((Path(args.out) / "replay.md").read_text())
+    return 0 if summary["events"] else 1
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from stream import tune
+
+    settings = _settings()
+    if bool(args.log) == bool(args.sim):
+        print("tune needs exactly one of --log PATH or --sim NAME", file=sys.stderr)
+        return 2
+    if args.log:
+        from stream.joinedlog import read
+
+        objective = tune.log_objective(read(Path(args.log)), args.policy, settings, args.holdout)
+    else:
+        objective = tune.sim_objective(args.sim, args.policy, settings, args.seeds)
+    result = tune.tune(objective, args.policy, args.trials, Path(args.out), args.seed)
+    print(f"best objective {result['best_value']:.4f} after {result['trials']} trials")
+    print(f"study stored in {result['storage']}")
+    print("\n".join(result["env"]))
+    return 0
+
+
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     from stream.state import SERVED, open_store
 
@@ -186,6 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("domain")
     rb.add_argument("version", type=int)
     rb.set_defaults(fn=cmd_checkpoint)
+    rp = sub.add_parser("replay", help="policies off-policy on a joined log (RL_JOINED_LOG)")
+    rp.add_argument("log", help="a JSONL joined log")
+    rp.add_argument("--policies", default="doubly_robust,offset_tree,linucb,linear_ts")
+    rp.add_argument("--out", default="replay-out")
+    rp.set_defaults(fn=cmd_replay)
+    tn = sub.add_parser("tune", help="optuna search of a policy's settings")
+    tn.add_argument("--policy", choices=["doubly_robust", "offset_tree"], required=True)
+    tn.add_argument("--trials", type=int, default=30)
+    tn.add_argument("--log", help="a joined log: maximise the DR estimate on its held-out tail")
+    tn.add_argument("--holdout", type=float, default=0.2, help="share of the log held out")
+    tn.add_argument("--sim", choices=["seed", "linear", "digits"], help="or a simulator")
+    tn.add_argument("--seeds", type=int, default=2, help="simulator seeds per trial")
+    tn.add_argument("--seed", type=int, default=0, help="sampler seed")
+    tn.add_argument("--out", default="tune-out")
+    tn.set_defaults(fn=cmd_tune)
     bench = sub.add_parser("bench", help="benchmarks writing JSON, Markdown and PNG")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     conv = bench_sub.add_parser("convergence", help="policies on simulated bandits (no broker)")

@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "text"
     memory_limit_mb: int = Field(2048, ge=64)
     memory_cleanup_interval: float = Field(60.0, gt=0)
+    # Every finished join (JSONL file path, or "kafka:TOPIC"); empty: none.
+    joined_log: str = ""
 
     # --- Rollout and monitoring ----------------------------------------------------------
     rollout_percentage: float = Field(0.1, ge=0.0, le=1.0)

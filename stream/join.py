@@ -34,6 +34,10 @@ class Pending:
     variant: str
     decided_at: float  # epoch seconds
     deadline: float  # epoch seconds
+    # Kept only for the joined log (RL_JOINED_LOG): the full distribution and the
+    # policy's version when it decided.
+    distribution: tuple[float, ...] | None = None
+    policy_version: int = 0
 
 
 Key = tuple[str, str]

@@ -39,6 +39,7 @@ from stream.domains import Domains, DomainState, Served
 from stream.health import BrokerWatch
 from stream.http import serve
 from stream.join import Outcome, Pending, PendingJoins
+from stream.joinedlog import JoinedLog
 from stream.kafka import consumer_config, is_benign, producer_config
 from stream.logs import RateLimitedLog
 from stream.memory import MemoryGuard, process_rss_mb
@@ -108,6 +109,7 @@ class Service:
         self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
         self._http: Any = None
         self.broker: BrokerWatch | None = None
+        self.joined_log: JoinedLog | None = None
         self._last_turn = time.monotonic()
         self._last_metrics = time.monotonic()
         self._checkpoint_started = 0.0
@@ -157,6 +159,8 @@ class Service:
                 exc,
             )
         self._delivery = Delivery(self._producer, s.topic_decisions, self._on_retry)
+        if s.joined_log:
+            self.joined_log = JoinedLog(s.joined_log, s.feature_dim, self._delivery)
         self._consumer = Consumer(consumer_config(s))
         self._consumer.subscribe(
             [s.topic_contexts, s.topic_rewards],
@@ -215,6 +219,8 @@ class Service:
             self._publisher.close()
         if self._http is not None:
             self._http.shutdown()
+        if self.joined_log is not None:
+            self.joined_log.close()
         if self.broker is not None:
             self.broker.stop()
         self._store.close()
@@ -319,6 +325,7 @@ class Service:
         probs = dec.probability.tolist()
         version = policy.n_learned
         latencies: list[float] = []
+        keep_dist = self.joined_log is not None
         deadline = now + s.reward_wait_s
         start = 0
         for i, ev in enumerate(events):
@@ -339,6 +346,7 @@ class Service:
                 latency_ms=lat,
             )
             latencies.append(lat)
+            dist = tuple(pmf[start : start + k]) if keep_dist else None
             start += k
             delivery.produce(value, state.name.encode())
             evicted = self.joins.add(
@@ -352,6 +360,8 @@ class Service:
                     variant,
                     now,
                     deadline,
+                    dist,
+                    version,
                 )
             )
             early = self.joins.claim_early(state.name, ev.event_id)
@@ -373,6 +383,8 @@ class Service:
             self.domains.add_feedback(state, pending, r.reward, now)
             self.stats.rewards_joined += 1
             self.metrics.reward(state.name, "joined", pending.variant, r.reward)
+            if self.joined_log is not None:
+                self.joined_log.write(pending, r.reward, default=False)
             return
         known = r.domain in self.domains.states  # metrics labels: held domains only
         if outcome is Outcome.DUPLICATE:
@@ -422,6 +434,8 @@ class Service:
                 continue
             state.expired += 1
             self.metrics.expired(p.domain, default is not None)
+            if self.joined_log is not None:
+                self.joined_log.write(p, default, default=True)
             if default is not None:
                 self.domains.add_feedback(state, p, default, now)
 
@@ -466,6 +480,8 @@ class Service:
             return None
         self._finish_write(block=True)  # one write at a time, in order
         self._last_checkpoint = time.monotonic()
+        if self.joined_log is not None:
+            self.joined_log.flush()
         self._checkpoint_started = time.perf_counter()
         if wait:  # periodic ones checkpoint the reward buffers instead of learning them now
             self.stats.rewards_learned += self.domains.flush_due(time.time(), force=True)

@@ -36,6 +36,8 @@ def pending_to_json(p: Pending) -> dict[str, Any]:
         "variant": p.variant,
         "decided_at": p.decided_at,
         "deadline": p.deadline,
+        "distribution": None if p.distribution is None else list(p.distribution),
+        "policy_version": p.policy_version,
     }
 
 
@@ -49,6 +51,17 @@ def _sparse(obj: Any, n_features: int) -> Sparse:
     ):
         raise CorruptCheckpoint("a pending decision has malformed features")
     return list(obj[0]), [float(v) for v in obj[1]]
+
+
+def _distribution(obj: Any, k: int) -> tuple[float, ...] | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, list) or len(obj) != k:
+        raise ValueError("the distribution does not match the candidates")
+    out = tuple(float(v) for v in obj)
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in out):
+        raise ValueError("the distribution holds a non-probability")
+    return out
 
 
 def pending_from_json(d: dict[str, Any], n_features: int) -> Pending:
@@ -78,6 +91,8 @@ def pending_from_json(d: dict[str, Any], n_features: int) -> Pending:
             str(d["variant"]),
             float(d["decided_at"]),
             float(d["deadline"]),
+            _distribution(d.get("distribution"), len(cands)),
+            int(d.get("policy_version", 0)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptCheckpoint(f"a pending decision is malformed: {exc}") from exc

@@ -86,6 +86,62 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
     return 0 if ok and r["exit_code"] == 0 else 1
 
 
+def cmd_bench_e2e(args: argparse.Namespace) -> int:
+    from stream.bench import e2e
+
+    out = Path(args.out)
+    if args.bench == "throughput":
+        r = e2e.throughput(args.events, args.domains, out)
+        print(
+            f"{r['contexts_per_s']:.0f} contexts/s decided (passthrough "
+            f"{r['passthrough_per_s']:.0f}/s, ratio {r['ratio']})"
+        )
+    elif args.bench == "latency":
+        rate = args.rate
+        if not rate:
+            measured = e2e.throughput(min(args.events, 100_000), args.domains, out)
+            rate = measured["contexts_per_s"] / 2
+        r = e2e.latency(args.events, args.domains, rate, out)
+        print(
+            f"at {rate:.0f}/s: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
+            f"p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms"
+        )
+    else:
+        r = e2e.memory(args.events, args.domains, args.rate or 10_000.0, out)
+        print(
+            f"RSS {r['rss_final_mb']:.0f} MB after {args.events} events on {args.domains} "
+            f"domains; growth {r['growth_mb_per_million']} MB per million events"
+        )
+    print(f"results in {out}/{args.bench}.json, .md, .png")
+    return 0
+
+
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    """Every benchmark with its defaults scaled by --scale, one combined report."""
+    from stream.bench import convergence, e2e
+    from stream.bench.soak import run_soak
+
+    out = Path(args.out)
+    k = args.scale
+    settings = _settings()
+    results, peers = convergence.run(
+        sorted(__import__("policies").POLICIES), ["seed", "linear", "digits"], 3, 0, out, settings
+    )
+    tp = e2e.throughput(int(200_000 * k), 100, out)
+    lat = e2e.latency(int(100_000 * k), 100, tp["contexts_per_s"] / 2, out)
+    mem = e2e.memory(int(1_000_000 * k), 1000, 10_000.0, out)
+    soak = run_soak(int(1_000_000 * k), 0.01, out, os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS"))
+    parts = [
+        "# bandit-stream benchmarks\n",
+        convergence.print_table(results, peers),
+        *((out / f"{n}.md").read_text() for n in ("throughput", "latency", "memory", "soak")),
+    ]
+    (out / "all.md").write_text("\n\n".join(parts))
+    print((out / "all.md").read_text())
+    _ = (lat, mem, soak)
+    return 0
+
+
 def cmd_bench_convergence(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -255,6 +311,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.add_argument("--out", default="bench-out")
     soak.set_defaults(fn=cmd_bench_soak)
+    for name, events, help_text in (
+        ("throughput", 200_000, "contexts decided per second end to end, vs a passthrough"),
+        ("latency", 100_000, "context produced -> decision consumed at a fixed load"),
+        ("memory", 1_000_000, "the service's RSS over many events and domains"),
+    ):
+        b = bench_sub.add_parser(name, help=help_text)
+        b.add_argument("--events", type=int, default=events)
+        b.add_argument("--domains", type=int, default=1000 if name == "memory" else 100)
+        if name != "throughput":
+            b.add_argument(
+                "--rate",
+                type=float,
+                default=0.0,
+                help="offered contexts/s (latency default: half the measured maximum; "
+                "memory default 10000)",
+            )
+        b.add_argument("--out", default="bench-out")
+        b.set_defaults(fn=cmd_bench_e2e)
+    ball = bench_sub.add_parser("all", help="every benchmark, one report (all.md)")
+    ball.add_argument("--scale", type=float, default=1.0, help="event counts x this")
+    ball.add_argument("--out", default="bench-out")
+    ball.set_defaults(fn=cmd_bench_all)
     return p
 
 

@@ -1,0 +1,425 @@
+"""End-to-end benchmarks through a real broker: throughput, latency and memory.
+
+One service process (`bandit-stream run`, as deployed) on the embedded broker, or on
+``RL_KAFKA_BOOTSTRAP_SERVERS``; a producer process streams contexts over many domains and,
+``reward_delay`` events later, each one's reward; this process reads the decisions.
+
+- ``throughput``: contexts decided per second with rewards flowing (over the middle 80% of
+  the run, so start-up and drain do not count), beside a bare consume -> produce
+  passthrough on the same broker with the same batch sizes as the ceiling, and the ratio.
+- ``latency``: context produced -> decision consumed at a fixed offered load (default half
+  the measured throughput): p50 / p95 / p99 / p99.9 and a CDF plot.
+- ``memory``: the service's RSS over N events on many domains, and its growth per million
+  events over the second half of the run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from tqdm import tqdm
+
+from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
+from stream.bench.soak import _service_env
+from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
+from stream.config import Settings, load_settings
+from stream.kafka import admin_config
+from stream.topics import ensure_topics
+
+CANDIDATES = ["a", "b", "c", "d"]
+
+
+def _settings(bootstrap: str, **extra: Any) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    s = load_settings(
+        **FAST_CLIENT_SETTINGS,
+        kafka_bootstrap_servers=bootstrap,
+        kafka_group_id=f"bench-{tag}",
+        topic_contexts=f"bench-{tag}.contexts",
+        topic_rewards=f"bench-{tag}.rewards",
+        topic_decisions=f"bench-{tag}.decisions",
+        topic_metrics=f"bench-{tag}.metrics",
+        topic_dead_letter=f"bench-{tag}.dead-letter",
+        topic_state=f"bench-{tag}.state",
+        state_dir=Path(tempfile.mkdtemp(prefix="bandit-bench-")),
+        reward_wait_s=600.0,
+        **extra,
+    )
+    ensure_topics(s, AdminClient(admin_config(s)))
+    return s
+
+
+def produce(
+    bootstrap: str,
+    contexts: str,
+    rewards: str | None,
+    n: int,
+    domains: int,
+    rate: float,
+    reward_delay: int,
+    seed: int,
+) -> None:
+    """Producer process: contexts (event id = index and send time), rewards trailing."""
+    p = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500000}
+    )
+    rng = random.Random(seed)
+    names = [f"dom{i}" for i in range(domains)]
+    start = time.monotonic()
+    trail: deque[tuple[str, str]] = deque()
+
+    def send(topic: str, value: bytes, key: bytes) -> None:
+        while True:
+            try:
+                p.produce(topic, value, key)
+                return
+            except BufferError:
+                p.poll(0.01)
+
+    for i in range(n):
+        if rate > 0 and i % 50 == 0:
+            ahead = start + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        d = names[i % domains]
+        eid = f"{i}:{time.time_ns()}"  # carries the send time, for the latency
+        ctx = {
+            "event_id": eid,
+            "domain": d,
+            "context": {"x": rng.random(), "tier": "pro" if rng.random() < 0.3 else "free"},
+            "candidates": CANDIDATES,
+        }
+        send(contexts, orjson.dumps(ctx), d.encode())
+        if rewards is not None:
+            trail.append((eid, d))
+            if len(trail) > reward_delay:
+                old, dom = trail.popleft()
+                r = {"event_id": old, "domain": dom, "reward": float(rng.random() < 0.5)}
+                send(rewards, orjson.dumps(r), dom.encode())
+        if i % 1000 == 0:
+            p.poll(0)
+    for old, dom in trail:  # trail is empty without a rewards topic
+        last = {"event_id": old, "domain": dom, "reward": 1.0}
+        send(rewards or contexts, orjson.dumps(last), dom.encode())
+    p.flush(120)
+
+
+class DecisionReader:
+    """Reads a topic from the start: receive time and event id of every message."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 5,
+            }
+        )
+        md = self.c.list_topics(topic, timeout=10).topics[topic]
+        self.c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+        self.times: list[float] = []
+        self.sent: list[float] = []
+
+    def read(self, n: int, timeout: float, bar: Any = None) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.times) < n and time.monotonic() < deadline:
+            msgs = self.c.consume(5000, 0.2)
+            now = time.time()
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                self.times.append(now)
+                try:
+                    eid = orjson.loads(m.value() or b"{}")["event_id"]
+                    self.sent.append(int(eid.split(":")[1]) / 1e9)
+                except (KeyError, ValueError, IndexError, orjson.JSONDecodeError):
+                    self.sent.append(now)
+            if bar is not None:
+                bar.update(len(self.times) - bar.n)
+
+    def rate(self) -> float:
+        """Messages per second over the middle 80% (no start-up, no drain)."""
+        t = np.sort(np.asarray(self.times))
+        if len(t) < 10:
+            return 0.0
+        a, b = int(len(t) * 0.1), int(len(t) * 0.9)
+        span = t[b] - t[a]
+        return (b - a) / span if span > 0 else float("inf")
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
+    """The ceiling: consume in batches and produce each message on, nothing else."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"passthrough-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "compression.type": "lz4"})
+    c.subscribe([src])
+    done = 0
+    deadline = time.monotonic() + 600
+    while done < n and time.monotonic() < deadline:
+        for m in c.consume(batch, 0.1):
+            if m.error() is None:
+                while True:
+                    try:
+                        p.produce(dst, m.value(), m.key())
+                        break
+                    except BufferError:
+                        p.poll(0.01)
+                done += 1
+        p.poll(0)
+    p.flush(60)
+    c.close()
+
+
+class Service:
+    """`bandit-stream run` as its own process; its log in a file."""
+
+    def __init__(self, s: Settings, stack: ExitStack) -> None:
+        exe = Path(sys.executable).with_name("bandit-stream")
+        self.log_path = Path(s.state_dir) / "service.log"
+        log = stack.enter_context(open(self.log_path, "w"))  # noqa: SIM115 - the stack closes it
+        self.proc = subprocess.Popen([str(exe), "run"], env=_service_env(s), stderr=log)
+        stack.callback(self.stop)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def rss_mb(self) -> float:
+        return float(self.ps.memory_info().rss) / 2**20 if self.proc.poll() is None else 0.0
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.returncode if self.proc.returncode is not None else -9
+
+
+def _spawn(target: Any, *args: Any) -> Any:
+    ctx = mp.get_context("spawn")  # librdkafka threads run here: never fork
+    proc = ctx.Process(target=target, args=args, daemon=True)
+    proc.start()
+    return proc
+
+
+def _bootstrap(stack: ExitStack) -> str:
+    given = os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS")
+    return given or stack.enter_context(EmbeddedBroker()).bootstrap_servers
+
+
+def _wait_ready(svc: Service, s: Settings) -> None:
+    """Until the service consumes (its log says it has partitions)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "assigned" in svc.log_path.read_text():
+            return
+        if svc.proc.poll() is not None:
+            raise RuntimeError(f"the service exited: {svc.log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+    raise RuntimeError("the service never got its partitions")
+
+
+def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -> dict[str, Any]:
+    with ExitStack() as stack:
+        bootstrap = _bootstrap(stack)
+        s = _settings(bootstrap)
+        svc = Service(s, stack)
+        _wait_ready(svc, s)
+        reader = DecisionReader(bootstrap, s.topic_decisions)
+        prod = _spawn(
+            produce,
+            bootstrap,
+            s.topic_contexts,
+            s.topic_rewards,
+            events,
+            domains,
+            0.0,
+            reward_delay,
+            0,
+        )
+        rss: list[float] = []
+        with tqdm(total=events, desc="throughput: service", unit="ctx", file=sys.stderr) as bar:
+            reader.read(events, timeout=max(120.0, events / 1000), bar=bar)
+        prod.join(60)
+        rss.append(svc.rss_mb())
+        decided = len(reader.times)
+        service_rate = reader.rate()
+        reader.close()
+        code = svc.stop()
+
+        # The ceiling: the same producer into a bare consume -> produce passthrough.
+        p2 = _settings(bootstrap)
+        pt_out = p2.topic_decisions
+        reader2 = DecisionReader(bootstrap, pt_out)
+        pt = _spawn(passthrough, bootstrap, p2.topic_contexts, pt_out, events, s.batch_size)
+        prod2 = _spawn(
+            produce, bootstrap, p2.topic_contexts, None, events, domains, 0.0, reward_delay, 0
+        )
+        with tqdm(total=events, desc="throughput: passthrough", unit="msg", file=sys.stderr) as bar:
+            reader2.read(events, timeout=max(120.0, events / 1000), bar=bar)
+        prod2.join(60)
+        pt.join(60)
+        pass_rate = reader2.rate()
+        reader2.close()
+    result = {
+        "events": events,
+        "domains": domains,
+        "decided": decided,
+        "contexts_per_s": round(service_rate, 1),
+        "passthrough_per_s": round(pass_rate, 1),
+        "ratio": round(service_rate / pass_rate, 3) if pass_rate else None,
+        "rewards_flowing": True,
+        "service_exit_code": code,
+        "machine": machine(),
+    }
+    write_json(out, "throughput", result)
+    rows = [
+        [k, result[k]]
+        for k in ("events", "domains", "contexts_per_s", "passthrough_per_s", "ratio")
+    ]
+    write_markdown(
+        out, "throughput", "# Throughput\n\n" + markdown_table(["", "value"], rows) + "\n"
+    )
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(["service", "passthrough"], [service_rate, pass_rate], color=["tab:blue", "tab:gray"])
+    ax.set_ylabel("messages decided / passed per second")
+    ax.set_title(f"throughput, {domains} domains, rewards flowing")
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+    return result
+
+
+def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
+    with ExitStack() as stack:
+        bootstrap = _bootstrap(stack)
+        s = _settings(bootstrap)
+        svc = Service(s, stack)
+        _wait_ready(svc, s)
+        reader = DecisionReader(bootstrap, s.topic_decisions)
+        prod = _spawn(
+            produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 1
+        )
+        with tqdm(
+            total=events, desc=f"latency at {rate:.0f}/s", unit="ctx", file=sys.stderr
+        ) as bar:
+            reader.read(events, timeout=events / rate + 120, bar=bar)
+        prod.join(60)
+        reader.close()
+        svc.stop()
+    lat = (np.asarray(reader.times) - np.asarray(reader.sent)) * 1000.0
+    a, b = int(len(lat) * 0.1), int(len(lat) * 0.9)
+    steady = np.sort(lat[a:b]) if b > a else np.sort(lat)
+    pct = {q: float(np.percentile(steady, q)) for q in (50, 95, 99, 99.9)}
+    result = {
+        "events": events,
+        "domains": domains,
+        "offered_per_s": rate,
+        "decided": len(lat),
+        "p50_ms": round(pct[50], 3),
+        "p95_ms": round(pct[95], 3),
+        "p99_ms": round(pct[99], 3),
+        "p999_ms": round(pct[99.9], 3),
+        "machine": machine(),
+    }
+    write_json(out, "latency", result)
+    rows = [[k, result[k]] for k in ("offered_per_s", "p50_ms", "p95_ms", "p99_ms", "p999_ms")]
+    write_markdown(
+        out,
+        "latency",
+        "# Latency\n\ncontext produced -> decision consumed.\n\n"
+        + markdown_table(["", "value"], rows)
+        + "\n",
+    )
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steady, np.linspace(0, 1, len(steady)))
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("share of decisions")
+    ax.set_title(f"latency CDF at {rate:.0f} contexts/s")
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+    return result
+
+
+def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
+    with ExitStack() as stack:
+        bootstrap = _bootstrap(stack)
+        s = _settings(bootstrap, max_domains=max(1000, domains))
+        svc = Service(s, stack)
+        _wait_ready(svc, s)
+        reader = DecisionReader(bootstrap, s.topic_decisions)
+        prod = _spawn(
+            produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 2
+        )
+        samples: list[list[float]] = []
+        start = time.monotonic()
+        with tqdm(total=events, desc="memory", unit="ctx", file=sys.stderr) as bar:
+            deadline = start + events / max(rate, 1.0) * 3 + 120
+            while len(reader.times) < events and time.monotonic() < deadline:
+                reader.read(len(reader.times) + 1, timeout=1.0, bar=bar)
+                samples.append(
+                    [round(time.monotonic() - start, 2), len(reader.times), round(svc.rss_mb(), 1)]
+                )
+        prod.join(60)
+        reader.close()
+        svc.stop()
+    xs = np.asarray([c for _, c, _ in samples], dtype=float)
+    ys = np.asarray([m for _, _, m in samples], dtype=float)
+    half = xs >= xs.max() / 2 if len(xs) else xs.astype(bool)
+    growth = float(np.polyfit(xs[half], ys[half], 1)[0] * 1e6) if half.sum() > 2 else 0.0
+    result = {
+        "events": events,
+        "domains": domains,
+        "offered_per_s": rate,
+        "rss_mb": samples,
+        "rss_final_mb": float(ys[-1]) if len(ys) else 0.0,
+        "rss_max_mb": float(ys.max()) if len(ys) else 0.0,
+        "growth_mb_per_million": round(growth, 2),
+        "machine": machine(),
+    }
+    write_json(out, "memory", result)
+    rows = [
+        [k, result[k]]
+        for k in ("events", "domains", "rss_final_mb", "rss_max_mb", "growth_mb_per_million")
+    ]
+    write_markdown(out, "memory", "# Memory\n\n" + markdown_table(["", "value"], rows) + "\n")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(xs, ys)
+    ax.set_xlabel("contexts decided")
+    ax.set_ylabel("service RSS (MB)")
+    ax.set_title(f"memory: {domains} domains")
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=110)
+    plt.close(fig)
+    return result

@@ -1,0 +1,36 @@
+"""The end-to-end benchmarks run (small) and write what they promise."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from stream.bench import e2e
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def on_test_broker(bootstrap, monkeypatch):
+    monkeypatch.setenv("RL_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+
+
+def test_throughput_latency_and_memory_reports(on_test_broker, tmp_path):
+    tp = e2e.throughput(6000, 20, tmp_path, reward_delay=200)
+    assert tp["decided"] == 6000 and tp["service_exit_code"] == 0
+    assert tp["contexts_per_s"] > 0 and tp["passthrough_per_s"] > 0 and tp["ratio"] > 0
+    lat = e2e.latency(3000, 20, 1000.0, tmp_path)
+    assert lat["decided"] == 3000
+    assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["p999_ms"]
+    mem = e2e.memory(4000, 50, 2000.0, tmp_path)
+    assert mem["rss_mb"] and 50 < mem["rss_max_mb"] < 2000
+    for name in ("throughput", "latency", "memory"):
+        data = orjson.loads((tmp_path / f"{name}.json").read_bytes())
+        assert data["machine"]["cpus"] >= 1
+        assert (tmp_path / f"{name}.md").exists() and (tmp_path / f"{name}.png").exists()
+    for key in ("contexts_per_s", "passthrough_per_s", "ratio"):
+        assert key in orjson.loads((tmp_path / "throughput.json").read_bytes())
+    for key in ("offered_per_s", "p50_ms", "p95_ms", "p99_ms", "p999_ms"):
+        assert key in orjson.loads((tmp_path / "latency.json").read_bytes())
+    for key in ("rss_mb", "growth_mb_per_million"):
+        assert key in orjson.loads((tmp_path / "memory.json").read_bytes())

@@ -185,7 +185,14 @@ class Service:
         """One pass: consume a batch, process it, expire, learn, deliver, checkpoint when due."""
         assert self._consumer is not None and self._producer is not None
         s = self.settings
-        msgs = self._consumer.consume(num_messages=s.batch_size, timeout=s.poll_timeout_s)
+        # Whatever is already fetched, without waiting to fill a batch (consume() would
+        # block until batch_size arrive or the timeout passes: at 3,000 contexts/s that
+        # alone was 170 ms of latency); only when nothing is there, wait for the first.
+        msgs = self._consumer.consume(num_messages=s.batch_size, timeout=0)
+        if not msgs:
+            msgs = self._consumer.consume(num_messages=1, timeout=s.poll_timeout_s)
+            if msgs:
+                msgs += self._consumer.consume(num_messages=s.batch_size - 1, timeout=0)
         consumed_at = time.perf_counter()
         now = time.time()
         if msgs:

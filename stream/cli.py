@@ -10,7 +10,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 from confluent_kafka.admin import AdminClient
 
 from stream.config import Settings, load_settings, unknown_env_vars
@@ -65,6 +67,50 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print("Ctrl-C or SIGTERM stops the broker", flush=True)
         stop.wait()
         print("stopping broker", flush=True)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """The demo's traffic alone, against RL_KAFKA_BOOTSTRAP_SERVERS (docker-compose)."""
+    import multiprocessing as mp
+    import queue
+
+    from stream.simulator import simulate
+
+    s = _settings()
+    reports: Any = mp.Queue()
+    stop = mp.Event()
+    proc = mp.get_context("spawn").Process(
+        target=simulate,
+        args=(
+            s.kafka_bootstrap_servers,
+            s.topic_contexts,
+            s.topic_rewards,
+            s.topic_decisions,
+            args.events or 10**12,  # 0: until stopped
+            args.rate,
+            args.seed,
+            2.0,
+            reports,
+            stop,
+        ),
+        daemon=True,
+    )
+    proc.start()
+    try:
+        while proc.is_alive():
+            try:
+                kind, summary = reports.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            print(orjson.dumps({"kind": kind, **summary}).decode(), flush=True)
+            if kind == "done":
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        proc.join(10)
     return 0
 
 
@@ -255,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions", type=int, default=4, help="partitions of the topics it creates (default 4)"
     )
     broker.set_defaults(fn=cmd_broker)
+    sim = sub.add_parser(
+        "simulate", help="the demo's simulated traffic against RL_KAFKA_BOOTSTRAP_SERVERS"
+    )
+    sim.add_argument("--events", type=int, default=0, help="0: until stopped")
+    sim.add_argument("--rate", type=float, default=200.0, help="contexts per second")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(fn=cmd_simulate)
     demo = sub.add_parser("demo", help="broker + service + simulated traffic, live")
     demo.add_argument("--events", type=int, default=20_000)
     demo.add_argument("--rate", type=float, default=2_000.0, help="contexts per second")

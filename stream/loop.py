@@ -675,5 +675,7 @@ class Service:
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions),
         )
         self.ready.clear()
-        self._finish_write(block=True)
+        # Not waiting for an in-flight write: in an outage its state-topic publish can
+        # take its whole timeout, and the loop must keep turning. Its snapshot keeps its
+        # own references (copy-on-write), so releasing the live state now is safe.
         self.ownership.release({tp.partition for tp in partitions} & self.ownership.held)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PCounter
+from prometheus_client.core import HistogramMetricFamily
 
 from policies.estimators import Z95
 from stream.config import Settings
@@ -106,6 +109,41 @@ class Alert:
         return None
 
 
+class BatchHistogram:
+    """A Prometheus histogram fed a whole batch at once (numpy bucketing under one lock):
+    ``Histogram.observe`` per decision cost a lock and a Python call each."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.doc = doc
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last: above every bound
+        self.total = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: list[float]) -> None:
+        if not values:
+            return
+        v = np.asarray(values, dtype=np.float64)
+        idx = np.searchsorted(self.bounds, v, side="left")  # le semantics: v <= bound
+        add = np.bincount(idx, minlength=len(self.counts))
+        with self._lock:
+            self.counts += add
+            self.total += float(v.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = self.counts.copy(), self.total
+        cumulative = np.cumsum(counts)
+        buckets = [
+            (repr(float(b)), int(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)
+        ]
+        buckets.append(("+Inf", int(cumulative[-1])))
+        fam = HistogramMetricFamily(self.name, self.doc)
+        fam.add_metric([], buckets, total)
+        yield fam
+
+
 class Metrics:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -138,12 +176,15 @@ class Metrics:
         self.p_rejected = PCounter(
             "bandit_rejected", "Messages skipped or dead-lettered", ["code"], registry=r
         )
-        self.p_latency = Histogram(
+        self.p_latency = BatchHistogram(
             "bandit_decision_latency_seconds",
             "Context consumed to decision produced",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
-            registry=r,
+            (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
+        r.register(self.p_latency)
+        # Label children looked up once per (domain, ...): labels() costs a lock and a
+        # tuple build per call, and these are hit per batch and per reward.
+        self._children: dict[tuple[str, ...], Any] = {}
         self.p_slow = PCounter(
             "bandit_slow_decisions", "Decisions over RL_LATENCY_THRESHOLD_MS", registry=r
         )
@@ -183,18 +224,26 @@ class Metrics:
         self, domain: str, variant: str, latencies_ms: list[float], event_ids: list[str]
     ) -> None:
         w = self._window(domain)
-        w.decisions[variant] += len(latencies_ms)
-        self.p_decisions.labels(domain, variant).inc(len(latencies_ms))
+        n = len(latencies_ms)
+        w.decisions[variant] += n
+        self._child("d", self.p_decisions, domain, variant).inc(n)
         room = LATENCY_SAMPLES - len(w.latencies)
         if room > 0:
             w.latencies.extend(latencies_ms[:room])
-        observe = self.p_latency.observe
+        self.p_latency.observe_many([ms / 1000.0 for ms in latencies_ms])
         limit = self.settings.latency_threshold_ms
-        for i, ms in enumerate(latencies_ms):
-            observe(ms / 1000.0)
-            if ms > limit:
-                w.slow += 1
-                self._slow(ms, domain, event_ids[i])
+        if n and max(latencies_ms) > limit:
+            for i, ms in enumerate(latencies_ms):
+                if ms > limit:
+                    w.slow += 1
+                    self._slow(ms, domain, event_ids[i])
+
+    def _child(self, tag: str, metric: Any, *labels: str) -> Any:
+        key = (tag, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _slow(self, ms: float, domain: str, event_id: str) -> None:
         self.slow_count += 1
@@ -225,13 +274,13 @@ class Metrics:
             w.duplicate += 1
         else:
             w.unmatched += 1
-        self.p_rewards.labels(domain, outcome).inc()
+        self._child("r", self.p_rewards, domain, outcome).inc()
 
     def expired(self, domain: str, learned: bool) -> None:
         w = self._window(domain)
         w.expired += 1
         w.expired_learned += learned
-        self.p_expired.labels(domain).inc()
+        self._child("e", self.p_expired, domain).inc()
 
     def reject(self, code: str) -> None:
         self.rejected += 1
@@ -243,6 +292,7 @@ class Metrics:
             for labels in list(metric._metrics):  # noqa: SLF001 - prometheus has no filter API
                 if labels[0] in domains:
                     metric.remove(*labels)
+        self._children = {k: v for k, v in self._children.items() if k[1] not in domains}
         for d in domains:
             self.windows.pop(d, None)
             if (d,) in self.p_expired._metrics:  # noqa: SLF001

@@ -145,3 +145,20 @@ def test_metrics_event_has_reward_intervals_and_the_treatment_difference():
     d = ev["treatment_minus_control"]
     assert d["low"] < 0.2 < d["high"] and d["low"] > 0
     assert (ev["late_rewards"], ev["duplicate_rewards"], ev["expired_learned_default"]) == (1, 1, 1)
+
+
+def test_latency_histogram_buckets_a_batch_like_prometheus():
+    m = Metrics(load_settings())
+    m.decided("d", "control", [0.3, 1.0, 1.5, 7.0, 2000.0], ["a", "b", "c", "d", "e"])
+    get = m.registry.get_sample_value
+    name = "bandit_decision_latency_seconds_bucket"
+    assert get(name, {"le": "0.0005"}) == 1
+    assert get(name, {"le": "0.001"}) == 2  # le: a value equal to the bound is inside
+    assert get(name, {"le": "0.002"}) == 3
+    assert get(name, {"le": "0.01"}) == 4
+    assert get(name, {"le": "+Inf"}) == 5
+    assert get("bandit_decision_latency_seconds_count", {}) == 5
+    assert get("bandit_decision_latency_seconds_sum", {}) == pytest.approx(2.0098)
+    assert get("bandit_decisions_total", {"domain": "d", "variant": "control"}) == 5
+    m.forget({"d"})
+    assert get("bandit_decisions_total", {"domain": "d", "variant": "control"}) is None

@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,34 @@ def _settings(bootstrap: str, **extra: Any) -> Settings:
     return s
 
 
+def _messages(
+    n: int, domains: int, reward_delay: int, seed: int, with_rewards: bool, timed: bool
+) -> Iterator[tuple[bool, bytes, bytes]]:
+    """(is_context, value, key) in streaming order: contexts, each reward after
+    ``reward_delay`` more contexts. ``timed`` puts the send time in the event id."""
+    rng = random.Random(seed)
+    names = [f"dom{i}".encode() for i in range(domains)]
+    trail: deque[tuple[str, bytes]] = deque()
+    for i in range(n):
+        key = names[i % domains]
+        eid = f"{i}:{time.time_ns()}" if timed else f"{i}:0"
+        ctx = {
+            "event_id": eid,
+            "domain": key.decode(),
+            "context": {"x": rng.random(), "tier": "pro" if rng.random() < 0.3 else "free"},
+            "candidates": CANDIDATES,
+        }
+        yield True, orjson.dumps(ctx), key
+        if with_rewards:
+            trail.append((eid, key))
+            if len(trail) > reward_delay:
+                old, k = trail.popleft()
+                r = {"event_id": old, "domain": k.decode(), "reward": float(rng.random() < 0.5)}
+                yield False, orjson.dumps(r), k
+    for old, k in trail:
+        yield False, orjson.dumps({"event_id": old, "domain": k.decode(), "reward": 1.0}), k
+
+
 def produce(
     bootstrap: str,
     contexts: str,
@@ -75,14 +104,13 @@ def produce(
     reward_delay: int,
     seed: int,
 ) -> None:
-    """Producer process: contexts (event id = index and send time), rewards trailing."""
+    """Producer process. Unpaced (``rate`` 0, the throughput runs) it builds every message
+    first and then only streams them, so JSON encoding does not take CPU from the
+    service on a small machine; paced, it builds each as it goes, with the send time in
+    the event id for the latency."""
     p = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500000}
     )
-    rng = random.Random(seed)
-    names = [f"dom{i}" for i in range(domains)]
-    start = time.monotonic()
-    trail: deque[tuple[str, str]] = deque()
 
     def send(topic: str, value: bytes, key: bytes) -> None:
         while True:
@@ -92,31 +120,25 @@ def produce(
             except BufferError:
                 p.poll(0.01)
 
-    for i in range(n):
-        if rate > 0 and i % 50 == 0:
-            ahead = start + i / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        d = names[i % domains]
-        eid = f"{i}:{time.time_ns()}"  # carries the send time, for the latency
-        ctx = {
-            "event_id": eid,
-            "domain": d,
-            "context": {"x": rng.random(), "tier": "pro" if rng.random() < 0.3 else "free"},
-            "candidates": CANDIDATES,
-        }
-        send(contexts, orjson.dumps(ctx), d.encode())
-        if rewards is not None:
-            trail.append((eid, d))
-            if len(trail) > reward_delay:
-                old, dom = trail.popleft()
-                r = {"event_id": old, "domain": dom, "reward": float(rng.random() < 0.5)}
-                send(rewards, orjson.dumps(r), dom.encode())
-        if i % 1000 == 0:
+    msgs: Iterable[tuple[bool, bytes, bytes]]
+    msgs = _messages(n, domains, reward_delay, seed, rewards is not None, timed=rate > 0)
+    if rate <= 0:
+        msgs = list(msgs)
+    start = time.monotonic()
+    sent = 0
+    for is_context, value, key in msgs:
+        if is_context:
+            if rate > 0 and sent % 50 == 0:
+                ahead = start + sent / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            sent += 1
+            send(contexts, value, key)
+        else:
+            assert rewards is not None
+            send(rewards, value, key)
+        if sent % 1000 == 0:
             p.poll(0)
-    for old, dom in trail:  # trail is empty without a rewards topic
-        last = {"event_id": old, "domain": dom, "reward": 1.0}
-        send(rewards or contexts, orjson.dumps(last), dom.encode())
     p.flush(120)
 
 

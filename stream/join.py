@@ -159,6 +159,8 @@ class PendingJoins:
         self._early[(domain, event_id)] = (reward, deadline, partition, source)
 
     def claim_early(self, domain: str, event_id: str) -> float | None:
+        if not self._early:  # the common case: skip building the key
+            return None
         held = self._early.pop((domain, event_id), None)
         return None if held is None else held[0]
 

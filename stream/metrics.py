@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PCounter
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from policies.estimators import Z95
 from stream.config import Settings
@@ -144,6 +144,30 @@ class BatchHistogram:
         yield fam
 
 
+class CounterTable:
+    """Prometheus counters by label values, kept in a plain dict: the loop adds with no
+    lock and no call into prometheus_client (which cost ~5 us per reward); a scrape
+    reads a copy (``dict(d)`` runs in C under the GIL, so it never sees a half change)."""
+
+    def __init__(self, name: str, doc: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = labelnames
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], n: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + n
+
+    def forget(self, first_labels: set[str]) -> None:
+        self.values = {k: v for k, v in self.values.items() if k[0] not in first_labels}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=list(self.labelnames))
+        for labels, value in dict(self.values).items():
+            fam.add_metric(list(labels), value)
+        yield fam
+
+
 class Metrics:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -161,30 +185,26 @@ class Metrics:
         }
         self.last_report: list[dict[str, Any]] = []
         r = self.registry = CollectorRegistry()
-        self.p_decisions = PCounter(
-            "bandit_decisions", "Decisions made", ["domain", "variant"], registry=r
-        )
-        self.p_rewards = PCounter(
+        self.p_decisions = CounterTable("bandit_decisions", "Decisions made", ("domain", "variant"))
+        self.p_rewards = CounterTable(
             "bandit_rewards",
             "Rewards by outcome (joined, late, duplicate, unmatched)",
-            ["domain", "outcome"],
-            registry=r,
+            ("domain", "outcome"),
         )
-        self.p_expired = PCounter(
-            "bandit_expired", "Decisions whose reward window closed", ["domain"], registry=r
+        self.p_expired = CounterTable(
+            "bandit_expired", "Decisions whose reward window closed", ("domain",)
         )
-        self.p_rejected = PCounter(
-            "bandit_rejected", "Messages skipped or dead-lettered", ["code"], registry=r
+        self.p_rejected = CounterTable(
+            "bandit_rejected", "Messages dead-lettered, by error code", ("code",)
         )
+        for table in (self.p_decisions, self.p_rewards, self.p_expired, self.p_rejected):
+            r.register(table)
         self.p_latency = BatchHistogram(
             "bandit_decision_latency_seconds",
             "Context consumed to decision produced",
             (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
         r.register(self.p_latency)
-        # Label children looked up once per (domain, ...): labels() costs a lock and a
-        # tuple build per call, and these are hit per batch and per reward.
-        self._children: dict[tuple[str, ...], Any] = {}
         self.p_slow = PCounter(
             "bandit_slow_decisions", "Decisions over RL_LATENCY_THRESHOLD_MS", registry=r
         )
@@ -226,7 +246,7 @@ class Metrics:
         w = self._window(domain)
         n = len(latencies_ms)
         w.decisions[variant] += n
-        self._child("d", self.p_decisions, domain, variant).inc(n)
+        self.p_decisions.inc((domain, variant), n)
         room = LATENCY_SAMPLES - len(w.latencies)
         if room > 0:
             w.latencies.extend(latencies_ms[:room])
@@ -237,13 +257,6 @@ class Metrics:
                 if ms > limit:
                     w.slow += 1
                     self._slow(ms, domain, event_ids[i])
-
-    def _child(self, tag: str, metric: Any, *labels: str) -> Any:
-        key = (tag, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def _slow(self, ms: float, domain: str, event_id: str) -> None:
         self.slow_count += 1
@@ -274,29 +287,27 @@ class Metrics:
             w.duplicate += 1
         else:
             w.unmatched += 1
-        self._child("r", self.p_rewards, domain, outcome).inc()
+        self.p_rewards.inc((domain, outcome))
 
     def expired(self, domain: str, learned: bool) -> None:
         w = self._window(domain)
         w.expired += 1
         w.expired_learned += learned
-        self._child("e", self.p_expired, domain).inc()
+        self.p_expired.inc((domain,))
 
     def reject(self, code: str) -> None:
         self.rejected += 1
-        self.p_rejected.labels(code).inc()
+        self.p_rejected.inc((code,))
 
     def forget(self, domains: set[str]) -> None:
         """Drop released domains' labels: cardinality stays with the held domains."""
-        for metric in (self.p_decisions, self.p_rewards, self.p_mean_reward):
-            for labels in list(metric._metrics):  # noqa: SLF001 - prometheus has no filter API
-                if labels[0] in domains:
-                    metric.remove(*labels)
-        self._children = {k: v for k, v in self._children.items() if k[1] not in domains}
+        for table in (self.p_decisions, self.p_rewards, self.p_expired):
+            table.forget(domains)
+        for labels in list(self.p_mean_reward._metrics):  # noqa: SLF001 - no filter API
+            if labels[0] in domains:
+                self.p_mean_reward.remove(*labels)
         for d in domains:
             self.windows.pop(d, None)
-            if (d,) in self.p_expired._metrics:  # noqa: SLF001
-                self.p_expired.remove(d)
 
     # -- the periodic report ------------------------------------------------------------
     def report(

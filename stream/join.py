@@ -184,6 +184,11 @@ class PendingJoins:
         keys = [k for k in self._pending if k[0] in domains]
         for k in keys:
             del self._pending[k]
+        # The memory of finished joins goes too: it describes state that is being thrown
+        # away. Kept, a reward replayed after a restore (before its replayed context)
+        # would be taken for a duplicate and lost.
+        for k in [k for k in self._finished if k[0] in domains]:
+            del self._finished[k]
         early = [k for k, v in self._early.items() if k[0] in domains or v[2] in partitions]
         for k in early:
             del self._early[k]

@@ -79,3 +79,13 @@ def test_early_rewards_wait_for_their_context_then_expire():
 
 def test_early_rewards_off_by_default():
     assert PendingJoins(3, 10.0).hold_early("d", "x", 1.0, now=0.0) == (False, [])
+
+
+def test_dropping_domains_forgets_their_finished_joins_too():
+    j = PendingJoins(10, 10.0, early_wait_s=5.0)
+    j.add(pend("e1", 0.0))
+    assert j.take("d", "e1")[0] is Outcome.JOINED
+    assert j.take("d", "e1")[0] is Outcome.DUPLICATE
+    j.drop({"d"}, set())
+    # Replayed after a restore, before its context: unknown (held early), not a duplicate.
+    assert j.take("d", "e1")[0] is Outcome.UNKNOWN

@@ -26,6 +26,7 @@ import logging
 import struct
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,7 +314,7 @@ class StatePublisher:
         if err is not None:
             self._failed.append(f"{msg.key()!r}: {err}")
 
-    def _send(self, items: list[tuple[str, bytes]], timeout_s: float) -> None:
+    def _send(self, items: Iterable[tuple[str, bytes]], timeout_s: float) -> None:
         self._failed = []
         topic = self.settings.topic_state
         for key, value in items:
@@ -344,10 +345,13 @@ class StatePublisher:
         by_domain: dict[str, list[Any]] = {}
         for p in snap.pending:
             by_domain.setdefault(p["domain"], []).append(p)
-        records = [
+        # A generator, not a list: each record is encoded, handed to librdkafka (which
+        # copies it) and released before the next, so a checkpoint of 1,000 domains never
+        # holds all their serialised states at once.
+        records = (
             (d, encode_domain(snap, d, part, offs, by_domain.get(d, [])))
             for d, (part, offs) in domains.items()
-        ]
+        )
         self._send(records, timeout_s)
         self._send([(marker_key(p), encode_marker(p, o)) for p, o in markers.items()], timeout_s)
 

@@ -334,6 +334,7 @@ class Service:
         latencies: list[float] = []
         keep_dist = self.joined_log is not None
         deadline = now + s.reward_wait_s
+        key = state.name.encode()
         start = 0
         for i, ev in enumerate(events):
             k = len(ev.candidates)
@@ -355,7 +356,7 @@ class Service:
             latencies.append(lat)
             dist = tuple(pmf[start : start + k]) if keep_dist else None
             start += k
-            delivery.produce(value, state.name.encode())
+            delivery.produce(value, key)
             evicted = self.joins.add(
                 Pending(
                     state.name,

@@ -16,11 +16,8 @@ One service process (`bandit-stream run`, as deployed) on the embedded broker, o
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import deque
@@ -31,39 +28,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
+from stream.bench import harness
+from stream.bench.harness import ServiceProcess
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
-from stream.bench.soak import _service_env
-from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
-from stream.config import Settings, load_settings
-from stream.kafka import admin_config
-from stream.topics import ensure_topics
+from stream.config import Settings
 
 CANDIDATES = ["a", "b", "c", "d"]
-
-
-def _settings(bootstrap: str, **extra: Any) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    s = load_settings(
-        **FAST_CLIENT_SETTINGS,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_group_id=f"bench-{tag}",
-        topic_contexts=f"bench-{tag}.contexts",
-        topic_rewards=f"bench-{tag}.rewards",
-        topic_decisions=f"bench-{tag}.decisions",
-        topic_metrics=f"bench-{tag}.metrics",
-        topic_dead_letter=f"bench-{tag}.dead-letter",
-        topic_state=f"bench-{tag}.state",
-        state_dir=Path(tempfile.mkdtemp(prefix="bandit-bench-")),
-        reward_wait_s=600.0,
-        **extra,
-    )
-    ensure_topics(s, AdminClient(admin_config(s)))
-    return s
 
 
 def _messages(
@@ -220,30 +193,6 @@ def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
     c.close()
 
 
-class Service:
-    """`bandit-stream run` as its own process; its log in a file."""
-
-    def __init__(self, s: Settings, stack: ExitStack) -> None:
-        exe = Path(sys.executable).with_name("bandit-stream")
-        self.log_path = Path(s.state_dir) / "service.log"
-        log = stack.enter_context(open(self.log_path, "w"))  # noqa: SIM115 - the stack closes it
-        self.proc = subprocess.Popen([str(exe), "run"], env=_service_env(s), stderr=log)
-        stack.callback(self.stop)
-        self.ps = psutil.Process(self.proc.pid)
-
-    def rss_mb(self) -> float:
-        return float(self.ps.memory_info().rss) / 2**20 if self.proc.poll() is None else 0.0
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.returncode if self.proc.returncode is not None else -9
-
-
 def _spawn(target: Any, *args: Any) -> Any:
     ctx = mp.get_context("spawn")  # librdkafka threads run here: never fork
     proc = ctx.Process(target=target, args=args, daemon=True)
@@ -251,28 +200,23 @@ def _spawn(target: Any, *args: Any) -> Any:
     return proc
 
 
-def _bootstrap(stack: ExitStack) -> str:
-    given = os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS")
-    return given or stack.enter_context(EmbeddedBroker()).bootstrap_servers
-
-
-def _wait_ready(svc: Service, s: Settings) -> None:
+def _wait_ready(svc: ServiceProcess, s: Settings) -> None:
     """Until the service consumes (its log says it has partitions)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if "assigned" in svc.log_path.read_text():
+        if "assigned" in svc.log():
             return
         if svc.proc.poll() is not None:
-            raise RuntimeError(f"the service exited: {svc.log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"the service exited: {svc.log()[-2000:]}")
         time.sleep(0.2)
     raise RuntimeError("the service never got its partitions")
 
 
 def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap = _bootstrap(stack)
-        s = _settings(bootstrap)
-        svc = Service(s, stack)
+        bootstrap = harness.bootstrap(stack)
+        s = harness.fresh_settings(bootstrap, "bench")
+        svc = ServiceProcess(s, stack)
         _wait_ready(svc, s)
         reader = DecisionReader(bootstrap, s.topic_decisions)
         prod = _spawn(
@@ -297,7 +241,7 @@ def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -
         code = svc.stop()
 
         # The ceiling: the same producer into a bare consume -> produce passthrough.
-        p2 = _settings(bootstrap)
+        p2 = harness.fresh_settings(bootstrap, "bench")
         pt_out = p2.topic_decisions
         reader2 = DecisionReader(bootstrap, pt_out)
         pt = _spawn(passthrough, bootstrap, p2.topic_contexts, pt_out, events, s.batch_size)
@@ -342,9 +286,9 @@ def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -
 
 def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap = _bootstrap(stack)
-        s = _settings(bootstrap)
-        svc = Service(s, stack)
+        bootstrap = harness.bootstrap(stack)
+        s = harness.fresh_settings(bootstrap, "bench")
+        svc = ServiceProcess(s, stack)
         _wait_ready(svc, s)
         reader = DecisionReader(bootstrap, s.topic_decisions)
         prod = _spawn(
@@ -396,9 +340,9 @@ def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]
 
 def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap = _bootstrap(stack)
-        s = _settings(bootstrap, max_domains=max(1000, domains))
-        svc = Service(s, stack)
+        bootstrap = harness.bootstrap(stack)
+        s = harness.fresh_settings(bootstrap, "bench", max_domains=max(1000, domains))
+        svc = ServiceProcess(s, stack)
         _wait_ready(svc, s)
         reader = DecisionReader(bootstrap, s.topic_decisions)
         prod = _spawn(

@@ -12,28 +12,19 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
+from stream.bench import harness
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
-from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
-from stream.config import Settings, env_name, load_settings
-from stream.kafka import admin_config
-from stream.topics import ensure_topics
 
 GARBAGE: list[bytes] = [
     b"\xff\xfe\x00 not utf-8",
@@ -48,29 +39,6 @@ GARBAGE: list[bytes] = [
 ]
 DOMAINS = [f"soak{i}" for i in range(8)]
 CANDIDATES = ["a", "b", "c", "d"]
-
-
-def _service_env(s: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "ENABLE_RL_"))}
-    for field in (
-        "kafka_bootstrap_servers",
-        "kafka_group_id",
-        "topic_contexts",
-        "topic_rewards",
-        "topic_decisions",
-        "topic_metrics",
-        "topic_dead_letter",
-        "topic_state",
-        "state_dir",
-        "kafka_session_timeout_ms",
-        "kafka_heartbeat_interval_ms",
-        "kafka_fetch_wait_max_ms",
-        "reward_wait_s",
-    ):
-        env[env_name(field)] = str(getattr(s, field))
-    env["RL_METRICS_PORT"] = "0"
-    env["RL_LOG_FORMAT"] = "json"
-    return env
 
 
 class _Counter:
@@ -115,31 +83,10 @@ def run_soak(
     is real time: a flood far ahead of its rewards would instead evict decisions at
     RL_MAX_PENDING and dead-letter their late rewards, which is correct but not a soak."""
     with ExitStack() as stack:
-        if bootstrap is None:
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
-        tag = uuid.uuid4().hex[:8]
-        s = load_settings(
-            **FAST_CLIENT_SETTINGS,
-            kafka_bootstrap_servers=bootstrap,
-            kafka_group_id=f"soak-{tag}",
-            topic_contexts=f"soak-{tag}.contexts",
-            topic_rewards=f"soak-{tag}.rewards",
-            topic_decisions=f"soak-{tag}.decisions",
-            topic_metrics=f"soak-{tag}.metrics",
-            topic_dead_letter=f"soak-{tag}.dead-letter",
-            topic_state=f"soak-{tag}.state",
-            state_dir=Path(tempfile.mkdtemp(prefix="bandit-soak-")),
-            reward_wait_s=600.0,
-        )
-        ensure_topics(s, AdminClient(admin_config(s)))
-        exe = Path(sys.executable).with_name("bandit-stream")
-        # The service's log goes to a file: a pipe nobody reads while it runs would fill
-        # and block the service on its next log line.
-        log_path = Path(s.state_dir) / "service.log"
-        log_file = stack.enter_context(open(log_path, "w"))  # noqa: SIM115 - closed by the stack
-        proc = subprocess.Popen([str(exe), "run"], env=_service_env(s), stderr=log_file)
-        stack.callback(lambda: None if proc.poll() is not None else proc.kill())
-        ps = psutil.Process(proc.pid)
+        bootstrap = harness.bootstrap(stack, bootstrap)
+        s = harness.fresh_settings(bootstrap, "soak")
+        tag = s.kafka_group_id
+        svc = harness.ServiceProcess(s, stack)
         producer = Producer(
             {"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"}
         )
@@ -155,9 +102,9 @@ def run_soak(
         def sample() -> None:
             nonlocal last_sample
             now = time.monotonic()
-            if now - last_sample >= 1.0 and proc.poll() is None:
+            if now - last_sample >= 1.0 and svc.alive:
                 last_sample = now
-                rss.append([round(now - start, 2), round(ps.memory_info().rss / 2**20, 1)])
+                rss.append([round(now - start, 2), round(svc.rss_mb(), 1)])
 
         def send(topic: str, value: bytes, key: bytes) -> None:
             while True:
@@ -209,7 +156,7 @@ def run_soak(
         with tqdm(
             total=events, desc="soak: service catching up", unit="ev", file=sys.stderr
         ) as bar:
-            while time.monotonic() < deadline and proc.poll() is None:
+            while time.monotonic() < deadline and svc.alive:
                 decisions, dead = decided.poll(), dead_letters.poll()
                 bar.update(decisions + dead - bar.n)
                 if decisions >= valid and dead >= bad:
@@ -218,17 +165,11 @@ def run_soak(
         end = time.monotonic() + 2.0  # anything extra (a decision twice) would show now
         while time.monotonic() < end:
             decisions, dead = decided.poll(), dead_letters.poll()
-        crashed = proc.poll() is not None
+        crashed = not svc.alive
         if not crashed:
             sample()
-            proc.send_signal(signal.SIGTERM)
-        try:
-            exit_code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            exit_code = -9
-        log_file.flush()
-        stderr = log_path.read_text()
+        exit_code = svc.stop()
+        stderr = svc.log()
         if os.environ.get("BANDIT_SOAK_LOG"):
             Path(os.environ["BANDIT_SOAK_LOG"]).write_text(stderr)
         decided.close()

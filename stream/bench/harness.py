@@ -1,0 +1,110 @@
+"""What the end-to-end benchmarks share: a broker, fresh topics, and the service as its own
+process (`bandit-stream run`, as deployed) whose log goes to a file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psutil
+from confluent_kafka.admin import AdminClient
+
+from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
+from stream.config import Settings, env_name, load_settings
+from stream.kafka import admin_config
+from stream.topics import ensure_topics
+
+# The settings a service process needs to run on the benchmark's topics and broker.
+_PASSED = (
+    "kafka_bootstrap_servers",
+    "kafka_group_id",
+    "topic_contexts",
+    "topic_rewards",
+    "topic_decisions",
+    "topic_metrics",
+    "topic_dead_letter",
+    "topic_state",
+    "state_dir",
+    "kafka_session_timeout_ms",
+    "kafka_heartbeat_interval_ms",
+    "kafka_fetch_wait_max_ms",
+    "reward_wait_s",
+    "max_domains",
+)
+
+
+def bootstrap(stack: ExitStack, given: str | None = None) -> str:
+    """``given``, else RL_KAFKA_BOOTSTRAP_SERVERS, else an embedded broker for the run."""
+    given = given or os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS")
+    return given or stack.enter_context(EmbeddedBroker()).bootstrap_servers
+
+
+def fresh_settings(bootstrap: str, prefix: str, **extra: Any) -> Settings:
+    """Settings on new topics (created) and a new group, so runs never see each other."""
+    tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    s = load_settings(
+        **FAST_CLIENT_SETTINGS,
+        kafka_bootstrap_servers=bootstrap,
+        kafka_group_id=tag,
+        topic_contexts=f"{tag}.contexts",
+        topic_rewards=f"{tag}.rewards",
+        topic_decisions=f"{tag}.decisions",
+        topic_metrics=f"{tag}.metrics",
+        topic_dead_letter=f"{tag}.dead-letter",
+        topic_state=f"{tag}.state",
+        state_dir=Path(tempfile.mkdtemp(prefix=f"bandit-{prefix}-")),
+        reward_wait_s=600.0,
+        **extra,
+    )
+    ensure_topics(s, AdminClient(admin_config(s)))
+    return s
+
+
+def service_env(s: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "ENABLE_RL_"))}
+    for field in _PASSED:
+        env[env_name(field)] = str(getattr(s, field))
+    env["RL_METRICS_PORT"] = "0"
+    env["RL_LOG_FORMAT"] = "json"
+    return env
+
+
+class ServiceProcess:
+    """`bandit-stream run` as its own process. Its log goes to a file: a pipe nobody reads
+    while it runs would fill and block the service on its next log line."""
+
+    def __init__(self, s: Settings, stack: ExitStack) -> None:
+        exe = Path(sys.executable).with_name("bandit-stream")
+        self.log_path = Path(s.state_dir) / "service.log"
+        self._log = stack.enter_context(open(self.log_path, "w"))  # noqa: SIM115 - the stack closes it
+        self.proc = subprocess.Popen([str(exe), "run"], env=service_env(s), stderr=self._log)
+        stack.callback(self.stop)
+        self.ps = psutil.Process(self.proc.pid)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_mb(self) -> float:
+        return float(self.ps.memory_info().rss) / 2**20 if self.alive else 0.0
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (-9 if it had to be killed after 60 s)."""
+        if self.alive:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return -9
+        return self.proc.returncode if self.proc.returncode is not None else -9

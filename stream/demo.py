@@ -133,6 +133,11 @@ def run_demo(events: int, rate: float, seed: int, base: Settings | None = None) 
         progress = _Progress(reports)
 
         def on_turn(service: Service) -> None:
+            # Traffic starts once the service consumes: on a fresh machine compiling the
+            # policies' kernels takes a while, and contexts sent meanwhile would all be
+            # decided, untrained, in one backlog before any reward came back.
+            if sim.pid is None and service.ready.is_set():
+                sim.start()
             progress(service)
             # Stop once every reward the simulator sent has been joined (then learned on exit).
             latest = progress.latest
@@ -140,15 +145,15 @@ def run_demo(events: int, rate: float, seed: int, base: Settings | None = None) 
                 service.stop()
 
         service = Service(settings, on_turn=on_turn)
-        sim.start()
         try:
             with stop_on_signals(service):
                 service.run()
         finally:
             stop_sim.set()
-            sim.join(5)
-            if sim.is_alive():
-                sim.terminate()
+            if sim.pid is not None:
+                sim.join(5)
+                if sim.is_alive():
+                    sim.terminate()
         print()
         print(_summary(service, progress.latest))
         st = service.stats

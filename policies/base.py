@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from mmh3 import hash as murmur3
 from numpy.typing import NDArray
-from sklearn.utils import murmurhash3_32
 
 from policies.kernels import sample_segments
 
@@ -101,8 +101,8 @@ def event_uniforms(keys: list[str], seed: int) -> FloatArray:
     s2 = (seed * 2654435761 + 1) & 0x7FFFFFFF
     out = np.empty(len(keys), dtype=np.float64)
     for i, k in enumerate(keys):
-        hi = murmurhash3_32(k, seed=s1, positive=True) >> 6  # 26 bits
-        lo = murmurhash3_32(k, seed=s2, positive=True) >> 5  # 27 bits
+        hi = murmur3(k, s1, False) >> 6  # 26 bits
+        lo = murmur3(k, s2, False) >> 5  # 27 bits
         out[i] = ((hi << 27) | lo) / _TWO_POW_53
     return out
 

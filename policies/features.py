@@ -7,10 +7,11 @@
 * candidate features (``candidate_features[action]``) hash in their own namespace,
   shared across actions, and are added to that candidate's row only.
 
-Hashes are scikit-learn's murmurhash3_32 (stable across processes and restarts, never
-Python's salted ``hash()``), with the sign trick of Weinberger et al. (ICML 2009) so
-collisions cancel in expectation. The pipeline is stateless apart from its two
-parameters (``n_features``, ``seed``), so features mean the same after a restart.
+Hashes are MurmurHash3 x86_32 from ``mmh3`` (bit-identical to scikit-learn's
+murmurhash3_32; stable across processes and restarts, never Python's salted ``hash()``),
+with the sign trick of Weinberger et al. (ICML 2009) so collisions cancel in expectation.
+The pipeline is stateless apart from its two parameters (``n_features``, ``seed``), so
+features mean the same after a restart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.utils import murmurhash3_32
+from mmh3 import hash as murmur3
 
 from policies.base import ContextBatch, FloatArray, PolicyError
 
@@ -72,7 +73,7 @@ class FeatureHasher:
     def _slot(self, token: str) -> tuple[int, float]:
         hit = self._cache.get(token)
         if hit is None:
-            h = murmurhash3_32(token, seed=self.seed, positive=False)
+            h = murmur3(token, self.seed)
             hit = (1 + abs(h) % (self.n_features - 1), 1.0 if h >= 0 else -1.0)
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()  # bounded memory beats a perfect hit rate

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.utils import murmurhash3_32
+from mmh3 import hash as murmur3
 
 from policies.base import (
     ContextBatch,
@@ -96,9 +96,7 @@ class LinearTS(RidgePolicy):
     def _starts(self, batch: ContextBatch) -> IntArray:
         """Each event's offset into the normal table, hashed from its id and the seed."""
         s = (self.seed + 0x5EED) & 0x7FFFFFFF
-        return np.fromiter(
-            (murmurhash3_32(k, seed=s, positive=True) for k in batch.keys), np.int64, batch.n_events
-        )
+        return np.fromiter((murmur3(k, s, False) for k in batch.keys), np.int64, batch.n_events)
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx = self._arms.indices(batch.actions)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.tree import DecisionTreeClassifier
 
 from policies.base import FloatArray, IntArray, PolicyError, expect_array
 
@@ -152,6 +151,10 @@ class TreeNode:
         if np.all(y == y[0]):
             self._leaf(float(y[0]))
             return
+        # Imported here: scikit-learn's tree module costs ~100 MB of RSS per process, and
+        # only the "tree" node model needs it.
+        from sklearn.tree import DecisionTreeClassifier
+
         clf = DecisionTreeClassifier(
             max_depth=max_depth,
             min_samples_split=min_split,

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,45 +109,41 @@ class CheckpointStore:
 
     # -- write --------------------------------------------------------------------------
     def write(self, snap: Snapshot) -> int:
-        """Store ``snap`` as a new version in one transaction; returns the version."""
-        policies, arrays = [], []
+        """Store ``snap`` as a new version in one transaction; returns the version.
+
+        The arrays are streamed: each is serialised, hashed and handed to SQLite in turn,
+        so a write never holds a second copy of every domain's state (at 1,000 domains
+        that copy was 130 MB). The digest row is filled in last, in the same transaction.
+        """
+        policies = []
         for domain in sorted(snap.domains):
             for role in sorted(snap.domains[domain]):
-                pmeta, arrs = snap.domains[domain][role]
+                pmeta, _ = snap.domains[domain][role]
                 policies.append((domain, role, orjson.dumps(pmeta, option=orjson.OPT_SORT_KEYS)))
-                for name in sorted(arrs):
-                    a = np.ascontiguousarray(arrs[name])
-                    dtype = a.dtype.str
-                    if dtype not in ALLOWED_DTYPES:
-                        raise CheckpointError(f"{domain}/{role}/{name}: dtype {dtype} not storable")
-                    arrays.append(
-                        (domain, role, name, dtype, orjson.dumps(list(a.shape)), a.tobytes())
-                    )
         pending = orjson.dumps(snap.pending)
         offsets = sorted(snap.offsets.items())
         meta = orjson.dumps(snap.meta, option=orjson.OPT_SORT_KEYS)
-        digest = _digest(meta, policies, arrays, pending, offsets)
-        created = time.time()
+        h = hashlib.sha256()
+        _hash_head(h, meta, policies)
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             cur = db.execute(
                 "INSERT INTO checkpoint (created, schema, digest, meta) VALUES (?, ?, ?, ?)",
-                (created, SCHEMA_VERSION, digest, meta.decode()),
+                (time.time(), SCHEMA_VERSION, "", meta.decode()),
             )
             v = int(cur.lastrowid or 0)
             db.executemany(
                 "INSERT INTO policy VALUES (?, ?, ?, ?)",
                 [(v, d, r, m.decode()) for d, r, m in policies],
             )
-            db.executemany(
-                "INSERT INTO array VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(v, d, r, n, t, s.decode(), b) for d, r, n, t, s, b in arrays],
-            )
+            db.executemany("INSERT INTO array VALUES (?, ?, ?, ?, ?, ?, ?)", _rows(v, snap, h))
             db.execute("INSERT INTO pending VALUES (?, ?)", (v, pending))
             db.executemany(
                 "INSERT INTO offset VALUES (?, ?, ?, ?)", [(v, t, p, o) for (t, p), o in offsets]
             )
+            _hash_tail(h, pending, offsets)
+            db.execute("UPDATE checkpoint SET digest = ? WHERE version = ?", (h.hexdigest(), v))
             old = [
                 r[0]
                 for r in db.execute(
@@ -275,21 +272,50 @@ def _array(dtype: str, shape_json: bytes, data: bytes, where: str) -> NDArray[An
     return np.frombuffer(data, dtype=dt).reshape(shape).copy()
 
 
-def _digest(
-    meta: bytes, policies: list[Any], arrays: list[Any], pending: bytes, offsets: list[Any]
-) -> str:
-    h = hashlib.sha256()
+def _rows(v: int, snap: Snapshot, h: Any) -> Iterator[tuple[Any, ...]]:
+    """The array table's rows of ``snap`` in digest order, hashing each as it goes."""
+    for domain in sorted(snap.domains):
+        for role in sorted(snap.domains[domain]):
+            _, arrs = snap.domains[domain][role]
+            for name in sorted(arrs):
+                a = np.ascontiguousarray(arrs[name])
+                dtype = a.dtype.str
+                if dtype not in ALLOWED_DTYPES:
+                    raise CheckpointError(f"{domain}/{role}/{name}: dtype {dtype} not storable")
+                shape = orjson.dumps(list(a.shape))
+                data = a.tobytes()
+                _hash_array(h, domain, role, name, dtype, shape, data)
+                yield v, domain, role, name, dtype, shape.decode(), data
+
+
+def _hash_head(h: Any, meta: bytes, policies: list[Any]) -> None:
     h.update(meta)
     for d, r, m in policies:
         h.update(f"P{d}\x00{r}\x00".encode())
         h.update(m)
-    for d, r, n, t, s, b in arrays:
-        h.update(f"A{d}\x00{r}\x00{n}\x00{t}\x00".encode())
-        h.update(s)
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
+
+
+def _hash_array(h: Any, d: str, r: str, n: str, t: str, s: bytes, b: bytes) -> None:
+    h.update(f"A{d}\x00{r}\x00{n}\x00{t}\x00".encode())
+    h.update(s)
+    h.update(len(b).to_bytes(8, "little"))
+    h.update(b)
+
+
+def _hash_tail(h: Any, pending: bytes, offsets: list[Any]) -> None:
     h.update(b"Q")
     h.update(pending)
     for (t, p), o in offsets:
         h.update(f"O{t}\x00{p}\x00{o}".encode())
+
+
+def _digest(
+    meta: bytes, policies: list[Any], arrays: list[Any], pending: bytes, offsets: list[Any]
+) -> str:
+    """The digest :meth:`CheckpointStore.write` computes as it streams, in one call."""
+    h = hashlib.sha256()
+    _hash_head(h, meta, policies)
+    for row in arrays:
+        _hash_array(h, *row)
+    _hash_tail(h, pending, offsets)
     return h.hexdigest()

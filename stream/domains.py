@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.utils import murmurhash3_32
+from mmh3 import hash as murmur3
 
 from policies.base import ContextBatch, Decisions, Feedback, Policy
 from policies.estimators import OnlineEstimate
@@ -65,7 +65,7 @@ SHADOW = "shadow:"
 
 def rollout_unit(domain: str, unit: str, seed: int) -> float:
     """A stable position in [0, 1) of (domain, unit): the same on every instance and run."""
-    return murmurhash3_32(f"{domain}\x00{unit}", seed=seed & 0x7FFFFFFF, positive=True) / 2**32
+    return murmur3(f"{domain}\x00{unit}", seed & 0x7FFFFFFF, False) / 2**32
 
 
 @dataclass(slots=True)
@@ -147,9 +147,9 @@ class Domains:
     def _new(self, name: str, domain: str) -> Policy:
         s = self.settings
         # Distinct, stable exploration streams per domain and policy (never hash()).
-        seed = murmurhash3_32(f"{domain}/{name}", seed=s.seed & 0x7FFFFFFF, positive=True)
+        seed = murmur3(f"{domain}/{name}", s.seed & 0x7FFFFFFF, False)
         if name == s.baseline_policy:  # the baseline keeps the seed it always had
-            seed = murmurhash3_32(domain, seed=s.seed & 0x7FFFFFFF, positive=True)
+            seed = murmur3(domain, s.seed & 0x7FFFFFFF, False)
         return create_policy(name, s.feature_dim, seed, **policy_params(name, s))
 
     def in_rollout(self, domain: str) -> bool:

@@ -42,7 +42,7 @@ from stream.join import Outcome, Pending, PendingJoins
 from stream.joinedlog import JoinedLog
 from stream.kafka import consumer_config, is_benign, producer_config
 from stream.logs import RateLimitedLog
-from stream.memory import MemoryGuard, process_rss_mb
+from stream.memory import MemoryGuard, process_rss_mb, release_free_memory
 from stream.metrics import Metrics
 from stream.ownership import Ownership
 from stream.state import encode_pending, open_store, take_snapshot
@@ -554,6 +554,7 @@ class Service:
             log.exception("checkpoint write failed; offsets stay uncommitted")
             return None
         self.checkpoints_written += 1
+        release_free_memory()  # the snapshot's clones and buffers are gone now
         self.last_checkpoint_at = time.time()
         self.last_checkpoint_s = time.perf_counter() - self._checkpoint_started
         self.ownership.mark_published(signatures)

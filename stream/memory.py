@@ -7,6 +7,8 @@ refit histories — and never a pending decision still inside its reward window.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +24,30 @@ log = logging.getLogger(__name__)
 
 def process_rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
+        return None
+    return fn
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
+
+    A checkpoint's copy-on-write clones and serialised records are freed once it is
+    written, but glibc keeps freed heap pages (and the pages of its per-thread arenas)
+    mapped: measured with 1,000 domains, RSS stayed 220 MB higher after the first
+    checkpoint for the rest of the run. ``malloc_trim(0)`` returns every whole free page.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 class MemoryGuard:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.utils import murmurhash3_32
+from mmh3 import hash as murmur3
 from tqdm import tqdm
 
 from policies import Feedback, Policy, create_policy
@@ -88,7 +88,7 @@ class Replayer:
         key = (domain, name)
         pol = self._policies.get(key)
         if pol is None:
-            seed = murmurhash3_32(f"{domain}/{name}", seed=self.settings.seed, positive=True)
+            seed = murmur3(f"{domain}/{name}", self.settings.seed & 0x7FFFFFFF, False)
             kw = {**policy_params(name, self.settings), **self.params.get(name, {})}
             pol = self._policies[key] = create_policy(name, n_features, seed, **kw)
         return pol

@@ -75,6 +75,19 @@ def test_hash_is_stable_across_processes():
     assert outs.pop().strip() == f"{h._slot('country=de')} {h._slot('age')}"
 
 
+def test_hash_is_scikit_learns_murmurhash3():
+    # Checkpointed models and logged decisions depend on these exact hashes: mmh3 must stay
+    # bit-identical to scikit-learn's murmurhash3_32, which earlier versions used.
+    import mmh3
+    from sklearn.utils import murmurhash3_32
+
+    keys = ["", "a", "country=de", "\x1fc:price", "dom7/offset_tree", "ü€\x00x", "9" * 300]
+    for key in keys:
+        for seed in (0, 3, 2**31 - 1):
+            assert mmh3.hash(key, seed) == murmurhash3_32(key, seed=seed)
+            assert mmh3.hash(key, seed, False) == murmurhash3_32(key, seed=seed, positive=True)
+
+
 def test_cache_is_bounded():
     h = FeatureHasher(n_features=64, cache_size=100)
     for i in range(1000):

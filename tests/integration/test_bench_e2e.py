@@ -22,6 +22,8 @@ def test_throughput_latency_and_memory_reports(on_test_broker, tmp_path):
     lat = e2e.latency(3000, 20, 1000.0, tmp_path)
     assert lat["decided"] == 3000
     assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["p999_ms"]
+    floor = [lat[f"passthrough_{k}"] for k in ("p50_ms", "p95_ms", "p99_ms", "p999_ms")]
+    assert 0 < floor[0] <= floor[1] <= floor[2] <= floor[3]
     mem = e2e.memory(4000, 50, 2000.0, tmp_path)
     assert mem["rss_mb"] and 50 < mem["rss_max_mb"] < 2000
     for name in ("throughput", "latency", "memory"):

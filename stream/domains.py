@@ -132,6 +132,7 @@ class Domains:
         self.states: dict[str, DomainState] = {}
         # Domains with rewards awaiting a learn, in the order their buffers started.
         self._buffered: dict[str, DomainState] = {}
+        self._arrived = 0  # rewards buffered since the last flush_due
         # Copy-on-write for checkpoints: a snapshot references the live policy arrays (no
         # copy in the loop); while its background write is in flight, a domain about to be
         # used gets a private clone first, so the arrays being written never change.
@@ -224,6 +225,7 @@ class Domains:
 
     # -- learning -----------------------------------------------------------------------
     def add_feedback(self, state: DomainState, pending: Pending, reward: float, now: float) -> None:
+        self._arrived += 1
         if not state.buffer:
             state.buffer_since = now
             self._buffered[state.name] = state
@@ -231,9 +233,17 @@ class Domains:
 
     def flush_due(self, now: float, force: bool = False, budget_s: float = 0.02) -> int:
         """Learn the buffers that are full or old enough, oldest first; returns how many
-        rewards were learned. Without ``force`` it stops after ``budget_s`` of learning so
-        one turn never stalls decisions for long; the rest is learned next turn."""
+        rewards were learned.
+
+        Without ``force`` it stops after ``budget_s`` of learning, so a backlog of due
+        buffers (many domains reaching RL_UPDATE_MAX_DELAY_S together) is spread over
+        turns instead of stalling decisions; but never before it has learned as many
+        rewards as were joined since the last call. Without that floor, under sustained
+        load the budget let learning fall behind joining for good: measured at 1,000
+        domains, buffered rewards grew by three in four joined, without bound.
+        """
         learned = 0
+        floor, self._arrived = self._arrived, 0
         limit, max_delay = self.settings.update_interval, self.settings.update_max_delay_s
         start = time.perf_counter()
         for name, state in list(self._buffered.items()):
@@ -242,7 +252,7 @@ class Domains:
                 learned += self._learn(state, buf)
                 state.buffer = []
                 del self._buffered[name]
-                if not force and time.perf_counter() - start > budget_s:
+                if not force and learned >= floor and time.perf_counter() - start > budget_s:
                     break
         return learned
 

@@ -233,8 +233,25 @@ def test_learning_is_spread_over_turns_by_a_time_budget(tmp_path, monkeypatch):
     for i in range(50):
         st = doms.get_or_create(f"d{i}")
         doms.add_feedback(st, Pending(st.name, "e", enc, 1, 0.5, "eg", "control", 0, 1), 1.0, 0.0)
-    now = 10.0  # every buffer is older than RL_UPDATE_MAX_DELAY_S
+    assert doms.flush_due(0.0) == 0  # one reward each, not yet due
+    now = 10.0  # every buffer is now older than RL_UPDATE_MAX_DELAY_S, all at once
     assert doms.flush_due(now, budget_s=0.0) == 1  # the oldest, then the budget is spent
     assert doms.states["d0"].policy.n_learned == 1
     assert doms.flush_due(now) == 49  # the rest, oldest first
     assert all(st.policy.n_learned == 1 for st in doms.states.values())
+
+
+def test_learning_keeps_pace_with_joining_whatever_the_budget(tmp_path, monkeypatch):
+    from stream.join import Pending
+
+    settings, h, doms = _domains(tmp_path, monkeypatch)
+    enc = h.encode({"x": 1.0}, ["a", "b"])
+    k = settings.update_interval
+    for turn in range(20):  # each turn fills 30 domains' buffers (due by count)
+        for i in range(30):
+            st = doms.get_or_create(f"d{i}")
+            for j in range(k):
+                p = Pending(st.name, f"{turn}-{j}", enc, 1, 0.5, "eg", "control", 0, 1)
+                doms.add_feedback(st, p, 1.0, 0.0)
+        assert doms.flush_due(0.0, budget_s=0.0) == 30 * k  # all of this turn's joins
+    assert sum(len(st.buffer) for st in doms.states.values()) == 0

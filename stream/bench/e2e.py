@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from tqdm import tqdm
 
 from stream.bench import harness
@@ -119,16 +119,9 @@ class DecisionReader:
     """Reads a topic from the start: receive time and event id of every message."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.c = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 5,
-            }
+        self.c = harness.topic_reader(
+            bootstrap, topic, f"bench-reader-{uuid.uuid4().hex[:8]}", fetch_wait_ms=5
         )
-        md = self.c.list_topics(topic, timeout=10).topics[topic]
-        self.c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
         self.times: list[float] = []
         self.sent: list[float] = []
 
@@ -165,19 +158,8 @@ class DecisionReader:
 
 def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
     """The ceiling: consume in batches and produce each message on, nothing else."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"passthrough-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
-    )
+    c = harness.topic_reader(bootstrap, src, f"passthrough-{uuid.uuid4().hex[:8]}", 10)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "compression.type": "lz4"})
-    # Assigned, not subscribed: a group join on the embedded broker takes seconds, which
-    # the latency run would count against the passthrough.
-    md = c.list_topics(src, timeout=10).topics[src]
-    c.assign([TopicPartition(src, part, OFFSET_BEGINNING) for part in md.partitions])
     done = 0
     deadline = time.monotonic() + 600
     while done < n and time.monotonic() < deadline:
@@ -216,13 +198,45 @@ def _wait_ready(svc: ServiceProcess, s: Settings) -> None:
     raise RuntimeError("the service never got its partitions")
 
 
+def _start(stack: ExitStack, **extra: Any) -> tuple[str, Settings, ServiceProcess, DecisionReader]:
+    """A broker, fresh topics, the service consuming them, and a reader of its decisions."""
+    bootstrap = harness.bootstrap(stack)
+    s = harness.fresh_settings(bootstrap, "bench", **extra)
+    svc = ServiceProcess(s, stack)
+    _wait_ready(svc, s)
+    return bootstrap, s, svc, DecisionReader(bootstrap, s.topic_decisions)
+
+
+def _run_passthrough(
+    bootstrap: str,
+    events: int,
+    domains: int,
+    rate: float,
+    reward_delay: int,
+    seed: int,
+    batch: int,
+    desc: str,
+    timeout: float,
+) -> DecisionReader:
+    """The same producer into a bare consume -> produce passthrough on fresh topics of the
+    same broker; returns the (closed) reader of what it passed on."""
+    s = harness.fresh_settings(bootstrap, "bench")
+    reader = DecisionReader(bootstrap, s.topic_decisions)
+    pt = _spawn(passthrough, bootstrap, s.topic_contexts, s.topic_decisions, events, batch)
+    prod = _spawn(
+        produce, bootstrap, s.topic_contexts, None, events, domains, rate, reward_delay, seed
+    )
+    with tqdm(total=events, desc=desc, unit="msg", file=sys.stderr) as bar:
+        reader.read(events, timeout=timeout, bar=bar)
+    prod.join(60)
+    pt.join(60)
+    reader.close()
+    return reader
+
+
 def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap = harness.bootstrap(stack)
-        s = harness.fresh_settings(bootstrap, "bench")
-        svc = ServiceProcess(s, stack)
-        _wait_ready(svc, s)
-        reader = DecisionReader(bootstrap, s.topic_decisions)
+        bootstrap, s, svc, reader = _start(stack)
         prod = _spawn(
             produce,
             bootstrap,
@@ -234,30 +248,27 @@ def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -
             reward_delay,
             0,
         )
-        rss: list[float] = []
+        timeout = max(120.0, events / 1000)
         with tqdm(total=events, desc="throughput: service", unit="ctx", file=sys.stderr) as bar:
-            reader.read(events, timeout=max(120.0, events / 1000), bar=bar)
+            reader.read(events, timeout=timeout, bar=bar)
         prod.join(60)
-        rss.append(svc.rss_mb())
         decided = len(reader.times)
         service_rate = reader.rate()
         reader.close()
         code = svc.stop()
 
         # The ceiling: the same producer into a bare consume -> produce passthrough.
-        p2 = harness.fresh_settings(bootstrap, "bench")
-        pt_out = p2.topic_decisions
-        reader2 = DecisionReader(bootstrap, pt_out)
-        pt = _spawn(passthrough, bootstrap, p2.topic_contexts, pt_out, events, s.batch_size)
-        prod2 = _spawn(
-            produce, bootstrap, p2.topic_contexts, None, events, domains, 0.0, reward_delay, 0
-        )
-        with tqdm(total=events, desc="throughput: passthrough", unit="msg", file=sys.stderr) as bar:
-            reader2.read(events, timeout=max(120.0, events / 1000), bar=bar)
-        prod2.join(60)
-        pt.join(60)
-        pass_rate = reader2.rate()
-        reader2.close()
+        pass_rate = _run_passthrough(
+            bootstrap,
+            events,
+            domains,
+            0.0,
+            reward_delay,
+            0,
+            s.batch_size,
+            "throughput: passthrough",
+            timeout,
+        ).rate()
     result = {
         "events": events,
         "domains": domains,
@@ -301,37 +312,32 @@ def _percentiles(reader: DecisionReader) -> tuple[np.ndarray, dict[float, float]
 
 def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap = harness.bootstrap(stack)
-        s = harness.fresh_settings(bootstrap, "bench")
-        svc = ServiceProcess(s, stack)
-        _wait_ready(svc, s)
-        reader = DecisionReader(bootstrap, s.topic_decisions)
+        bootstrap, s, svc, reader = _start(stack)
         prod = _spawn(
             produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 1
         )
+        timeout = events / rate + 120
         with tqdm(
             total=events, desc=f"latency at {rate:.0f}/s", unit="ctx", file=sys.stderr
         ) as bar:
-            reader.read(events, timeout=events / rate + 120, bar=bar)
+            reader.read(events, timeout=timeout, bar=bar)
         prod.join(60)
         reader.close()
         svc.stop()
 
         # The broker's own floor at the same load: a bare consume -> produce passthrough
         # (same client settings, no decisions), so the service's share is visible.
-        p2 = harness.fresh_settings(bootstrap, "bench")
-        reader2 = DecisionReader(bootstrap, p2.topic_decisions)
-        pt = _spawn(
-            passthrough, bootstrap, p2.topic_contexts, p2.topic_decisions, events, s.batch_size
+        reader2 = _run_passthrough(
+            bootstrap,
+            events,
+            domains,
+            rate,
+            1000,
+            1,
+            s.batch_size,
+            f"passthrough at {rate:.0f}/s",
+            timeout,
         )
-        prod2 = _spawn(produce, bootstrap, p2.topic_contexts, None, events, domains, rate, 1000, 1)
-        with tqdm(
-            total=events, desc=f"passthrough at {rate:.0f}/s", unit="msg", file=sys.stderr
-        ) as bar:
-            reader2.read(events, timeout=events / rate + 120, bar=bar)
-        prod2.join(60)
-        pt.join(60)
-        reader2.close()
     steady, pct = _percentiles(reader)
     floor, fpct = _percentiles(reader2)
     result = {
@@ -378,11 +384,7 @@ def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]
 
 def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap = harness.bootstrap(stack)
-        s = harness.fresh_settings(bootstrap, "bench", max_domains=max(1000, domains))
-        svc = ServiceProcess(s, stack)
-        _wait_ready(svc, s)
-        reader = DecisionReader(bootstrap, s.topic_decisions)
+        bootstrap, s, svc, reader = _start(stack, max_domains=max(1000, domains))
         prod = _spawn(
             produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 2
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
@@ -37,6 +38,22 @@ _PASSED = (
     "reward_wait_s",
     "max_domains",
 )
+
+
+def topic_reader(bootstrap: str, topic: str, group: str, fetch_wait_ms: int) -> Consumer:
+    """A consumer assigned every partition of ``topic`` from its start: no group join,
+    which on the embedded broker takes seconds that a measurement would count."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": fetch_wait_ms,
+        }
+    )
+    md = c.list_topics(topic, timeout=10).topics[topic]
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    return c
 
 
 def bootstrap(stack: ExitStack, given: str | None = None) -> str:

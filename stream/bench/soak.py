@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from tqdm import tqdm
 
 from stream.bench import harness
@@ -45,16 +45,7 @@ class _Counter:
     """Counts a topic's messages by reading them (Tansu's high watermarks under-report)."""
 
     def __init__(self, bootstrap: str, topic: str, tag: str) -> None:
-        self.c = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"soak-count-{tag}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50,
-            }
-        )
-        md = self.c.list_topics(topic, timeout=10).topics[topic]
-        self.c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+        self.c = harness.topic_reader(bootstrap, topic, f"soak-count-{tag}", 50)
         self.n = 0
         self.codes: Counter[str] = Counter()  # dead letters by their error_code header
 

@@ -129,39 +129,66 @@ def ot_leaf_probs(heap, offsets, xe, weights, kind, depth, sharpness):
 
 
 @njit(cache=True, nogil=True)
-def ot_training_pairs(heap, offsets, leaf, xe, weights, kind, depth, reward, w, offset):
-    """The offset tree's training examples of a batch: (node, event, label, weight).
+def ot_contested_at(heap, offsets, leaf, level, alive):
+    """Events still ``alive`` whose logged leaf's node at ``level`` has a rival candidate.
 
-    Walking up from each logged leaf, every contested node learns the event (label: the
-    action's side if its reward beat ``offset``, else the other side; weight
-    ``w * |r - offset|``) while the action still wins, i.e. until a node routes its
-    context away from the action. Routing odds are those before the batch's updates.
+    ``leaf[i]`` is event ``i``'s logged leaf; the node at ``level`` is ``leaf >> (level+1)``.
+    """
+    out = np.empty(offsets.shape[0] - 1, dtype=np.int64)
+    m = 0
+    for i in range(offsets.shape[0] - 1):
+        if alive[i] and _contested(heap, offsets[i], offsets[i + 1], leaf[i] >> level, level):
+            out[m] = i
+            m += 1
+    return out[:m]
+
+
+@njit(cache=True, nogil=True)
+def ot_learn_least_squares(heap, offsets, leaf, xe, A_inv, theta, counts, depth, gain, beat):
+    """The offset tree's bottom-up training with least-squares nodes, in place.
+
+    Level by level from the leaves: every event still alive whose node at this level has a
+    rival candidate teaches that node (label: the logged action's side if ``beat``, else
+    the other side; weight ``gain``; RLS steps in event order), then stays alive only if
+    the node, updated, routes its context towards the action. Same steps as
+    ``OffsetTree._learn``'s generic path.
     """
     n = offsets.shape[0] - 1
-    nodes = np.empty(n * depth, dtype=np.int64)
-    events = np.empty(n * depth, dtype=np.int64)
-    labels = np.empty(n * depth)
-    gains = np.empty(n * depth)
-    m = 0
-    for i in range(n):
-        s, e = offsets[i], offsets[i + 1]
-        gain = w[i] * abs(reward[i] - offset)
-        for level in range(depth):
-            child = leaf[i] >> level
-            if not _contested(heap, s, e, child, level):
+    alive = np.ones(n, dtype=np.bool_)
+    ev = np.empty(n, dtype=np.int64)
+    rows = np.empty(n, dtype=np.int64)
+    nodes = np.empty(n, dtype=np.int64)
+    labels = np.empty(n)
+    weights = np.empty(n)
+    eta = np.ones(n)
+    for level in range(depth):
+        m = 0
+        k = 0
+        for i in range(n):
+            if not alive[i]:
                 continue
-            node = child >> 1
-            side = child & 1
-            if gain > 0.0:
-                nodes[m] = node
-                events[m] = i
-                labels[m] = side if reward[i] > offset else 1 - side
-                gains[m] = gain
-                m += 1
-            q = _node_q(weights, node, xe[i], kind)
-            if (side == 1 and q < 0.5) or (side == 0 and q > 0.5):
-                break  # the node sends x elsewhere: the nodes above never see this action
-    return nodes[:m], events[:m], labels[:m], gains[:m]
+            child = leaf[i] >> level
+            if not _contested(heap, offsets[i], offsets[i + 1], child, level):
+                continue
+            ev[m] = i
+            m += 1
+            if gain[i] > 0.0:
+                side = child & 1
+                rows[k] = i
+                nodes[k] = child >> 1
+                labels[k] = side if beat[i] else 1 - side
+                weights[k] = gain[i]
+                k += 1
+        if k:
+            rls_update(
+                A_inv, theta, counts, nodes[:k], xe[rows[:k]], labels[:k], weights[:k], eta[:k]
+            )
+        for j in range(m):
+            i = ev[j]
+            child = leaf[i] >> level
+            q = _node_q(theta, child >> 1, xe[i], 0)
+            if ((child & 1) == 1 and q < 0.5) or ((child & 1) == 0 and q > 0.5):
+                alive[i] = False
 
 
 @njit(cache=True, nogil=True)
@@ -206,5 +233,8 @@ def warm_up() -> None:
     heap = np.array([2, 3], dtype=np.int64)
     for kind in (0, 1):
         ot_leaf_probs(heap, offsets, X, theta, kind, 1, 10.0)
-        ot_training_pairs(heap, offsets, heap[:1], X, theta, kind, 1, one, one, 0.5)
+    ot_contested_at(heap, offsets, heap[:1], 0, np.ones(1, dtype=np.bool_))
+    ot_learn_least_squares(
+        heap, offsets, heap[:1], X, A, theta, counts, 1, one, np.ones(1, dtype=np.bool_)
+    )
     sample_segments(np.array([0.5, 0.5]), offsets, np.array([0.3]))

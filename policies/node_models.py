@@ -1,8 +1,9 @@
 """Banks of binary node classifiers for the offset tree: P(go right | x), weighted training.
 
-Nodes are heap ids ``1 .. cap-1``. ``LogisticBank`` (the default, measured best): online
-logistic regression per node with AdaGrad steps, all nodes in one ``[cap, d]`` array so a
-batch is scored and trained in a few vectorised operations. ``TreeBank``: one
+Nodes are heap ids ``1 .. cap-1``. ``LinearBank`` (the default, measured best):
+least-squares classifiers, one ridge regression of the side label per node with rank-1
+updates. ``LogisticBank``: online logistic regression per node with AdaGrad steps, all
+nodes in one ``[cap, d]`` array. ``TreeBank``: one
 scikit-learn DecisionTreeClassifier per node, refit on the node's bounded importance-
 weighted history whenever it grows by a quarter; fitted trees are kept as explicit
 arrays (no pickling) and evaluated with numpy.

@@ -18,7 +18,7 @@ from policies.base import (
     importance_weights,
     mix_floor,
 )
-from policies.kernels import ot_leaf_probs, ot_training_pairs
+from policies.kernels import ot_contested_at, ot_leaf_probs, ot_learn_least_squares
 from policies.node_models import LinearBank, LogisticBank, TreeBank
 
 
@@ -33,19 +33,25 @@ class OffsetTree(Policy):
     side holds a candidate learns the example with the **1/2 offset**: label ``a``'s side
     if ``r > offset`` else the other side, weight ``min(1/p, max_weight) * |r - offset|``;
     the walk continues upwards only while the node's classifier routes ``x`` towards ``a``
-    (the node's choice matters only then). Its regret is bounded by the node classifiers'
-    regret. A node whose other side holds no candidate is passed through, so candidate
-    sets that change between events work.
+    (the node's choice matters only then). As in the paper's training, the levels are
+    trained from the bottom up, so that judgement uses the nodes below as already trained
+    on the batch. Its regret is bounded by the node classifiers' regret. A node whose
+    other side holds no candidate is passed through, so candidate sets that change between
+    events work.
 
-    Node classifiers (``node_model="tree"``, the default) are scikit-learn decision trees
-    refit on each node's bounded, importance-weighted history whenever it grows by a
-    quarter; ``max_depth``, ``min_split`` (minimum samples to split) and
-    ``split_threshold`` (minimum impurity decrease) configure them, and ``max_nodes``
-    bounds the total number of tree nodes over all classifiers. ``"logistic"`` uses online
-    logistic regression instead.
+    Node classifiers (``node_model``): ``"linear"``, the default, are least-squares
+    classifiers (ridge regression of the side label, rank-1 updates; measured best of the
+    three on the convergence benchmark); ``"logistic"`` online logistic regression
+    (AdaGrad); ``"tree"`` scikit-learn decision trees refit on each node's bounded,
+    importance-weighted history whenever it grows by a quarter, configured by
+    ``max_depth``, ``min_split`` (minimum samples to split) and ``split_threshold``
+    (minimum impurity decrease), with ``max_nodes`` bounding the total number of tree
+    nodes over all classifiers.
 
-    A decision routes the context from the root (a node with exactly equal odds splits the
-    probability evenly); the chosen leaf gets ``1 - floor`` and every candidate ``floor/K``.
+    A decision routes the context from the root: each contested node sends it right with
+    probability ``q^s / (q^s + (1-q)^s)`` for its classifier's ``P(right) = q`` and
+    ``s = sharpness``, a leaf's probability is the product along its path, and a share
+    ``floor`` of the mass is spread evenly over the candidates.
     Node classifiers see the event's context as the mean of its candidate rows.
 
     Parameters
@@ -91,6 +97,9 @@ class OffsetTree(Policy):
     """
 
     name = "offset_tree"
+    # The numba kernels for least-squares and logistic nodes; False runs the generic numpy
+    # path (the tests check that both compute the same).
+    compiled = True
 
     def __init__(
         self,
@@ -102,7 +111,7 @@ class OffsetTree(Policy):
         node_history: int = 1000,
         node_model: str = "linear",
         node_lr: float = 0.5,
-        node_l2: float = 0.1,
+        node_l2: float = 1.0,
         sharpness: float = 10.0,
         offset: float = 0.5,
         max_weight: float = 5.0,
@@ -198,27 +207,24 @@ class OffsetTree(Policy):
             self._bank.grow(self._cap)
         return np.fromiter(map(slots.__getitem__, actions), np.int64, len(actions))
 
-    def _paths(
-        self, heap: IntArray, ev: IntArray, leaves: IntArray, leaf_ev: IntArray
-    ) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
-        """For each leaf in ``leaves`` (of event ``leaf_ev``) and level: node, side, contested.
+    def _paths(self, heap: IntArray, ev: IntArray) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
+        """For each candidate leaf (of event ``ev``) and level: node, side, contested.
 
-        A node is contested for an event when its other side holds one of the event's
-        candidates (``heap`` and ``ev`` list every candidate leaf of the batch).
+        A node is contested for an event when its other side holds another of the event's
+        candidates.
         """
         span = 2 * self._cap
         shifts = np.arange(self.depth)[None, :]
-        child = leaf_ids = leaves[:, None] >> shifts  # [n, depth]: path node below each level
-        below = heap[:, None] >> shifts  # every candidate's ancestors, per level
+        child = heap[:, None] >> shifts  # [rows, depth]: the path's node below each level
         n_ev = int(ev[-1]) + 1 if len(ev) else 0
         if n_ev * span <= 1 << 22:
             # A [events, heap ids] occupancy table: O(1) lookups instead of a sorted isin.
             table = np.zeros((n_ev, span), dtype=bool)
-            table[np.repeat(ev, below.shape[1]), below.ravel()] = True
-            contested = table[leaf_ev[:, None], leaf_ids ^ 1]
+            table[np.repeat(ev, child.shape[1]), child.ravel()] = True
+            contested = table[ev[:, None], child ^ 1]
         else:
-            present = (ev[:, None] * span + below).ravel()
-            contested = np.isin(leaf_ev[:, None] * span + (child ^ 1), present)
+            present = (ev[:, None] * span + child).ravel()
+            contested = np.isin(ev[:, None] * span + (child ^ 1), present)
         return child >> 1, child & 1, contested
 
     @staticmethod
@@ -261,6 +267,8 @@ class OffsetTree(Policy):
 
     def _compiled(self) -> tuple[FloatArray, int] | None:
         """Node weights and kind for the compiled paths (least squares / logistic)."""
+        if not self.compiled:
+            return None
         bank = self._bank
         if isinstance(bank, LinearBank):
             return bank.arms.theta, 0
@@ -285,53 +293,54 @@ class OffsetTree(Policy):
             )
             return mix_floor(prob, batch, self.floor)
         ev = batch.row_event()
-        node, side, contested = self._paths(heap, ev, heap, ev)
+        node, side, contested = self._paths(heap, ev)
         q = self._route_q(node, contested, self._event_contexts(batch), ev)
         route = self._route(q)
         factor = np.where(contested, np.where(side == 1, route, 1.0 - route), 1.0)
         return mix_floor(factor.prod(axis=1), batch, self.floor)
 
     def _learn(self, feedback: Feedback) -> None:
+        """Train the nodes level by level from the bottom, as the offset tree's training does.
+
+        A node learns an event only if the event's action wins every contested node below
+        it, judged by those nodes' classifiers *after* they learned this batch. Judging by
+        the classifiers from before the batch (a single pass) measured worse: a reward that
+        reveals a good action must first turn the node below towards it before the nodes
+        above may learn from it, so each batch then taught the upper nodes one level less
+        (digits with a 500-event reward delay: 0.831 average reward vs 0.861).
+        """
         batch = feedback.batch
-        slots = self._slot_ids(batch.actions)
+        slots = self._slot_ids(batch.actions)  # may grow the tree: read _cap after
         heap = self._cap + slots
-        n = batch.n_events
-        events = np.arange(n)
+        leaf = heap[feedback.row]
         xe = self._event_contexts(batch)
-        r = feedback.reward
-        w = importance_weights(feedback.probability, self.max_weight)
-        compiled = self._compiled()
-        if compiled is not None:
-            weights, kind = compiled
-            nodes, evs, labels, gains = ot_training_pairs(
-                heap,
-                batch.offsets,
-                heap[feedback.row],
-                xe,
-                weights,
-                kind,
-                self.depth,
-                np.asarray(r, dtype=np.float64),
-                w,
-                self.offset,
+        r = np.asarray(feedback.reward, dtype=np.float64)
+        gain = importance_weights(feedback.probability, self.max_weight) * np.abs(r - self.offset)
+        beat = r > self.offset
+        bank = self._bank
+        if self.compiled and isinstance(bank, LinearBank):  # the same steps as below
+            arms = bank.arms
+            A_inv, theta, counts = arms.A_inv, arms.theta, arms.counts
+            ot_learn_least_squares(
+                heap, batch.offsets, leaf, xe, A_inv, theta, counts, self.depth, gain, beat
             )
-            if len(nodes):
-                self._bank.train(nodes, xe[evs], labels, gains)
             return
-        node, side, contested = self._paths(heap, batch.row_event(), heap[feedback.row], events)
-        q = self._route_q(node, contested, xe, events)
-        # The logged action wins a node when the node routes x to its side (or has no
-        # rival there); a node learns the example only if the action won every node below.
-        wins = ~contested | np.where(side == 1, q >= 0.5, q <= 0.5)
-        below = np.cumprod(wins, axis=1) > 0
-        alive = np.concatenate([np.ones((n, 1), dtype=bool), below[:, :-1]], axis=1)
-        gain = w * np.abs(r - self.offset)
-        ti, tl = np.nonzero(contested & alive & (gain > 0)[:, None])
-        if len(ti) == 0:
-            return
-        # The 1/2 offset: label the action's side when it beat the offset, else the other.
-        label = np.where(r[ti] > self.offset, side[ti, tl], 1 - side[ti, tl]).astype(np.float64)
-        self._bank.train(node[ti, tl], xe[ti], label, gain[ti])
+        alive = np.ones(batch.n_events, dtype=bool)
+        for level in range(self.depth):
+            ev = ot_contested_at(heap, batch.offsets, leaf, level, alive)
+            if len(ev) == 0:
+                continue  # no surviving event has a rival at this level
+            child = leaf[ev] >> level
+            node, side = child >> 1, child & 1
+            t = gain[ev] > 0
+            if t.any():
+                # The 1/2 offset: label the action's side when it beat the offset, else the
+                # other side.
+                label = np.where(beat[ev[t]], side[t], 1 - side[t]).astype(np.float64)
+                bank.train(node[t], xe[ev[t]], label, gain[ev[t]])
+            if level + 1 < self.depth:
+                q = bank.predict(node, xe[ev])
+                alive[ev[np.where(side == 1, q < 0.5, q > 0.5)]] = False
 
     # -- state --------------------------------------------------------------------------
     def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:

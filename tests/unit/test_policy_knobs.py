@@ -200,6 +200,35 @@ def test_offset_tree_new_actions_get_leaves_and_keep_theirs():
     assert np.isclose(d.pmf.sum(), 1.0)
 
 
+def test_offset_tree_one_batch_teaches_the_whole_path():
+    """The levels learn bottom-up: rewards that turn a lower node also reach the root.
+
+    Leaves: c, d | a, b. "a" first loses (its node turns to "b"), then one batch shows it
+    pays. Judged by that node as it was before the batch, "a" loses there and the root
+    learns nothing from the batch; judged by the node after it, the root turns to "a".
+    (Learning before any choice also checks that new actions get leaves in learn.)
+    """
+    one = ContextBatch(np.ones((4, 1)), ["c", "d", "a", "b"], np.array([0, 4]), ["p"])
+
+    def batch(n: int, reward: float, tag: str) -> Feedback:
+        b = ContextBatch(
+            np.ones((4 * n, 1)),
+            one.actions * n,
+            np.arange(0, 4 * n + 1, 4),
+            [f"{tag}{i}" for i in range(n)],
+        )
+        row = np.arange(n) * 4 + 2  # "a" every time
+        return Feedback(b, row, np.full(n, reward), np.full(n, 0.25))
+
+    for compiled in (True, False):  # least-squares nodes: the numba kernel, and numpy
+        p = OffsetTree(n_features=1, seed=0)
+        p.compiled = compiled
+        p.learn(batch(10, 0.0, "lose"))
+        assert p.choose(one).pmf[2] < 0.1
+        p.learn(batch(40, 1.0, "win"))
+        assert p.choose(one).pmf[2] > 0.9
+
+
 # -- Shared machinery ---------------------------------------------------------------------
 def test_ring_buffer_keeps_the_newest_rows_in_order():
     ring = RowRing(n_features=1, capacity=5)
@@ -220,12 +249,11 @@ def test_width_fast_path_matches_the_general_path():
 
 
 @pytest.mark.parametrize("model", ["linear", "logistic"])
-def test_offset_tree_compiled_path_matches_numpy(model, monkeypatch):
+def test_offset_tree_compiled_path_matches_numpy(model):
     """The numba kernels compute what the vectorised numpy path computes."""
 
     def train(p, compiled: bool):
-        if not compiled:
-            monkeypatch.setattr(p, "_compiled", lambda: None)
+        p.compiled = compiled
         rng = np.random.default_rng(5)
         out = []
         for s in range(15):

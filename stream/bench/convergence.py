@@ -3,6 +3,8 @@
 Each policy runs in micro-batches of ``update_interval`` events (choose the batch, then
 learn its rewards), optionally learning each reward only ``delay`` events later, on the
 ``seed``, ``linear`` and ``digits`` simulators. No broker: this measures the algorithms.
+With a delay, every run is repeated without it and the difference in average reward is
+reported as the delay's cost.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class RunResult:
     optimal_share_last20: float
     decisions_per_s: float
     regret_curve: list[float]
+    delay_cost: float | None = None  # avg reward without the delay minus with it
 
     def row(self) -> dict[str, Any]:
         d = dict(vars(self))
@@ -108,8 +111,13 @@ def run_one(
     )
 
 
-def _vw_run(sim: Simulation, seed: int, update_interval: int) -> tuple[float, float] | None:
-    """Vowpal Wabbit `--cb_explore_adf --squarecb -q sa`, if the `peers` extra is installed."""
+def _vw_run(
+    sim: Simulation, seed: int, update_interval: int, delay: int = 0
+) -> tuple[float, float] | None:
+    """Vowpal Wabbit `--cb_explore_adf --squarecb -q sa`, if the `peers` extra is installed.
+
+    Each example is learned once ``delay`` more events were decided, as for our policies.
+    """
     try:
         import vowpalwabbit
     except ImportError:
@@ -117,6 +125,7 @@ def _vw_run(sim: Simulation, seed: int, update_interval: int) -> tuple[float, fl
     vw = vowpalwabbit.Workspace(f"--cb_explore_adf --squarecb -q sa --quiet --random_seed {seed}")
     rng = np.random.default_rng(seed + 1000)
     T, total = sim.rounds, 0.0
+    queue: deque[tuple[int, list[str]]] = deque()
     start = time.perf_counter()
     feats = [" ".join(f"f{j}:{v:.6g}" for j, v in enumerate(x)) for x in sim.X]
     for t in range(T):
@@ -128,7 +137,9 @@ def _vw_run(sim: Simulation, seed: int, update_interval: int) -> tuple[float, fl
         r = float(sim.draw(np.array([t]), np.array([a]), rng)[0])
         total += r
         lines[a + 1] = f"0:{-r}:{pmf[a]} " + lines[a + 1]
-        vw.learn(lines)
+        queue.append((t, lines))
+        while queue and queue[0][0] + delay <= t:
+            vw.learn(queue.popleft()[1])
     vw.finish()
     return total / T, T / (time.perf_counter() - start)
 
@@ -138,7 +149,7 @@ def run(
 ) -> tuple[list[RunResult], dict[str, Any]]:
     interval = settings.update_interval
     plans = [(p, s, sd) for s in sims for sd in range(seeds) for p in policies]
-    total = sum(SIMULATORS[s](0).rounds for s, _sd, _p in ((s, sd, p) for p, s, sd in plans))
+    total = sum(SIMULATORS[s](0).rounds for _p, s, _sd in plans) * (2 if delay else 1)
     results: list[RunResult] = []
     cache: dict[tuple[str, int], Simulation] = {}
     # Compile (or load from cache) the numba kernels outside the timed runs.
@@ -149,10 +160,14 @@ def run(
         for name, sim_name, seed in plans:
             sim = cache.setdefault((sim_name, seed), SIMULATORS[sim_name](seed))
             bar.set_postfix_str(f"{name} on {sim_name} seed {seed}")
-            results.append(run_one(name, sim, seed, settings, interval, delay, bar))
+            result = run_one(name, sim, seed, settings, interval, delay, bar)
+            if delay:
+                prompt = run_one(name, sim, seed, settings, interval, 0, bar)
+                result.delay_cost = prompt.avg_reward - result.avg_reward
+            results.append(result)
     peers = {}
     for sim_name in sims:
-        runs = [_vw_run(cache[(sim_name, sd)], sd, interval) for sd in range(seeds)]
+        runs = [_vw_run(cache[(sim_name, sd)], sd, interval, delay) for sd in range(seeds)]
         if all(r is not None for r in runs):
             peers[sim_name] = {
                 "avg_reward": float(np.mean([r[0] for r in runs if r])),
@@ -181,6 +196,9 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
                 "decisions_per_s": float(np.mean([r.decisions_per_s for r in rs])),
             }
         )
+        costs = [r.delay_cost for r in rs if r.delay_cost is not None]
+        if costs:
+            out[-1]["delay_cost"] = float(np.mean(costs))
     return out
 
 
@@ -209,6 +227,7 @@ def _write(
             "optimal",
             "optimal last 20%",
             "decisions+updates/s",
+            *(["delay cost"] if delay else []),
         ],
         [
             [
@@ -219,13 +238,16 @@ def _write(
                 f"{s['optimal_share']:.3f}",
                 f"{s['optimal_share_last20']:.3f}",
                 f"{s['decisions_per_s']:,.0f}",
+                *([f"{s['delay_cost']:.3f}"] if "delay_cost" in s else []),
             ]
             for s in summary
         ],
     )
     text = (
         f"# Convergence\n\nupdate interval {settings.update_interval}, reward delay "
-        f"{delay} events, mean over seeds.\n\n{table}\n"
+        f"{delay} events, mean over seeds."
+        + (" Delay cost: average reward without the delay minus with it." if delay else "")
+        + f"\n\n{table}\n"
     )
     if peers:
         text += "\n## Vowpal Wabbit (--cb_explore_adf --squarecb -q sa)\n\n" + markdown_table(
@@ -264,12 +286,14 @@ def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -
     lines = [
         f"{'policy':<16}{'simulator':<10}{'avg_reward':>11}{'regret':>9}{'optimal':>9}"
         f"{'last20':>8}{'dec+upd/s':>11}"
+        + (f"{'delay_cost':>12}" if any("delay_cost" in s for s in summary) else "")
     ]
     for s in summary:
         lines.append(
             f"{s['policy']:<16}{s['simulator']:<10}{s['avg_reward']:>11.3f}"
             f"{s['regret']:>9.0f}{s['optimal_share']:>9.3f}"
             f"{s['optimal_share_last20']:>8.3f}{s['decisions_per_s']:>11,.0f}"
+            + (f"{s['delay_cost']:>12.3f}" if "delay_cost" in s else "")
         )
     for sim, v in (peers or {}).items():
         lines.append(

@@ -71,3 +71,21 @@ def test_bench_convergence_writes_json_markdown_and_png(tmp_path, monkeypatch):
         }
     assert "| epsilon_greedy | seed |" in (out / "convergence.md").read_text()
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_convergence_with_a_delay_reports_its_cost(tmp_path, monkeypatch, capsys):
+    for k in list(__import__("os").environ):
+        if k.startswith("RL_"):
+            monkeypatch.delenv(k)
+    out = tmp_path / "out"
+    argv = ["bench", "convergence", "--policies", "linucb", "--sims", "seed", "--seeds", "1"]
+    assert main([*argv, "--delay", "500", "--out", str(out)]) == 0
+    assert "delay_cost" in capsys.readouterr().out
+    data = json.loads((out / "convergence.json").read_text())
+    (row,) = data["rows"]
+    assert data["delay"] == 500
+    # The cost is the same policy and seed without the delay minus with it.
+    prompt = run_one("linucb", seed_sim(0), 0, load_settings(), update_interval=10, delay=0)
+    assert row["delay_cost"] == pytest.approx(prompt.avg_reward - row["avg_reward"])
+    assert row["delay_cost"] > 0  # 500 events of 5,000 decided before any learning
+    assert "delay cost" in (out / "convergence.md").read_text()

@@ -33,7 +33,7 @@ class _Progress:
         self.done = False
         self._last_print = 0.0
         self._tty = sys.stdout.isatty()
-        self._t0 = time.monotonic()
+        self._since = (time.monotonic(), 0)  # (time, decisions) at the last printed line
 
     def __call__(self, service: Service) -> None:
         try:
@@ -48,11 +48,16 @@ class _Progress:
             return
         self._last_print = now
         st = service.stats
-        rate = st.decisions / max(now - self._t0, 1e-9)
+        # The rate since the last line, not since start-up (spawning the simulator and the
+        # service's warm-up would drag a cumulative average down for the whole demo).
+        t0, d0 = self._since
+        rate = (st.decisions - d0) / max(now - t0, 1e-9)
+        self._since = (now, st.decisions)
         parts = [f"{st.decisions:>7} decided  {rate:7.0f} ev/s  pending {len(service.joins):>5}"]
         if self.latest:
             for name, t in self.latest["tallies"].items():
-                parts.append(f"{name} reward {_mean(t['recent'][-500:]):.3f}")
+                recent = t["recent"][-500:]
+                parts.append(f"{name} reward {_mean(recent):.3f}" if recent else f"{name} reward -")
         line = "  |  ".join(parts)
         if self._tty:
             print("\r" + line.ljust(120), end="", flush=True)

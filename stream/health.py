@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 class BrokerWatch:
     def __init__(self, settings: Settings, interval_s: float = 2.0, timeout_s: float = 3.0) -> None:
-        self._admin = AdminClient(admin_config(settings))
+        self._admin: AdminClient | None = AdminClient(admin_config(settings))
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.reachable = True
@@ -34,12 +34,20 @@ class BrokerWatch:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching and close the admin client (its connections go with it)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s + 1.0)
+        if not self._thread.is_alive():
+            self._admin = None
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            admin = self._admin
+            if admin is None:
+                return
             try:
-                self._admin.list_topics(timeout=self.timeout_s)
+                admin.list_topics(timeout=self.timeout_s)
                 ok = True
             except Exception:  # noqa: BLE001 - any failure means "not reachable now"
                 ok = False

@@ -92,6 +92,7 @@ class JoinedLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._delivery = None  # the service releases its producer once stopped
 
 
 def read(path: Path) -> list[dict[str, Any]]:

@@ -231,6 +231,11 @@ class Service:
         if self.broker is not None:
             self.broker.stop()
         self._store.close()
+        # librdkafka's clients close when their objects go: drop them now, or a caller
+        # that keeps the stopped service (the demo, for its summary) holds their
+        # connections until it exits, and they log disconnects when the broker goes.
+        self._consumer = self._producer = None
+        self._delivery = self._publisher = None
         self.ready.clear()
         log.info(
             "stopped after %d decisions, %d rewards joined",

@@ -174,6 +174,11 @@ class PendingJoins:
             out.append((key[0], key[1], self._early.pop(key)[3]))
         return out
 
+    @property
+    def n_early(self) -> int:
+        """Rewards held for contexts not read yet."""
+        return len(self._early)
+
     def early_items(self) -> list[tuple[str, str, float, float, int, Any]]:
         return [(d, e, r, dl, p, src) for (d, e), (r, dl, p, src) in self._early.items()]
 

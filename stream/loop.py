@@ -36,6 +36,7 @@ from stream.config import Settings
 from stream.deadletter import Source, dead_letter
 from stream.delivery import Delivery
 from stream.domains import Domains, DomainState, Served
+from stream.flow import TopicBalance
 from stream.health import BrokerWatch
 from stream.http import serve
 from stream.join import Outcome, Pending, PendingJoins
@@ -88,6 +89,9 @@ class Service:
         self.domains = Domains(settings, self.hasher)
         self.joins = PendingJoins(
             settings.max_pending, settings.reward_wait_s, early_wait_s=settings.reward_early_wait_s
+        )
+        self.balance = TopicBalance(
+            settings.topic_contexts, settings.topic_rewards, settings.max_pending
         )
         self.limits = Limits(
             settings.max_message_bytes,
@@ -198,6 +202,8 @@ class Service:
         if msgs:
             self._process(msgs, now, consumed_at)
         self._expire(now)
+        if self.balance.update(self._consumer, len(self.joins), self.joins.n_early, len(msgs)):
+            self.metrics.p_topic_pauses.labels(self.balance.paused[0].topic).inc()
         self.stats.rewards_learned += self.domains.flush_due(now)
         self._producer.poll(0)
         self._finish_write(block=False)
@@ -251,6 +257,7 @@ class Service:
         rewards: list[tuple[RewardEvent, int]] = []
         replaying = bool(self.ownership.valid_from)
         self.metrics.consumed += len(msgs)
+        last_context = last_reward = None
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -261,6 +268,10 @@ class Service:
                 continue
             topic, part, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
             self.stats.consumed += 1
+            if topic == s.topic_contexts:
+                last_context = m
+            else:
+                last_reward = m
             try:
                 if topic == s.topic_contexts:
                     ev = decode_context(m.value(), m.key(), self.limits)
@@ -279,6 +290,7 @@ class Service:
                     rewards.append((r, part))
             except DecodeError as exc:
                 self._reject(exc.code, exc.reason, m)
+        self.balance.observe(last_context, last_reward)
         for domain, events in contexts.items():
             self._decide(domain, events, now, consumed_at, partition_of[domain])
         for r, partition in rewards:
@@ -647,6 +659,7 @@ class Service:
             tp.partition for tp in partitions if tp.topic in (s.topic_contexts, s.topic_rewards)
         }
         self.ownership.assign(numbers)
+        self.balance.reset()
         resumed = 0
         for tp in partitions:
             off = self.ownership.offsets.get((tp.topic, tp.partition))
@@ -668,6 +681,7 @@ class Service:
         # is ahead of every stored one: drop it all, so it is restored exactly.
         log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
         self.ready.clear()
+        self.balance.reset()
         if self.checkpoint() is None and self.ownership.held:
             log.error("checkpoint on revoke failed: releasing every partition's state")
             self.ownership.release_all()
@@ -682,6 +696,7 @@ class Service:
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions),
         )
         self.ready.clear()
+        self.balance.reset()
         # Not waiting for an in-flight write: in an outage its state-topic publish can
         # take its whole timeout, and the loop must keep turning. Its snapshot keeps its
         # own references (copy-on-write), so releasing the live state now is safe.

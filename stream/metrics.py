@@ -209,6 +209,12 @@ class Metrics:
             "bandit_slow_decisions", "Decisions over RL_LATENCY_THRESHOLD_MS", registry=r
         )
         self.p_pending = Gauge("bandit_pending_joins", "Decisions awaiting rewards", registry=r)
+        self.p_topic_pauses = PCounter(
+            "bandit_topic_pauses",
+            "Times a topic's partitions were paused for the other topic to catch up",
+            ["topic"],
+            registry=r,
+        )
         self.p_lag = Gauge(
             "bandit_consumer_lag", "Messages behind the log end", ["topic", "partition"], registry=r
         )

@@ -54,7 +54,8 @@ class ContextBatch:
     _k: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        sizes = np.diff(self.offsets)
+        o = self.offsets
+        sizes = o[1:] - o[:-1]  # np.diff's Python wrapper costs more on a lone event
         object.__setattr__(self, "sizes", sizes)
         k = int(sizes[0]) if len(sizes) and int(sizes.min()) == int(sizes.max()) else 0
         object.__setattr__(self, "_k", k)

@@ -119,18 +119,17 @@ class FeatureHasher:
         sizes = np.fromiter((len(e.candidates) for e in events), dtype=np.int64, count=n)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(sizes, out=offsets[1:])
-        ev_rows: list[int] = []
-        ev_idx: list[int] = []
-        ev_val: list[float] = []
+        flat: list[int] = []  # event row * d + slot, per context feature
+        vals: list[float] = []
         actions: list[str] = []
         cand_rows: list[int] = []
         cand_idx: list[int] = []
         cand_val: list[float] = []
         for i, e in enumerate(events):
             ci, cv = e.context
-            ev_rows.extend([i] * len(ci))
-            ev_idx.extend(ci)
-            ev_val.extend(cv)
+            base = i * d
+            flat.extend([base + j for j in ci])
+            vals.extend(cv)
             actions.extend(e.candidates)
             if e.candidate_features:
                 start = int(offsets[i])
@@ -140,12 +139,14 @@ class FeatureHasher:
                         cand_rows.extend([start + k] * len(f[0]))
                         cand_idx.extend(f[0])
                         cand_val.extend(f[1])
-        E = np.zeros((n, d))
-        E[:, 0] = 1.0
-        # add.at, not assignment: two keys may hash to one slot and must sum.
-        np.add.at(
-            E, (np.asarray(ev_rows, dtype=np.int64), np.asarray(ev_idx, dtype=np.int64)), ev_val
+        # bincount sums, in order, the values of keys that hash to one slot (as np.add.at
+        # would, at a fraction of its per-call cost: most batches hold one or two events).
+        E = (
+            np.bincount(np.asarray(flat, dtype=np.int64), np.asarray(vals), n * d).reshape(n, d)
+            if flat
+            else np.zeros((n, d))  # bincount of nothing ignores the weights: ints
         )
+        E[:, 0] = 1.0  # the bias: hashed slots are 1 .. d-1
         X: FloatArray = np.repeat(E, sizes, axis=0)
         if cand_rows:
             np.add.at(

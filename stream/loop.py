@@ -201,6 +201,7 @@ class Service:
         now = time.time()
         if msgs:
             self._process(msgs, now, consumed_at)
+            self.metrics.end_turn()
         self._expire(now)
         if self.balance.update(self._consumer, len(self.joins), self.joins.n_early, len(msgs)):
             self.metrics.p_topic_pauses.labels(self.balance.paused[0].topic).inc()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PCounter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -121,8 +122,8 @@ class BatchHistogram:
         self.total = 0.0
         self._lock = threading.Lock()
 
-    def observe_many(self, values: list[float]) -> None:
-        if not values:
+    def observe_many(self, values: list[float] | NDArray[np.float64]) -> None:
+        if len(values) == 0:
             return
         v = np.asarray(values, dtype=np.float64)
         idx = np.searchsorted(self.bounds, v, side="left")  # le semantics: v <= bound
@@ -178,6 +179,7 @@ class Metrics:
         self.rejected = 0
         self.slow_count = 0
         self._slowest: list[tuple[float, str, str]] = []  # min-heap of the slowest decisions
+        self._turn_latencies_ms: list[float] = []  # for the histogram, see end_turn
         self.alerts = {
             "latency": Alert("latency", settings.latency_threshold_ms),
             "memory": Alert("memory", settings.memory_threshold_mb),
@@ -256,13 +258,20 @@ class Metrics:
         room = LATENCY_SAMPLES - len(w.latencies)
         if room > 0:
             w.latencies.extend(latencies_ms[:room])
-        self.p_latency.observe_many([ms / 1000.0 for ms in latencies_ms])
+        self._turn_latencies_ms.extend(latencies_ms)
         limit = self.settings.latency_threshold_ms
         if n and max(latencies_ms) > limit:
             for i, ms in enumerate(latencies_ms):
                 if ms > limit:
                     w.slow += 1
                     self._slow(ms, domain, event_ids[i])
+
+    def end_turn(self) -> None:
+        """Bucket the turn's decision latencies into the histogram: once per turn, as one
+        numpy call per domain cost more than the rest of a lone event's metrics."""
+        if self._turn_latencies_ms:
+            self.p_latency.observe_many(np.asarray(self._turn_latencies_ms) / 1000.0)
+            self._turn_latencies_ms.clear()
 
     def _slow(self, ms: float, domain: str, event_id: str) -> None:
         self.slow_count += 1

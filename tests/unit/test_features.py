@@ -55,6 +55,14 @@ def test_candidate_features_only_on_their_row():
     assert np.count_nonzero(diff) == 1 and np.abs(diff).sum() == 5.0
 
 
+def test_candidate_features_without_context_features_keep_their_values():
+    # No context feature at all: the candidate's value lands whole (a float matrix).
+    h = FeatureHasher(n_features=256)
+    X = dense(h, {}, cands=("a", "b"), cf={"a": {"cost": 0.25}})
+    assert X.dtype == np.float64
+    assert np.abs(X[0, 1:]).sum() == 0.25 and np.abs(X[1, 1:]).sum() == 0.0
+
+
 def test_hash_is_stable_across_processes():
     code = (
         "from policies.features import FeatureHasher;"

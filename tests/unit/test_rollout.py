@@ -152,6 +152,8 @@ def test_latency_histogram_buckets_a_batch_like_prometheus():
     m.decided("d", "control", [0.3, 1.0, 1.5, 7.0, 2000.0], ["a", "b", "c", "d", "e"])
     get = m.registry.get_sample_value
     name = "bandit_decision_latency_seconds_bucket"
+    assert get(name, {"le": "+Inf"}) == 0  # bucketed once per turn, at its end
+    m.end_turn()
     assert get(name, {"le": "0.0005"}) == 1
     assert get(name, {"le": "0.001"}) == 2  # le: a value equal to the bound is inside
     assert get(name, {"le": "0.002"}) == 3

@@ -24,6 +24,7 @@ is read again, so a flood of contexts whose rewards never come is never held up.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -62,11 +63,14 @@ class TopicBalance:
 
     def observe(self, context: Message | None, reward: Message | None) -> None:
         """A turn read these as its last context and last reward (None: none of that kind)."""
+        now_ms = int(time.time() * 1000)
         for side, m in ((self.contexts, context), (self.rewards, reward)):
             if m is not None:
                 # The other side may pause again: this one is being read.
                 self._other(side).armed = True
-                side.newest_ms = max(side.newest_ms, _timestamp_ms(m))
+                # A record stamped in the future (a producer's clock ahead) counts as
+                # now: one bad clock must not make its topic look ahead for good.
+                side.newest_ms = max(side.newest_ms, min(_timestamp_ms(m), now_ms))
 
     def update(self, consumer: Consumer, pending: int, early: int, fetched: int) -> bool:
         """After a turn that read ``fetched`` messages and left ``pending`` decisions and

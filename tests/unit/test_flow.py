@@ -43,55 +43,57 @@ class Msg:
         return None
 
 
-NOW = int(time.time() * 1000)
-
-
 def test_contexts_ahead_pause_until_the_rewards_catch_up():
+    now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
-    b.observe(Msg(CTX, NOW - 1_000), Msg(REW, NOW - 30_000))
+    b.observe(Msg(CTX, now - 1_000), Msg(REW, now - 30_000))
     assert not b.update(c, pending=89, early=0, fetched=50)  # below 90% of the bound
     assert b.update(c, pending=90, early=0, fetched=50) and c.paused == {CTX}
-    b.observe(None, Msg(REW, NOW - 20_000))
+    b.observe(None, Msg(REW, now - 20_000))
     b.update(c, pending=85, early=0, fetched=50)
     assert c.paused == {CTX}  # rewards still 19 s behind, 85 still pending
-    b.observe(None, Msg(REW, NOW - 2_000))
+    b.observe(None, Msg(REW, now - 2_000))
     b.update(c, pending=85, early=0, fetched=50)
     assert c.paused == set()  # caught up within the slack
 
 
 def test_rewards_ahead_pause_until_few_are_held():
+    now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
-    b.observe(Msg(CTX, NOW - 30_000), Msg(REW, NOW - 1_000))
+    b.observe(Msg(CTX, now - 30_000), Msg(REW, now - 1_000))
     assert b.update(c, pending=0, early=95, fetched=50) and c.paused == {REW}
-    b.observe(Msg(CTX, NOW - 25_000), None)
+    b.observe(Msg(CTX, now - 25_000), None)
     b.update(c, pending=0, early=75, fetched=50)
     assert c.paused == set()  # down to 75% held
 
 
 def test_rewards_that_never_come_hold_the_contexts_up_once():
+    now = int(time.time() * 1000)
     # Nothing was ever read from the rewards: the contexts pause once, the next read brings
     # nothing, they resume, and they do not pause again until a reward is read.
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
-    b.observe(Msg(CTX, NOW - 5_000), None)
+    b.observe(Msg(CTX, now - 5_000), None)
     assert b.update(c, pending=100, early=0, fetched=20)
     b.update(c, pending=100, early=0, fetched=0)
     assert c.paused == set()
     for _ in range(5):
-        b.observe(Msg(CTX, NOW), None)
+        b.observe(Msg(CTX, now), None)
         assert not b.update(c, pending=100, early=0, fetched=20)
-    b.observe(None, Msg(REW, NOW - 60_000))  # rewards flow again, far behind
+    b.observe(None, Msg(REW, now - 60_000))  # rewards flow again, far behind
     assert b.update(c, pending=100, early=0, fetched=20) and c.paused == {CTX}
 
 
 def test_a_producer_clock_in_the_future_counts_as_now():
+    now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
-    b.observe(Msg(CTX, NOW + 3_600_000), Msg(REW, NOW - 500))
+    b.observe(Msg(CTX, now + 3_600_000), Msg(REW, now - 500))
     assert not b.update(c, pending=100, early=0, fetched=50)  # rewards are not behind
 
 
 def test_a_new_assignment_forgets_the_pause():
+    now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
-    b.observe(Msg(CTX, NOW), Msg(REW, NOW - 10_000))
+    b.observe(Msg(CTX, now), Msg(REW, now - 10_000))
     assert b.update(c, pending=100, early=0, fetched=10)
     b.reset()
     assert b.paused == []

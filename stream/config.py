@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     ot_node_model: Literal["linear", "logistic", "tree"] = "linear"
 
     # --- Loop ----------------------------------------------------------------------------
-    batch_size: int = Field(2000, ge=1, le=100_000)
+    batch_size: int = Field(10_000, ge=1, le=100_000)
     update_interval: int = Field(10, ge=1)
     # Buffered rewards are learned after this long even if update_interval is not reached,
     # so a quiet domain still learns.

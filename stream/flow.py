@@ -37,8 +37,10 @@ from confluent_kafka import (
 
 log = logging.getLogger(__name__)
 
-HIGH = 0.9  # of the bound: pause the topic running ahead from here ...
-LOW = 0.75  # ... until what it left waiting is down to here
+# Of the bound: pause the topic running ahead from here (a turn of RL_BATCH_SIZE = 10,000
+# messages then still fits under the default bound of 100,000) ...
+HIGH = 0.8
+LOW = 0.6  # ... until what it left waiting is down to here
 SLACK_S = 2.0  # the other topic's newest record this much older counts as behind
 
 

@@ -47,8 +47,8 @@ def test_contexts_ahead_pause_until_the_rewards_catch_up():
     now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
     b.observe(Msg(CTX, now - 1_000), Msg(REW, now - 30_000))
-    assert not b.update(c, pending=89, early=0, fetched=50)  # below 90% of the bound
-    assert b.update(c, pending=90, early=0, fetched=50) and c.paused == {CTX}
+    assert not b.update(c, pending=79, early=0, fetched=50)  # below 80% of the bound
+    assert b.update(c, pending=80, early=0, fetched=50) and c.paused == {CTX}
     b.observe(None, Msg(REW, now - 20_000))
     b.update(c, pending=85, early=0, fetched=50)
     assert c.paused == {CTX}  # rewards still 19 s behind, 85 still pending
@@ -63,8 +63,10 @@ def test_rewards_ahead_pause_until_few_are_held():
     b.observe(Msg(CTX, now - 30_000), Msg(REW, now - 1_000))
     assert b.update(c, pending=0, early=95, fetched=50) and c.paused == {REW}
     b.observe(Msg(CTX, now - 25_000), None)
-    b.update(c, pending=0, early=75, fetched=50)
-    assert c.paused == set()  # down to 75% held
+    b.update(c, pending=0, early=70, fetched=50)
+    assert c.paused == {REW}  # still 70% held, contexts still behind
+    b.update(c, pending=0, early=60, fetched=50)
+    assert c.paused == set()  # down to 60% held
 
 
 def test_rewards_that_never_come_hold_the_contexts_up_once():

@@ -74,9 +74,9 @@ class TopicBalance:
                 # now: one bad clock must not make its topic look ahead for good.
                 side.newest_ms = max(side.newest_ms, min(_timestamp_ms(m), now_ms))
 
-    def update(self, consumer: Consumer, pending: int, early: int, fetched: int) -> bool:
+    def update(self, consumer: Consumer, pending: int, early: int, fetched: int) -> str | None:
         """After a turn that read ``fetched`` messages and left ``pending`` decisions and
-        ``early`` rewards waiting; returns whether it paused a topic now."""
+        ``early`` rewards waiting; returns the topic it paused now, if any."""
         ahead = self._ahead
         if ahead is not None:
             held = pending if ahead is self.contexts else early
@@ -89,11 +89,11 @@ class TopicBalance:
                     log.warning("resuming %s failed: %s", ahead.topic, exc)
                 log.info("%s resumed: %d %s", ahead.topic, held, ahead.held)
                 self.paused, self._ahead = [], None
-            return False
+            return None
         for side, held in ((self.contexts, pending), (self.rewards, early)):
             if side.armed and held >= self.high and self._behind(side):
-                return self._pause(consumer, side, held)
-        return False
+                return side.topic if self._pause(consumer, side, held) else None
+        return None
 
     def reset(self) -> None:
         """The assignment changed: librdkafka forgets pauses with the partitions."""

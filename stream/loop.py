@@ -203,8 +203,9 @@ class Service:
             self._process(msgs, now, consumed_at)
             self.metrics.end_turn()
         self._expire(now)
-        if self.balance.update(self._consumer, len(self.joins), self.joins.n_early, len(msgs)):
-            self.metrics.p_topic_pauses.labels(self.balance.paused[0].topic).inc()
+        paused = self.balance.update(self._consumer, len(self.joins), self.joins.n_early, len(msgs))
+        if paused is not None:
+            self.metrics.p_topic_pauses.labels(paused).inc()
         self.stats.rewards_learned += self.domains.flush_due(now)
         self._producer.poll(0)
         self._finish_write(block=False)
@@ -269,12 +270,13 @@ class Service:
                 continue
             topic, part, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
             self.stats.consumed += 1
-            if topic == s.topic_contexts:
+            is_context = topic == s.topic_contexts
+            if is_context:
                 last_context = m
             else:
                 last_reward = m
             try:
-                if topic == s.topic_contexts:
+                if is_context:
                     ev = decode_context(m.value(), m.key(), self.limits)
                     if replaying and self.ownership.already_applied(topic, part, ev.domain, offset):
                         self.stats.replay_skipped += 1

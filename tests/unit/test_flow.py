@@ -47,8 +47,8 @@ def test_contexts_ahead_pause_until_the_rewards_catch_up():
     now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
     b.observe(Msg(CTX, now - 1_000), Msg(REW, now - 30_000))
-    assert not b.update(c, pending=79, early=0, fetched=50)  # below 80% of the bound
-    assert b.update(c, pending=80, early=0, fetched=50) and c.paused == {CTX}
+    assert b.update(c, pending=79, early=0, fetched=50) is None  # below 80% of the bound
+    assert b.update(c, pending=80, early=0, fetched=50) == CTX and c.paused == {CTX}
     b.observe(None, Msg(REW, now - 20_000))
     b.update(c, pending=85, early=0, fetched=50)
     assert c.paused == {CTX}  # rewards still 19 s behind, 85 still pending
@@ -61,7 +61,7 @@ def test_rewards_ahead_pause_until_few_are_held():
     now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
     b.observe(Msg(CTX, now - 30_000), Msg(REW, now - 1_000))
-    assert b.update(c, pending=0, early=95, fetched=50) and c.paused == {REW}
+    assert b.update(c, pending=0, early=95, fetched=50) == REW and c.paused == {REW}
     b.observe(Msg(CTX, now - 25_000), None)
     b.update(c, pending=0, early=70, fetched=50)
     assert c.paused == {REW}  # still 70% held, contexts still behind
@@ -75,27 +75,27 @@ def test_rewards_that_never_come_hold_the_contexts_up_once():
     # nothing, they resume, and they do not pause again until a reward is read.
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
     b.observe(Msg(CTX, now - 5_000), None)
-    assert b.update(c, pending=100, early=0, fetched=20)
+    assert b.update(c, pending=100, early=0, fetched=20) == CTX
     b.update(c, pending=100, early=0, fetched=0)
     assert c.paused == set()
     for _ in range(5):
         b.observe(Msg(CTX, now), None)
-        assert not b.update(c, pending=100, early=0, fetched=20)
+        assert b.update(c, pending=100, early=0, fetched=20) is None
     b.observe(None, Msg(REW, now - 60_000))  # rewards flow again, far behind
-    assert b.update(c, pending=100, early=0, fetched=20) and c.paused == {CTX}
+    assert b.update(c, pending=100, early=0, fetched=20) == CTX and c.paused == {CTX}
 
 
 def test_a_producer_clock_in_the_future_counts_as_now():
     now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
     b.observe(Msg(CTX, now + 3_600_000), Msg(REW, now - 500))
-    assert not b.update(c, pending=100, early=0, fetched=50)  # rewards are not behind
+    assert b.update(c, pending=100, early=0, fetched=50) is None  # rewards are not behind
 
 
 def test_a_new_assignment_forgets_the_pause():
     now = int(time.time() * 1000)
     b, c = TopicBalance(CTX, REW, bound=100), Recorder()
     b.observe(Msg(CTX, now), Msg(REW, now - 10_000))
-    assert b.update(c, pending=100, early=0, fetched=10)
+    assert b.update(c, pending=100, early=0, fetched=10) == CTX
     b.reset()
     assert b.paused == []

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     AliasChoices,
     Field,
@@ -198,6 +199,30 @@ def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     upper = field.upper()
     return upper if upper in _SWITCHES else ENV_PREFIX + upper
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that make :func:`load_settings` return ``settings``
+    (every field, defaults included): how a parent hands its settings to a child process."""
+    env = {}
+    for field, info in Settings.model_fields.items():
+        value = getattr(settings, field)
+        if value is None:
+            if info.default is None:
+                continue  # unset is the default
+            value = "none"  # e.g. RL_DEFAULT_REWARD=none: no default reward
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list):
+            text = ",".join(value)
+        elif isinstance(value, dict):
+            text = orjson.dumps(value).decode()
+        else:
+            text = str(value)
+        env[env_name(field)] = text
+    return env
 
 
 def unknown_env_vars() -> list[str]:

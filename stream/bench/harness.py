@@ -17,27 +17,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
-from stream.config import Settings, env_name, load_settings
+from stream.config import Settings, load_settings, settings_env
 from stream.kafka import admin_config
 from stream.topics import ensure_topics
-
-# The settings a service process needs to run on the benchmark's topics and broker.
-_PASSED = (
-    "kafka_bootstrap_servers",
-    "kafka_group_id",
-    "topic_contexts",
-    "topic_rewards",
-    "topic_decisions",
-    "topic_metrics",
-    "topic_dead_letter",
-    "topic_state",
-    "state_dir",
-    "kafka_session_timeout_ms",
-    "kafka_heartbeat_interval_ms",
-    "kafka_fetch_wait_max_ms",
-    "reward_wait_s",
-    "max_domains",
-)
 
 
 def topic_reader(bootstrap: str, topic: str, group: str, fetch_wait_ms: int) -> Consumer:
@@ -84,9 +66,10 @@ def fresh_settings(bootstrap: str, prefix: str, **extra: Any) -> Settings:
 
 
 def service_env(s: Settings) -> dict[str, str]:
+    """The service process's environment: all of ``s`` — the user's RL_* settings (policy,
+    batch size, ...) with the benchmark's broker, topics, group and state directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "ENABLE_RL_"))}
-    for field in _PASSED:
-        env[env_name(field)] = str(getattr(s, field))
+    env.update(settings_env(s))
     env["RL_METRICS_PORT"] = "0"
     env["RL_LOG_FORMAT"] = "json"
     return env

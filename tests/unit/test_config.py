@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.config import Settings, env_name, load_settings, unknown_env_vars
+from stream.config import Settings, env_name, load_settings, settings_env, unknown_env_vars
 from stream.errors import ConfigError
 from stream.kafka import consumer_config, producer_config
 
@@ -111,3 +111,33 @@ def test_advanced_policy_must_exist_when_enabled(monkeypatch):
 def test_unknown_rl_variables_are_reported(monkeypatch):
     monkeypatch.setenv("RL_BATCHSIZE", "5")
     assert unknown_env_vars() == ["RL_BATCHSIZE"]
+
+
+def test_settings_env_rebuilds_the_same_settings(monkeypatch):
+    s = load_settings(
+        shadow_policies=["linucb"],
+        rollout_domains=["a", "b"],
+        kafka_extra={"fetch.min.bytes": 10, "check.crcs": True},
+        default_reward=None,
+        kafka_sasl_password="pw",
+        batch_size=77,
+        enable_rl_advanced=True,
+        reward_wait_s=12.5,
+    )
+    env = settings_env(s)
+    assert set(env) <= {env_name(f) for f in Settings.model_fields}
+    assert env["RL_DEFAULT_REWARD"] == "none" and "RL_INSTANCE_ID" not in env
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert load_settings() == s
+
+
+def test_the_benchmarks_service_runs_with_the_users_settings(monkeypatch):
+    from stream.bench.harness import service_env
+
+    monkeypatch.setenv("RL_POLICY", "linucb")
+    monkeypatch.setenv("RL_TEST_BOOTSTRAP_SERVERS", "elsewhere:9092")  # not a setting
+    env = service_env(load_settings(batch_size=123, topic_contexts="bench.contexts"))
+    assert env["RL_POLICY"] == "linucb" and env["RL_BATCH_SIZE"] == "123"
+    assert env["RL_TOPIC_CONTEXTS"] == "bench.contexts"
+    assert env["RL_METRICS_PORT"] == "0" and "RL_TEST_BOOTSTRAP_SERVERS" not in env

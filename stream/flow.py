@@ -18,7 +18,7 @@ other is read. They resume once the holding area is down to ``LOW`` of the bound
 other topic has caught up, or once a read brings nothing: then the other topic has no
 backlog, what is held waits for messages not yet sent, and the bound's eviction is the
 right answer. After such an empty read that side pauses again only once the other topic
-is read again, so a flood of contexts whose rewards never come is never held up.
+is read again, so a flood of contexts whose rewards never come waits for one read at most.
 """
 
 from __future__ import annotations

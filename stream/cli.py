@@ -157,7 +157,9 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
         r = e2e.memory(args.events, args.domains, args.rate or 10_000.0, out)
         print(
             f"RSS {r['rss_final_mb']:.0f} MB after {args.events} events on {args.domains} "
-            f"domains; growth {r['growth_mb_per_million']} MB per million events"
+            f"domains (peak {r['rss_max_mb']:.0f}); decided {r['decided_per_s']:.0f}/s of "
+            f"{r['offered_per_s']:.0f}/s offered; growth {r['growth_mb_per_million']} MB per "
+            "million events"
         )
     print(f"results in {out}/{args.bench}.json, .md, .png")
     return 0

@@ -400,6 +400,9 @@ def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
                     [round(time.monotonic() - start, 2), len(reader.times), round(svc.rss_mb(), 1)]
                 )
         prod.join(60)
+        # Whether the service kept up: RSS under a backlog (pending joins filling) is
+        # another figure than RSS in a steady state.
+        decided_per_s = reader.rate()
         reader.close()
         svc.stop()
     xs = np.asarray([c for _, c, _ in samples], dtype=float)
@@ -410,6 +413,7 @@ def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
         "events": events,
         "domains": domains,
         "offered_per_s": rate,
+        "decided_per_s": round(decided_per_s, 1),
         "rss_mb": samples,
         "rss_final_mb": float(ys[-1]) if len(ys) else 0.0,
         "rss_max_mb": float(ys.max()) if len(ys) else 0.0,
@@ -419,7 +423,15 @@ def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
     write_json(out, "memory", result)
     rows = [
         [k, result[k]]
-        for k in ("events", "domains", "rss_final_mb", "rss_max_mb", "growth_mb_per_million")
+        for k in (
+            "events",
+            "domains",
+            "offered_per_s",
+            "decided_per_s",
+            "rss_final_mb",
+            "rss_max_mb",
+            "growth_mb_per_million",
+        )
     ]
     write_markdown(out, "memory", "# Memory\n\n" + markdown_table(["", "value"], rows) + "\n")
     plt = pyplot()

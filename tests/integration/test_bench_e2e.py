@@ -26,6 +26,7 @@ def test_throughput_latency_and_memory_reports(on_test_broker, tmp_path):
     assert 0 < floor[0] <= floor[1] <= floor[2] <= floor[3]
     mem = e2e.memory(4000, 50, 2000.0, tmp_path)
     assert mem["rss_mb"] and 50 < mem["rss_max_mb"] < 2000
+    assert 0 < mem["decided_per_s"] <= 2000.0 * 1.5  # paced at 2,000/s
     for name in ("throughput", "latency", "memory"):
         data = orjson.loads((tmp_path / f"{name}.json").read_bytes())
         assert data["machine"]["cpus"] >= 1

@@ -155,24 +155,17 @@ def ot_learn_least_squares(heap, offsets, leaf, xe, A_inv, theta, counts, depth,
     """
     n = offsets.shape[0] - 1
     alive = np.ones(n, dtype=np.bool_)
-    ev = np.empty(n, dtype=np.int64)
     rows = np.empty(n, dtype=np.int64)
     nodes = np.empty(n, dtype=np.int64)
     labels = np.empty(n)
     weights = np.empty(n)
     eta = np.ones(n)
     for level in range(depth):
-        m = 0
+        ev = ot_contested_at(heap, offsets, leaf, level, alive)
         k = 0
-        for i in range(n):
-            if not alive[i]:
-                continue
-            child = leaf[i] >> level
-            if not _contested(heap, offsets[i], offsets[i + 1], child, level):
-                continue
-            ev[m] = i
-            m += 1
+        for i in ev:
             if gain[i] > 0.0:
+                child = leaf[i] >> level
                 side = child & 1
                 rows[k] = i
                 nodes[k] = child >> 1
@@ -183,12 +176,12 @@ def ot_learn_least_squares(heap, offsets, leaf, xe, A_inv, theta, counts, depth,
             rls_update(
                 A_inv, theta, counts, nodes[:k], xe[rows[:k]], labels[:k], weights[:k], eta[:k]
             )
-        for j in range(m):
-            i = ev[j]
-            child = leaf[i] >> level
-            q = _node_q(theta, child >> 1, xe[i], 0)
-            if ((child & 1) == 1 and q < 0.5) or ((child & 1) == 0 and q > 0.5):
-                alive[i] = False
+        if level + 1 < depth:  # the last level's verdict decides nothing
+            for i in ev:
+                child = leaf[i] >> level
+                q = _node_q(theta, child >> 1, xe[i], 0)
+                if ((child & 1) == 1 and q < 0.5) or ((child & 1) == 0 and q > 0.5):
+                    alive[i] = False
 
 
 @njit(cache=True, nogil=True)

@@ -270,13 +270,9 @@ class Service:
                 continue
             topic, part, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
             self.stats.consumed += 1
-            is_context = topic == s.topic_contexts
-            if is_context:
-                last_context = m
-            else:
-                last_reward = m
             try:
-                if is_context:
+                if topic == s.topic_contexts:
+                    last_context = m
                     ev = decode_context(m.value(), m.key(), self.limits)
                     if replaying and self.ownership.already_applied(topic, part, ev.domain, offset):
                         self.stats.replay_skipped += 1
@@ -285,6 +281,7 @@ class Service:
                     contexts[ev.domain].append(ev)
                     partition_of[ev.domain] = part
                 else:
+                    last_reward = m
                     r = decode_reward(m.value(), m.key(), self.limits)
                     if replaying and self.ownership.already_applied(topic, part, r.domain, offset):
                         self.stats.replay_skipped += 1

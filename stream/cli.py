@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 from confluent_kafka.admin import AdminClient
 
-from stream.config import Settings, load_settings, unknown_env_vars
-from stream.errors import StreamError
-from stream.kafka import admin_config
+from stream.config import Settings, closest_env_name, load_settings, unknown_env_vars
+from stream.errors import ConfigError, StreamError
+from stream.kafka import admin_config, check_client_configs
 from stream.logs import setup_logging
 from stream.signals import stop_on_signals
 from stream.topics import ensure_topics
@@ -29,7 +29,9 @@ def _settings(**overrides: object) -> Settings:
     settings = load_settings(**overrides)
     setup_logging(settings.log_level, settings.log_format)
     for name in unknown_env_vars():
-        log.warning("environment variable %s is not a bandit-stream setting (typo?)", name)
+        near = closest_env_name(name)
+        hint = f"; did you mean {near}?" if near else ""
+        log.warning("environment variable %s is not a bandit-stream setting%s", name, hint)
     return settings
 
 
@@ -37,17 +39,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stream.loop import Service
 
     settings = _settings()
+    check_client_configs(settings)
     service = Service(settings)
     with stop_on_signals(service):  # from the start: a SIGTERM during start-up exits 0 too
         ensure_topics(settings, AdminClient(admin_config(settings)))
-        if args.profile:
-            from stream.profiling import run_profiled
+        try:
+            if args.profile:
+                from stream.profiling import run_profiled
 
-            out = Path(args.profile_out or Path(settings.state_dir) / f"profile-{args.profile}.txt")
-            run_profiled(args.profile, service.run, out)
-            print(f"{args.profile} profile: {out}", file=sys.stderr)
-        else:
-            service.run()
+                name = f"profile-{args.profile}.txt"
+                out = Path(args.profile_out or Path(settings.state_dir) / name)
+                run_profiled(args.profile, service.run, out)
+                print(f"{args.profile} profile: {out}", file=sys.stderr)
+            else:
+                service.run()
+        except ConfigError:
+            raise  # one line, exit 2 (main)
+        except Exception as exc:
+            # One line an operator can act on (the traceback follows it in the log).
+            log.critical(
+                "stopped by an unexpected error, nothing committed past the last "
+                "checkpoint (a restart resumes from it): %s: %s",
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+            )
+            return 1
     return 0
 
 

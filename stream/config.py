@@ -7,8 +7,10 @@ start with a message naming the variable (:func:`load_settings`).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,7 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from stream.errors import ConfigError
 
@@ -29,6 +31,19 @@ ENV_PREFIX = "RL_"
 _SWITCHES = ("ENABLE_RL_ADVANCED", "ENABLE_RL_MONITORING", "ENABLE_RL_SHADOW_EVAL")
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+# Choices are matched without regard to case (RL_LOG_LEVEL=info).
+_UPPER_CHOICES = ("log_level", "kafka_security_protocol", "kafka_sasl_mechanism")
+_LOWER_CHOICES = ("log_format", "ot_node_model", "on_processing_error", "policy", "baseline_policy")
+
+
+def _check_policy(name: str) -> None:
+    """Every policy name is checked at load, whatever the switches that would use it."""
+    from policies.registry import POLICIES
+
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
 
 
 def _switch(name: str, default: bool) -> Any:
@@ -132,6 +147,17 @@ class Settings(BaseSettings):
     # Every finished join (JSONL file path, or "kafka:TOPIC"); empty: none.
     joined_log: str = ""
 
+    # --- Failure handling ------------------------------------------------------------------
+    # An unexpected exception while processing a message that decoded fine: "fail" stops
+    # the process without committing past the input fully processed; "dead_letter" sends
+    # the message to the dead-letter topic (internal_error) and goes on, until more than
+    # max_processing_errors in a minute.
+    on_processing_error: Literal["fail", "dead_letter"] = "fail"
+    max_processing_errors: int = Field(100, ge=0)
+    # Injected faults for resilience tests: "name:probability,..." (stream/failpoints.py).
+    failpoints: str = ""
+    failpoint_seed: int | None = None  # default: RL_SEED
+
     # --- Rollout and monitoring ----------------------------------------------------------
     rollout_percentage: float = Field(0.1, ge=0.0, le=1.0)
     rollout_domains: CommaList = Field(default_factory=list)
@@ -163,13 +189,36 @@ class Settings(BaseSettings):
             raise ValueError("must be a finite number")
         return v
 
-    @field_validator("baseline_policy")
+    @field_validator("failpoints")
+    @classmethod
+    def _known_failpoints(cls, v: str) -> str:
+        from stream.failpoints import parse
+
+        parse(v)
+        return v
+
+    @field_validator(*_UPPER_CHOICES, mode="before")
+    @classmethod
+    def _upper_choice(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator(*_LOWER_CHOICES, mode="before")
+    @classmethod
+    def _lower_choice(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("policy", "baseline_policy")
     @classmethod
     def _known_policy(cls, v: str) -> str:
-        from policies.registry import POLICIES
+        _check_policy(v)
+        return v
 
-        if v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; known: {', '.join(sorted(POLICIES))}")
+    @field_validator("shadow_policies")
+    @classmethod
+    def _known_policies(cls, v: list[str]) -> list[str]:
+        v = [name.lower() for name in v]
+        for name in v:
+            _check_policy(name)
         return v
 
     @model_validator(mode="after")
@@ -184,14 +233,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 "RL_KAFKA_HEARTBEAT_INTERVAL_MS must be below RL_KAFKA_SESSION_TIMEOUT_MS"
             )
-        if self.enable_rl_advanced:
-            from policies.registry import POLICIES
-
-            if self.policy not in POLICIES:
-                raise ValueError(
-                    f"RL_POLICY={self.policy!r} is not an available policy "
-                    f"(available: {', '.join(sorted(POLICIES))})"
-                )
         return self
 
 
@@ -225,16 +266,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def known_env_names() -> set[str]:
+    return {env_name(f) for f in Settings.model_fields}
+
+
 def unknown_env_vars() -> list[str]:
-    """``RL_*`` variables in the environment that no setting reads (likely typos)."""
-    known = {env_name(f) for f in Settings.model_fields}
+    """``RL_*`` and ``ENABLE_RL_*`` variables that no setting reads (likely typos)."""
+    known = known_env_names()
     return sorted(
         k
         for k in os.environ
-        if k.upper().startswith(ENV_PREFIX)
+        if k.upper().startswith((ENV_PREFIX, "ENABLE_RL_"))
         and k.upper() not in known
         and not k.upper().startswith("RL_TEST_")
     )
+
+
+def closest_env_name(name: str) -> str | None:
+    """The setting a mistyped variable most likely meant (None when nothing is close)."""
+    match = difflib.get_close_matches(name.upper(), sorted(known_env_names()), n=1, cutoff=0.6)
+    return match[0] if match else None
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -246,8 +297,13 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
             name = env_name(loc[0]) if loc else "settings"
-            got = (
-                f" (got {err['input']!r})" if loc and not isinstance(err.get("input"), dict) else ""
-            )
-            lines.append(f"{name}: {err['msg']}{got}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = loc and not isinstance(err.get("input"), dict) and "unknown" not in msg
+            got = f" (got {err['input']!r})" if shown else ""
+            lines.append(f"{name}: {msg}{got}")
+        raise ConfigError("; ".join(lines)) from None
+    except SettingsError as exc:  # a value the environment source could not even parse
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = env_name(field.group(1)) if field else "settings"
+        what = "a JSON object" if field and field.group(1) == "kafka_extra" else "valid"
+        raise ConfigError(f"{name}: not {what}") from None

@@ -12,6 +12,7 @@ joined reward, off-policy, through the logged probabilities.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,11 @@ from policies.registry import create_policy
 from policies.ridge import RidgePolicy
 from stream.codec import ContextEvent
 from stream.config import Settings
+from stream.failpoints import Failpoints
+from stream.failpoints import check as failpoint
 from stream.join import Pending
+
+LearnError = Callable[[Exception, "DomainState", list[tuple[Pending, float]]], None]
 
 
 def policy_params(name: str, settings: Settings) -> dict[str, Any]:
@@ -126,9 +131,19 @@ class Served:
 class Domains:
     """Owns every domain's policies and its buffer of rewards awaiting a learn."""
 
-    def __init__(self, settings: Settings, hasher: FeatureHasher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hasher: FeatureHasher,
+        failpoints: Failpoints | None = None,
+        on_learn_error: LearnError | None = None,
+    ) -> None:
         self.settings = settings
         self.hasher = hasher
+        self.failpoints = failpoints
+        # Told when a domain's learn raises (then its rewards are dropped from the
+        # buffer); without it the exception propagates.
+        self.on_learn_error = on_learn_error
         self.states: dict[str, DomainState] = {}
         # Domains with rewards awaiting a learn, in the order their buffers started.
         self._buffered: dict[str, DomainState] = {}
@@ -249,7 +264,13 @@ class Domains:
         for name, state in list(self._buffered.items()):
             buf = state.buffer
             if force or len(buf) >= limit or now - state.buffer_since >= max_delay:
-                learned += self._learn(state, buf)
+                try:
+                    failpoint(self.failpoints, "learn")
+                    learned += self._learn(state, buf)
+                except Exception as exc:
+                    if self.on_learn_error is None:
+                        raise
+                    self.on_learn_error(exc, state, buf)
                 state.buffer = []
                 del self._buffered[name]
                 if not force and learned >= floor and time.perf_counter() - start > budget_s:

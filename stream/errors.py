@@ -21,3 +21,12 @@ class KafkaClientError(StreamError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message if code is None else f"{message} (code {code})")
         self.code = code
+
+
+class TooManyProcessingErrors(StreamError):
+    """More than RL_MAX_PROCESSING_ERRORS dead-lettered processing errors in a minute."""
+
+
+class DeliveryError(KafkaClientError):
+    """A produced record can be neither delivered nor dead-lettered (e.g. a fatal
+    producer error or an authorization failure on the dead-letter topic)."""

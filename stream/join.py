@@ -95,6 +95,11 @@ class PendingJoins:
             return Outcome.JOINED, p
         return self._finished.get(key, Outcome.UNKNOWN), None
 
+    def discard(self, domain: str, event_id: str) -> Pending | None:
+        """Forget a pending decision that never reached its consumers (no reward can
+        come for it); it leaves no memory of a finished join."""
+        return self._pending.pop((domain, event_id), None)
+
     def expire(self, now: float) -> list[Pending]:
         """Remove and return every decision whose window has closed."""
         out = []

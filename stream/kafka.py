@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
 from stream.config import Settings
+from stream.errors import ConfigError
+from stream.logs import KAFKA_LOG
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
@@ -14,6 +17,7 @@ def common_config(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "security.protocol": settings.kafka_security_protocol,
+        "logger": KAFKA_LOG,
     }
     if settings.kafka_sasl_mechanism:
         conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
@@ -82,3 +86,28 @@ def is_benign(err: KafkaError) -> bool:
             KafkaError.UNKNOWN_TOPIC_OR_PART,
         )
     )
+
+
+def producer_max_record_bytes(settings: Settings) -> int:
+    """The largest record the service's producers accept (librdkafka's message.max.bytes)."""
+    return int(settings.kafka_extra.get("message.max.bytes", 1_000_000))
+
+
+def check_client_configs(settings: Settings) -> None:
+    """Build every client once, so a bad librdkafka property stops the start in one line
+    naming the variable that set it (ConfigError) instead of a traceback later."""
+    for build, conf in (
+        (AdminClient, admin_config(settings)),
+        (Producer, producer_config(settings)),
+        (Consumer, consumer_config(settings)),
+    ):
+        try:
+            client = build(conf)
+        except KafkaException as exc:
+            err = exc.args[0]
+            text = err.str() if isinstance(err, KafkaError) else str(exc)
+            named = [k for k in settings.kafka_extra if f'"{k}"' in text]
+            raise ConfigError(f"{'RL_KAFKA_EXTRA' if named else 'RL_KAFKA_*'}: {text}") from None
+        if isinstance(client, Consumer):
+            client.close()
+        del client

@@ -16,10 +16,18 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from policies.features import FeatureHasher
 from policies.kernels import warm_up
@@ -33,15 +41,23 @@ from stream.codec import (
     encode_decision,
 )
 from stream.config import Settings
-from stream.deadletter import Source, dead_letter
+from stream.deadletter import DeadLetters, Source, exception_headers
 from stream.delivery import Delivery
 from stream.domains import Domains, DomainState, Served
+from stream.errorpolicy import ProcessingErrors
+from stream.failpoints import Failpoints
+from stream.failpoints import check as failpoint
 from stream.flow import TopicBalance
 from stream.health import BrokerWatch
 from stream.http import serve
 from stream.join import Outcome, Pending, PendingJoins
 from stream.joinedlog import JoinedLog
-from stream.kafka import consumer_config, is_benign, producer_config
+from stream.kafka import (
+    consumer_config,
+    is_benign,
+    producer_config,
+    producer_max_record_bytes,
+)
 from stream.logs import RateLimitedLog
 from stream.memory import MemoryGuard, process_rss_mb, release_free_memory
 from stream.metrics import Metrics
@@ -86,7 +102,10 @@ class Service:
         self.on_turn = on_turn
         self.stats = Stats()
         self.hasher = FeatureHasher(settings.feature_dim, seed=settings.seed)
-        self.domains = Domains(settings, self.hasher)
+        seed = settings.seed if settings.failpoint_seed is None else settings.failpoint_seed
+        self.failpoints = Failpoints.from_spec(settings.failpoints, seed)
+        self.errors = ProcessingErrors(settings.on_processing_error, settings.max_processing_errors)
+        self.domains = Domains(settings, self.hasher, self.failpoints, self._learn_failed)
         self.joins = PendingJoins(
             settings.max_pending, settings.reward_wait_s, early_wait_s=settings.reward_early_wait_s
         )
@@ -102,6 +121,9 @@ class Service:
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._delivery: Delivery | None = None
+        self._dead_letters: DeadLetters | None = None
+        # Set when a turn raised: nothing is checkpointed or committed from then on.
+        self.failed = False
         self._rejects = RateLimitedLog(log)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -162,7 +184,12 @@ class Service:
                 s.metrics_port,
                 exc,
             )
-        self._delivery = Delivery(self._producer, s.topic_decisions, self._on_retry)
+        self._delivery = Delivery(
+            self._producer, s.topic_decisions, self._record_refused, self._on_retry
+        )
+        self._dead_letters = DeadLetters(
+            self._delivery, s.topic_dead_letter, producer_max_record_bytes(s)
+        )
         if s.joined_log:
             self.joined_log = JoinedLog(s.joined_log, s.feature_dim, self._delivery)
         self._consumer = Consumer(consumer_config(s))
@@ -182,8 +209,10 @@ class Service:
         try:
             while not self._stopping.is_set():
                 self.turn()
-        finally:
-            self._shutdown()
+        except BaseException:
+            self._abort()
+            raise
+        self._shutdown()
 
     def turn(self) -> None:
         """One pass: consume a batch, process it, expire, learn, deliver, checkpoint when due."""
@@ -207,7 +236,8 @@ class Service:
         if paused is not None:
             self.metrics.p_topic_pauses.labels(paused).inc()
         self.stats.rewards_learned += self.domains.flush_due(now)
-        self._producer.poll(0)
+        assert self._delivery is not None
+        self._delivery.poll()
         self._finish_write(block=False)
         self.memory.check(self)
         self._last_turn = time.monotonic()
@@ -229,6 +259,37 @@ class Service:
         assert consumer is not None
         self.checkpoint()
         consumer.close()
+        self._release()
+        log.info(
+            "stopped after %d decisions, %d rewards joined",
+            self.stats.decisions,
+            self.stats.rewards_joined,
+        )
+
+    def _abort(self) -> None:
+        """After an unexpected exception: close without a checkpoint or a commit.
+
+        The turn that raised may have decided, joined or learned part of its batch, so
+        the state in memory is ahead of any offset that could be committed for it. The
+        last checkpoint stands and a restart replays from it exactly once, as after
+        kill -9. A write already in flight reflects input processed before the turn: it
+        may finish, but its offsets are not committed (SQLite holds them)."""
+        self.failed = True
+        log.error("stopping after an unexpected error: the last checkpoint stands")
+        if self._writing is not None:
+            self._writing[0].exception()
+            self._writing = None
+        if self._producer is not None:  # decisions already made reach their consumers
+            self._producer.flush(min(5.0, self.settings.shutdown_timeout_s))
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # leaves the group; the revoke does no checkpoint
+            except Exception as exc:
+                log.warning("closing the consumer after the failure: %s", exc)
+        self._release()
+
+    def _release(self) -> None:
+        """Release every client, thread and file the service holds."""
         self._writer.shutdown(wait=True)
         if self._publisher is not None:
             self._publisher.close()
@@ -244,12 +305,8 @@ class Service:
         # connections until it exits, and they log disconnects when the broker goes.
         self._consumer = self._producer = None
         self._delivery = self._publisher = None
+        self._dead_letters = None
         self.ready.clear()
-        log.info(
-            "stopped after %d decisions, %d rewards joined",
-            self.stats.decisions,
-            self.stats.rewards_joined,
-        )
 
     # -- processing ---------------------------------------------------------------------
     def _process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
@@ -258,6 +315,7 @@ class Service:
         partition_of: dict[str, int] = {}
         rewards: list[tuple[RewardEvent, int]] = []
         replaying = bool(self.ownership.valid_from)
+        fp = self.failpoints
         self.metrics.consumed += len(msgs)
         last_context = last_reward = None
         for m in msgs:
@@ -271,6 +329,8 @@ class Service:
             topic, part, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
             self.stats.consumed += 1
             try:
+                if fp is not None:
+                    fp.check("decode")
                 if topic == s.topic_contexts:
                     last_context = m
                     ev = decode_context(m.value(), m.key(), self.limits)
@@ -290,11 +350,18 @@ class Service:
                     rewards.append((r, part))
             except DecodeError as exc:
                 self._reject(exc.code, exc.reason, m)
+            except Exception as exc:
+                self._internal_error(exc, m)
         self.balance.observe(last_context, last_reward)
         for domain, events in contexts.items():
             self._decide(domain, events, now, consumed_at, partition_of[domain])
         for r, partition in rewards:
-            self._join(r, now, partition)
+            try:
+                if fp is not None:
+                    fp.check("join")
+                self._join(r, now, partition)
+            except Exception as exc:
+                self._internal_error(exc, r.source)
 
     def _decide(
         self,
@@ -335,8 +402,36 @@ class Service:
             fresh.append(ev)
         if not fresh:
             return
-        for served in self.domains.decide(state, fresh):
-            self._emit(state, served, now, consumed_at)
+        try:
+            failpoint(self.failpoints, "decide")
+            served = self.domains.decide(state, fresh)
+        except Exception as exc:
+            served = self._decide_each(state, fresh, exc)
+        for share in served:
+            self._emit(state, share, now, consumed_at)
+
+    def _decide_each(
+        self, state: DomainState, events: list[ContextEvent], exc: Exception
+    ) -> list[Served]:
+        """A batch's decide raised: under ``dead_letter``, decide its events one by one
+        and dead-letter those that raise again (under ``fail`` the error propagates)."""
+        self.errors.handle(exc)
+        self._rejects.warning(
+            "decide_batch",
+            "deciding %d contexts of %r failed (%s: %s): deciding them one by one",
+            len(events),
+            state.name,
+            type(exc).__name__,
+            exc,
+        )
+        out: list[Served] = []
+        for ev in events:
+            try:
+                failpoint(self.failpoints, "decide")
+                out.extend(self.domains.decide(state, [ev]))
+            except Exception as again:
+                self._internal_error(again, ev.source)
+        return out
 
     def _emit(self, state: DomainState, served: Served, now: float, consumed_at: float) -> None:
         s = self.settings
@@ -349,31 +444,42 @@ class Service:
         probs = dec.probability.tolist()
         version = policy.n_learned
         latencies: list[float] = []
+        emitted: list[str] = []
         keep_dist = self.joined_log is not None
         deadline = now + s.reward_wait_s
         key = state.name.encode()
+        fp = self.failpoints
         start = 0
         for i, ev in enumerate(events):
             k = len(ev.candidates)
             chosen = rows[i] - start
             lat = (time.perf_counter() - consumed_at) * 1000.0
             action = ev.candidates[chosen]
-            value = encode_decision(
-                event_id=ev.event_id,
-                domain=state.name,
-                action=action,
-                probability=probs[i],
-                probabilities=dict(zip(ev.candidates, pmf[start : start + k], strict=True)),
-                policy=policy.name,
-                policy_version=version,
-                variant=variant,
-                timestamp=time.time(),
-                latency_ms=lat,
-            )
-            latencies.append(lat)
             dist = tuple(pmf[start : start + k]) if keep_dist else None
-            start += k
-            delivery.produce(value, key)
+            try:  # everything that may raise before the decision leaves
+                if fp is not None:
+                    fp.check("emit")
+                value = encode_decision(
+                    event_id=ev.event_id,
+                    domain=state.name,
+                    action=action,
+                    probability=probs[i],
+                    probabilities=dict(zip(ev.candidates, pmf[start : start + k], strict=True)),
+                    policy=policy.name,
+                    policy_version=version,
+                    variant=variant,
+                    timestamp=time.time(),
+                    latency_ms=lat,
+                )
+            except Exception as exc:
+                self._internal_error(exc, ev.source)
+                continue
+            finally:
+                start += k
+            latencies.append(lat)
+            emitted.append(ev.event_id)
+            refused = partial(self._decision_refused, ev.source, state.name, ev.event_id)
+            delivery.produce(value, key, on_refused=refused)
             evicted = self.joins.add(
                 Pending(
                     state.name,
@@ -395,8 +501,8 @@ class Service:
             if evicted:
                 self.stats.evicted += len(evicted)
                 self._learn_default(evicted, now)
-        self.stats.decisions += len(events)
-        self.metrics.decided(state.name, variant, latencies, [e.event_id for e in events])
+        self.stats.decisions += len(emitted)
+        self.metrics.decided(state.name, variant, latencies, emitted)
 
     def _join(self, r: RewardEvent, now: float, partition: int) -> None:
         outcome, pending = self.joins.take(r.domain, r.event_id)
@@ -464,13 +570,19 @@ class Service:
             if default is not None:
                 self.domains.add_feedback(state, p, default, now)
 
-    def _on_retry(self, msg: Message) -> None:
+    def _on_retry(self, err: KafkaError) -> None:
         self.stats.delivery_retries += 1
         self._rejects.warning(
-            "delivery", "decision delivery failed (%s); producing it again", msg.error()
+            "delivery", "delivery failed after librdkafka's retries (%s); producing again", err
         )
 
-    def _reject(self, code: str, reason: str, src: Message | Source | None) -> None:
+    def _reject(
+        self,
+        code: str,
+        reason: str,
+        src: Message | Source | None,
+        exc: BaseException | None = None,
+    ) -> None:
         """Dead-letter a message (original bytes and key, the reason in its headers)."""
         self.stats.rejected[code] += 1
         self.metrics.reject(code)
@@ -478,8 +590,53 @@ class Service:
             src = Source.of(src)
         where = "?" if src is None else f"{src.topic}[{src.partition}]@{src.offset}"
         self._rejects.warning(code, "dead-lettered %s: %s (%s)", where, reason, code)
-        if src is not None and self._delivery is not None:
-            dead_letter(self._delivery, self.settings.topic_dead_letter, code, reason, src)
+        if src is not None and self._dead_letters is not None:
+            extra = None if exc is None else exception_headers(exc)
+            self._dead_letters.send(code, reason, src, extra)
+
+    def _internal_error(self, exc: Exception, src: Message | Source | None) -> None:
+        """An unexpected exception while processing one message: re-raised under
+        RL_ON_PROCESSING_ERROR=fail, else the message is dead-lettered (internal_error)."""
+        self.errors.handle(exc)
+        self._reject("internal_error", f"{type(exc).__name__}: {exc}", src, exc)
+
+    def _learn_failed(
+        self, exc: Exception, state: DomainState, items: list[tuple[Pending, float]]
+    ) -> None:
+        """A domain's learn raised: its rewards are dead-lettered, re-encoded from the
+        joins (the raw reward messages are not kept), with source offset -1."""
+        self.errors.handle(exc)
+        for pending, reward in items:
+            value = orjson.dumps(
+                {"event_id": pending.event_id, "domain": pending.domain, "reward": reward}
+            )
+            src = Source(
+                self.settings.topic_rewards,
+                state.partition,
+                -1,
+                int(time.time() * 1000),
+                pending.domain.encode(),
+                value,
+            )
+            reason = f"learning failed: {type(exc).__name__}: {exc}"
+            self._reject("internal_error", reason, src, exc)
+
+    def _decision_refused(
+        self, src: Message | Source | None, domain: str, event_id: str, err: KafkaError
+    ) -> None:
+        """The decisions topic refused a decision (e.g. too large): its context is
+        dead-lettered and the decision forgotten (no reward can come for it)."""
+        self.joins.discard(domain, event_id)
+        self._reject(
+            "undeliverable",
+            f"{self.settings.topic_decisions} refused the decision for {event_id!r}: {err.str()}",
+            src,
+        )
+
+    def _record_refused(self, err: KafkaError) -> None:
+        """A joined-log record was refused (too large for its topic): counted, logged."""
+        self.stats.rejected["joined_log_refused"] += 1
+        self._rejects.warning("joined_log", "joined-log record refused: %s", err.str())
 
     # -- state ----------------------------------------------------------------------
     def checkpoint(self, wait: bool = True) -> int | None:
@@ -512,7 +669,8 @@ class Service:
             self.stats.rewards_learned += self.domains.flush_due(time.time(), force=True)
         # A periodic checkpoint gives up quickly (the next one retries); revoke and
         # shutdown wait up to RL_SHUTDOWN_TIMEOUT_S for every decision to be acknowledged.
-        remaining = producer.flush(self.settings.shutdown_timeout_s if wait else 5.0)
+        assert self._delivery is not None
+        remaining = self._delivery.flush(self.settings.shutdown_timeout_s if wait else 5.0)
         if remaining:
             log.error(
                 "%d decisions unacknowledged: checkpoint skipped, their inputs will be "
@@ -543,11 +701,14 @@ class Service:
         records = {d: (p, ahead[d]) for d, p in changed.items() if d in ahead}
         store, publisher = self._store, self._publisher
         timeout = self.settings.shutdown_timeout_s
+        fp = self.failpoints
 
         def write() -> int:
+            failpoint(fp, "checkpoint_write")
             version = store.write(encode_pending(snap))
             if publisher is not None and markers:
                 try:
+                    failpoint(fp, "state_publish")
                     publisher.publish(snap, records, markers, timeout)
                 except Exception:  # the local checkpoint stands; republished next time
                     log.exception("state topic publish of checkpoint %d failed", version)
@@ -577,6 +738,7 @@ class Service:
         self.ownership.mark_published(signatures)
         consumer = self._consumer
         if commit and consumer is not None:
+            failpoint(self.failpoints, "commit")
             try:
                 # SQLite is authoritative; the Kafka copy need not hold up the loop
                 # (synchronous only on revoke and shutdown, when it is the last word).
@@ -682,6 +844,9 @@ class Service:
         log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
         self.ready.clear()
         self.balance.reset()
+        if self.failed:  # closing after an unexpected error: nothing is checkpointed
+            return
+        failpoint(self.failpoints, "revoke")
         if self.checkpoint() is None and self.ownership.held:
             log.error("checkpoint on revoke failed: releasing every partition's state")
             self.ownership.release_all()

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 from stream.config import Settings, closest_env_name, load_settings, unknown_env_vars
 from stream.errors import ConfigError, StreamError
 from stream.kafka import admin_config, check_client_configs
-from stream.logs import setup_logging
+from stream.logs import JsonFormatter, setup_logging
 from stream.signals import stop_on_signals
 from stream.topics import ensure_topics
 
@@ -41,7 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
     check_client_configs(settings)
     service = Service(settings)
-    with stop_on_signals(service):  # from the start: a SIGTERM during start-up exits 0 too
+    # From the start: a SIGTERM during start-up exits 0 too.
+    with stop_on_signals(service, settings.shutdown_timeout_s):
         ensure_topics(settings, AdminClient(admin_config(settings)))
         try:
             if args.profile:
@@ -95,9 +96,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from stream.simulator import simulate
 
     s = _settings()
-    reports: Any = mp.Queue()
-    stop = mp.Event()
-    proc = mp.get_context("spawn").Process(
+    spawn = mp.get_context("spawn")  # queue, event and process from one context
+    reports: Any = spawn.Queue()
+    stop = spawn.Event()
+    proc = spawn.Process(
         target=simulate,
         args=(
             s.kafka_bootstrap_servers,
@@ -315,8 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--profile-out", help="report path (default RL_STATE_DIR/profile-KIND.txt)")
     run.set_defaults(fn=cmd_run)
-    broker = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
-    broker.add_argument("--port", type=int, default=9092)
+    broker = sub.add_parser(
+        "broker",
+        help="run the embedded Kafka-compatible broker (Tansu)",
+        description="The embedded Kafka-compatible broker (Tansu) for trying the service "
+        "out. It keeps everything in memory: every topic is gone when it stops.",
+    )
+    broker.add_argument("--port", type=int, default=9092, help="listening port (default 9092)")
     broker.add_argument(
         "--partitions", type=int, default=4, help="partitions of the topics it creates (default 4)"
     )
@@ -414,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except StreamError as exc:
-        print(f"bandit-stream: {exc}", file=sys.stderr)
+        if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+            log.critical("%s", exc)  # RL_LOG_FORMAT=json: every line on stderr is JSON
+        else:
+            print(f"bandit-stream: {exc}", file=sys.stderr)
         return 2
 
 

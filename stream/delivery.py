@@ -33,6 +33,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from stream.errors import DeliveryError
 
 Headers = list[tuple[str, str | bytes | None]]
+FLUSH_SLICE_S = 0.5  # a long flush re-checks its deadline this often (a SIGTERM shortens it)
 Refused = Callable[[KafkaError], None]
 
 # The record, not the cluster, is the problem: no retry can deliver it.
@@ -128,15 +129,18 @@ class Delivery:
             for err, on_refused in refused:
                 self._settle_refused(err, on_refused)
 
-    def flush(self, timeout_s: float) -> int:
+    def flush(self, timeout_s: float, stop_by: Callable[[], float] | None = None) -> int:
         """Wait until every record is settled (delivered, or refused and handed over);
-        returns how many are still outstanding when ``timeout_s`` runs out."""
+        returns how many are still outstanding when ``timeout_s`` runs out, or earlier
+        when the monotonic time ``stop_by()`` (asked again every slice) has passed."""
         deadline = time.monotonic() + timeout_s
         while True:
-            remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
+            end = deadline if stop_by is None else min(deadline, stop_by())
+            left = max(0.0, end - time.monotonic())
+            remaining = self.producer.flush(min(left, FLUSH_SLICE_S))
             self.service()
             outstanding = remaining + len(self.producer)
-            if outstanding == 0 or time.monotonic() >= deadline:
+            if outstanding == 0 or time.monotonic() >= end:
                 return outstanding
 
     def poll(self) -> None:

@@ -120,6 +120,8 @@ class Service:
         )
         self.ready = threading.Event()
         self._stopping = threading.Event()
+        self._stop_by = float("inf")  # monotonic deadline of the shutdown once stopping
+        self._closing = False  # the final checkpoint is written; the close's revoke skips it
         self._delivery: Delivery | None = None
         self._dead_letters: DeadLetters | None = None
         # Set when a turn raised: nothing is checkpointed or committed from then on.
@@ -151,7 +153,15 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
+        if not self._stopping.is_set():  # the whole shutdown fits in RL_SHUTDOWN_TIMEOUT_S
+            self._stop_by = time.monotonic() + self.settings.shutdown_timeout_s
         self._stopping.set()
+
+    def _time_left(self, wait: bool) -> float:
+        """How long a checkpoint may wait on Kafka: RL_SHUTDOWN_TIMEOUT_S on revoke, what
+        is left of it once stopping, a short while for a periodic one."""
+        budget = self.settings.shutdown_timeout_s if wait else 5.0
+        return max(0.0, min(budget, self._stop_by - time.monotonic()))
 
     @property
     def stopping(self) -> bool:
@@ -258,6 +268,7 @@ class Service:
         consumer = self._consumer
         assert consumer is not None
         self.checkpoint()
+        self._closing = True
         consumer.close()
         self._release()
         log.info(
@@ -292,7 +303,7 @@ class Service:
         """Release every client, thread and file the service holds."""
         self._writer.shutdown(wait=True)
         if self._publisher is not None:
-            self._publisher.close()
+            self._publisher.close(min(5.0, self._time_left(True)))
         if self._http is not None:
             self._http.shutdown()
         if self.joined_log is not None:
@@ -478,8 +489,6 @@ class Service:
                 start += k
             latencies.append(lat)
             emitted.append(ev.event_id)
-            refused = partial(self._decision_refused, ev.source, state.name, ev.event_id)
-            delivery.produce(value, key, on_refused=refused)
             evicted = self.joins.add(
                 Pending(
                     state.name,
@@ -495,6 +504,9 @@ class Service:
                     version,
                 )
             )
+            # Pending first: a decision refused at once (too large) is discarded again.
+            refused = partial(self._decision_refused, ev.source, state.name, ev.event_id)
+            delivery.produce(value, key, on_refused=refused)
             early = self.joins.claim_early(state.name, ev.event_id)
             if early is not None:  # its reward came first: join it now
                 self._join(RewardEvent(ev.event_id, state.name, early), now, state.partition)
@@ -670,7 +682,7 @@ class Service:
         # A periodic checkpoint gives up quickly (the next one retries); revoke and
         # shutdown wait up to RL_SHUTDOWN_TIMEOUT_S for every decision to be acknowledged.
         assert self._delivery is not None
-        remaining = self._delivery.flush(self.settings.shutdown_timeout_s if wait else 5.0)
+        remaining = self._delivery.flush(self._time_left(wait), lambda: self._stop_by)
         if remaining:
             log.error(
                 "%d decisions unacknowledged: checkpoint skipped, their inputs will be "
@@ -700,7 +712,7 @@ class Service:
         ]
         records = {d: (p, ahead[d]) for d, p in changed.items() if d in ahead}
         store, publisher = self._store, self._publisher
-        timeout = self.settings.shutdown_timeout_s
+        timeout = self._time_left(True)
         fp = self.failpoints
 
         def write() -> int:
@@ -828,6 +840,7 @@ class Service:
             if off is not None:
                 tp.offset = off
                 resumed += 1
+                self._check_resume_point(consumer, tp)
         consumer.assign(partitions)
         log.info(
             "assigned %s (%d resumed from a checkpoint; %d domains held)",
@@ -836,6 +849,26 @@ class Service:
             len(self.domains),
         )
         self.ready.set()
+
+    def _check_resume_point(self, consumer: Consumer, tp: TopicPartition) -> None:
+        """Say so when the state resumes past a partition's end: the topic was emptied or
+        recreated (the embedded broker keeps nothing across its restarts)."""
+        try:
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=5.0, cached=False
+            )
+        except KafkaException as exc:
+            log.debug("no watermarks for %s[%d]: %s", tp.topic, tp.partition, exc)
+            return
+        if 0 <= high < tp.offset:
+            log.warning(
+                "%s[%d]: the checkpoint resumes at offset %d but the partition ends at %d: "
+                "the topic was emptied or recreated since; reading it from its start",
+                tp.topic,
+                tp.partition,
+                tp.offset,
+                high,
+            )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Checkpoint now; the domains stay in memory until the next assignment says
@@ -847,6 +880,8 @@ class Service:
         if self.failed:  # closing after an unexpected error: nothing is checkpointed
             return
         failpoint(self.failpoints, "revoke")
+        if self._closing:  # shutdown's checkpoint already holds everything processed
+            return
         if self.checkpoint() is None and self.ownership.held:
             log.error("checkpoint on revoke failed: releasing every partition's state")
             self.ownership.release_all()

@@ -308,10 +308,10 @@ class StatePublisher:
                 "acks": "all",
                 "linger.ms": 5,
                 "compression.type": "lz4",
-                "message.max.bytes": MAX_RECORD_BYTES,
             }
         )
         conf.update(settings.kafka_extra)
+        conf["message.max.bytes"] = MAX_RECORD_BYTES  # a domain's state, whatever the rest
         self._producer = Producer(conf)
         self._failed: list[str] = []
         self._inflight = 0  # bytes handed to librdkafka and not yet acknowledged
@@ -321,10 +321,10 @@ class StatePublisher:
         if err is not None:
             self._failed.append(f"{msg.key()!r}: {err}")
 
-    def _send(self, items: Iterable[tuple[str, bytes]], timeout_s: float) -> None:
+    def _send(self, items: Iterable[tuple[str, bytes]], deadline: float) -> None:
         self._failed = []
         topic = self.settings.topic_state
-        deadline = time.monotonic() + timeout_s
+        timeout_s = deadline - time.monotonic()
         for key, value in items:
             # librdkafka copies each record until the broker acknowledges it: without this
             # bound a checkpoint of 1,000 domains sat in its queue at once (130 MB of RSS).
@@ -343,8 +343,10 @@ class StatePublisher:
                     )
                     break
                 except BufferError:  # queue full: let deliveries drain, then retry
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"state topic {topic}: local queue full") from None
                     self._producer.poll(0.1)
-        left = self._producer.flush(timeout_s)
+        left = self._producer.flush(max(0.0, deadline - time.monotonic()))
         if left or self._failed:
             raise RuntimeError(
                 f"state topic {topic}: {left} records unacknowledged, "
@@ -370,8 +372,9 @@ class StatePublisher:
             (d, encode_domain(snap, d, part, offs, by_domain.get(d, [])))
             for d, (part, offs) in domains.items()
         )
-        self._send(records, timeout_s)
-        self._send([(marker_key(p), encode_marker(p, o)) for p, o in markers.items()], timeout_s)
+        deadline = time.monotonic() + timeout_s  # records and markers share the timeout
+        self._send(records, deadline)
+        self._send([(marker_key(p), encode_marker(p, o)) for p, o in markers.items()], deadline)
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._producer.flush(timeout_s)

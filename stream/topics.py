@@ -14,12 +14,16 @@ from stream.statetopic import MAX_RECORD_BYTES
 log = logging.getLogger(__name__)
 
 
-def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
+def _partition_counts(admin: AdminClient, timeout: float, bootstrap: str) -> dict[str, int]:
     try:
         md = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         err = exc.args[0]
-        raise KafkaClientError(f"cannot read cluster metadata: {err.str()}", err.code()) from exc
+        raise KafkaClientError(
+            f"cannot reach Kafka at {bootstrap} (RL_KAFKA_BOOTSTRAP_SERVERS) within "
+            f"{timeout:.0f} s: {err.str()}",
+            err.code(),
+        ) from exc
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
 
 
@@ -40,7 +44,7 @@ def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 15.0)
         # Compacted: the newest snapshot per domain; large enough for a domain's state.
         s.topic_state: {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES)},
     }
-    existing = _partition_counts(admin, timeout)
+    existing = _partition_counts(admin, timeout, s.kafka_bootstrap_servers)
     missing = [
         NewTopic(name, num_partitions=s.topic_partitions, replication_factor=-1, config=cfg)
         for name, cfg in wanted.items()
@@ -57,7 +61,7 @@ def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 15.0)
                     raise KafkaClientError(
                         f"cannot create topic {name}: {err.str()}", err.code()
                     ) from exc
-        existing = _partition_counts(admin, timeout)
+        existing = _partition_counts(admin, timeout, s.kafka_bootstrap_servers)
     counts = {name: existing.get(name, 0) for name in wanted}
     if counts[s.topic_contexts] != counts[s.topic_rewards]:
         raise ConfigError(

@@ -148,3 +148,71 @@ def test_run_command_rejects_bad_settings_naming_the_variable():
     )
     assert proc.returncode == 2
     assert "RL_BATCH_SIZE" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1  # one line, no traceback
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"ENABLE_RL_SHADOW_EVAL": "true", "RL_SHADOW_POLICIES": "bogus"},
+            "bandit-stream: RL_SHADOW_POLICIES: unknown policy 'bogus'; known: ",
+        ),
+        ({"RL_SHADOW_POLICIES": "bogus"}, "RL_SHADOW_POLICIES: unknown policy 'bogus'"),
+        ({"RL_POLICY": "bogus"}, "RL_POLICY: unknown policy 'bogus'"),
+        ({"RL_KAFKA_EXTRA": "not json"}, "RL_KAFKA_EXTRA: not a JSON object"),
+        ({"RL_KAFKA_EXTRA": '{"no.such.property": 1}'}, "RL_KAFKA_EXTRA: No such configuration"),
+        ({"RL_FAILPOINTS": "decode:2"}, "RL_FAILPOINTS: 'decode:2': probability must lie in"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable_and_exit_2(env, expected):
+    proc = subprocess.run([BIN, "run"], env=_env(**env), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert expected in proc.stderr
+
+
+def test_choices_ignore_case_and_a_typo_gets_the_closest_name(bootstrap, tmp_path):
+    env = _env(
+        RL_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        RL_LOG_LEVEL="info",
+        RL_KAFKA_SECURITY_PROTOCOL="plaintext",
+        RL_POLCY="linucb",
+        ENABLE_RL_ADVANCE="true",
+        RL_STATE_DIR=str(tmp_path),
+    )
+    proc = subprocess.run(
+        [BIN, "checkpoint", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "RL_POLCY is not a bandit-stream setting; did you mean RL_POLICY?" in proc.stderr
+    assert "ENABLE_RL_ADVANCE is not a bandit-stream setting; did you mean ENABLE_RL_ADVANCED?" in (
+        proc.stderr
+    )
+
+
+def test_simulate_sends_its_traffic(settings_factory, start_service):
+    """`bandit-stream simulate` (the compose file's traffic) against a running service."""
+    from stream.bench.harness import service_env
+
+    s = settings_factory()
+    start_service(s)
+    proc = subprocess.run(
+        [BIN, "simulate", "--events", "100", "--rate", "100"],
+        env=service_env(s),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    done = [orjson.loads(line) for line in proc.stdout.splitlines() if '"done"' in line]
+    assert done and done[-1]["produced"] == 100 and done[-1]["rewards_sent"] == 100
+    counts = {}
+    for topic in (s.topic_contexts, s.topic_rewards, s.topic_decisions):
+        c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "count"})
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        counts[topic] = sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts
+        )
+        c.close()
+    assert set(counts.values()) == {100}, counts

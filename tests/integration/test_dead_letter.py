@@ -172,3 +172,28 @@ def test_fuzzing_a_running_loop(settings_factory, start_service, client_factory)
     )
     assert svc.stats.rejected_total + svc.stats.early_rewards == sent["garbage"]
     assert running.thread.is_alive()
+
+
+def test_a_decision_too_large_to_deliver_dead_letters_its_context_and_the_loop_goes_on(
+    settings_factory, start_service, client_factory
+):
+    """The producer refuses records over message.max.bytes (here 20 kB): the decision of a
+    context with 64 long candidate names cannot be delivered, ever. Neither a hang nor a
+    retry loop: the context is dead-lettered (cut to fit, with its original size) and
+    the next context is decided."""
+    settings = settings_factory(kafka_extra={"message.max.bytes": 20_000})
+    running = start_service(settings)
+    client = client_factory(settings)
+    huge = [f"candidate-{i:02d}-" + "x" * 400 for i in range(64)]
+    client.context("big", candidates=huge)
+    client.context("small")
+    decided = client.decisions(1)
+    assert [d["event_id"] for d in decided] == ["small"]
+    (dead,) = read_dead_letters(settings, 1)
+    assert dead["error_code"] == "undeliverable"
+    assert "big" in dead["error_reason"] and "too large" in dead["error_reason"].lower()
+    assert dead["value_truncated"] == "true" and int(dead["original_size"]) > 20_000
+    assert len(dead["value"]) < 20_000 and dead["source_topic"] == settings.topic_contexts
+    svc = running.service
+    assert ("d1", "big") not in svc.joins and svc.stats.rejected["undeliverable"] == 1
+    assert running.thread.is_alive()

@@ -104,3 +104,51 @@ def test_broker_outage_under_load(settings_factory, start_service, tmp_path):
             stop.set()
             running.stop()  # while its broker still runs
             client.close()
+
+
+def test_sigterm_ends_the_process_within_the_shutdown_timeout_while_the_broker_is_away(
+    settings_factory, tmp_path
+):
+    """With the broker frozen, the final checkpoint's publish and commit cannot finish;
+    SIGTERM still ends the process within RL_SHUTDOWN_TIMEOUT_S, and says why."""
+    import subprocess
+    import sys
+
+    from stream.bench.harness import service_env
+
+    with EmbeddedBroker() as broker:
+        settings = settings_factory().model_copy(
+            update={
+                "kafka_bootstrap_servers": broker.bootstrap_servers,
+                "state_dir": tmp_path / "term",
+                "shutdown_timeout_s": 5.0,
+            }
+        )
+        ensure_topics(settings, AdminClient(admin_config(settings)))
+        client = Client(settings)
+        log = tmp_path / "service.log"
+        with open(log, "w") as out:
+            exe = os.path.join(os.path.dirname(sys.executable), "bandit-stream")
+            proc = subprocess.Popen([exe, "run"], env=service_env(settings), stderr=out)
+            try:
+                for i in range(20):
+                    client.context(f"e{i}")
+                client.decisions(20, timeout=60)
+                pid = broker.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    client.context("during")  # queued in the client only
+                    started = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+                    code = proc.wait(30)
+                    elapsed = time.monotonic() - started
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                client.close()
+        assert elapsed <= settings.shutdown_timeout_s + 1.5, (elapsed, log.read_text()[-2000:])
+        text = log.read_text()
+        assert code == 0 or "did not finish within RL_SHUTDOWN_TIMEOUT_S=5 s" in text, text[-2000:]

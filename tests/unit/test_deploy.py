@@ -213,3 +213,10 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck():
     assert "/healthz" in text and re.search(r"^HEALTHCHECK", text, re.M)
     assert re.search(r"^VOLUME", text, re.M)
     assert (ROOT / ".dockerignore").exists()
+
+
+@pytest.mark.parametrize(("config", "grace"), [({}, 45), ({"RL_SHUTDOWN_TIMEOUT_S": "60"}, 75)])
+def test_the_grace_period_follows_the_shutdown_timeout(config, grace):
+    docs = render({"config": {"RL_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092", **config}})
+    pod = by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == grace

@@ -53,7 +53,8 @@ spec:
   {{- end }}
   securityContext:
     {{- toYaml .Values.podSecurityContext | nindent 4 }}
-  terminationGracePeriodSeconds: 45
+  {{- /* the service's own shutdown bound plus time for the kubelet's signal and exit */}}
+  terminationGracePeriodSeconds: {{ add (ceil (float64 (default 30 (get .Values.config "RL_SHUTDOWN_TIMEOUT_S")))) 15 }}
   containers:
     - name: bandit-stream
       image: "{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}"

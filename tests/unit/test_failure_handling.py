@@ -1,0 +1,270 @@
+"""Failpoints, the processing-error policy, delivery failures and dead letters that never
+fail for their size: each with fakes, no broker."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from stream.config import closest_env_name, load_settings
+from stream.deadletter import DeadLetters, Source
+from stream.delivery import Delivery, classify
+from stream.errorpolicy import ProcessingErrors
+from stream.errors import ConfigError, DeliveryError, TooManyProcessingErrors
+from stream.failpoints import POINTS, Failpoints, InjectedFault, parse
+from stream.logs import RepeatFilter
+
+
+class FakeMessage:
+    def __init__(self, topic: str, value: bytes | None, key: bytes | None, headers: Any) -> None:
+        self._t, self._v, self._k, self._h = topic, value, key, headers
+
+    def topic(self) -> str:
+        return self._t
+
+    def value(self) -> bytes | None:
+        return self._v
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def headers(self) -> Any:
+        return self._h
+
+    def __len__(self) -> int:
+        return len(self._v or b"")
+
+
+class FakeProducer:
+    """Queues records; poll/flush report each with the error ``fate`` gives it (None: ok).
+    ``limit``: larger records are refused at produce, as librdkafka does."""
+
+    def __init__(self, fate: Any = None, limit: int | None = None) -> None:
+        self.fate = fate or (lambda msg: None)
+        self.limit = limit
+        self.queued: list[tuple[FakeMessage, Any]] = []
+        self.delivered: list[FakeMessage] = []
+        self.in_callback = False
+
+    def produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
+        assert not self.in_callback, "produce() called from inside a delivery callback"
+        if self.limit is not None and len(value or b"") + len(key or b"") > self.limit:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        self.queued.append((FakeMessage(topic, value, key, headers), on_delivery))
+
+    def poll(self, timeout: float = 0) -> int:
+        queued, self.queued = self.queued, []
+        self.in_callback = True
+        try:
+            for msg, cb in queued:
+                err = self.fate(msg)
+                if err is None:
+                    self.delivered.append(msg)
+                cb(err, msg)
+        finally:
+            self.in_callback = False
+        return len(queued)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll()
+        return len(self.queued)
+
+    def __len__(self) -> int:
+        return len(self.queued)
+
+
+# -- failpoints ---------------------------------------------------------------------------
+def test_failpoints_parse_and_reject_unknown_names_and_probabilities():
+    assert parse("decode:0.5, commit:1") == {"decode": 0.5, "commit": 1.0}
+    assert parse("") == {}
+    with pytest.raises(ValueError, match="unknown failpoint 'nope'"):
+        parse("nope:0.1")
+    with pytest.raises(ValueError, match="0..1"):
+        parse("decode:1.5")
+    with pytest.raises(ConfigError, match="RL_FAILPOINTS"):
+        load_settings(failpoints="decode:x")
+
+
+def test_failpoints_are_off_by_default_and_seeded_when_armed():
+    assert Failpoints.from_spec("", 0) is None
+
+    def draws(seed: int) -> list[bool]:
+        fp = Failpoints.from_spec("join:0.3", seed)
+        assert fp is not None
+        out = []
+        for _ in range(200):
+            try:
+                fp.check("join")
+                fp.check("decode")  # not armed: never raises
+                out.append(False)
+            except InjectedFault:
+                out.append(True)
+        return out
+
+    assert draws(1) == draws(1) != draws(2)
+    assert 30 <= sum(draws(1)) <= 90  # 200 draws at 0.3
+    assert set(POINTS) >= {"decode", "decide", "emit", "join", "learn", "commit", "revoke"}
+
+
+# -- processing errors ----------------------------------------------------------------------
+def test_fail_mode_re_raises_and_dead_letter_mode_counts_within_a_minute():
+    with pytest.raises(ValueError, match="boom"):
+        ProcessingErrors("fail", 100).handle(ValueError("boom"))
+    now = [0.0]
+    errors = ProcessingErrors("dead_letter", 3, clock=lambda: now[0])
+    for _ in range(3):
+        errors.handle(ValueError("x"))
+    now[0] = 61.0  # the first three are over a minute old
+    for _ in range(3):
+        errors.handle(ValueError("x"))
+    with pytest.raises(TooManyProcessingErrors, match="RL_MAX_PROCESSING_ERRORS=3"):
+        errors.handle(ValueError("x"))
+
+
+# -- delivery -------------------------------------------------------------------------------
+def test_error_kinds():
+    assert classify(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)) == "refused"
+    assert classify(KafkaError(KafkaError._MSG_TIMED_OUT)) == "transient"
+    assert classify(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)) == "fatal"
+    assert classify(KafkaError(KafkaError._FENCED, fatal=True)) == "fatal"
+
+
+def test_a_timed_out_record_is_produced_again_by_the_loop_not_the_callback():
+    attempts: list[bytes | None] = []
+
+    def fate(msg: FakeMessage) -> KafkaError | None:
+        attempts.append(msg.value())
+        return KafkaError(KafkaError._MSG_TIMED_OUT) if len(attempts) == 1 else None
+
+    producer = FakeProducer(fate)
+    d = Delivery(producer, "decisions")  # type: ignore[arg-type]
+    d.produce(b"v", b"k")
+    assert d.flush(1.0) == 0
+    assert attempts == [b"v", b"v"] and d.retries == 1
+    assert [m.value() for m in producer.delivered] == [b"v"]
+
+
+def test_a_refused_record_goes_to_its_owner_once_and_nothing_loops():
+    producer = FakeProducer(lambda m: KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    refused: list[int] = []
+    d = Delivery(producer, "decisions")  # type: ignore[arg-type]
+    d.produce(b"v", b"k", on_refused=lambda err: refused.append(err.code()))
+    assert d.flush(1.0) == 0
+    assert refused == [KafkaError.MSG_SIZE_TOO_LARGE] and d.retries == 0
+
+
+def test_a_record_refused_at_produce_goes_to_its_owner_at_once():
+    d = Delivery(FakeProducer(limit=10), "decisions")  # type: ignore[arg-type]
+    refused: list[int] = []
+    d.produce(b"x" * 100, b"k", on_refused=lambda err: refused.append(err.code()))
+    assert refused == [KafkaError.MSG_SIZE_TOO_LARGE]
+    with pytest.raises(DeliveryError):  # no owner and no default: never silently dropped
+        d.produce(b"x" * 100, b"k")
+
+
+def test_a_fatal_producer_error_stops_at_the_next_service():
+    producer = FakeProducer(lambda m: KafkaError(KafkaError._FENCED, fatal=True))
+    d = Delivery(producer, "decisions")  # type: ignore[arg-type]
+    d.produce(b"v", b"k")
+    with pytest.raises(DeliveryError, match="producer failed"):
+        d.flush(1.0)
+
+
+def test_flush_gives_up_at_the_shutdown_deadline():
+    producer = FakeProducer()
+    producer.flush = lambda timeout=0: 1  # type: ignore[method-assign]  # never drains
+    d = Delivery(producer, "decisions")  # type: ignore[arg-type]
+    import time
+
+    start = time.monotonic()
+    assert d.flush(30.0, stop_by=lambda: start + 0.2) >= 1
+    assert time.monotonic() - start < 2.0
+
+
+# -- dead letters ---------------------------------------------------------------------------
+def _source(value: bytes) -> Source:
+    return Source("contexts", 3, 42, 1000, b"dom", value)
+
+
+def test_a_dead_letter_too_large_for_the_producer_is_cut_with_its_original_size():
+    producer = FakeProducer(limit=50_000)
+    dl = DeadLetters(Delivery(producer, "decisions"), "dlq", 50_000)  # type: ignore[arg-type]
+    dl.send("oversized", "too big", _source(b"x" * 200_000))
+    producer.poll()
+    (msg,) = producer.delivered
+    h = dict(msg.headers())
+    assert h["value_truncated"] == b"true" and h["original_size"] == b"200000"
+    assert h["source_offset"] == b"42" and h["error_code"] == b"oversized"
+    assert 0 < len(msg.value() or b"") < 50_000
+
+
+def test_a_dead_letter_the_topic_refuses_is_cut_then_sent_without_its_value():
+    # The topic takes at most 1 kB (its max.message.bytes), the producer up to 1 MB.
+    def fate(m: FakeMessage) -> KafkaError | None:
+        too_big = len(m.value() or b"") > 1000
+        return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if too_big else None
+
+    producer = FakeProducer(fate)
+    dl = DeadLetters(Delivery(producer, "decisions"), "dlq", 1_000_000)  # type: ignore[arg-type]
+    dl.send("bad_context", "why", _source(b"y" * 5000))
+    for _ in range(3):
+        producer.poll()
+        dl.delivery.service()
+    (msg,) = producer.delivered
+    assert msg.value() is None and dict(msg.headers())["original_size"] == b"5000"
+
+
+def test_a_dead_letter_refused_even_without_its_value_raises():
+    producer = FakeProducer(lambda m: KafkaError(KafkaError.INVALID_RECORD))
+    dl = DeadLetters(Delivery(producer, "decisions"), "dlq", 1_000_000)  # type: ignore[arg-type]
+    dl.send("bad_context", "why", _source(b"z"))
+    with pytest.raises(DeliveryError, match="without its value"):
+        for _ in range(3):
+            producer.poll()
+            dl.delivery.service()
+
+
+# -- settings and logs --------------------------------------------------------------------------
+def test_a_settings_error_is_one_line_and_names_every_policy_variable(monkeypatch):
+    for name in ("RL_POLICY", "RL_BASELINE_POLICY", "RL_SHADOW_POLICIES"):
+        monkeypatch.setenv(name, "bogus")
+        with pytest.raises(ConfigError) as e:
+            load_settings()
+        assert str(e.value).startswith(f"{name}: unknown policy 'bogus'; known: ")
+        assert "\n" not in str(e.value)
+        monkeypatch.delenv(name)
+
+
+def test_choices_ignore_case(monkeypatch):
+    monkeypatch.setenv("RL_LOG_LEVEL", "info")
+    monkeypatch.setenv("RL_KAFKA_SECURITY_PROTOCOL", "sasl_ssl")
+    monkeypatch.setenv("RL_ON_PROCESSING_ERROR", "Dead_Letter")
+    monkeypatch.setenv("RL_SHADOW_POLICIES", "LinUCB")
+    s = load_settings()
+    assert (s.log_level, s.kafka_security_protocol) == ("INFO", "SASL_SSL")
+    assert s.on_processing_error == "dead_letter" and s.shadow_policies == ["linucb"]
+
+
+def test_a_typo_gets_the_closest_setting():
+    assert closest_env_name("RL_POLCY") == "RL_POLICY"
+    assert closest_env_name("ENABLE_RL_ADVANCE") == "ENABLE_RL_ADVANCED"
+    assert closest_env_name("RL_SOMETHING_ELSE_ENTIRELY") is None
+
+
+def test_a_repeated_log_line_passes_once_per_interval_with_its_count():
+    now = [0.0]
+    f = RepeatFilter(every_s=10.0, clock=lambda: now[0])
+
+    def rec(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("librdkafka", logging.ERROR, "", 0, msg, (), None)
+
+    assert f.filter(rec("Connect to 127.0.0.1:9092 failed (after 3ms)"))
+    assert not f.filter(rec("Connect to 127.0.0.1:9092 failed (after 7ms)"))
+    assert not f.filter(rec("Connect to 127.0.0.1:9092 failed (after 9ms)"))
+    assert f.filter(rec("another line"))
+    now[0] = 10.5
+    r = rec("Connect to 127.0.0.1:9092 failed (after 1ms)")
+    assert f.filter(r) and "(+2 like it in the last 10 s)" in r.getMessage()

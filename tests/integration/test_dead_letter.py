@@ -8,7 +8,7 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -196,4 +196,47 @@ def test_a_decision_too_large_to_deliver_dead_letters_its_context_and_the_loop_g
     assert len(dead["value"]) < 20_000 and dead["source_topic"] == settings.topic_contexts
     svc = running.service
     assert ("d1", "big") not in svc.joins and svc.stats.rejected["undeliverable"] == 1
+    assert running.thread.is_alive()
+
+
+def test_oversized_messages_of_every_shape_never_stop_the_service(
+    settings_factory, start_service, client_factory
+):
+    """A backlog of valid contexts around: a context just over the producer's 1,000,000
+    bytes (under the input limit), one over the input limit (oversized), and a ~1 MB
+    reward for an unknown event (dead-lettered when its early wait expires). Each goes to
+    the dead-letter topic, cut to fit; every valid context is decided."""
+    settings = settings_factory(reward_early_wait_s=0.5)
+    client = client_factory(settings)
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "message.max.bytes": 4_000_000}
+    )
+
+    def context(eid: str, pad: int = 0) -> bytes:
+        doc = {"event_id": eid, "domain": "d1", "context": {"x": 1.0}, "candidates": ["a", "b"]}
+        if eid == "near-limit":
+            doc["candidates"] = []  # rejected: its dead letter is over the producer's limit
+        if pad:
+            doc["context"]["pad"] = "p" * 1000
+            doc["padding"] = "q" * pad
+        return orjson.dumps(doc)
+
+    ctx, rew = settings.topic_contexts, settings.topic_rewards
+    for i in range(300):
+        producer.produce(ctx, context(f"v{i}"), b"d1")
+    producer.produce(ctx, context("near-limit", pad=1_000_100 - len(context("x", 1))), b"d1")
+    producer.produce(ctx, context("over-limit", pad=1_100_000), b"d1")
+    reward = {"event_id": "ghost", "domain": "d1", "reward": 1.0, "pad": "r" * 990_000}
+    producer.produce(rew, orjson.dumps(reward), b"d1")
+    for i in range(300, 600):
+        producer.produce(ctx, context(f"v{i}"), b"d1")
+    assert producer.flush(30) == 0
+    running = start_service(settings)
+    decided = {d["event_id"] for d in client.decisions(600, timeout=60)}
+    assert decided == {f"v{i}" for i in range(600)}
+    dead = {d["error_code"]: d for d in read_dead_letters(settings, 3, timeout=30)}
+    assert set(dead) == {"bad_candidates", "oversized", "unknown_event"}, dead.keys()
+    assert dead["bad_candidates"]["value_truncated"] == "true"
+    for d in dead.values():
+        assert int(d.get("original_size", 0)) > 900_000 or len(d["value"]) > 900_000
     assert running.thread.is_alive()

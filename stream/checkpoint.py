@@ -107,6 +107,15 @@ class CheckpointStore:
     def close(self) -> None:
         self._db.close()
 
+    def damage(self) -> str | None:
+        """What SQLite's integrity check finds wrong with the file (None: nothing)."""
+        try:
+            rows = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        found = [str(r[0]) for r in rows if r and r[0] != "ok"]
+        return "; ".join(found[:3]) or None
+
     # -- write --------------------------------------------------------------------------
     def write(self, snap: Snapshot) -> int:
         """Store ``snap`` as a new version in one transaction; returns the version.

@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 exc_info=True,
             )
             return 1
-    return 0
+    return 0 if service.shutdown_clean else 1
 
 
 def cmd_broker(args: argparse.Namespace) -> int:

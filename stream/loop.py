@@ -67,6 +67,8 @@ from stream.statetopic import StatePublisher
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_FAILURES_NOT_READY = 3  # consecutive failed writes before /readyz says so
+
 
 @dataclass
 class Stats:
@@ -141,7 +143,13 @@ class Service:
         self._last_turn = time.monotonic()
         self._last_metrics = time.monotonic()
         self._checkpoint_started = 0.0
-        self.last_checkpoint_at = 0.0  # epoch seconds of the last committed checkpoint
+        # Epoch seconds of the last successful checkpoint (the start until there is one):
+        # bandit_checkpoint_age_seconds grows while checkpoints fail.
+        self.last_checkpoint_at = time.time()
+        self.checkpoint_failures = 0  # consecutive failed checkpoint writes
+        self.last_checkpoint_error = ""
+        # Whether the shutdown's final checkpoint held everything processed (exit code).
+        self.shutdown_clean = False
         self.last_checkpoint_s = 0.0  # its duration, start to SQLite commit
         self._publisher: StatePublisher | None = None
         self._last_checkpoint = time.monotonic()
@@ -267,7 +275,9 @@ class Service:
         """Finish: learn buffered rewards, flush decisions, checkpoint, commit offsets."""
         consumer = self._consumer
         assert consumer is not None
-        self.checkpoint()
+        self.shutdown_clean = self.checkpoint() is not None
+        if not self.shutdown_clean:
+            log.error("the final checkpoint failed: the last successful one stands")
         self._closing = True
         consumer.close()
         self._release()
@@ -740,9 +750,15 @@ class Service:
         self.domains.write_in_flight = False
         try:
             version = future.result()
-        except Exception:
-            log.exception("checkpoint write failed; offsets stay uncommitted")
+        except Exception as exc:
+            self.checkpoint_failures += 1
+            self.last_checkpoint_error = f"{type(exc).__name__}: {exc}"
+            log.exception(
+                "checkpoint write failed (%d in a row); offsets stay uncommitted",
+                self.checkpoint_failures,
+            )
             return None
+        self.checkpoint_failures = 0
         self.checkpoints_written += 1
         release_free_memory()  # the snapshot's clones and buffers are gone now
         self.last_checkpoint_at = time.time()
@@ -788,8 +804,8 @@ class Service:
                     log.warning("producer queue full: metrics event for %s dropped", ev["domain"])
         m.p_pending.set(len(self.joins))
         m.p_rss.set(rss * 1024 * 1024)
-        if self.last_checkpoint_at:
-            m.p_ckpt_age.set(time.time() - self.last_checkpoint_at)
+        m.p_ckpt_age.set(time.time() - self.last_checkpoint_at)
+        if self.checkpoints_written:
             m.p_ckpt_duration.set(self.last_checkpoint_s)
         self._refresh_lag()
         return events
@@ -821,6 +837,11 @@ class Service:
             return False, "waiting for partitions and their state\n"
         if self.broker is not None and not self.broker.reachable:
             return False, "the broker is unreachable\n"
+        if self.checkpoint_failures >= CHECKPOINT_FAILURES_NOT_READY:
+            return False, (
+                f"{self.checkpoint_failures} checkpoints in a row failed "
+                f"(last: {self.last_checkpoint_error})\n"
+            )
         return True, f"ready: partitions {sorted(self.ownership.held)}\n"
 
     # -- partitions ---------------------------------------------------------------------
@@ -841,6 +862,9 @@ class Service:
                 tp.offset = off
                 resumed += 1
                 self._check_resume_point(consumer, tp)
+        fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in self.ownership.offsets]
+        if fresh:
+            self._check_state_lost(consumer, fresh)
         consumer.assign(partitions)
         log.info(
             "assigned %s (%d resumed from a checkpoint; %d domains held)",
@@ -868,6 +892,25 @@ class Service:
                 tp.partition,
                 tp.offset,
                 high,
+            )
+
+    def _check_state_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """No checkpoint (local or state topic) holds these partitions, yet the group
+        committed offsets for them: their state was lost, and the domains start afresh."""
+        try:
+            committed = consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=5.0
+            )
+        except KafkaException as exc:
+            log.debug("committed offsets unavailable: %s", exc)
+            return
+        lost = [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed if tp.offset > 0]
+        if lost:
+            log.warning(
+                "state lost: the group committed offsets for %s but neither the local store "
+                "nor %s holds their state; their domains start afresh from those offsets",
+                ", ".join(lost),
+                self.settings.topic_state,
             )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher, Sparse
 from policies.registry import policy_class
-from stream.checkpoint import CheckpointStore, CorruptCheckpoint, Snapshot
+from stream.checkpoint import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
 from stream.deadletter import Source
 from stream.domains import SERVED, Domains, DomainState
 from stream.errors import ConfigError
@@ -232,4 +232,27 @@ def restore(
 
 
 def open_store(state_dir: Path, keep: int) -> CheckpointStore:
-    return CheckpointStore(Path(state_dir) / "checkpoints.sqlite", keep=keep)
+    """The local store; a file SQLite cannot open or finds damaged is moved aside and a
+    new one started, so the partitions' state comes from the state topic instead."""
+    path = Path(state_dir) / "checkpoints.sqlite"
+    try:
+        store = CheckpointStore(path, keep=keep)
+        problem = store.damage()
+        if problem is None:
+            return store
+        store.close()
+    except CheckpointError as exc:
+        problem = str(exc)
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{path}{suffix}")
+        if part.exists():
+            part.rename(Path(f"{aside}{suffix}"))
+    log.error(
+        "local checkpoint store %s is damaged (%s): moved to %s; each partition's state "
+        "is restored from the state topic instead",
+        path,
+        problem,
+        aside,
+    )
+    return CheckpointStore(path, keep=keep)

@@ -105,3 +105,75 @@ def test_contexts_and_rewards_must_be_co_partitioned(bootstrap):
         f.result()
     with pytest.raises(ConfigError, match="same partition count"):
         ensure_topics(s, admin)
+
+
+@pytest.mark.parametrize("damage", ["first_bytes", "truncated", "middle"])
+def test_a_damaged_local_store_falls_back_to_the_state_topic(
+    settings_factory, start_service, client_factory, damage, caplog
+):
+    settings = settings_factory(checkpoint_interval_s=3600.0)
+    first = start_service(settings)
+    client = client_factory(settings)
+    for i in range(10):
+        client.context(f"e{i}")
+    client.decisions(10)
+    for i in range(10):
+        client.reward(f"e{i}", 1.0)
+    client.flush()
+    wait_for(lambda: first.service.domains.states["d1"].policy.n_learned == 10, what="learning")
+    first.stop()
+    path = settings.state_dir / "checkpoints.sqlite"
+    data = bytearray(path.read_bytes())
+    if damage == "first_bytes":
+        data[:100] = b"\xff" * 100
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        mid = len(data) // 2
+        data[mid : mid + 4096] = b"\x00" * 4096
+    path.write_bytes(bytes(data))
+
+    second = start_service(settings)  # on 56420a3: "cannot open checkpoint file", exit 2
+    assert second.service.domains.states["d1"].policy.n_learned == 10
+    assert any("is damaged" in r.getMessage() for r in caplog.records)
+    assert list(settings.state_dir.glob("checkpoints.sqlite.damaged-*"))
+
+
+def test_failing_checkpoints_show_in_age_readiness_and_the_exit(settings_factory, start_service):
+    settings = settings_factory(checkpoint_interval_s=0.2, failpoints="checkpoint_write:1")
+    running = start_service(settings)
+    svc = running.service
+    wait_for(lambda: svc.checkpoint_failures >= 3, what="three failed checkpoints")
+    ready, why = svc._readiness()
+    assert not ready and "checkpoints in a row failed" in why and "failpoint" in why
+    time.sleep(1.0)
+    svc.report_metrics()
+    assert svc.metrics.p_ckpt_age._value.get() >= 1.0  # grows from the start: none succeeded
+    running.stop()
+    assert svc.shutdown_clean is False  # `bandit-stream run` exits 1
+
+
+def test_losing_the_local_store_and_the_state_topic_is_reported(
+    settings_factory, start_service, client_factory, caplog
+):
+    import shutil
+
+    from confluent_kafka.admin import AdminClient
+
+    from stream.kafka import admin_config
+    from stream.topics import ensure_topics
+
+    settings = settings_factory(checkpoint_interval_s=3600.0)
+    first = start_service(settings)
+    client = client_factory(settings)
+    for i in range(5):
+        client.context(f"e{i}")
+    client.decisions(5)
+    first.stop()
+    shutil.rmtree(settings.state_dir)
+    # The state topic is emptied too: a new, empty one under the same settings' name.
+    renamed = settings.model_copy(update={"topic_state": settings.topic_state + ".new"})
+    ensure_topics(renamed, AdminClient(admin_config(renamed)))
+    caplog.clear()
+    start_service(renamed)
+    assert any("state lost" in r.getMessage() for r in caplog.records)

@@ -3,6 +3,7 @@
 Served by a small threaded WSGI server beside the loop (``RL_METRICS_HOST``,
 ``RL_METRICS_PORT``; port 0 picks a free one). ``/healthz`` answers 200 while the loop has
 turned recently; ``/readyz`` 200 once partitions are assigned and their state restored.
+Only GET and HEAD are answered; an idle connection is closed after ``IDLE_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+IDLE_TIMEOUT_S = 10.0  # a connection that sends nothing this long is closed
+
+
 class _Quiet(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT_S  # idle sockets do not each hold a thread for ever
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # scrapes every few seconds would flood the service's log
 
@@ -37,6 +43,12 @@ def serve(
 
     def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            start(
+                "405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")]
+            )
+            return [b"GET or HEAD only\n"]
         if path in ("/healthz", "/readyz"):
             ok, why = (healthy if path == "/healthz" else ready)()
             status = "200 OK" if ok else "503 Service Unavailable"

@@ -95,6 +95,12 @@ class PendingJoins:
             return Outcome.JOINED, p
         return self._finished.get(key, Outcome.UNKNOWN), None
 
+    def was_joined(self, domain: str, event_id: str) -> bool:
+        """Whether this event's decision got its reward (remembered for the last
+        ``remember`` finished joins): its id must not be decided again, or a replayed
+        reward could join the new decision."""
+        return self._finished.get((domain, event_id)) is Outcome.DUPLICATE
+
     def discard(self, domain: str, event_id: str) -> Pending | None:
         """Forget a pending decision that never reached its consumers (no reward can
         come for it); it leaves no memory of a finished join."""

@@ -410,6 +410,11 @@ class Service:
                     "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.source
                 )
                 continue
+            if self.joins.was_joined(domain, ev.event_id):
+                self._reject(
+                    "duplicate_event", f"event_id {ev.event_id!r} was already joined", ev.source
+                )
+                continue
             new = [c for c in ev.candidates if c not in state.actions]
             if new and len(state.actions) + len(new) > max_actions:
                 self._reject(

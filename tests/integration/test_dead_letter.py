@@ -240,3 +240,24 @@ def test_oversized_messages_of_every_shape_never_stop_the_service(
     for d in dead.values():
         assert int(d.get("original_size", 0)) > 900_000 or len(d["value"]) > 900_000
     assert running.thread.is_alive()
+
+
+def test_an_event_id_reused_after_its_join_is_rejected(
+    settings_factory, start_service, client_factory
+):
+    """On 56420a3 the second context was decided and a replayed first reward joined it."""
+    settings = settings_factory()
+    running = start_service(settings)
+    client = client_factory(settings)
+    client.context("e1")
+    client.decisions(1)
+    client.reward("e1", 1.0)
+    client.flush()
+    svc = running.service
+    wait_for(lambda: svc.stats.rewards_joined == 1, what="the join")
+    client.context("e1")  # the same id again
+    client.reward("e1", 1.0)  # a replay of the first reward
+    client.flush()
+    dead = read_dead_letters(settings, 2)
+    assert sorted(d["error_code"] for d in dead) == ["duplicate_event", "duplicate_reward"]
+    assert svc.stats.rewards_joined == 1 and svc.stats.decisions == 1

@@ -219,13 +219,18 @@ def _settled(app: App) -> bool:
     return all(e in app.actions or e in dead_contexts for e in list(app.sent))
 
 
-def test_no_input_is_lost_or_learned_twice_whatever_fails(settings_factory, tmp_path):
+def _traffic(settings_factory: Any, tmp_path: Path) -> tuple[Settings, App, Path]:
+    """Fresh topics, the application streaming, and the service log's path."""
     s = settings_factory(
         checkpoint_interval_s=0.5, update_interval=5, reward_wait_s=600.0, topic_partitions=2
     )
     app = App(s)
     app.start()
-    log = tmp_path / "service.log"
+    return s, app, tmp_path / "service.log"
+
+
+def test_no_input_is_lost_or_learned_twice_whatever_fails(settings_factory, tmp_path):
+    s, app, log = _traffic(settings_factory, tmp_path)
     hits: Counter[str] = Counter()
     exits: Counter[int] = Counter()
     try:
@@ -259,12 +264,7 @@ def test_no_input_is_lost_or_learned_twice_whatever_fails(settings_factory, tmp_
 
 
 def test_dead_letter_mode_sends_each_failing_message_aside_and_goes_on(settings_factory, tmp_path):
-    s = settings_factory(
-        checkpoint_interval_s=0.5, update_interval=5, reward_wait_s=600.0, topic_partitions=2
-    )
-    app = App(s)
-    app.start()
-    log = tmp_path / "service.log"
+    s, app, log = _traffic(settings_factory, tmp_path)
     per_message = ("decode", "decide", "emit", "join", "learn")
     spec = ",".join(f"{p}:{PROBABILITY[p] / 2}" for p in per_message)
     exits: list[int] = []

@@ -28,11 +28,14 @@ class ProcessingErrors:
         self._clock = clock
         self._recent: deque[float] = deque()
 
-    def handle(self, exc: BaseException) -> None:
-        """Re-raise ``exc`` under ``fail``; under ``dead_letter`` count it, and raise
-        :class:`TooManyProcessingErrors` once the last minute holds more than the limit."""
+    def handle(self, exc: BaseException, count: bool = True) -> None:
+        """Re-raise ``exc`` under ``fail``; under ``dead_letter`` count it (unless the
+        caller will count what it isolates), and raise :class:`TooManyProcessingErrors`
+        once the last minute holds more than the limit."""
         if self.mode != "dead_letter":
             raise exc
+        if not count:
+            return
         now = self._clock()
         recent = self._recent
         recent.append(now)

@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -35,6 +36,29 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
 
 
+class Throttle:
+    """At most one pass per ``key`` per ``every_s`` seconds; a pass reports how many of
+    that key were held back since the last one. Keys are bounded (reset past 1,000)."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None: hold this one back; else the number held back before it."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+
 class RateLimitedLog:
     """Log at most one line per ``key`` per ``every_s`` seconds, with the suppressed count.
 
@@ -44,20 +68,12 @@ class RateLimitedLog:
 
     def __init__(self, logger: logging.Logger, every_s: float = 5.0) -> None:
         self._logger = logger
-        self._every = every_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._throttle = Throttle(every_s)
 
     def warning(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._every:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        n = self._throttle.allow(key)
+        if n is None:
             return
-        n = self._suppressed.pop(key, 0)
-        self._last[key] = now
-        if len(self._last) > 1000:  # keys are reason codes; bound anyway
-            self._last.clear()
         suffix = f" (+{n} similar suppressed)" if n else ""
         self._logger.warning(msg + suffix, *args)
 
@@ -67,26 +83,17 @@ class RepeatFilter(logging.Filter):
     with how many like it were held back: librdkafka repeats a failing connect many
     times a second while a broker is away."""
 
-    def __init__(self, every_s: float = 10.0, clock: Any = time.monotonic) -> None:
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._every = every_s
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
+        self._throttle = Throttle(every_s, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = _DIGITS.sub("#", record.getMessage())
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self._every:
-            self._held[key] = self._held.get(key, 0) + 1
+        n = self._throttle.allow(_DIGITS.sub("#", record.getMessage()))
+        if n is None:
             return False
-        if len(self._last) > 1000:
-            self._last.clear()
-        self._last[key] = now
-        n = self._held.pop(key, 0)
         if n:
-            record.msg = f"{record.msg} (+{n} like it in the last {self._every:.0f} s)"
+            every = self._throttle.every_s
+            record.msg = f"{record.msg} (+{n} like it in the last {every:.0f} s)"
         return True
 
 

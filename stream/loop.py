@@ -61,7 +61,7 @@ from stream.kafka import (
 from stream.logs import RateLimitedLog
 from stream.memory import MemoryGuard, process_rss_mb, release_free_memory
 from stream.metrics import Metrics
-from stream.ownership import Ownership
+from stream.ownership import Ownership, check_resume_points
 from stream.state import encode_pending, open_store, take_snapshot
 from stream.statetopic import StatePublisher
 
@@ -440,8 +440,9 @@ class Service:
         self, state: DomainState, events: list[ContextEvent], exc: Exception
     ) -> list[Served]:
         """A batch's decide raised: under ``dead_letter``, decide its events one by one
-        and dead-letter those that raise again (under ``fail`` the error propagates)."""
-        self.errors.handle(exc)
+        and dead-letter those that raise again (under ``fail`` the error propagates).
+        Only those count against RL_MAX_PROCESSING_ERRORS, not the batch's error too."""
+        self.errors.handle(exc, count=False)
         self._rejects.warning(
             "decide_batch",
             "deciding %d contexts of %r failed (%s: %s): deciding them one by one",
@@ -866,10 +867,7 @@ class Service:
             if off is not None:
                 tp.offset = off
                 resumed += 1
-                self._check_resume_point(consumer, tp)
-        fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in self.ownership.offsets]
-        if fresh:
-            self._check_state_lost(consumer, fresh)
+        check_resume_points(consumer, partitions, self.ownership.offsets, s.topic_state)
         consumer.assign(partitions)
         log.info(
             "assigned %s (%d resumed from a checkpoint; %d domains held)",
@@ -878,45 +876,6 @@ class Service:
             len(self.domains),
         )
         self.ready.set()
-
-    def _check_resume_point(self, consumer: Consumer, tp: TopicPartition) -> None:
-        """Say so when the state resumes past a partition's end: the topic was emptied or
-        recreated (the embedded broker keeps nothing across its restarts)."""
-        try:
-            _low, high = consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=5.0, cached=False
-            )
-        except KafkaException as exc:
-            log.debug("no watermarks for %s[%d]: %s", tp.topic, tp.partition, exc)
-            return
-        if 0 <= high < tp.offset:
-            log.warning(
-                "%s[%d]: the checkpoint resumes at offset %d but the partition ends at %d: "
-                "the topic was emptied or recreated since; reading it from its start",
-                tp.topic,
-                tp.partition,
-                tp.offset,
-                high,
-            )
-
-    def _check_state_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """No checkpoint (local or state topic) holds these partitions, yet the group
-        committed offsets for them: their state was lost, and the domains start afresh."""
-        try:
-            committed = consumer.committed(
-                [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=5.0
-            )
-        except KafkaException as exc:
-            log.debug("committed offsets unavailable: %s", exc)
-            return
-        lost = [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed if tp.offset > 0]
-        if lost:
-            log.warning(
-                "state lost: the group committed offsets for %s but neither the local store "
-                "nor %s holds their state; their domains start afresh from those offsets",
-                ", ".join(lost),
-                self.settings.topic_state,
-            )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Checkpoint now; the domains stay in memory until the next assignment says

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from policies.features import FeatureHasher
 from stream.checkpoint import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
@@ -244,3 +244,52 @@ class Ownership:
 
     def mark_published(self, signatures: dict[str, tuple[int, ...]]) -> None:
         self.published.update(signatures)
+
+
+def check_resume_points(
+    consumer: Consumer,
+    partitions: list[TopicPartition],
+    offsets: dict[TP, int],
+    state_topic: str,
+) -> None:
+    """Warn about an assignment whose state does not match its topics: a checkpoint that
+    resumes past a partition's end (the topic was emptied or recreated; the embedded
+    broker keeps nothing across its restarts), or partitions the group committed offsets
+    for while no checkpoint (local or ``state_topic``) holds them (their state was lost)."""
+    fresh = []
+    for tp in partitions:
+        off = offsets.get((tp.topic, tp.partition))
+        if off is None:
+            fresh.append(TopicPartition(tp.topic, tp.partition))
+            continue
+        try:
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=5.0, cached=False
+            )
+        except KafkaException as exc:
+            log.debug("no watermarks for %s[%d]: %s", tp.topic, tp.partition, exc)
+            continue
+        if 0 <= high < off:
+            log.warning(
+                "%s[%d]: the checkpoint resumes at offset %d but the partition ends at %d: "
+                "the topic was emptied or recreated since; reading it from its start",
+                tp.topic,
+                tp.partition,
+                off,
+                high,
+            )
+    if not fresh:
+        return
+    try:
+        committed = consumer.committed(fresh, timeout=5.0)
+    except KafkaException as exc:
+        log.debug("committed offsets unavailable: %s", exc)
+        return
+    lost = [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed if tp.offset > 0]
+    if lost:
+        log.warning(
+            "state lost: the group committed offsets for %s but neither the local store "
+            "nor %s holds their state; their domains start afresh from those offsets",
+            ", ".join(lost),
+            state_topic,
+        )

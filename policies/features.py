@@ -31,6 +31,8 @@ CLIP = 1e6
 # contexts are small and numpy arrays of five entries cost more than they save.
 Sparse = tuple[list[int], list[float]]
 
+ENTRY_BYTES = 120  # a cache entry's dict slot, str header and value tuple, roughly
+
 
 @dataclass(slots=True)
 class EncodedContext:
@@ -62,23 +64,40 @@ class FeatureHasher:
     ((2, 8), ['a', 'b'], 1.0)
     """
 
-    def __init__(self, n_features: int = 64, seed: int = 0, cache_size: int = 200_000) -> None:
+    def __init__(
+        self,
+        n_features: int = 64,
+        seed: int = 0,
+        cache_size: int = 200_000,
+        cache_bytes: int = 32 * 2**20,
+    ) -> None:
         if n_features < 2:
             raise PolicyError("n_features must be >= 2 (slot 0 is the bias)")
         self.n_features = n_features
         self.seed = seed & 0x7FFFFFFF
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         self._cache: dict[str, tuple[int, float]] = {}
+        self._cached_bytes = 0  # tokens' lengths plus a per-entry overhead
 
     def _slot(self, token: str) -> tuple[int, float]:
         hit = self._cache.get(token)
         if hit is None:
             h = murmur3(token, self.seed)
             hit = (1 + abs(h) % (self.n_features - 1), 1.0 if h >= 0 else -1.0)
-            if len(self._cache) >= self.cache_size:
-                self._cache.clear()  # bounded memory beats a perfect hit rate
+            cost = len(token) + ENTRY_BYTES
+            if len(self._cache) >= self.cache_size or self._cached_bytes + cost > self.cache_bytes:
+                self.clear_cache()  # bounded memory (count and bytes) beats a perfect hit rate
             self._cache[token] = hit
+            self._cached_bytes += cost
         return hit
+
+    def clear_cache(self) -> int:
+        """Forget every cached slot; returns how many were cached."""
+        n = len(self._cache)
+        self._cache = {}
+        self._cached_bytes = 0
+        return n
 
     def sparse(self, values: Mapping[str, Scalar], namespace: str = "") -> Sparse:
         """Encode one flat mapping; non-finite numbers are the caller's to reject."""

@@ -59,6 +59,7 @@ class Limits:
     max_candidates: int = 64
     reward_min: float = 0.0
     reward_max: float = 1.0
+    max_context_features: int = 1_000
 
 
 def _load(value: bytes | None, limits: Limits) -> dict[str, Any]:
@@ -134,11 +135,25 @@ def _features(obj: Any, where: str) -> dict[str, Scalar]:
     return obj
 
 
+def _count_features(obj: dict[str, Any], limit: int) -> None:
+    """Memory per pending decision grows with its features: the count is bounded."""
+    n = len(obj["context"]) if isinstance(obj["context"], dict) else 0
+    cf = obj.get("candidate_features")
+    if isinstance(cf, dict):
+        n += sum(len(f) for f in cf.values() if isinstance(f, dict))
+    if n > limit:
+        raise DecodeError(
+            "too_many_features",
+            f"{n} context and candidate features, over RL_MAX_CONTEXT_FEATURES={limit}",
+        )
+
+
 def decode_context(value: bytes | None, key: bytes | None, limits: Limits) -> ContextEvent:
     obj = _load(value, limits)
     event_id, domain = _ids(obj, key)
     if "context" not in obj:
         raise DecodeError("missing_field", "context is required (it may be empty)")
+    _count_features(obj, limits.max_context_features)  # before any per-feature work
     context = _features(obj["context"], "context")
     cands = obj.get("candidates")
     if cands is None:

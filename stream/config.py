@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # Distinct actions one domain may accumulate; each costs a d x d model in linear policies.
     max_actions: int = Field(256, ge=1)
     max_message_bytes: int = Field(1_048_576, ge=64)
+    # Context plus candidate features of one event (each pending decision keeps them).
+    max_context_features: int = Field(1_000, ge=1)
     policy: str = "doubly_robust"
     baseline_policy: str = "epsilon_greedy"
     shadow_policies: CommaList = Field(default_factory=lambda: ["offset_tree", "linucb"])

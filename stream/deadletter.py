@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, Message
 
 from stream.delivery import Delivery, Headers
@@ -39,6 +40,16 @@ class Source:
     def of(cls, m: Message) -> Source:
         _kind, ts = m.timestamp()
         return cls(m.topic() or "", m.partition() or 0, m.offset() or 0, ts, m.key(), m.value())
+
+    @classmethod
+    def of_reward(cls, m: Any, event_id: str, domain: str, reward: float) -> Source:
+        """A reward kept for later (held for its context): where it came from and only
+        what it says, re-encoded; never its raw bytes, which may be up to a megabyte."""
+        value = orjson.dumps({"event_id": event_id, "domain": domain, "reward": reward})
+        if not isinstance(m, Message):
+            return cls(m.topic, m.partition, m.offset, m.timestamp_ms, domain.encode(), value)
+        _kind, ts = m.timestamp()
+        return cls(m.topic() or "", m.partition() or 0, m.offset() or 0, ts, domain.encode(), value)
 
     def to_json(self) -> list[Any]:
         """For checkpoints (early rewards): the value was valid JSON, hence UTF-8."""

@@ -67,6 +67,7 @@ class PendingJoins:
         # key -> (reward, deadline, input partition, source message for a dead letter).
         # Insertion order is deadline order.
         self._early: OrderedDict[Key, tuple[float, float, int, Any]] = OrderedDict()
+        self._early_per_domain: dict[str, int] = {}  # held early rewards by domain
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -153,8 +154,10 @@ class PendingJoins:
         dropped = []
         while len(self._early) >= self.max_pending:
             old, held = self._early.popitem(last=False)
+            self._early_gone(old[0])
             dropped.append((old[0], old[1], held[3]))
         self._early[key] = (reward, now + self.early_wait_s, partition, source)
+        self._early_per_domain[domain] = self._early_per_domain.get(domain, 0) + 1
         return True, dropped
 
     def restore_early(
@@ -167,12 +170,16 @@ class PendingJoins:
         source: Any = None,
     ) -> None:
         """Re-hold an early reward from a checkpoint (keeps its original deadline)."""
+        if (domain, event_id) not in self._early:
+            self._early_per_domain[domain] = self._early_per_domain.get(domain, 0) + 1
         self._early[(domain, event_id)] = (reward, deadline, partition, source)
 
     def claim_early(self, domain: str, event_id: str) -> float | None:
         if not self._early:  # the common case: skip building the key
             return None
         held = self._early.pop((domain, event_id), None)
+        if held is not None:
+            self._early_gone(domain)
         return None if held is None else held[0]
 
     def expire_early(self, now: float) -> list[tuple[str, str, Any]]:
@@ -183,7 +190,19 @@ class PendingJoins:
             if self._early[key][1] > now:
                 break
             out.append((key[0], key[1], self._early.pop(key)[3]))
+            self._early_gone(key[0])
         return out
+
+    def early_domains(self) -> set[str]:
+        """Domains with early rewards held (a reward-only domain counts as a domain)."""
+        return set(self._early_per_domain)
+
+    def _early_gone(self, domain: str) -> None:
+        n = self._early_per_domain[domain] - 1
+        if n:
+            self._early_per_domain[domain] = n
+        else:
+            del self._early_per_domain[domain]
 
     @property
     def n_early(self) -> int:
@@ -208,6 +227,7 @@ class PendingJoins:
         early = [k for k, v in self._early.items() if k[0] in domains or v[2] in partitions]
         for k in early:
             del self._early[k]
+            self._early_gone(k[0])
         return len(keys) + len(early)
 
     def _pop_oldest(self) -> Pending:

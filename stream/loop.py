@@ -119,6 +119,7 @@ class Service:
             settings.max_candidates,
             settings.reward_min,
             settings.reward_max,
+            settings.max_context_features,
         )
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -555,7 +556,15 @@ class Service:
             self.stats.late_rewards += 1
             self._reject("expired_event", f"event {r.event_id!r}'s reward window closed", r.source)
         else:
-            src = Source.of(r.source) if isinstance(r.source, Message) else r.source
+            src = Source.of_reward(r.source, r.event_id, r.domain, r.reward)
+            if self._domain_limit_reached(r.domain):
+                self._reject(
+                    "domain_limit",
+                    f"a reward for {r.domain!r}, a domain without decisions, would exceed "
+                    f"RL_MAX_DOMAINS={self.settings.max_domains}",
+                    src,
+                )
+                return
             held, dropped = self.joins.hold_early(
                 r.domain, r.event_id, r.reward, now, partition, src
             )
@@ -568,6 +577,17 @@ class Service:
             return
         if known:
             self.metrics.reward(r.domain, outcome.value)
+
+    def _domain_limit_reached(self, domain: str) -> bool:
+        """Whether holding a reward for ``domain`` (no policy yet) would take the domains
+        held, with decisions or rewards only, past RL_MAX_DOMAINS."""
+        states = self.domains.states
+        if domain in states:
+            return False
+        early = self.joins.early_domains()
+        if domain in early:
+            return False
+        return len(states) + len(early - states.keys()) >= self.settings.max_domains
 
     def _unknown(self, domain: str, event_id: str, src: Source | None) -> None:
         """A reward no decision claimed (within RL_REWARD_EARLY_WAIT_S): dead-lettered."""

@@ -84,8 +84,7 @@ class MemoryGuard:
 
 def trim(service: Service) -> dict[str, int]:
     """Drop rebuildable structures; pending decisions are kept."""
-    freed = {"hash_cache": len(service.hasher._cache)}
-    service.hasher._cache.clear()
+    freed = {"hash_cache": service.hasher.clear_cache()}
     freed["finished_joins"] = service.joins.forget_finished()
     rows = 0
     for state in service.domains.states.values():

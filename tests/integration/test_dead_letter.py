@@ -237,8 +237,14 @@ def test_oversized_messages_of_every_shape_never_stop_the_service(
     dead = {d["error_code"]: d for d in read_dead_letters(settings, 3, timeout=30)}
     assert set(dead) == {"bad_candidates", "oversized", "unknown_event"}, dead.keys()
     assert dead["bad_candidates"]["value_truncated"] == "true"
-    for d in dead.values():
-        assert int(d.get("original_size", 0)) > 900_000 or len(d["value"]) > 900_000
+    for code in ("bad_candidates", "oversized"):
+        assert int(dead[code]["original_size"]) > 900_000
+    # A held reward keeps only what it says: its dead letter is that, re-encoded.
+    assert orjson.loads(dead["unknown_event"]["value"]) == {
+        "event_id": "ghost",
+        "domain": "d1",
+        "reward": 1.0,
+    }
     assert running.thread.is_alive()
 
 
@@ -261,3 +267,22 @@ def test_an_event_id_reused_after_its_join_is_rejected(
     dead = read_dead_letters(settings, 2)
     assert sorted(d["error_code"] for d in dead) == ["duplicate_event", "duplicate_reward"]
     assert svc.stats.rewards_joined == 1 and svc.stats.decisions == 1
+
+
+def test_reward_only_domains_count_against_the_domain_limit(
+    settings_factory, start_service, client_factory
+):
+    """On 56420a3, 300 domains that only ever sent rewards were all held (and each got a
+    state-topic key) despite RL_MAX_DOMAINS=20."""
+    settings = settings_factory(max_domains=20, reward_early_wait_s=3600.0)
+    running = start_service(settings)
+    client = client_factory(settings)
+    client.context("real")
+    client.decisions(1)
+    for i in range(300):
+        client.reward(f"ghost-event-{i}", 1.0, domain=f"ghost{i}")
+    client.flush()
+    dead = read_dead_letters(settings, 281)
+    assert len(dead) == 281 and {d["error_code"] for d in dead} == {"domain_limit"}
+    svc = running.service
+    assert len(svc.domains.states) + len(svc.joins.early_domains()) == 20

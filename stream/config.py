@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     reward_min: float = 0.0
     reward_max: float = 1.0
     max_pending: int = Field(100_000, ge=1)
+    # Pending decisions of one domain (unset: RL_MAX_PENDING); a domain at its bound, or
+    # the fullest domain when the total is reached, gives up its own oldest.
+    max_pending_per_domain: int | None = Field(None, ge=1)
     # How long a reward whose decision is not (yet) known waits for its context: covers a
     # reward read before its context, e.g. when a restart replays both topics.
     reward_early_wait_s: float = Field(60.0, ge=0)

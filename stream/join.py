@@ -44,7 +44,12 @@ Key = tuple[str, str]
 
 
 class PendingJoins:
-    """At most ``max_pending`` decisions, each waiting at most ``wait_s`` for a reward."""
+    """At most ``max_pending`` decisions (``max_per_domain`` of one domain), each waiting
+    at most ``wait_s`` for a reward.
+
+    When full, a domain's new decision pushes out its own oldest; when the total is full,
+    the oldest of the domain holding the most: a busy domain never evicts a quiet one's.
+    """
 
     def __init__(
         self,
@@ -52,8 +57,10 @@ class PendingJoins:
         wait_s: float,
         remember: int | None = None,
         early_wait_s: float = 0.0,
+        max_per_domain: int | None = None,
     ) -> None:
         self.max_pending = max_pending
+        self.max_per_domain = max_per_domain or max_pending
         self.wait_s = wait_s
         self.early_wait_s = early_wait_s
         self._remember = remember if remember is not None else max_pending
@@ -61,6 +68,7 @@ class PendingJoins:
         # deleted slots at its front that every next(iter()) scans, O(n) per pop (measured:
         # 60% of the loop's time at 100,000 pending); an OrderedDict pops its head in O(1).
         self._pending: OrderedDict[Key, Pending] = OrderedDict()
+        self._by_domain: dict[str, OrderedDict[str, None]] = {}  # event ids, oldest first
         self._finished: OrderedDict[Key, Outcome] = OrderedDict()
         # Rewards that arrived before their context was decided (another partition was
         # read first, or a replay after a restart reads the topics in another order):
@@ -82,9 +90,14 @@ class PendingJoins:
             raise KeyError(f"{key} is already pending")
         self._finished.pop(key, None)  # a reused event id starts afresh
         evicted = []
+        own = self._by_domain.setdefault(p.domain, OrderedDict())
+        while len(own) >= self.max_per_domain:
+            evicted.append(self._pop_of(p.domain))
         while len(self._pending) >= self.max_pending:
-            evicted.append(self._pop_oldest())
+            fullest = max(self._by_domain, key=lambda d: len(self._by_domain[d]))
+            evicted.append(self._pop_of(fullest))
         self._pending[key] = p
+        self._by_domain.setdefault(p.domain, own)[p.event_id] = None
         return evicted
 
     def take(self, domain: str, event_id: str) -> tuple[Outcome, Pending | None]:
@@ -92,6 +105,7 @@ class PendingJoins:
         key = (domain, event_id)
         p = self._pending.pop(key, None)
         if p is not None:
+            self._unindex(domain, event_id)
             self._finish(key, Outcome.DUPLICATE)
             return Outcome.JOINED, p
         return self._finished.get(key, Outcome.UNKNOWN), None
@@ -105,7 +119,10 @@ class PendingJoins:
     def discard(self, domain: str, event_id: str) -> Pending | None:
         """Forget a pending decision that never reached its consumers (no reward can
         come for it); it leaves no memory of a finished join."""
-        return self._pending.pop((domain, event_id), None)
+        p = self._pending.pop((domain, event_id), None)
+        if p is not None:
+            self._unindex(domain, event_id)
+        return p
 
     def expire(self, now: float) -> list[Pending]:
         """Remove and return every decision whose window has closed."""
@@ -219,6 +236,7 @@ class PendingJoins:
         keys = [k for k in self._pending if k[0] in domains]
         for k in keys:
             del self._pending[k]
+            self._unindex(*k)
         # The memory of finished joins goes too: it describes state that is being thrown
         # away. Kept, a reward replayed after a restore (before its replayed context)
         # would be taken for a duplicate and lost.
@@ -232,8 +250,32 @@ class PendingJoins:
 
     def _pop_oldest(self) -> Pending:
         key, p = self._pending.popitem(last=False)
+        self._unindex(*key)
         self._finish(key, Outcome.LATE)
         return p
+
+    def _pop_of(self, domain: str) -> Pending:
+        """Evict ``domain``'s oldest pending decision."""
+        event_id = next(iter(self._by_domain[domain]))
+        p = self._pending.pop((domain, event_id))
+        self._unindex(domain, event_id)
+        self._finish((domain, event_id), Outcome.LATE)
+        return p
+
+    def _unindex(self, domain: str, event_id: str) -> None:
+        own = self._by_domain[domain]
+        del own[event_id]
+        if not own:
+            del self._by_domain[domain]
+
+    def shed(self, share: float) -> list[Pending]:
+        """Evict the oldest ``share`` of the pending decisions (memory pressure)."""
+        n = int(len(self._pending) * share)
+        return [self._pop_oldest() for _ in range(n)]
+
+    def count_of(self, domain: str) -> int:
+        own = self._by_domain.get(domain)
+        return 0 if own is None else len(own)
 
     def _finish(self, key: Key, outcome: Outcome) -> None:
         self._finished[key] = outcome

@@ -109,7 +109,10 @@ class Service:
         self.errors = ProcessingErrors(settings.on_processing_error, settings.max_processing_errors)
         self.domains = Domains(settings, self.hasher, self.failpoints, self._learn_failed)
         self.joins = PendingJoins(
-            settings.max_pending, settings.reward_wait_s, early_wait_s=settings.reward_early_wait_s
+            settings.max_pending,
+            settings.reward_wait_s,
+            early_wait_s=settings.reward_early_wait_s,
+            max_per_domain=settings.max_pending_per_domain,
         )
         self.balance = TopicBalance(
             settings.topic_contexts, settings.topic_rewards, settings.max_pending
@@ -603,6 +606,14 @@ class Service:
         if expired:
             self.stats.expired += len(expired)
             self._learn_default(expired, now)
+
+    def shed_pending(self, share: float) -> int:
+        """Memory pressure: the oldest ``share`` of the pending decisions expire now,
+        learned with RL_DEFAULT_REWARD as if their window had closed."""
+        shed = self.joins.shed(share)
+        self.stats.evicted += len(shed)
+        self._learn_default(shed, time.time())
+        return len(shed)
 
     def _learn_default(self, items: list[Pending], now: float) -> None:
         """Decisions whose window closed: learn the default reward, or drop them if 'none'."""

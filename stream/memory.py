@@ -50,6 +50,9 @@ def release_free_memory() -> None:
         _TRIM(0)
 
 
+SHED_SHARE = 0.1  # of the pending decisions, oldest first, when trimming was not enough
+
+
 class MemoryGuard:
     def __init__(
         self, limit_mb: float, interval_s: float, rss_mb: Callable[[], float] = process_rss_mb
@@ -72,12 +75,16 @@ class MemoryGuard:
             return False
         freed = trim(service)
         self.trims += 1
+        after = self._rss_mb()
+        if after > self.limit_mb:  # caches were not enough: the oldest joins go, learned
+            freed["pending_shed"] = service.shed_pending(SHED_SHARE)
+            after = self._rss_mb()
         log.warning(
             "RSS %.0f MB over RL_MEMORY_LIMIT_MB=%.0f: trimmed %s (now %.0f MB)",
             rss,
             self.limit_mb,
             freed,
-            self._rss_mb(),
+            after,
         )
         return True
 

@@ -66,3 +66,56 @@ def test_reward_only_domains_are_tracked_as_their_holds_come_and_go():
     assert joins.early_domains() == {"g3", "g4"}
     joins.drop({"g3"}, set())
     assert joins.early_domains() == {"g4"}
+
+
+def _pending(domain: str, eid: str):
+    from stream.join import Pending
+
+    return Pending(domain, eid, None, 0, 0.5, "p", "control", 0.0, 1e12)  # type: ignore[arg-type]
+
+
+def test_a_busy_domain_never_evicts_a_quiet_ones_pending_decisions():
+    """On 56420a3 the bound was one queue: the busy domain's flood evicted 'quiet'."""
+    joins = PendingJoins(max_pending=10, wait_s=60.0)
+    for i in range(3):
+        joins.add(_pending("quiet", f"q{i}"))
+    evicted = []
+    for i in range(50):
+        evicted += joins.add(_pending("busy", f"b{i}"))
+    assert {p.domain for p in evicted} == {"busy"}
+    assert joins.count_of("quiet") == 3 and joins.count_of("busy") == 7
+    # A new domain when the total is full takes from the fullest domain only.
+    (out,) = joins.add(_pending("new", "n0"))
+    assert out.domain == "busy" and joins.count_of("quiet") == 3
+
+
+def test_a_domain_at_its_own_bound_gives_up_its_oldest():
+    joins = PendingJoins(max_pending=100, wait_s=60.0, max_per_domain=4)
+    evicted = [p.event_id for i in range(6) for p in joins.add(_pending("d", f"e{i}"))]
+    assert evicted == ["e0", "e1"] and joins.count_of("d") == 4
+    assert joins.take("d", "e0")[0].value == "late"  # its reward now counts as late
+    assert joins.take("d", "e5")[0].value == "joined" and joins.count_of("d") == 3
+
+
+def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
+    tmp_path, monkeypatch
+):
+    from stream.config import load_settings
+    from stream.loop import Service
+    from stream.memory import MemoryGuard
+
+    for k in list(__import__("os").environ):
+        if k.startswith("RL_"):
+            monkeypatch.delenv(k)
+    svc = Service(load_settings(state_dir=tmp_path, default_reward=0.0))
+    st = svc.domains.get_or_create("d")
+    assert st is not None
+    enc = svc.hasher.encode({"x": 1.0}, ["a", "b"])
+    from stream.join import Pending
+
+    for i in range(20):
+        svc.joins.add(Pending("d", f"e{i}", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))
+    guard = MemoryGuard(limit_mb=50, interval_s=10, rss_mb=lambda: 100.0)  # never goes down
+    assert guard.check(svc, now=guard._next)
+    assert len(svc.joins) == 18 and ("d", "e0") not in svc.joins and ("d", "e2") in svc.joins
+    assert st.expired == 2 and len(st.buffer) == 2  # learned with the default reward

@@ -27,16 +27,20 @@ pytestmark = pytest.mark.integration
 OUTAGE_S = 30.0
 
 
+def _on_own_broker(settings_factory, broker: EmbeddedBroker, **update):
+    """Fresh settings moved to ``broker`` (one this test may freeze), topics created."""
+    settings = settings_factory().model_copy(
+        update={"kafka_bootstrap_servers": broker.bootstrap_servers, **update}
+    )
+    ensure_topics(settings, AdminClient(admin_config(settings)))
+    return settings
+
+
 def test_broker_outage_under_load(settings_factory, start_service, tmp_path):
     with EmbeddedBroker() as broker:
-        settings = settings_factory().model_copy(
-            update={
-                "kafka_bootstrap_servers": broker.bootstrap_servers,
-                "state_dir": tmp_path / "outage",
-                "checkpoint_interval_s": 2.0,
-            }
+        settings = _on_own_broker(
+            settings_factory, broker, state_dir=tmp_path / "outage", checkpoint_interval_s=2.0
         )
-        ensure_topics(settings, AdminClient(admin_config(settings)))
         running = start_service(settings)
         svc = running.service
         client = Client(settings)
@@ -117,14 +121,9 @@ def test_sigterm_ends_the_process_within_the_shutdown_timeout_while_the_broker_i
     from stream.bench.harness import service_env
 
     with EmbeddedBroker() as broker:
-        settings = settings_factory().model_copy(
-            update={
-                "kafka_bootstrap_servers": broker.bootstrap_servers,
-                "state_dir": tmp_path / "term",
-                "shutdown_timeout_s": 5.0,
-            }
+        settings = _on_own_broker(
+            settings_factory, broker, state_dir=tmp_path / "term", shutdown_timeout_s=5.0
         )
-        ensure_topics(settings, AdminClient(admin_config(settings)))
         client = Client(settings)
         log = tmp_path / "service.log"
         with open(log, "w") as out:

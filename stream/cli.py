@@ -70,16 +70,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from stream.broker import EmbeddedBroker
+    from stream.brokers import make_broker
 
     settings = _settings(topic_partitions=args.partitions)
     stop = threading.Event()
     # Handlers first: a signal that arrives while the broker starts still stops it cleanly.
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: stop.set())
-    with EmbeddedBroker(port=args.port) as broker:
+    with make_broker(args.engine, nodes=args.nodes, port=args.port) as broker:
         settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
         counts = ensure_topics(settings, AdminClient(admin_config(settings)))
+        print(f"{broker.description}", flush=True)
         print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
         print("topics: " + ", ".join(f"{t} ({n})" for t, n in counts.items()), flush=True)
         print("Ctrl-C or SIGTERM stops the broker", flush=True)
@@ -143,9 +144,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench_soak(args: argparse.Namespace) -> int:
     from stream.bench.soak import run_soak
 
-    # The embedded broker unless RL_KAFKA_BOOTSTRAP_SERVERS names a cluster.
+    # A broker of --broker's engine unless RL_KAFKA_BOOTSTRAP_SERVERS names a cluster.
     bootstrap = os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS")
-    r = run_soak(args.events, args.garbage, Path(args.out), bootstrap, args.seed, args.rate)
+    r = run_soak(
+        args.events, args.garbage, Path(args.out), bootstrap, args.seed, args.rate, args.broker
+    )
     print((Path(args.out) / "soak.md").read_text())
     ok = r["decisions_equal_valid"] and r["dead_letters_equal_garbage"] and not r["crashes"]
     return 0 if ok and r["exit_code"] == 0 else 1
@@ -156,7 +159,7 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.bench == "throughput":
-        r = e2e.throughput(args.events, args.domains, out)
+        r = e2e.throughput(args.events, args.domains, out, engine=args.broker)
         print(
             f"{r['contexts_per_s']:.0f} contexts/s decided (passthrough "
             f"{r['passthrough_per_s']:.0f}/s, ratio {r['ratio']})"
@@ -164,16 +167,18 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
     elif args.bench == "latency":
         rate = args.rate
         if not rate:
-            measured = e2e.throughput(min(args.events, 100_000), args.domains, out)
+            measured = e2e.throughput(
+                min(args.events, 100_000), args.domains, out, engine=args.broker
+            )
             rate = measured["contexts_per_s"] / 2
-        r = e2e.latency(args.events, args.domains, rate, out)
+        r = e2e.latency(args.events, args.domains, rate, out, engine=args.broker)
         print(
             f"at {rate:.0f}/s: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
             f"p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms (bare passthrough on the same "
             f"broker: p50 {r['passthrough_p50_ms']} ms, p99 {r['passthrough_p99_ms']} ms)"
         )
     else:
-        r = e2e.memory(args.events, args.domains, args.rate or 10_000.0, out)
+        r = e2e.memory(args.events, args.domains, args.rate or 10_000.0, out, engine=args.broker)
         print(
             f"RSS {r['rss_final_mb']:.0f} MB after {args.events} events on {args.domains} "
             f"domains (peak {r['rss_max_mb']:.0f}); decided {r['decided_per_s']:.0f}/s of "
@@ -195,10 +200,11 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
     results, peers = convergence.run(
         sorted(__import__("policies").POLICIES), ["seed", "linear", "digits"], 3, 0, out, settings
     )
-    tp = e2e.throughput(int(200_000 * k), 100, out)
-    lat = e2e.latency(int(100_000 * k), 100, tp["contexts_per_s"] / 2, out)
-    mem = e2e.memory(int(1_000_000 * k), 1000, 10_000.0, out)
-    soak = run_soak(int(1_000_000 * k), 0.01, out, os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS"))
+    on = args.broker
+    tp = e2e.throughput(int(200_000 * k), 100, out, engine=on)
+    lat = e2e.latency(int(100_000 * k), 100, tp["contexts_per_s"] / 2, out, engine=on)
+    mem = e2e.memory(int(1_000_000 * k), 1000, 10_000.0, out, engine=on)
+    soak = run_soak(int(1_000_000 * k), 0.01, out, None, engine=on)
     parts = [
         "# bandit-stream benchmarks\n",
         convergence.print_table(results, peers),
@@ -306,6 +312,16 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--broker",
+        choices=["embedded", "kafka"],
+        default="embedded",
+        help="the broker started for the run (default embedded); RL_KAFKA_BOOTSTRAP_SERVERS "
+        "names a running cluster instead",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bandit-stream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -319,11 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
     broker = sub.add_parser(
         "broker",
-        help="run the embedded Kafka-compatible broker (Tansu)",
-        description="The embedded Kafka-compatible broker (Tansu) for trying the service "
-        "out. It keeps everything in memory: every topic is gone when it stops.",
+        help="run a local broker: embedded Tansu (default) or Apache Kafka",
+        description="A local broker for trying the service out, with the service's topics "
+        "created. embedded: Tansu, in memory, no install. kafka: Apache Kafka "
+        "(KRaft), resolved with Maven into ~/.cache/bandit-stream/kafka on first use (Java >= "
+        "17 and Maven, or KAFKA_HOME). Either keeps its data only while it runs.",
     )
-    broker.add_argument("--port", type=int, default=9092, help="listening port (default 9092)")
+    broker.add_argument("--engine", choices=["embedded", "kafka"], default="embedded")
+    broker.add_argument(
+        "--nodes", type=int, choices=[1, 3], default=1, help="Kafka nodes (--engine kafka)"
+    )
+    broker.add_argument(
+        "--port", type=int, default=9092, help="listening port (of the first node; default 9092)"
+    )
     broker.add_argument(
         "--partitions", type=int, default=4, help="partitions of the topics it creates (default 4)"
     )
@@ -390,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=10_000.0, help="events offered per second (0: unpaced)"
     )
     soak.add_argument("--out", default="bench-out")
+    _broker_option(soak)
     soak.set_defaults(fn=cmd_bench_soak)
     for name, events, help_text in (
         ("throughput", 200_000, "contexts decided per second end to end, vs a passthrough"),
@@ -408,10 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "memory default 10000)",
             )
         b.add_argument("--out", default="bench-out")
+        _broker_option(b)
         b.set_defaults(fn=cmd_bench_e2e)
     ball = bench_sub.add_parser("all", help="every benchmark, one report (all.md)")
     ball.add_argument("--scale", type=float, default=1.0, help="event counts x this")
     ball.add_argument("--out", default="bench-out")
+    _broker_option(ball)
     ball.set_defaults(fn=cmd_bench_all)
     return p
 

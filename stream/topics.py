@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -25,6 +27,19 @@ def _partition_counts(admin: AdminClient, timeout: float, bootstrap: str) -> dic
             err.code(),
         ) from exc
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+
+
+def _await_topics(
+    admin: AdminClient, timeout: float, bootstrap: str, names: Iterable[str]
+) -> dict[str, int]:
+    """Partition counts once every named topic shows in the metadata: Apache Kafka
+    answers a creation before every broker's metadata has the topic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _partition_counts(admin, timeout, bootstrap)
+        if all(counts.get(n) for n in names) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
 
 
 def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 15.0) -> dict[str, int]:
@@ -61,7 +76,7 @@ def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 15.0)
                     raise KafkaClientError(
                         f"cannot create topic {name}: {err.str()}", err.code()
                     ) from exc
-        existing = _partition_counts(admin, timeout, s.kafka_bootstrap_servers)
+        existing = _await_topics(admin, timeout, s.kafka_bootstrap_servers, wanted)
     counts = {name: existing.get(name, 0) for name in wanted}
     if counts[s.topic_contexts] != counts[s.topic_rewards]:
         raise ConfigError(

@@ -198,13 +198,20 @@ def _wait_ready(svc: ServiceProcess, s: Settings) -> None:
     raise RuntimeError("the service never got its partitions")
 
 
-def _start(stack: ExitStack, **extra: Any) -> tuple[str, Settings, ServiceProcess, DecisionReader]:
-    """A broker, fresh topics, the service consuming them, and a reader of its decisions."""
-    bootstrap = harness.bootstrap(stack)
+def _on(broker: dict[str, str]) -> str:
+    return f"Broker: {broker['engine']} ({broker['version']}).\n\n"
+
+
+def _start(
+    stack: ExitStack, engine: str, **extra: Any
+) -> tuple[str, dict[str, str], Settings, ServiceProcess, DecisionReader]:
+    """A broker (and what it is), fresh topics, the service consuming them, and a reader
+    of its decisions."""
+    bootstrap, broker = harness.bootstrap(stack, engine=engine)
     s = harness.fresh_settings(bootstrap, "bench", **extra)
     svc = ServiceProcess(s, stack)
     _wait_ready(svc, s)
-    return bootstrap, s, svc, DecisionReader(bootstrap, s.topic_decisions)
+    return bootstrap, broker, s, svc, DecisionReader(bootstrap, s.topic_decisions)
 
 
 def _run_passthrough(
@@ -234,9 +241,11 @@ def _run_passthrough(
     return reader
 
 
-def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -> dict[str, Any]:
+def throughput(
+    events: int, domains: int, out: Path, reward_delay: int = 1000, engine: str = "embedded"
+) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap, s, svc, reader = _start(stack)
+        bootstrap, broker, s, svc, reader = _start(stack, engine)
         prod = _spawn(
             produce,
             bootstrap,
@@ -278,6 +287,7 @@ def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -
         "ratio": round(service_rate / pass_rate, 3) if pass_rate else None,
         "rewards_flowing": True,
         "service_exit_code": code,
+        "broker": broker,
         "machine": machine(),
     }
     write_json(out, "throughput", result)
@@ -286,7 +296,9 @@ def throughput(events: int, domains: int, out: Path, reward_delay: int = 1000) -
         for k in ("events", "domains", "contexts_per_s", "passthrough_per_s", "ratio")
     ]
     write_markdown(
-        out, "throughput", "# Throughput\n\n" + markdown_table(["", "value"], rows) + "\n"
+        out,
+        "throughput",
+        "# Throughput\n\n" + _on(broker) + markdown_table(["", "value"], rows) + "\n",
     )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -310,9 +322,11 @@ def _percentiles(reader: DecisionReader) -> tuple[np.ndarray, dict[float, float]
     return steady, {q: float(np.percentile(steady, q)) for q in (50, 95, 99, 99.9)}
 
 
-def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
+def latency(
+    events: int, domains: int, rate: float, out: Path, engine: str = "embedded"
+) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap, s, svc, reader = _start(stack)
+        bootstrap, broker, s, svc, reader = _start(stack, engine)
         prod = _spawn(
             produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 1
         )
@@ -353,6 +367,7 @@ def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]
         "passthrough_p95_ms": round(fpct[95], 3),
         "passthrough_p99_ms": round(fpct[99], 3),
         "passthrough_p999_ms": round(fpct[99.9], 3),
+        "broker": broker,
         "machine": machine(),
     }
     write_json(out, "latency", result)
@@ -361,7 +376,8 @@ def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]
     write_markdown(
         out,
         "latency",
-        f"# Latency\n\ncontext produced -> decision consumed at {rate:.0f} contexts/s; "
+        f"# Latency\n\n{_on(broker)}context produced -> decision consumed at {rate:.0f} "
+        "contexts/s; "
         "beside it the same load through a bare consume -> produce passthrough on the same "
         "broker (the broker's floor).\n\n"
         + markdown_table(["", "service", "passthrough"], rows)
@@ -382,9 +398,11 @@ def latency(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]
     return result
 
 
-def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
+def memory(
+    events: int, domains: int, rate: float, out: Path, engine: str = "embedded"
+) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap, s, svc, reader = _start(stack, max_domains=max(1000, domains))
+        bootstrap, broker, s, svc, reader = _start(stack, engine, max_domains=max(1000, domains))
         prod = _spawn(
             produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 2
         )
@@ -418,6 +436,7 @@ def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
         "rss_final_mb": float(ys[-1]) if len(ys) else 0.0,
         "rss_max_mb": float(ys.max()) if len(ys) else 0.0,
         "growth_mb_per_million": round(growth, 2),
+        "broker": broker,
         "machine": machine(),
     }
     write_json(out, "memory", result)
@@ -433,7 +452,9 @@ def memory(events: int, domains: int, rate: float, out: Path) -> dict[str, Any]:
             "growth_mb_per_million",
         )
     ]
-    write_markdown(out, "memory", "# Memory\n\n" + markdown_table(["", "value"], rows) + "\n")
+    write_markdown(
+        out, "memory", "# Memory\n\n" + _on(broker) + markdown_table(["", "value"], rows) + "\n"
+    )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(xs, ys)

@@ -16,7 +16,8 @@ import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
+from stream.broker import FAST_CLIENT_SETTINGS
+from stream.brokers import make_broker
 from stream.config import Settings, load_settings, settings_env
 from stream.kafka import admin_config
 from stream.topics import ensure_topics
@@ -38,10 +39,17 @@ def topic_reader(bootstrap: str, topic: str, group: str, fetch_wait_ms: int) -> 
     return c
 
 
-def bootstrap(stack: ExitStack, given: str | None = None) -> str:
-    """``given``, else RL_KAFKA_BOOTSTRAP_SERVERS, else an embedded broker for the run."""
+def bootstrap(
+    stack: ExitStack, given: str | None = None, engine: str = "embedded"
+) -> tuple[str, dict[str, str]]:
+    """The broker address and what it is (the results' ``broker`` field): ``given``, else
+    RL_KAFKA_BOOTSTRAP_SERVERS, else a broker of ``engine`` started for the run."""
     given = given or os.environ.get("RL_KAFKA_BOOTSTRAP_SERVERS")
-    return given or stack.enter_context(EmbeddedBroker()).bootstrap_servers
+    if given:
+        return given, {"engine": engine, "version": "external cluster", "bootstrap": given}
+    broker = make_broker(engine)  # type: ignore[arg-type]
+    stack.enter_context(broker)
+    return broker.bootstrap_servers, {"engine": broker.engine, "version": broker.version}
 
 
 def fresh_settings(bootstrap: str, prefix: str, **extra: Any) -> Settings:

@@ -69,12 +69,13 @@ def run_soak(
     bootstrap: str | None = None,
     seed: int = 0,
     rate: float = 10_000.0,
+    engine: str = "embedded",
 ) -> dict[str, Any]:
     """Stream ``events`` at ``rate`` per second (0: as fast as possible). Paced, the run
     is real time: a flood far ahead of its rewards would instead evict decisions at
     RL_MAX_PENDING and dead-letter their late rewards, which is correct but not a soak."""
     with ExitStack() as stack:
-        bootstrap = harness.bootstrap(stack, bootstrap)
+        bootstrap, broker = harness.bootstrap(stack, bootstrap, engine)
         s = harness.fresh_settings(bootstrap, "soak")
         tag = s.kafka_group_id
         svc = harness.ServiceProcess(s, stack)
@@ -184,6 +185,7 @@ def run_soak(
         "duration_s": round(elapsed, 1),
         "events_per_s": round(events / elapsed, 1),
         "rss_mb": rss,
+        "broker": broker,
         "machine": machine(),
     }
     _write(result, out)
@@ -193,6 +195,7 @@ def run_soak(
 def _write(r: dict[str, Any], out: Path) -> None:
     write_json(out, "soak", r)
     rows = [
+        ["broker", f"{r['broker']['engine']} ({r['broker']['version']})"],
         ["events", r["events"]],
         ["valid contexts / decisions", f"{r['valid_contexts']} / {r['decisions']}"],
         ["garbage / dead letters", f"{r['garbage']} / {r['dead_letters']}"],

@@ -1,7 +1,9 @@
-"""One broker per test session, fresh topics and consumer group per test.
+"""One broker per engine per test session, fresh topics and consumer group per test.
 
-The embedded Tansu broker is started unless ``RL_TEST_BOOTSTRAP_SERVERS`` names an
-existing cluster (Apache Kafka from docker-compose), in which case that is used.
+``BANDIT_TEST_BROKER=embedded|kafka|both`` chooses the engines the integration tests run
+on (default: both when Apache Kafka can start here, else embedded, saying why), each
+started once for the session. ``RL_TEST_BOOTSTRAP_SERVERS`` names an existing cluster to
+use instead (tests that stop or kill brokers then start their own).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from stream.apache_kafka import KafkaCluster
 from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
+from stream.brokers import ENGINES, kafka_unavailable, make_broker
 from stream.config import Settings, load_settings
 from stream.kafka import admin_config
 from stream.loop import Service
@@ -27,43 +31,103 @@ from stream.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
+EXTERNAL = os.environ.get("RL_TEST_BOOTSTRAP_SERVERS")
+
+
+def _select_engines() -> tuple[list[str], str]:
+    """The engines to run on, and one line saying which and why."""
+    if EXTERNAL:
+        return ["external"], f"broker: the cluster at RL_TEST_BOOTSTRAP_SERVERS={EXTERNAL}"
+    choice = os.environ.get("BANDIT_TEST_BROKER", "").strip().lower()
+    if choice and choice not in (*ENGINES, "both"):
+        raise pytest.UsageError(f"BANDIT_TEST_BROKER={choice}: expected embedded, kafka or both")
+    if choice == "embedded":
+        return ["embedded"], "broker engines: embedded (BANDIT_TEST_BROKER=embedded)"
+    why = kafka_unavailable()
+    if choice == "kafka":
+        if why:
+            raise pytest.UsageError(f"BANDIT_TEST_BROKER=kafka: {why}")
+        return ["kafka"], "broker engines: kafka (BANDIT_TEST_BROKER=kafka)"
+    if why:
+        return ["embedded"], f"broker engines: embedded only; Apache Kafka cannot start: {why}"
+    return ["embedded", "kafka"], "broker engines: embedded and kafka"
+
+
+ENGINE_PARAMS, ENGINE_LINE = _select_engines()
+
+
+def pytest_report_header() -> str:
+    return ENGINE_LINE
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(ENGINE_LINE)
+
+
+@pytest.fixture(scope="session", params=ENGINE_PARAMS)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The session broker's engine: embedded, kafka, or external."""
+    return str(request.param)
+
 
 @pytest.fixture(scope="session")
-def bootstrap() -> Iterator[str]:
-    external = os.environ.get("RL_TEST_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
+def session_broker(engine: str) -> Iterator[EmbeddedBroker | KafkaCluster | None]:
+    """The broker shared by the session's tests on ``engine`` (None: external)."""
+    if engine == "external":
+        yield None
         return
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap_servers
+    with make_broker(engine) as broker:  # type: ignore[arg-type]
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def bootstrap(session_broker: EmbeddedBroker | KafkaCluster | None) -> str:
+    return session_broker.bootstrap_servers if session_broker else str(EXTERNAL)
+
+
+@pytest.fixture
+def own_broker(engine: str) -> Callable[..., EmbeddedBroker | KafkaCluster]:
+    """A broker of the session's engine that the test alone uses, and may stop or kill
+    (embedded when the session uses an external cluster)."""
+
+    def make(nodes: int = 1) -> EmbeddedBroker | KafkaCluster:
+        return make_broker("embedded" if engine == "external" else engine, nodes=nodes)  # type: ignore[arg-type]
+
+    return make
+
+
+def settings_on(bootstrap: str, state_root: Any, **overrides: Any) -> Settings:
+    """Settings on fresh topics and a fresh group of ``bootstrap``; the topics exist when
+    it returns."""
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        **FAST_CLIENT_SETTINGS,
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_group_id": f"test-{tag}",
+        "topic_contexts": f"t-{tag}.contexts",
+        "topic_rewards": f"t-{tag}.rewards",
+        "topic_decisions": f"t-{tag}.decisions",
+        "topic_metrics": f"t-{tag}.metrics",
+        "topic_dead_letter": f"t-{tag}.dead-letter",
+        "topic_state": f"t-{tag}.state",
+        "topic_partitions": 2,
+        "state_dir": state_root / f"state-{tag}",
+        "update_interval": 1,
+        "poll_timeout_s": 0.05,
+        "metrics_port": 0,  # several services per process: each on a free port
+    }
+    values.update(overrides)
+    settings = load_settings(**values)
+    ensure_topics(settings, AdminClient(admin_config(settings)))
+    return settings
 
 
 @pytest.fixture
 def settings_factory(bootstrap: str, tmp_path: Any) -> Callable[..., Settings]:
-    """Settings on fresh topics and a fresh group; the topics exist when it returns."""
+    """Settings on fresh topics and a fresh group of the session's broker."""
 
     def make(**overrides: Any) -> Settings:
-        tag = uuid.uuid4().hex[:10]
-        values: dict[str, Any] = {
-            **FAST_CLIENT_SETTINGS,
-            "kafka_bootstrap_servers": bootstrap,
-            "kafka_group_id": f"test-{tag}",
-            "topic_contexts": f"t-{tag}.contexts",
-            "topic_rewards": f"t-{tag}.rewards",
-            "topic_decisions": f"t-{tag}.decisions",
-            "topic_metrics": f"t-{tag}.metrics",
-            "topic_dead_letter": f"t-{tag}.dead-letter",
-            "topic_state": f"t-{tag}.state",
-            "topic_partitions": 2,
-            "state_dir": tmp_path / f"state-{tag}",
-            "update_interval": 1,
-            "poll_timeout_s": 0.05,
-            "metrics_port": 0,  # several services per process: each on a free port
-        }
-        values.update(overrides)
-        settings = load_settings(**values)
-        ensure_topics(settings, AdminClient(admin_config(settings)))
-        return settings
+        return settings_on(bootstrap, tmp_path, **overrides)
 
     return make
 
@@ -113,8 +177,14 @@ class Client:
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
+        # Idempotent, as an application should be: a retry after a broker failover then
+        # never writes a context or reward twice.
         self.producer = Producer(
-            {"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 1}
+            {
+                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "linger.ms": 1,
+                "enable.idempotence": True,
+            }
         )
         self.consumer = Consumer(
             {

@@ -15,21 +15,22 @@ def on_test_broker(bootstrap, monkeypatch):
     monkeypatch.setenv("RL_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
 
 
-def test_throughput_latency_and_memory_reports(on_test_broker, tmp_path):
-    tp = e2e.throughput(6000, 20, tmp_path, reward_delay=200)
+def test_throughput_latency_and_memory_reports(on_test_broker, engine, tmp_path):
+    tp = e2e.throughput(6000, 20, tmp_path, reward_delay=200, engine=engine)
     assert tp["decided"] == 6000 and tp["service_exit_code"] == 0
     assert tp["contexts_per_s"] > 0 and tp["passthrough_per_s"] > 0 and tp["ratio"] > 0
-    lat = e2e.latency(3000, 20, 1000.0, tmp_path)
+    lat = e2e.latency(3000, 20, 1000.0, tmp_path, engine=engine)
     assert lat["decided"] == 3000
     assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["p999_ms"]
     floor = [lat[f"passthrough_{k}"] for k in ("p50_ms", "p95_ms", "p99_ms", "p999_ms")]
     assert 0 < floor[0] <= floor[1] <= floor[2] <= floor[3]
-    mem = e2e.memory(4000, 50, 2000.0, tmp_path)
+    mem = e2e.memory(4000, 50, 2000.0, tmp_path, engine=engine)
     assert mem["rss_mb"] and 50 < mem["rss_max_mb"] < 2000
     assert 0 < mem["decided_per_s"] <= 2000.0 * 1.5  # paced at 2,000/s
     for name in ("throughput", "latency", "memory"):
         data = orjson.loads((tmp_path / f"{name}.json").read_bytes())
         assert data["machine"]["cpus"] >= 1
+        assert data["broker"]["engine"] == engine
         assert (tmp_path / f"{name}.md").exists() and (tmp_path / f"{name}.png").exists()
     for key in ("contexts_per_s", "passthrough_per_s", "ratio"):
         assert key in orjson.loads((tmp_path / "throughput.json").read_bytes())

@@ -9,6 +9,7 @@ import time
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -208,8 +209,27 @@ def test_oversized_messages_of_every_shape_never_stop_the_service(
     the dead-letter topic, cut to fit; every valid context is decided."""
     settings = settings_factory(reward_early_wait_s=0.5)
     client = client_factory(settings)
+    # The input topics take such messages, as a user's would (Apache Kafka's default
+    # is ~1 MB); the dead-letter topic keeps its default.
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    for topic in (settings.topic_contexts, settings.topic_rewards):
+        res = ConfigResource(
+            "topic",
+            topic,
+            incremental_configs=[
+                ConfigEntry(
+                    "max.message.bytes", "4000000", incremental_operation=AlterConfigOpType.SET
+                )
+            ],
+        )
+        admin.incremental_alter_configs([res])[res].result()
+    refused: list[str] = []
     producer = Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap_servers, "message.max.bytes": 4_000_000}
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "message.max.bytes": 4_000_000,
+            "on_delivery": lambda err, _msg: refused.append(str(err)) if err else None,
+        }
     )
 
     def context(eid: str, pad: int = 0) -> bytes:
@@ -230,7 +250,7 @@ def test_oversized_messages_of_every_shape_never_stop_the_service(
     producer.produce(rew, orjson.dumps(reward), b"d1")
     for i in range(300, 600):
         producer.produce(ctx, context(f"v{i}"), b"d1")
-    assert producer.flush(30) == 0
+    assert producer.flush(30) == 0 and not refused, refused
     running = start_service(settings)
     decided = {d["event_id"] for d in client.decisions(600, timeout=60)}
     assert decided == {f"v{i}" for i in range(600)}

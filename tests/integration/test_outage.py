@@ -1,9 +1,9 @@
 """A broker outage under load: the service keeps running, reports not-ready, resumes by
 itself, and no reward in flight is lost or learned twice.
 
-The test freezes its own embedded broker (SIGSTOP / SIGCONT of the Tansu process), even
-when the rest of the suite uses RL_TEST_BOOTSTRAP_SERVERS: a shared cluster cannot be
-frozen from here.
+Each test takes a broker of its own (a shared cluster cannot be taken away from here):
+Apache Kafka's node is stopped and restarted on its data; the embedded broker, which keeps
+everything in memory, is frozen (SIGSTOP / SIGCONT) instead.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from stream.apache_kafka import KafkaCluster
 from stream.broker import EmbeddedBroker
 from stream.kafka import admin_config
 from stream.topics import ensure_topics
@@ -27,7 +30,27 @@ pytestmark = pytest.mark.integration
 OUTAGE_S = 30.0
 
 
-def _on_own_broker(settings_factory, broker: EmbeddedBroker, **update):
+@contextmanager
+def broker_away(broker: EmbeddedBroker | KafkaCluster) -> Iterator[None]:
+    """The broker unreachable while inside; back (and answering) after."""
+    if isinstance(broker, KafkaCluster):
+        broker.stop_node(1)
+        try:
+            yield
+        finally:
+            broker.start_node(1)
+            broker.wait_ready()
+        return
+    pid = broker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _on_own_broker(settings_factory, broker: EmbeddedBroker | KafkaCluster, **update):
     """Fresh settings moved to ``broker`` (one this test may freeze), topics created."""
     settings = settings_factory().model_copy(
         update={"kafka_bootstrap_servers": broker.bootstrap_servers, **update}
@@ -36,8 +59,8 @@ def _on_own_broker(settings_factory, broker: EmbeddedBroker, **update):
     return settings
 
 
-def test_broker_outage_under_load(settings_factory, start_service, tmp_path):
-    with EmbeddedBroker() as broker:
+def test_broker_outage_under_load(settings_factory, start_service, own_broker, tmp_path):
+    with own_broker() as broker:
         settings = _on_own_broker(
             settings_factory, broker, state_dir=tmp_path / "outage", checkpoint_interval_s=2.0
         )
@@ -64,11 +87,8 @@ def test_broker_outage_under_load(settings_factory, start_service, tmp_path):
         wait_for(lambda: svc.stats.rewards_joined > 100, what="traffic flowing")
         assert svc._readiness()[0]
 
-        pid = broker.pid
-        assert pid is not None
         try:
-            os.kill(pid, signal.SIGSTOP)
-            try:
+            with broker_away(broker):
                 wait_for(
                     lambda: not svc._readiness()[0], timeout=15, what="not-ready during the outage"
                 )
@@ -76,8 +96,6 @@ def test_broker_outage_under_load(settings_factory, start_service, tmp_path):
                 while time.monotonic() < end:  # the loop keeps turning throughout
                     assert running.thread.is_alive() and svc._healthy()[0], svc._healthy()
                     time.sleep(0.5)
-            finally:
-                os.kill(pid, signal.SIGCONT)
             wait_for(lambda: svc._readiness()[0], timeout=30, what="ready again after the outage")
             time.sleep(2)
             stop.set()
@@ -111,7 +129,7 @@ def test_broker_outage_under_load(settings_factory, start_service, tmp_path):
 
 
 def test_sigterm_ends_the_process_within_the_shutdown_timeout_while_the_broker_is_away(
-    settings_factory, tmp_path
+    settings_factory, own_broker, tmp_path
 ):
     """With the broker frozen, the final checkpoint's publish and commit cannot finish;
     SIGTERM still ends the process within RL_SHUTDOWN_TIMEOUT_S, and says why."""
@@ -120,7 +138,7 @@ def test_sigterm_ends_the_process_within_the_shutdown_timeout_while_the_broker_i
 
     from stream.bench.harness import service_env
 
-    with EmbeddedBroker() as broker:
+    with own_broker() as broker:
         settings = _on_own_broker(
             settings_factory, broker, state_dir=tmp_path / "term", shutdown_timeout_s=5.0
         )
@@ -133,17 +151,12 @@ def test_sigterm_ends_the_process_within_the_shutdown_timeout_while_the_broker_i
                 for i in range(20):
                     client.context(f"e{i}")
                 client.decisions(20, timeout=60)
-                pid = broker.pid
-                assert pid is not None
-                os.kill(pid, signal.SIGSTOP)
-                try:
+                with broker_away(broker):
                     client.context("during")  # queued in the client only
                     started = time.monotonic()
                     proc.send_signal(signal.SIGTERM)
                     code = proc.wait(30)
                     elapsed = time.monotonic() - started
-                finally:
-                    os.kill(pid, signal.SIGCONT)
             finally:
                 if proc.poll() is None:
                     proc.kill()

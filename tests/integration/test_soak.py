@@ -11,8 +11,8 @@ from stream.bench.soak import run_soak
 pytestmark = pytest.mark.integration
 
 
-def test_short_soak(bootstrap, tmp_path):
-    r = run_soak(4000, 0.02, tmp_path, bootstrap=bootstrap, seed=3)
+def test_short_soak(bootstrap, engine, tmp_path):
+    r = run_soak(4000, 0.02, tmp_path, bootstrap=bootstrap, seed=3, engine=engine)
     assert r["garbage"] > 40
     assert r["decisions"] == r["valid_contexts"] == 4000 - r["garbage"]
     assert r["dead_letters"] == r["garbage"]
@@ -20,4 +20,5 @@ def test_short_soak(bootstrap, tmp_path):
     assert r["rss_mb"]
     saved = orjson.loads((tmp_path / "soak.json").read_bytes())
     assert saved["decisions_equal_valid"] and saved["dead_letters_equal_garbage"]
+    assert saved["broker"]["engine"] == engine
     assert (tmp_path / "soak.md").exists() and (tmp_path / "soak.png").stat().st_size > 1000

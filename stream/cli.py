@@ -80,9 +80,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     with make_broker(args.engine, nodes=args.nodes, port=args.port) as broker:
         settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
         counts = ensure_topics(settings, AdminClient(admin_config(settings)))
-        print(f"{broker.description}", flush=True)
         print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
         print("topics: " + ", ".join(f"{t} ({n})" for t, n in counts.items()), flush=True)
+        print(f"broker: {broker.description}", flush=True)
         print("Ctrl-C or SIGTERM stops the broker", flush=True)
         stop.wait()
         print("stopping broker", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,10 +29,13 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_broker_command_prints_bootstrap_and_stops_on_sigterm():
+def test_broker_command_prints_bootstrap_and_stops_on_sigterm(engine):
+    """Of the session's engine (embedded when the session uses an external cluster)."""
+    kafka = engine == "kafka"
     port = free_port()
+    extra = ["--engine", "kafka"] if kafka else []
     proc = subprocess.Popen(
-        [BIN, "broker", "--port", str(port), "--partitions", "3"],
+        [BIN, "broker", "--port", str(port), "--partitions", "3", *extra],
         stdout=subprocess.PIPE,
         text=True,
         env=_env(),
@@ -41,8 +45,12 @@ def test_broker_command_prints_bootstrap_and_stops_on_sigterm():
         assert line.strip() == f"bootstrap servers: 127.0.0.1:{port}"
         topics = proc.stdout.readline()
         assert "bandit.contexts (3)" in topics and "bandit.rewards (3)" in topics
+        what = proc.stdout.readline()
+        assert what.startswith("broker: Apache Kafka 4." if kafka else "broker: embedded Tansu")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        assert proc.wait(40) == 0
+        with pytest.raises(OSError):  # every node stopped with it
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
         if proc.poll() is None:
             proc.kill()

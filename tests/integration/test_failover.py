@@ -13,12 +13,19 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
-import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from stream.apache_kafka import KafkaCluster
-from tests.integration.conftest import ENGINE_LINE, ENGINE_PARAMS, Client, settings_on, wait_for
+from tests.integration.conftest import (
+    ENGINE_LINE,
+    ENGINE_PARAMS,
+    Client,
+    SteadyTraffic,
+    assert_nothing_lost,
+    settings_on,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -93,23 +100,7 @@ def test_killing_the_busiest_node_twice_loses_nothing(start_service, tmp_path):
         assert svc.metrics_port
         probe = ReadyzProbe(svc.metrics_port)
         client = Client(settings)
-        sent = {"contexts": 0, "rewards": 0}
-        stop = threading.Event()
-
-        def traffic() -> None:  # contexts over 12 domains, each rewarded 50 events later
-            i = 0
-            while not stop.is_set():
-                client.context(f"e{i}", domain=f"d{i % 12}")
-                sent["contexts"] += 1
-                if i >= 50:
-                    client.reward(f"e{i - 50}", float(i % 2), domain=f"d{(i - 50) % 12}")
-                    sent["rewards"] += 1
-                client.producer.poll(0)
-                i += 1
-                time.sleep(0.005)
-
-        t = threading.Thread(target=traffic, daemon=True)
-        t.start()
+        traffic = SteadyTraffic(client, domains=12, gap_s=0.005)
         try:
             wait_for(lambda: svc.stats.rewards_joined > 200, what="traffic flowing")
             topics = [settings.topic_contexts, settings.topic_decisions]
@@ -133,31 +124,11 @@ def test_killing_the_busiest_node_twice_loses_nothing(start_service, tmp_path):
                 cluster.start_node(victim)
                 cluster.wait_ready()
                 time.sleep(5)  # the restarted node catches up its replicas
-            stop.set()
-            t.join(10)
-            client.flush()
-
-            decided: set[str] = set()
-            deadline = time.monotonic() + 90
-            while len(decided) < sent["contexts"] and time.monotonic() < deadline:
-                for m in client.consumer.consume(1000, 0.5):
-                    if m.error() is None:
-                        decided.add(orjson.loads(m.value())["event_id"])
-            assert decided == {f"e{i}" for i in range(sent["contexts"])}
-
-            def learned() -> int:
-                return sum(
-                    st.policy.n_learned + len(st.buffer) for st in svc.domains.states.values()
-                )
-
-            # Each distinct reward learned exactly once: none lost, none twice on a replay.
-            wait_for(lambda: learned() == sent["rewards"], timeout=90, what="rewards learned")
-            time.sleep(2)
-            assert learned() == sent["rewards"]
+            traffic.stop()
+            assert_nothing_lost(traffic, svc, timeout=90)
             assert running.thread.is_alive() and not svc.failed
-            assert svc.stats.rejected_total == 0
         finally:
-            stop.set()
+            traffic.stop()
             probe.stop()
             running.stop()
             client.close()

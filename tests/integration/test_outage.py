@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
@@ -23,7 +21,7 @@ from stream.apache_kafka import KafkaCluster
 from stream.broker import EmbeddedBroker
 from stream.kafka import admin_config
 from stream.topics import ensure_topics
-from tests.integration.conftest import Client, wait_for
+from tests.integration.conftest import Client, SteadyTraffic, assert_nothing_lost, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,23 +65,7 @@ def test_broker_outage_under_load(settings_factory, start_service, own_broker, t
         running = start_service(settings)
         svc = running.service
         client = Client(settings)
-        sent = {"contexts": 0, "rewards": 0}
-        stop = threading.Event()
-
-        def traffic() -> None:  # contexts, and each one's reward 50 events later
-            i = 0
-            while not stop.is_set():
-                client.context(f"e{i}", domain=f"d{i % 3}")
-                sent["contexts"] += 1
-                if i >= 50:
-                    client.reward(f"e{i - 50}", float(i % 2), domain=f"d{(i - 50) % 3}")
-                    sent["rewards"] += 1
-                client.producer.poll(0)
-                i += 1
-                time.sleep(0.01)
-
-        t = threading.Thread(target=traffic, daemon=True)
-        t.start()
+        traffic = SteadyTraffic(client, domains=3, gap_s=0.01)
         wait_for(lambda: svc.stats.rewards_joined > 100, what="traffic flowing")
         assert svc._readiness()[0]
 
@@ -98,32 +80,11 @@ def test_broker_outage_under_load(settings_factory, start_service, own_broker, t
                     time.sleep(0.5)
             wait_for(lambda: svc._readiness()[0], timeout=30, what="ready again after the outage")
             time.sleep(2)
-            stop.set()
-            t.join(10)
-            client.flush()
-            # Every context decided (one replayed after the group dropped us during the
-            # outage may be decided twice, with the same action and probability).
-            decided: set[str] = set()
-            deadline = time.monotonic() + 60
-            while len(decided) < sent["contexts"] and time.monotonic() < deadline:
-                for m in client.consumer.consume(1000, 0.5):
-                    if m.error() is None:
-                        decided.add(orjson.loads(m.value())["event_id"])
-            assert decided == {f"e{i}" for i in range(sent["contexts"])}
-
-            def learned() -> int:
-                return sum(
-                    st.policy.n_learned + len(st.buffer) for st in svc.domains.states.values()
-                )
-
-            # Every reward learned exactly once: none lost in flight, none twice on replay.
-            wait_for(lambda: learned() == sent["rewards"], timeout=60, what="rewards learned")
-            time.sleep(2)
-            assert learned() == sent["rewards"]
-            assert svc.stats.rejected_total == 0
+            traffic.stop()
+            assert_nothing_lost(traffic, svc)
             assert svc.broker is not None and svc.broker.outages >= 1
         finally:
-            stop.set()
+            traffic.stop()
             running.stop()  # while its broker still runs
             client.close()
 

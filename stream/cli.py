@@ -36,7 +36,7 @@ def _settings(**overrides: object) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from stream.loop import Service
+    from stream.service import Service
 
     settings = _settings()
     check_client_configs(settings)

@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient
 from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
 from stream.config import Settings, load_settings
 from stream.kafka import admin_config
-from stream.loop import Service
+from stream.service import Service
 from stream.signals import stop_on_signals
 from stream.simulator import DOMAINS, simulate
 from stream.topics import ensure_topics

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 import psutil
 
 if TYPE_CHECKING:
-    from stream.loop import Service
+    from policies.features import FeatureHasher
+    from stream.domains import Domains
+    from stream.join import PendingJoins
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +56,27 @@ SHED_SHARE = 0.1  # of the pending decisions, oldest first, when trimming was no
 
 
 class MemoryGuard:
+    """Calls ``trim`` (rebuildable caches; returns what it freed by kind) when over the
+    limit, then ``shed(share)`` (pending decisions; returns how many) if still over."""
+
     def __init__(
-        self, limit_mb: float, interval_s: float, rss_mb: Callable[[], float] = process_rss_mb
+        self,
+        limit_mb: float,
+        interval_s: float,
+        trim: Callable[[], dict[str, int]],
+        shed: Callable[[float], int],
+        rss_mb: Callable[[], float] = process_rss_mb,
     ) -> None:
         self.limit_mb = limit_mb
+        self._trim = trim
+        self._shed = shed
         self.interval_s = interval_s
         self._rss_mb = rss_mb
         self._next = time.monotonic() + interval_s
         self.trims = 0
         self.last_rss_mb = 0.0
 
-    def check(self, service: Service, now: float | None = None) -> bool:
+    def check(self, now: float | None = None) -> bool:
         """Trim when due and over the limit; returns whether it trimmed."""
         now = time.monotonic() if now is None else now
         if now < self._next:
@@ -73,11 +85,11 @@ class MemoryGuard:
         rss = self.last_rss_mb = self._rss_mb()
         if rss <= self.limit_mb:
             return False
-        freed = trim(service)
+        freed = self._trim()
         self.trims += 1
         after = self._rss_mb()
         if after > self.limit_mb:  # caches were not enough: the oldest joins go, learned
-            freed["pending_shed"] = service.shed_pending(SHED_SHARE)
+            freed["pending_shed"] = self._shed(SHED_SHARE)
             after = self._rss_mb()
         log.warning(
             "RSS %.0f MB over RL_MEMORY_LIMIT_MB=%.0f: trimmed %s (now %.0f MB)",
@@ -89,12 +101,12 @@ class MemoryGuard:
         return True
 
 
-def trim(service: Service) -> dict[str, int]:
+def trim(hasher: FeatureHasher, joins: PendingJoins, domains: Domains) -> dict[str, int]:
     """Drop rebuildable structures; pending decisions are kept."""
-    freed = {"hash_cache": service.hasher.clear_cache()}
-    freed["finished_joins"] = service.joins.forget_finished()
+    freed = {"hash_cache": hasher.clear_cache()}
+    freed["finished_joins"] = joins.forget_finished()
     rows = 0
-    for state in service.domains.states.values():
+    for state in domains.states.values():
         rows += state.policy.trim()
     freed["history_rows"] = rows
     return freed

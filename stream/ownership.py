@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
@@ -242,7 +242,7 @@ class Ownership:
                 ahead[name] = (max(c, parts[p][0]), max(r, parts[p][1]))
         return changed, parts, ahead
 
-    def mark_published(self, signatures: dict[str, tuple[int, ...]]) -> None:
+    def mark_published(self, signatures: Mapping[str, tuple[int, ...]]) -> None:
         self.published.update(signatures)
 
 

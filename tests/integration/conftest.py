@@ -26,7 +26,7 @@ from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
 from stream.brokers import ENGINES, kafka_unavailable, make_broker
 from stream.config import Settings, load_settings
 from stream.kafka import admin_config
-from stream.loop import Service
+from stream.service import Service
 from stream.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

@@ -98,4 +98,4 @@ def test_metrics_health_and_the_metrics_topic_show_what_happened(
     assert with_shadow and "shadow:offset_tree" in with_shadow[-1]["shadow"]
 
     svc.stop()  # while it finishes it reports not-ready, so no traffic is routed to it
-    assert svc._readiness() == (False, "stopping\n")
+    assert svc.probes.readiness() == (False, "stopping\n")

@@ -67,18 +67,24 @@ def test_broker_outage_under_load(settings_factory, start_service, own_broker, t
         client = Client(settings)
         traffic = SteadyTraffic(client, domains=3, gap_s=0.01)
         wait_for(lambda: svc.stats.rewards_joined > 100, what="traffic flowing")
-        assert svc._readiness()[0]
+        assert svc.probes.readiness()[0]
 
         try:
             with broker_away(broker):
                 wait_for(
-                    lambda: not svc._readiness()[0], timeout=15, what="not-ready during the outage"
+                    lambda: not svc.probes.readiness()[0],
+                    timeout=15,
+                    what="not-ready during the outage",
                 )
                 end = time.monotonic() + OUTAGE_S - 5
                 while time.monotonic() < end:  # the loop keeps turning throughout
-                    assert running.thread.is_alive() and svc._healthy()[0], svc._healthy()
+                    assert running.thread.is_alive() and svc.probes.healthy()[0], (
+                        svc.probes.healthy()
+                    )
                     time.sleep(0.5)
-            wait_for(lambda: svc._readiness()[0], timeout=30, what="ready again after the outage")
+            wait_for(
+                lambda: svc.probes.readiness()[0], timeout=30, what="ready again after the outage"
+            )
             time.sleep(2)
             traffic.stop()
             assert_nothing_lost(traffic, svc)

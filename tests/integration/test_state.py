@@ -25,7 +25,7 @@ def test_restart_restores_policies_pending_joins_and_offsets(
     client.flush()
     wait_for(lambda: first.service.domains.states["d1"].policy.n_learned == 10, what="learning")
     first.stop()  # clean shutdown writes a checkpoint, then commits its offsets
-    assert first.service.checkpoints_written >= 1
+    assert first.service.checkpointer.written >= 1
 
     second = start_service(settings)
     state = second.service.domains.states["d1"]
@@ -60,8 +60,8 @@ def test_a_replayed_context_gets_the_same_decision(settings_factory, start_servi
     client.flush()
     svc = first.service
     wait_for(lambda: svc.domains.states["d1"].policy.n_learned == 20, what="learning")
-    written = svc.checkpoints_written
-    wait_for(lambda: svc.checkpoints_written > written + 1, what="a checkpoint of that state")
+    written = svc.checkpointer.written
+    wait_for(lambda: svc.checkpointer.written > written + 1, what="a checkpoint of that state")
     svc.checkpoint = lambda *a, **k: None  # type: ignore[method-assign]  # none from here on
     for i in range(15):
         client.context(f"b{i}", context={"x": float(i)})
@@ -150,8 +150,8 @@ def test_failing_checkpoints_show_in_age_readiness_and_the_exit(settings_factory
     settings = settings_factory(checkpoint_interval_s=0.2, failpoints="checkpoint_write:1")
     running = start_service(settings)
     svc = running.service
-    wait_for(lambda: svc.checkpoint_failures >= 3, what="three failed checkpoints")
-    ready, why = svc._readiness()
+    wait_for(lambda: svc.checkpointer.failures >= 3, what="three failed checkpoints")
+    ready, why = svc.probes.readiness()
     assert not ready and "checkpoints in a row failed" in why and "failpoint" in why
     time.sleep(1.0)
     svc.report_metrics()

@@ -101,8 +101,8 @@ def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
     tmp_path, monkeypatch
 ):
     from stream.config import load_settings
-    from stream.loop import Service
     from stream.memory import MemoryGuard
+    from stream.service import Service
 
     for k in list(__import__("os").environ):
         if k.startswith("RL_"):
@@ -115,7 +115,13 @@ def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
 
     for i in range(20):
         svc.joins.add(Pending("d", f"e{i}", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))
-    guard = MemoryGuard(limit_mb=50, interval_s=10, rss_mb=lambda: 100.0)  # never goes down
-    assert guard.check(svc, now=guard._next)
+    guard = MemoryGuard(
+        limit_mb=50,
+        interval_s=10,
+        trim=lambda: {},
+        shed=svc.processor.shed_pending,
+        rss_mb=lambda: 100.0,  # never goes down
+    )
+    assert guard.check(now=guard._next)
     assert len(svc.joins) == 18 and ("d", "e0") not in svc.joins and ("d", "e2") in svc.joins
     assert st.expired == 2 and len(st.buffer) == 2  # learned with the default reward

@@ -3,10 +3,11 @@ from __future__ import annotations
 import numpy as np
 
 from policies import ContextBatch, Feedback
+from policies.features import FeatureHasher
 from stream.config import load_settings
-from stream.join import Pending
-from stream.loop import Service
-from stream.memory import MemoryGuard
+from stream.domains import Domains
+from stream.join import Pending, PendingJoins
+from stream.memory import MemoryGuard, trim
 
 
 def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monkeypatch):
@@ -14,12 +15,15 @@ def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monk
         if k.startswith("RL_"):
             monkeypatch.delenv(k)
     s = load_settings(state_dir=tmp_path, baseline_policy="epsilon_greedy")
-    svc = Service(s)
-    st = svc.domains.get_or_create("d")
-    enc = svc.hasher.encode({"user": "u1", "x": 1.0}, ["a", "b"])
-    svc.joins.add(Pending("d", "e1", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))
-    svc.joins.add(Pending("d", "e2", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))
-    svc.joins.take("d", "e2")  # finished: remembered for duplicate detection
+    hasher = FeatureHasher(s.feature_dim, seed=s.seed)
+    domains = Domains(s, hasher, None, lambda *a: None)
+    joins = PendingJoins(s.max_pending, s.reward_wait_s)
+    st = domains.get_or_create("d")
+    assert st is not None
+    enc = hasher.encode({"user": "u1", "x": 1.0}, ["a", "b"])
+    joins.add(Pending("d", "e1", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))
+    joins.add(Pending("d", "e2", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))
+    joins.take("d", "e2")  # finished: remembered for duplicate detection
     from policies.doubly_robust import DoublyRobust
 
     dr = DoublyRobust(3)
@@ -27,12 +31,20 @@ def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monk
     dr.learn(Feedback(b, np.array([0]), np.array([1.0]), np.array([0.5])))
     st.policy = dr
     rss = [100.0]
-    guard = MemoryGuard(limit_mb=50, interval_s=10, rss_mb=lambda: rss[0])
-    assert not guard.check(svc, now=0.0)  # not due yet
-    assert guard.check(svc, now=guard._next)
+    shed: list[float] = []
+    guard = MemoryGuard(
+        limit_mb=50,
+        interval_s=10,
+        trim=lambda: trim(hasher, joins, domains),
+        shed=lambda share: shed.append(share) or 0,
+        rss_mb=lambda: rss[0],
+    )
+    assert not guard.check(now=0.0)  # not due yet
+    assert guard.check(now=guard._next)
     assert guard.trims == 1
-    assert len(svc.joins) == 1  # the pending decision inside its window is kept
-    assert svc.hasher._cache == {} and dr._history.size == 0
+    assert len(joins) == 1  # the pending decision inside its window is kept
+    assert hasher._cache == {} and dr._history.size == 0
+    assert shed == [0.1]  # still over the limit after trimming: pending decisions next
     assert dr.n_learned == 1  # the model itself is kept
     rss[0] = 10.0
-    assert not guard.check(svc, now=guard._next)  # under the limit: nothing to do
+    assert not guard.check(now=guard._next)  # under the limit: nothing to do

@@ -1,0 +1,247 @@
+"""Checkpoints: the state written and published first, its input offsets committed after.
+
+A checkpoint, in order (Quix Streams' ``Checkpoint.commit`` is the model):
+
+1. ``learn``: on revoke and shutdown, learn every buffered reward (a periodic checkpoint
+   stores the buffers instead, so it never stalls the loop with learning);
+2. ``flush``: every decision of a processed context is acknowledged by Kafka;
+3. ``positions``: the consumer's position on each assigned partition; everything before
+   it is now fully reflected in the state;
+4. ``snapshot``: a copy-on-write snapshot, in the loop thread;
+5. ``write``: in the background writer, policies, pending joins and offsets in one SQLite
+   transaction, then the changed domains and partition markers to the state topic;
+6. ``commit``: only once the SQLite transaction commits, the same offsets to Kafka
+   (SQLite stays authoritative).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from policies.features import FeatureHasher
+from stream.checkpoint import CheckpointStore
+from stream.delivery import Delivery
+from stream.domains import Domains
+from stream.failpoints import Failpoints
+from stream.failpoints import check as failpoint
+from stream.join import PendingJoins
+from stream.joinedlog import JoinedLog
+from stream.memory import release_free_memory
+from stream.ownership import Ownership
+from stream.state import encode_pending, take_snapshot
+from stream.statetopic import StatePublisher
+
+log = logging.getLogger(__name__)
+
+FAILURES_NOT_READY = 3  # consecutive failed writes before /readyz says so
+
+
+@dataclass(frozen=True)
+class Written:
+    """The checkpoint is in SQLite (and its offsets were committed to Kafka)."""
+
+    version: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """A periodic checkpoint is being written in the background."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """No checkpoint: the last one stands."""
+
+    reason: str
+
+
+Outcome = Written | Started | Skipped
+
+
+@dataclass
+class PendingWrite:
+    """A write in the background writer and what to do once it commits."""
+
+    future: Future[int]
+    commit: list[TopicPartition]  # offsets to commit to Kafka once SQLite holds them
+    signatures: dict[
+        str, tuple[int, int, int, int]
+    ]  # per domain published, so unchanged ones are not resent
+    sync: bool  # commit synchronously (revoke, shutdown)
+    started: float  # perf_counter at the start of the checkpoint
+
+
+@dataclass
+class Clients:
+    """The Kafka side of a checkpoint, present while the service runs."""
+
+    consumer: Consumer
+    delivery: Delivery
+    publisher: StatePublisher | None
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        domains: Domains,
+        joins: PendingJoins,
+        hasher: FeatureHasher,
+        ownership: Ownership,
+        store: CheckpointStore,
+        failpoints: Failpoints | None,
+        on_learned: Callable[[int], None],
+    ) -> None:
+        self.domains = domains
+        self.joins = joins
+        self.hasher = hasher
+        self.ownership = ownership
+        self.store = store
+        self.failpoints = failpoints
+        self.on_learned = on_learned
+        self.clients: Clients | None = None
+        self.joined_log: JoinedLog | None = None
+        # One background writer: the loop only takes the snapshot; SQLite writes beside it.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self.writing: PendingWrite | None = None
+        self.last_started = time.monotonic()
+        # Epoch seconds of the last successful checkpoint (the start until there is one):
+        # bandit_checkpoint_age_seconds grows while checkpoints fail.
+        self.last_at = time.time()
+        self.last_duration_s = 0.0  # start to SQLite commit
+        self.written = 0
+        self.failures = 0  # consecutive failed writes
+        self.last_error = ""
+
+    @property
+    def failing(self) -> bool:
+        return self.failures >= FAILURES_NOT_READY
+
+    def due(self, interval_s: float) -> bool:
+        """Time for a periodic one, and the previous write is done (never wait for it)."""
+        return self.writing is None and time.monotonic() - self.last_started >= interval_s
+
+    def checkpoint(self, wait: bool, timeout_s: float, stop_by: Callable[[], float]) -> Outcome:
+        """Steps 1-5 now; with ``wait`` (revoke, shutdown) also 6, else 6 in :meth:`finish`.
+
+        ``timeout_s`` bounds the flush and the publish; ``stop_by`` is the shutdown's
+        monotonic deadline, which a flush gives up at."""
+        if self.clients is None:
+            return Skipped("not running")
+        self.finish(block=True)  # one write at a time, in order
+        self.last_started = time.monotonic()
+        started = time.perf_counter()
+        if self.joined_log is not None:
+            self.joined_log.flush()
+        if wait:
+            self.on_learned(self.domains.flush_due(time.time(), force=True))
+        remaining = self.clients.delivery.flush(timeout_s, stop_by)
+        if remaining:
+            log.error(
+                "%d decisions unacknowledged: checkpoint skipped, their inputs will be "
+                "decided again after a restart",
+                remaining,
+            )
+            return Skipped(f"{remaining} decisions unacknowledged")
+        consumer = self.clients.consumer
+        try:
+            positions = consumer.position(consumer.assignment())
+        except KafkaException as exc:
+            log.warning("cannot read positions for a checkpoint: %s", exc)
+            return Skipped(f"positions: {exc}")
+        self.writing = self._submit(positions, wait, timeout_s, started)
+        if not wait:
+            return Started()
+        return self.finish(block=True) or Skipped("no write")
+
+    def _submit(
+        self, positions: list[TopicPartition], sync: bool, timeout_s: float, started: float
+    ) -> PendingWrite:
+        own = self.ownership
+        own.advance({(tp.topic, tp.partition): tp.offset for tp in positions})
+        changed, markers, ahead = own.publish_plan()
+        signatures = {
+            d: self.domains.signature(self.domains.states[d])
+            for d in changed
+            if d in self.domains.states
+        }
+        snap = take_snapshot(self.domains, self.joins, self.hasher, own.offsets)
+        snap.meta["valid_from"] = own.valid_from_meta()
+        commit = [
+            TopicPartition(tp.topic, tp.partition, own.offsets[(tp.topic, tp.partition)])
+            for tp in positions
+            if own.offsets.get((tp.topic, tp.partition), -1) >= 0
+        ]
+        records = {d: (p, ahead[d]) for d, p in changed.items() if d in ahead}
+        store, fp = self.store, self.failpoints
+        publisher = self.clients.publisher if self.clients else None
+
+        def write() -> int:
+            failpoint(fp, "checkpoint_write")
+            version = store.write(encode_pending(snap))
+            if publisher is not None and markers:
+                try:
+                    failpoint(fp, "state_publish")
+                    publisher.publish(snap, records, markers, timeout_s)
+                except Exception:  # the local checkpoint stands; republished next time
+                    log.exception("state topic publish of checkpoint %d failed", version)
+                    signatures.clear()
+            return version
+
+        return PendingWrite(self._writer.submit(write), commit, signatures, sync, started)
+
+    def finish(self, block: bool) -> Written | Skipped | None:
+        """Step 6 once the background write has committed; None while none finished."""
+        w = self.writing
+        if w is None or not (block or w.future.done()):
+            return None
+        self.writing = None
+        w.future.exception()  # wait: until the write is over its arrays must stay untouched
+        self.domains.write_in_flight = False
+        try:
+            version = w.future.result()
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception(
+                "checkpoint write failed (%d in a row); offsets stay uncommitted", self.failures
+            )
+            return Skipped(f"write failed: {self.last_error}")
+        self.failures = 0
+        self.written += 1
+        release_free_memory()  # the snapshot's clones and buffers are gone now
+        self.last_at = time.time()
+        self.last_duration_s = time.perf_counter() - w.started
+        self.ownership.mark_published(w.signatures)
+        if w.commit and self.clients is not None:
+            self._commit(self.clients.consumer, w, version)
+        return Written(version)
+
+    def _commit(self, consumer: Consumer, w: PendingWrite, version: int) -> None:
+        failpoint(self.failpoints, "commit")
+        try:
+            # SQLite is authoritative; the Kafka copy need not hold up the loop
+            # (synchronous only on revoke and shutdown, when it is the last word).
+            if w.sync:
+                consumer.commit(offsets=w.commit, asynchronous=False)
+            else:
+                consumer.commit(offsets=w.commit, asynchronous=True)
+        except KafkaException as exc:
+            log.warning("commit after checkpoint %d failed: %s", version, exc.args[0].str())
+
+    def abandon(self) -> None:
+        """After an unexpected error: let an in-flight write end, commit nothing of it."""
+        if self.writing is not None:
+            self.writing.future.exception()
+            self.writing = None
+
+    def close(self, publish_timeout_s: float) -> None:
+        self._writer.shutdown(wait=True)
+        if self.clients is not None and self.clients.publisher is not None:
+            self.clients.publisher.close(publish_timeout_s)
+        self.clients = None

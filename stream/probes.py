@@ -1,0 +1,49 @@
+"""/healthz and /readyz verdicts: is the loop turning, should traffic be routed here."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from stream.checkpointer import Checkpointer
+from stream.health import BrokerWatch
+from stream.ownership import Ownership
+
+
+class Probes:
+    def __init__(
+        self,
+        poll_timeout_s: float,
+        ready: threading.Event,
+        stopping: threading.Event,
+        checkpointer: Checkpointer,
+        ownership: Ownership,
+    ) -> None:
+        self.limit_s = max(10.0, 5 * poll_timeout_s)
+        self.ready = ready
+        self.stopping = stopping
+        self.checkpointer = checkpointer
+        self.ownership = ownership
+        self.broker: BrokerWatch | None = None
+        self.last_turn = time.monotonic()
+
+    def turned(self) -> None:
+        self.last_turn = time.monotonic()
+
+    def healthy(self) -> tuple[bool, str]:
+        quiet = time.monotonic() - self.last_turn
+        if quiet > self.limit_s:
+            return False, f"the loop has not turned for {quiet:.1f} s\n"
+        return True, "ok\n"
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "stopping\n"
+        if not self.ready.is_set():
+            return False, "waiting for partitions and their state\n"
+        if self.broker is not None and not self.broker.reachable:
+            return False, "the broker is unreachable\n"
+        ck = self.checkpointer
+        if ck.failing:
+            return False, f"{ck.failures} checkpoints in a row failed (last: {ck.last_error})\n"
+        return True, f"ready: partitions {sorted(self.ownership.held)}\n"

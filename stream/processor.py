@@ -1,0 +1,441 @@
+"""One fetched batch: decode -> decide and emit -> join -> expire -> dead-letter.
+
+Contexts are grouped by domain and decided in one batch per domain; rewards are joined to
+the decisions they answer. Nothing here logs per message: it counts, and dead-letters bad
+input with its reason (rate-limited warnings aside).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from functools import partial
+
+import orjson
+from confluent_kafka import KafkaError, Message
+
+from stream.codec import (
+    ContextEvent,
+    DecodeError,
+    Limits,
+    RewardEvent,
+    decode_context,
+    decode_reward,
+    encode_decision,
+)
+from stream.config import Settings
+from stream.deadletter import DeadLetters, Source, exception_headers
+from stream.delivery import Delivery
+from stream.domains import Domains, DomainState, Served
+from stream.errorpolicy import ProcessingErrors
+from stream.failpoints import Failpoints
+from stream.failpoints import check as failpoint
+from stream.flow import TopicBalance
+from stream.join import Outcome, Pending, PendingJoins
+from stream.joinedlog import JoinedLog
+from stream.kafka import is_benign
+from stream.logs import RateLimitedLog
+from stream.metrics import Metrics
+from stream.ownership import Ownership
+from stream.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        stats: Stats,
+        domains: Domains,
+        joins: PendingJoins,
+        ownership: Ownership,
+        balance: TopicBalance,
+        metrics: Metrics,
+        failpoints: Failpoints | None,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.domains = domains
+        self.joins = joins
+        self.ownership = ownership
+        self.balance = balance
+        self.metrics = metrics
+        self.failpoints = failpoints
+        self.errors = ProcessingErrors(settings.on_processing_error, settings.max_processing_errors)
+        self.limits = Limits(
+            settings.max_message_bytes,
+            settings.max_candidates,
+            settings.reward_min,
+            settings.reward_max,
+            settings.max_context_features,
+        )
+        self._rejects = RateLimitedLog(log)
+        # Set while the service runs.
+        self.delivery: Delivery | None = None
+        self.dead_letters: DeadLetters | None = None
+        self.joined_log: JoinedLog | None = None
+
+    def process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
+        s = self.settings
+        contexts: dict[str, list[ContextEvent]] = defaultdict(list)
+        partition_of: dict[str, int] = {}
+        rewards: list[tuple[RewardEvent, int]] = []
+        replaying = bool(self.ownership.valid_from)
+        fp = self.failpoints
+        self.metrics.consumed += len(msgs)
+        last_context = last_reward = None
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if is_benign(err):
+                    log.debug("consumer: %s", err.str())
+                else:
+                    log.error("consumer error: %s", err.str())
+                continue
+            topic, part, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
+            self.stats.consumed += 1
+            try:
+                if fp is not None:
+                    fp.check("decode")
+                if topic == s.topic_contexts:
+                    last_context = m
+                    ev = decode_context(m.value(), m.key(), self.limits)
+                    if replaying and self.ownership.already_applied(topic, part, ev.domain, offset):
+                        self.stats.replay_skipped += 1
+                        continue
+                    ev.source = m
+                    contexts[ev.domain].append(ev)
+                    partition_of[ev.domain] = part
+                else:
+                    last_reward = m
+                    r = decode_reward(m.value(), m.key(), self.limits)
+                    if replaying and self.ownership.already_applied(topic, part, r.domain, offset):
+                        self.stats.replay_skipped += 1
+                        continue
+                    r.source = m
+                    rewards.append((r, part))
+            except DecodeError as exc:
+                self._reject(exc.code, exc.reason, m)
+            except Exception as exc:
+                self._internal_error(exc, m)
+        self.balance.observe(last_context, last_reward)
+        for domain, events in contexts.items():
+            self._decide(domain, events, now, consumed_at, partition_of[domain])
+        for r, partition in rewards:
+            try:
+                if fp is not None:
+                    fp.check("join")
+                self._join(r, now, partition)
+            except Exception as exc:
+                self._internal_error(exc, r.source)
+
+    def _decide(
+        self,
+        domain: str,
+        events: list[ContextEvent],
+        now: float,
+        consumed_at: float,
+        partition: int,
+    ) -> None:
+        state = self.domains.get_or_create(domain, partition)
+        if state is None:
+            for ev in events:
+                self._reject(
+                    "domain_limit",
+                    f"domain {domain!r} would exceed RL_MAX_DOMAINS={self.settings.max_domains}",
+                    ev.source,
+                )
+            return
+        fresh: list[ContextEvent] = []
+        seen: set[str] = set()
+        max_actions = self.settings.max_actions
+        for ev in events:
+            if ev.event_id in seen or (domain, ev.event_id) in self.joins:
+                self._reject(
+                    "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.source
+                )
+                continue
+            if self.joins.was_joined(domain, ev.event_id):
+                self._reject(
+                    "duplicate_event", f"event_id {ev.event_id!r} was already joined", ev.source
+                )
+                continue
+            new = [c for c in ev.candidates if c not in state.actions]
+            if new and len(state.actions) + len(new) > max_actions:
+                self._reject(
+                    "action_limit",
+                    f"domain {domain!r} would exceed RL_MAX_ACTIONS={max_actions} distinct actions",
+                    ev.source,
+                )
+                continue
+            state.actions.update(new)
+            seen.add(ev.event_id)
+            fresh.append(ev)
+        if not fresh:
+            return
+        try:
+            failpoint(self.failpoints, "decide")
+            served = self.domains.decide(state, fresh)
+        except Exception as exc:
+            served = self._decide_each(state, fresh, exc)
+        for share in served:
+            self._emit(state, share, now, consumed_at)
+
+    def _decide_each(
+        self, state: DomainState, events: list[ContextEvent], exc: Exception
+    ) -> list[Served]:
+        """A batch's decide raised: under ``dead_letter``, decide its events one by one
+        and dead-letter those that raise again (under ``fail`` the error propagates).
+        Only those count against RL_MAX_PROCESSING_ERRORS, not the batch's error too."""
+        self.errors.handle(exc, count=False)
+        self._rejects.warning(
+            "decide_batch",
+            "deciding %d contexts of %r failed (%s: %s): deciding them one by one",
+            len(events),
+            state.name,
+            type(exc).__name__,
+            exc,
+        )
+        out: list[Served] = []
+        for ev in events:
+            try:
+                failpoint(self.failpoints, "decide")
+                out.extend(self.domains.decide(state, [ev]))
+            except Exception as again:
+                self._internal_error(again, ev.source)
+        return out
+
+    def _emit(self, state: DomainState, served: Served, now: float, consumed_at: float) -> None:
+        s = self.settings
+        delivery = self.delivery
+        assert delivery is not None
+        events, encoded, dec = served.events, served.encoded, served.decisions
+        variant, policy = served.variant, served.policy
+        pmf = dec.pmf.tolist()
+        rows = dec.row.tolist()
+        probs = dec.probability.tolist()
+        version = policy.n_learned
+        latencies: list[float] = []
+        emitted: list[str] = []
+        keep_dist = self.joined_log is not None
+        deadline = now + s.reward_wait_s
+        key = state.name.encode()
+        fp = self.failpoints
+        start = 0
+        for i, ev in enumerate(events):
+            k = len(ev.candidates)
+            chosen = rows[i] - start
+            lat = (time.perf_counter() - consumed_at) * 1000.0
+            action = ev.candidates[chosen]
+            dist = tuple(pmf[start : start + k]) if keep_dist else None
+            try:  # everything that may raise before the decision leaves
+                if fp is not None:
+                    fp.check("emit")
+                value = encode_decision(
+                    event_id=ev.event_id,
+                    domain=state.name,
+                    action=action,
+                    probability=probs[i],
+                    probabilities=dict(zip(ev.candidates, pmf[start : start + k], strict=True)),
+                    policy=policy.name,
+                    policy_version=version,
+                    variant=variant,
+                    timestamp=time.time(),
+                    latency_ms=lat,
+                )
+            except Exception as exc:
+                self._internal_error(exc, ev.source)
+                continue
+            finally:
+                start += k
+            latencies.append(lat)
+            emitted.append(ev.event_id)
+            evicted = self.joins.add(
+                Pending(
+                    state.name,
+                    ev.event_id,
+                    encoded[i],
+                    chosen,
+                    probs[i],
+                    policy.name,
+                    variant,
+                    now,
+                    deadline,
+                    dist,
+                    version,
+                )
+            )
+            # Pending first: a decision refused at once (too large) is discarded again.
+            refused = partial(self._decision_refused, ev.source, state.name, ev.event_id)
+            delivery.produce(value, key, on_refused=refused)
+            early = self.joins.claim_early(state.name, ev.event_id)
+            if early is not None:  # its reward came first: join it now
+                self._join(RewardEvent(ev.event_id, state.name, early), now, state.partition)
+            if evicted:
+                self.stats.evicted += len(evicted)
+                self._learn_default(evicted, now)
+        self.stats.decisions += len(emitted)
+        self.metrics.decided(state.name, variant, latencies, emitted)
+
+    def _join(self, r: RewardEvent, now: float, partition: int) -> None:
+        outcome, pending = self.joins.take(r.domain, r.event_id)
+        if outcome is Outcome.JOINED:
+            assert pending is not None
+            state = self.domains.states[pending.domain]
+            state.rewards_joined += 1
+            state.reward_sum += r.reward
+            self.domains.add_feedback(state, pending, r.reward, now)
+            self.stats.rewards_joined += 1
+            self.metrics.reward(state.name, "joined", pending.variant, r.reward)
+            if self.joined_log is not None:
+                self.joined_log.write(pending, r.reward, default=False)
+            return
+        known = r.domain in self.domains.states  # metrics labels: held domains only
+        if outcome is Outcome.DUPLICATE:
+            self.stats.duplicate_rewards += 1
+            self._reject(
+                "duplicate_reward", f"event {r.event_id!r} already has its reward", r.source
+            )
+        elif outcome is Outcome.LATE:
+            self.stats.late_rewards += 1
+            self._reject("expired_event", f"event {r.event_id!r}'s reward window closed", r.source)
+        else:
+            src = Source.of_reward(r.source, r.event_id, r.domain, r.reward)
+            if self._domain_limit_reached(r.domain):
+                self._reject(
+                    "domain_limit",
+                    f"a reward for {r.domain!r}, a domain without decisions, would exceed "
+                    f"RL_MAX_DOMAINS={self.settings.max_domains}",
+                    src,
+                )
+                return
+            held, dropped = self.joins.hold_early(
+                r.domain, r.event_id, r.reward, now, partition, src
+            )
+            for d, e, s in dropped:
+                self._unknown(d, e, s)
+            if held:
+                self.stats.early_rewards += 1
+                return
+            self._unknown(r.domain, r.event_id, src)
+            return
+        if known:
+            self.metrics.reward(r.domain, outcome.value)
+
+    def _domain_limit_reached(self, domain: str) -> bool:
+        """Whether holding a reward for ``domain`` (no policy yet) would take the domains
+        held, with decisions or rewards only, past RL_MAX_DOMAINS."""
+        states = self.domains.states
+        if domain in states:
+            return False
+        early = self.joins.early_domains()
+        if domain in early:
+            return False
+        return len(states) + len(early - states.keys()) >= self.settings.max_domains
+
+    def _unknown(self, domain: str, event_id: str, src: Source | None) -> None:
+        """A reward no decision claimed (within RL_REWARD_EARLY_WAIT_S): dead-lettered."""
+        self.stats.unknown_rewards += 1
+        if domain in self.domains.states:
+            self.metrics.reward(domain, "unmatched")
+        self._reject("unknown_event", f"no decision for event {event_id!r} in {domain!r}", src)
+
+    def expire(self, now: float) -> None:
+        for d, e, src in self.joins.expire_early(now):
+            self._unknown(d, e, src)
+        expired = self.joins.expire(now)
+        if expired:
+            self.stats.expired += len(expired)
+            self._learn_default(expired, now)
+
+    def shed_pending(self, share: float) -> int:
+        """Memory pressure: the oldest ``share`` of the pending decisions expire now,
+        learned with RL_DEFAULT_REWARD as if their window had closed."""
+        shed = self.joins.shed(share)
+        self.stats.evicted += len(shed)
+        self._learn_default(shed, time.time())
+        return len(shed)
+
+    def _learn_default(self, items: list[Pending], now: float) -> None:
+        """Decisions whose window closed: learn the default reward, or drop them if 'none'."""
+        default = self.settings.default_reward
+        for p in items:
+            state = self.domains.states.get(p.domain)
+            if state is None:
+                continue
+            state.expired += 1
+            self.metrics.expired(p.domain, default is not None)
+            if self.joined_log is not None:
+                self.joined_log.write(p, default, default=True)
+            if default is not None:
+                self.domains.add_feedback(state, p, default, now)
+
+    def on_retry(self, err: KafkaError) -> None:
+        self.stats.delivery_retries += 1
+        self._rejects.warning(
+            "delivery", "delivery failed after librdkafka's retries (%s); producing again", err
+        )
+
+    def _reject(
+        self,
+        code: str,
+        reason: str,
+        src: Message | Source | None,
+        exc: BaseException | None = None,
+    ) -> None:
+        """Dead-letter a message (original bytes and key, the reason in its headers)."""
+        self.stats.rejected[code] += 1
+        self.metrics.reject(code)
+        if isinstance(src, Message):
+            src = Source.of(src)
+        where = "?" if src is None else f"{src.topic}[{src.partition}]@{src.offset}"
+        self._rejects.warning(code, "dead-lettered %s: %s (%s)", where, reason, code)
+        if src is not None and self.dead_letters is not None:
+            extra = None if exc is None else exception_headers(exc)
+            self.dead_letters.send(code, reason, src, extra)
+
+    def _internal_error(self, exc: Exception, src: Message | Source | None) -> None:
+        """An unexpected exception while processing one message: re-raised under
+        RL_ON_PROCESSING_ERROR=fail, else the message is dead-lettered (internal_error)."""
+        self.errors.handle(exc)
+        self._reject("internal_error", f"{type(exc).__name__}: {exc}", src, exc)
+
+    def learn_failed(
+        self, exc: Exception, state: DomainState, items: list[tuple[Pending, float]]
+    ) -> None:
+        """A domain's learn raised: its rewards are dead-lettered, re-encoded from the
+        joins (the raw reward messages are not kept), with source offset -1."""
+        self.errors.handle(exc)
+        for pending, reward in items:
+            value = orjson.dumps(
+                {"event_id": pending.event_id, "domain": pending.domain, "reward": reward}
+            )
+            src = Source(
+                self.settings.topic_rewards,
+                state.partition,
+                -1,
+                int(time.time() * 1000),
+                pending.domain.encode(),
+                value,
+            )
+            reason = f"learning failed: {type(exc).__name__}: {exc}"
+            self._reject("internal_error", reason, src, exc)
+
+    def _decision_refused(
+        self, src: Message | Source | None, domain: str, event_id: str, err: KafkaError
+    ) -> None:
+        """The decisions topic refused a decision (e.g. too large): its context is
+        dead-lettered and the decision forgotten (no reward can come for it)."""
+        self.joins.discard(domain, event_id)
+        self._reject(
+            "undeliverable",
+            f"{self.settings.topic_decisions} refused the decision for {event_id!r}: {err.str()}",
+            src,
+        )
+
+    def record_refused(self, err: KafkaError) -> None:
+        """A joined-log record was refused (too large for its topic): counted, logged."""
+        self.stats.rejected["joined_log_refused"] += 1
+        self._rejects.warning("joined_log", "joined-log record refused: %s", err.str())

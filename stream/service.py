@@ -1,0 +1,280 @@
+"""The service: wiring, the loop (``run`` / ``turn``) and shutdown.
+
+One consumer reads contexts and rewards in batches (``consume``, never a poll per
+message); the :class:`BatchProcessor` decides, joins and dead-letters; offsets are
+committed only by the :class:`Checkpointer`, after the state they reflect is written and
+every decision of those inputs is acknowledged.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from policies.features import FeatureHasher
+from policies.kernels import warm_up
+from stream.checkpointer import Checkpointer, Clients, Outcome, Skipped, Written
+from stream.config import Settings
+from stream.deadletter import DeadLetters
+from stream.delivery import Delivery
+from stream.domains import Domains
+from stream.failpoints import Failpoints
+from stream.flow import TopicBalance
+from stream.health import BrokerWatch
+from stream.http import serve
+from stream.join import PendingJoins
+from stream.joinedlog import JoinedLog
+from stream.kafka import consumer_config, producer_config, producer_max_record_bytes
+from stream.memory import MemoryGuard, trim
+from stream.metrics import Metrics
+from stream.ownership import Ownership
+from stream.probes import Probes
+from stream.processor import BatchProcessor
+from stream.rebalance import Rebalance
+from stream.reporter import MetricsReporter
+from stream.state import open_store
+from stream.statetopic import StatePublisher
+from stream.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """The running service. ``run()`` blocks until ``stop()``; safe to run in a thread."""
+
+    def __init__(
+        self, settings: Settings, on_turn: Callable[[Service], None] | None = None
+    ) -> None:
+        s = self.settings = settings
+        self.on_turn = on_turn
+        self.stats = Stats()
+        self.hasher = FeatureHasher(s.feature_dim, seed=s.seed)
+        seed = s.seed if s.failpoint_seed is None else s.failpoint_seed
+        fp = self.failpoints = Failpoints.from_spec(s.failpoints, seed)
+        self.domains = Domains(s, self.hasher, fp, lambda *a: self.processor.learn_failed(*a))
+        self.joins = PendingJoins(
+            s.max_pending,
+            s.reward_wait_s,
+            early_wait_s=s.reward_early_wait_s,
+            max_per_domain=s.max_pending_per_domain,
+        )
+        self.balance = TopicBalance(s.topic_contexts, s.topic_rewards, s.max_pending)
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._stop_by = float("inf")  # monotonic deadline of the shutdown once stopping
+        # Set when a turn raised: nothing is checkpointed or committed from then on.
+        self.failed = False
+        self.shutdown_clean = False  # the final checkpoint held everything (exit code)
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._store = open_store(s.state_dir, s.checkpoint_keep)
+        self.metrics = Metrics(s)
+        self.ownership = Ownership(
+            s, self.domains, self.joins, self.hasher, self._store, self.metrics.forget
+        )
+        self.processor = BatchProcessor(
+            s, self.stats, self.domains, self.joins, self.ownership, self.balance, self.metrics, fp
+        )
+        self.checkpointer = Checkpointer(
+            self.domains, self.joins, self.hasher, self.ownership, self._store, fp, self._learned
+        )
+        self.rebalance = Rebalance(s, self.ownership, self.balance, self.checkpoint, self.ready, fp)
+        self.probes = Probes(
+            s.poll_timeout_s, self.ready, self._stopping, self.checkpointer, self.ownership
+        )
+        self.reporter = MetricsReporter(
+            s.topic_metrics,
+            s.metrics_interval_s,
+            self.metrics,
+            self.domains,
+            self.joins,
+            self.checkpointer,
+        )
+        self.memory = MemoryGuard(
+            s.memory_limit_mb,
+            s.memory_cleanup_interval,
+            partial(trim, self.hasher, self.joins, self.domains),
+            self.processor.shed_pending,
+        )
+        self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
+        self._http: Any = None
+        self.broker: BrokerWatch | None = None
+        self.joined_log: JoinedLog | None = None
+
+    def _learned(self, n: int) -> None:
+        self.stats.rewards_learned += n
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def stop(self) -> None:
+        if not self._stopping.is_set():  # the whole shutdown fits in RL_SHUTDOWN_TIMEOUT_S
+            self._stop_by = time.monotonic() + self.settings.shutdown_timeout_s
+        self._stopping.set()
+
+    def _time_left(self, wait: bool) -> float:
+        """How long a checkpoint may wait on Kafka: RL_SHUTDOWN_TIMEOUT_S on revoke, what
+        is left of it once stopping, a short while for a periodic one."""
+        budget = self.settings.shutdown_timeout_s if wait else 5.0
+        return max(0.0, min(budget, self._stop_by - time.monotonic()))
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        s = self.settings
+        warm_up()  # compile the policies' kernels before the first event, not during it
+        # What is imported by now lives forever: out of the collector's sight, a full
+        # collection scans only the service's own objects (the loop's longest pause).
+        gc.freeze()
+        self._producer = Producer(producer_config(s))
+        self.broker = self.probes.broker = BrokerWatch(s)
+        self.broker.start()
+        try:
+            self._http, self.metrics_port = serve(
+                s.metrics_host,
+                s.metrics_port,
+                self.metrics.registry,
+                self.probes.healthy,
+                self.probes.readiness,
+            )
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
+        except OSError as exc:  # e.g. the port is taken: serve anyway, say so loudly
+            log.error(
+                "cannot serve /metrics, /healthz, /readyz on %s:%d: %s",
+                s.metrics_host,
+                s.metrics_port,
+                exc,
+            )
+        p = self.processor
+        delivery = p.delivery = Delivery(
+            self._producer, s.topic_decisions, p.record_refused, p.on_retry
+        )
+        p.dead_letters = DeadLetters(delivery, s.topic_dead_letter, producer_max_record_bytes(s))
+        if s.joined_log:
+            self.joined_log = JoinedLog(s.joined_log, s.feature_dim, delivery)
+            p.joined_log = self.checkpointer.joined_log = self.joined_log
+        self._consumer = Consumer(consumer_config(s))
+        self.checkpointer.clients = Clients(self._consumer, delivery, StatePublisher(s))
+        self._consumer.subscribe(
+            [s.topic_contexts, s.topic_rewards],
+            on_assign=self.rebalance.on_assign,
+            on_revoke=self.rebalance.on_revoke,
+            on_lost=self.rebalance.on_lost,
+        )
+        log.info(
+            "consuming %s and %s as group %s from %s",
+            s.topic_contexts,
+            s.topic_rewards,
+            s.kafka_group_id,
+            s.kafka_bootstrap_servers,
+        )
+        try:
+            while not self._stopping.is_set():
+                self.turn()
+        except BaseException:
+            self._abort()
+            raise
+        self._shutdown()
+
+    def turn(self) -> None:
+        """One pass: consume a batch, process it, expire, learn, deliver, checkpoint when due."""
+        consumer, delivery = self._consumer, self.processor.delivery
+        assert consumer is not None and delivery is not None
+        s = self.settings
+        # Whatever is already fetched, without waiting to fill a batch; only when
+        # nothing is there, wait for the first message.
+        msgs = consumer.consume(num_messages=s.batch_size, timeout=0)
+        if not msgs:
+            msgs = consumer.consume(num_messages=1, timeout=s.poll_timeout_s)
+            if msgs:
+                msgs += consumer.consume(num_messages=s.batch_size - 1, timeout=0)
+        consumed_at = time.perf_counter()
+        now = time.time()
+        if msgs:
+            self.processor.process(msgs, now, consumed_at)
+            self.metrics.end_turn()
+        self.processor.expire(now)
+        paused = self.balance.update(consumer, len(self.joins), self.joins.n_early, len(msgs))
+        if paused is not None:
+            self.metrics.p_topic_pauses.labels(paused).inc()
+        self.stats.rewards_learned += self.domains.flush_due(now)
+        delivery.poll()
+        self.checkpointer.finish(block=False)
+        self.memory.check()
+        self.probes.turned()
+        if self.reporter.due():
+            self.report_metrics()
+        if self.checkpointer.due(s.checkpoint_interval_s) and (
+            self.broker is None or self.broker.reachable  # an outage: nothing to flush
+        ):
+            self.checkpoint(wait=False)
+        self.stats.turns += 1
+        if self.on_turn is not None:
+            self.on_turn(self)
+
+    def checkpoint(self, wait: bool = True) -> Outcome:
+        """See :class:`Checkpointer`; ``wait`` on revoke and shutdown."""
+        if self.failed:
+            return Skipped("stopped by an unexpected error")
+        return self.checkpointer.checkpoint(wait, self._time_left(wait), lambda: self._stop_by)
+
+    def report_metrics(self) -> list[dict[str, Any]]:
+        return self.reporter.report(self._producer, self._consumer)
+
+    def _shutdown(self) -> None:
+        """Finish: learn buffered rewards, flush decisions, checkpoint, commit offsets."""
+        consumer = self._consumer
+        assert consumer is not None
+        self.shutdown_clean = isinstance(self.checkpoint(), Written)
+        if not self.shutdown_clean:
+            log.error("the final checkpoint failed: the last successful one stands")
+        self.rebalance.closing = True
+        consumer.close()
+        self._release()
+        log.info(
+            "stopped after %d decisions, %d rewards joined",
+            self.stats.decisions,
+            self.stats.rewards_joined,
+        )
+
+    def _abort(self) -> None:
+        """After an unexpected exception: close without a checkpoint or a commit.
+
+        The turn that raised may have processed part of its batch, so the state in memory
+        is ahead of any offset that could be committed for it: the last checkpoint stands
+        and a restart replays from it exactly once, as after kill -9."""
+        self.failed = self.rebalance.failed = True
+        log.error("stopping after an unexpected error: the last checkpoint stands")
+        self.checkpointer.abandon()
+        if self._producer is not None:  # decisions already made reach their consumers
+            self._producer.flush(min(5.0, self.settings.shutdown_timeout_s))
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # leaves the group; the revoke does no checkpoint
+            except Exception as exc:
+                log.warning("closing the consumer after the failure: %s", exc)
+        self._release()
+
+    def _release(self) -> None:
+        """Release every client, thread and file the service holds."""
+        self.checkpointer.close(min(5.0, self._time_left(True)))
+        if self._http is not None:
+            self._http.shutdown()
+        if self.joined_log is not None:
+            self.joined_log.close()
+        if self.broker is not None:
+            self.broker.stop()
+        self._store.close()
+        # librdkafka's clients close when their objects go: drop them now, or a caller
+        # that keeps the stopped service holds their connections until it exits.
+        self._consumer = self._producer = None
+        self.processor.delivery = None
+        self.processor.dead_letters = None
+        self.ready.clear()

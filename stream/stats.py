@@ -1,0 +1,30 @@
+"""Running totals since start (read by the demo, the tests and the metrics)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    """Running totals since start (read by the demo, tests and, later, metrics)."""
+
+    turns: int = 0
+    consumed: int = 0
+    decisions: int = 0
+    rewards_joined: int = 0
+    rewards_learned: int = 0
+    duplicate_rewards: int = 0
+    late_rewards: int = 0
+    early_rewards: int = 0  # held until their context came (or counted unknown later)
+    unknown_rewards: int = 0
+    replay_skipped: int = 0  # replayed messages already in a restored domain's state
+    expired: int = 0
+    evicted: int = 0
+    delivery_retries: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from stream.checkpointer import Checkpointer
 from stream.health import BrokerWatch
+from stream.http import serve
 from stream.ownership import Ownership
+
+log = logging.getLogger(__name__)
 
 
 class Probes:
@@ -47,3 +54,13 @@ class Probes:
         if ck.failing:
             return False, f"{ck.failures} checkpoints in a row failed (last: {ck.last_error})\n"
         return True, f"ready: partitions {sorted(self.ownership.held)}\n"
+
+    def serve(self, host: str, port: int, registry: CollectorRegistry) -> tuple[Any, int | None]:
+        """/metrics, /healthz and /readyz over HTTP: (the server, its bound port)."""
+        try:
+            server, bound = serve(host, port, registry, self.healthy, self.readiness)
+        except OSError as exc:  # e.g. the port is taken: run anyway, say so loudly
+            log.error("cannot serve /metrics, /healthz, /readyz on %s:%d: %s", host, port, exc)
+            return None, None
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return server, bound

@@ -12,8 +12,7 @@ import time
 from collections import defaultdict
 from functools import partial
 
-import orjson
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Message, Producer
 
 from stream.codec import (
     ContextEvent,
@@ -25,19 +24,18 @@ from stream.codec import (
     encode_decision,
 )
 from stream.config import Settings
-from stream.deadletter import DeadLetters, Source, exception_headers
+from stream.deadletter import DeadLetters, Source
 from stream.delivery import Delivery
 from stream.domains import Domains, DomainState, Served
-from stream.errorpolicy import ProcessingErrors
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
 from stream.flow import TopicBalance
 from stream.join import Outcome, Pending, PendingJoins
 from stream.joinedlog import JoinedLog
-from stream.kafka import is_benign
-from stream.logs import RateLimitedLog
+from stream.kafka import is_benign, producer_max_record_bytes
 from stream.metrics import Metrics
 from stream.ownership import Ownership
+from stream.rejections import Rejections
 from stream.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,6 @@ class BatchProcessor:
         self.balance = balance
         self.metrics = metrics
         self.failpoints = failpoints
-        self.errors = ProcessingErrors(settings.on_processing_error, settings.max_processing_errors)
         self.limits = Limits(
             settings.max_message_bytes,
             settings.max_candidates,
@@ -71,11 +68,22 @@ class BatchProcessor:
             settings.reward_max,
             settings.max_context_features,
         )
-        self._rejects = RateLimitedLog(log)
+        self.rejections = Rejections(settings, stats, joins, metrics)
         # Set while the service runs.
         self.delivery: Delivery | None = None
-        self.dead_letters: DeadLetters | None = None
         self.joined_log: JoinedLog | None = None
+
+    def attach(self, producer: Producer) -> Delivery:
+        """Start producing decisions and dead letters with ``producer``."""
+        s, rj = self.settings, self.rejections
+        self.delivery = Delivery(producer, s.topic_decisions, rj.record_refused, rj.on_retry)
+        rj.dead_letters = DeadLetters(
+            self.delivery, s.topic_dead_letter, producer_max_record_bytes(s)
+        )
+        return self.delivery
+
+    def detach(self) -> None:
+        self.delivery = self.rejections.dead_letters = None
 
     def process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
         s = self.settings
@@ -117,9 +125,9 @@ class BatchProcessor:
                     r.source = m
                     rewards.append((r, part))
             except DecodeError as exc:
-                self._reject(exc.code, exc.reason, m)
+                self.rejections.reject(exc.code, exc.reason, m)
             except Exception as exc:
-                self._internal_error(exc, m)
+                self.rejections.internal_error(exc, m)
         self.balance.observe(last_context, last_reward)
         for domain, events in contexts.items():
             self._decide(domain, events, now, consumed_at, partition_of[domain])
@@ -129,7 +137,7 @@ class BatchProcessor:
                     fp.check("join")
                 self._join(r, now, partition)
             except Exception as exc:
-                self._internal_error(exc, r.source)
+                self.rejections.internal_error(exc, r.source)
 
     def _decide(
         self,
@@ -142,7 +150,7 @@ class BatchProcessor:
         state = self.domains.get_or_create(domain, partition)
         if state is None:
             for ev in events:
-                self._reject(
+                self.rejections.reject(
                     "domain_limit",
                     f"domain {domain!r} would exceed RL_MAX_DOMAINS={self.settings.max_domains}",
                     ev.source,
@@ -153,18 +161,18 @@ class BatchProcessor:
         max_actions = self.settings.max_actions
         for ev in events:
             if ev.event_id in seen or (domain, ev.event_id) in self.joins:
-                self._reject(
+                self.rejections.reject(
                     "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.source
                 )
                 continue
             if self.joins.was_joined(domain, ev.event_id):
-                self._reject(
+                self.rejections.reject(
                     "duplicate_event", f"event_id {ev.event_id!r} was already joined", ev.source
                 )
                 continue
             new = [c for c in ev.candidates if c not in state.actions]
             if new and len(state.actions) + len(new) > max_actions:
-                self._reject(
+                self.rejections.reject(
                     "action_limit",
                     f"domain {domain!r} would exceed RL_MAX_ACTIONS={max_actions} distinct actions",
                     ev.source,
@@ -189,8 +197,8 @@ class BatchProcessor:
         """A batch's decide raised: under ``dead_letter``, decide its events one by one
         and dead-letter those that raise again (under ``fail`` the error propagates).
         Only those count against RL_MAX_PROCESSING_ERRORS, not the batch's error too."""
-        self.errors.handle(exc, count=False)
-        self._rejects.warning(
+        self.rejections.errors.handle(exc, count=False)
+        self.rejections.log.warning(
             "decide_batch",
             "deciding %d contexts of %r failed (%s: %s): deciding them one by one",
             len(events),
@@ -204,7 +212,7 @@ class BatchProcessor:
                 failpoint(self.failpoints, "decide")
                 out.extend(self.domains.decide(state, [ev]))
             except Exception as again:
-                self._internal_error(again, ev.source)
+                self.rejections.internal_error(again, ev.source)
         return out
 
     def _emit(self, state: DomainState, served: Served, now: float, consumed_at: float) -> None:
@@ -246,7 +254,7 @@ class BatchProcessor:
                     latency_ms=lat,
                 )
             except Exception as exc:
-                self._internal_error(exc, ev.source)
+                self.rejections.internal_error(exc, ev.source)
                 continue
             finally:
                 start += k
@@ -268,7 +276,7 @@ class BatchProcessor:
                 )
             )
             # Pending first: a decision refused at once (too large) is discarded again.
-            refused = partial(self._decision_refused, ev.source, state.name, ev.event_id)
+            refused = partial(self.rejections.decision_refused, ev.source, state.name, ev.event_id)
             delivery.produce(value, key, on_refused=refused)
             early = self.joins.claim_early(state.name, ev.event_id)
             if early is not None:  # its reward came first: join it now
@@ -295,16 +303,18 @@ class BatchProcessor:
         known = r.domain in self.domains.states  # metrics labels: held domains only
         if outcome is Outcome.DUPLICATE:
             self.stats.duplicate_rewards += 1
-            self._reject(
+            self.rejections.reject(
                 "duplicate_reward", f"event {r.event_id!r} already has its reward", r.source
             )
         elif outcome is Outcome.LATE:
             self.stats.late_rewards += 1
-            self._reject("expired_event", f"event {r.event_id!r}'s reward window closed", r.source)
+            self.rejections.reject(
+                "expired_event", f"event {r.event_id!r}'s reward window closed", r.source
+            )
         else:
             src = Source.of_reward(r.source, r.event_id, r.domain, r.reward)
             if self._domain_limit_reached(r.domain):
-                self._reject(
+                self.rejections.reject(
                     "domain_limit",
                     f"a reward for {r.domain!r}, a domain without decisions, would exceed "
                     f"RL_MAX_DOMAINS={self.settings.max_domains}",
@@ -340,7 +350,9 @@ class BatchProcessor:
         self.stats.unknown_rewards += 1
         if domain in self.domains.states:
             self.metrics.reward(domain, "unmatched")
-        self._reject("unknown_event", f"no decision for event {event_id!r} in {domain!r}", src)
+        self.rejections.reject(
+            "unknown_event", f"no decision for event {event_id!r} in {domain!r}", src
+        )
 
     def expire(self, now: float) -> None:
         for d, e, src in self.joins.expire_early(now):
@@ -371,71 +383,3 @@ class BatchProcessor:
                 self.joined_log.write(p, default, default=True)
             if default is not None:
                 self.domains.add_feedback(state, p, default, now)
-
-    def on_retry(self, err: KafkaError) -> None:
-        self.stats.delivery_retries += 1
-        self._rejects.warning(
-            "delivery", "delivery failed after librdkafka's retries (%s); producing again", err
-        )
-
-    def _reject(
-        self,
-        code: str,
-        reason: str,
-        src: Message | Source | None,
-        exc: BaseException | None = None,
-    ) -> None:
-        """Dead-letter a message (original bytes and key, the reason in its headers)."""
-        self.stats.rejected[code] += 1
-        self.metrics.reject(code)
-        if isinstance(src, Message):
-            src = Source.of(src)
-        where = "?" if src is None else f"{src.topic}[{src.partition}]@{src.offset}"
-        self._rejects.warning(code, "dead-lettered %s: %s (%s)", where, reason, code)
-        if src is not None and self.dead_letters is not None:
-            extra = None if exc is None else exception_headers(exc)
-            self.dead_letters.send(code, reason, src, extra)
-
-    def _internal_error(self, exc: Exception, src: Message | Source | None) -> None:
-        """An unexpected exception while processing one message: re-raised under
-        RL_ON_PROCESSING_ERROR=fail, else the message is dead-lettered (internal_error)."""
-        self.errors.handle(exc)
-        self._reject("internal_error", f"{type(exc).__name__}: {exc}", src, exc)
-
-    def learn_failed(
-        self, exc: Exception, state: DomainState, items: list[tuple[Pending, float]]
-    ) -> None:
-        """A domain's learn raised: its rewards are dead-lettered, re-encoded from the
-        joins (the raw reward messages are not kept), with source offset -1."""
-        self.errors.handle(exc)
-        for pending, reward in items:
-            value = orjson.dumps(
-                {"event_id": pending.event_id, "domain": pending.domain, "reward": reward}
-            )
-            src = Source(
-                self.settings.topic_rewards,
-                state.partition,
-                -1,
-                int(time.time() * 1000),
-                pending.domain.encode(),
-                value,
-            )
-            reason = f"learning failed: {type(exc).__name__}: {exc}"
-            self._reject("internal_error", reason, src, exc)
-
-    def _decision_refused(
-        self, src: Message | Source | None, domain: str, event_id: str, err: KafkaError
-    ) -> None:
-        """The decisions topic refused a decision (e.g. too large): its context is
-        dead-lettered and the decision forgotten (no reward can come for it)."""
-        self.joins.discard(domain, event_id)
-        self._reject(
-            "undeliverable",
-            f"{self.settings.topic_decisions} refused the decision for {event_id!r}: {err.str()}",
-            src,
-        )
-
-    def record_refused(self, err: KafkaError) -> None:
-        """A joined-log record was refused (too large for its topic): counted, logged."""
-        self.stats.rejected["joined_log_refused"] += 1
-        self._rejects.warning("joined_log", "joined-log record refused: %s", err.str())

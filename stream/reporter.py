@@ -10,6 +10,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from stream.checkpointer import Checkpointer
+from stream.config import Settings
 from stream.domains import Domains
 from stream.join import PendingJoins
 from stream.memory import process_rss_mb
@@ -21,15 +22,14 @@ log = logging.getLogger(__name__)
 class MetricsReporter:
     def __init__(
         self,
-        topic: str,
-        interval_s: float,
+        settings: Settings,
         metrics: Metrics,
         domains: Domains,
         joins: PendingJoins,
         checkpointer: Checkpointer,
     ) -> None:
-        self.topic = topic
-        self.interval_s = interval_s
+        self.topic = settings.topic_metrics
+        self.interval_s = settings.metrics_interval_s
         self.metrics = metrics
         self.domains = domains
         self.joins = joins

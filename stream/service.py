@@ -22,16 +22,14 @@ from policies.features import FeatureHasher
 from policies.kernels import warm_up
 from stream.checkpointer import Checkpointer, Clients, Outcome, Skipped, Written
 from stream.config import Settings
-from stream.deadletter import DeadLetters
-from stream.delivery import Delivery
 from stream.domains import Domains
 from stream.failpoints import Failpoints
 from stream.flow import TopicBalance
 from stream.health import BrokerWatch
-from stream.http import serve
 from stream.join import PendingJoins
 from stream.joinedlog import JoinedLog
-from stream.kafka import consumer_config, producer_config, producer_max_record_bytes
+from stream.kafka import consumer_config, producer_config
+from stream.lifecycle import Stopping
 from stream.memory import MemoryGuard, trim
 from stream.metrics import Metrics
 from stream.ownership import Ownership
@@ -58,7 +56,7 @@ class Service:
         self.hasher = FeatureHasher(s.feature_dim, seed=s.seed)
         seed = s.seed if s.failpoint_seed is None else s.failpoint_seed
         fp = self.failpoints = Failpoints.from_spec(s.failpoints, seed)
-        self.domains = Domains(s, self.hasher, fp, lambda *a: self.processor.learn_failed(*a))
+        self.domains = Domains(s, self.hasher, fp, self._learn_failed)
         self.joins = PendingJoins(
             s.max_pending,
             s.reward_wait_s,
@@ -67,8 +65,7 @@ class Service:
         )
         self.balance = TopicBalance(s.topic_contexts, s.topic_rewards, s.max_pending)
         self.ready = threading.Event()
-        self._stopping = threading.Event()
-        self._stop_by = float("inf")  # monotonic deadline of the shutdown once stopping
+        self._stopping = Stopping(s.shutdown_timeout_s)
         # Set when a turn raised: nothing is checkpointed or committed from then on.
         self.failed = False
         self.shutdown_clean = False  # the final checkpoint held everything (exit code)
@@ -90,12 +87,7 @@ class Service:
             s.poll_timeout_s, self.ready, self._stopping, self.checkpointer, self.ownership
         )
         self.reporter = MetricsReporter(
-            s.topic_metrics,
-            s.metrics_interval_s,
-            self.metrics,
-            self.domains,
-            self.joins,
-            self.checkpointer,
+            s, self.metrics, self.domains, self.joins, self.checkpointer
         )
         self.memory = MemoryGuard(
             s.memory_limit_mb,
@@ -108,20 +100,14 @@ class Service:
         self.broker: BrokerWatch | None = None
         self.joined_log: JoinedLog | None = None
 
+    def _learn_failed(self, *args: Any) -> None:
+        self.processor.rejections.learn_failed(*args)
+
     def _learned(self, n: int) -> None:
         self.stats.rewards_learned += n
 
-    # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
-        if not self._stopping.is_set():  # the whole shutdown fits in RL_SHUTDOWN_TIMEOUT_S
-            self._stop_by = time.monotonic() + self.settings.shutdown_timeout_s
-        self._stopping.set()
-
-    def _time_left(self, wait: bool) -> float:
-        """How long a checkpoint may wait on Kafka: RL_SHUTDOWN_TIMEOUT_S on revoke, what
-        is left of it once stopping, a short while for a periodic one."""
-        budget = self.settings.shutdown_timeout_s if wait else 5.0
-        return max(0.0, min(budget, self._stop_by - time.monotonic()))
+        self._stopping.stop()
 
     @property
     def stopping(self) -> bool:
@@ -136,30 +122,13 @@ class Service:
         self._producer = Producer(producer_config(s))
         self.broker = self.probes.broker = BrokerWatch(s)
         self.broker.start()
-        try:
-            self._http, self.metrics_port = serve(
-                s.metrics_host,
-                s.metrics_port,
-                self.metrics.registry,
-                self.probes.healthy,
-                self.probes.readiness,
-            )
-            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
-        except OSError as exc:  # e.g. the port is taken: serve anyway, say so loudly
-            log.error(
-                "cannot serve /metrics, /healthz, /readyz on %s:%d: %s",
-                s.metrics_host,
-                s.metrics_port,
-                exc,
-            )
-        p = self.processor
-        delivery = p.delivery = Delivery(
-            self._producer, s.topic_decisions, p.record_refused, p.on_retry
+        self._http, self.metrics_port = self.probes.serve(
+            s.metrics_host, s.metrics_port, self.metrics.registry
         )
-        p.dead_letters = DeadLetters(delivery, s.topic_dead_letter, producer_max_record_bytes(s))
+        delivery = self.processor.attach(self._producer)
         if s.joined_log:
             self.joined_log = JoinedLog(s.joined_log, s.feature_dim, delivery)
-            p.joined_log = self.checkpointer.joined_log = self.joined_log
+            self.processor.joined_log = self.checkpointer.joined_log = self.joined_log
         self._consumer = Consumer(consumer_config(s))
         self.checkpointer.clients = Clients(self._consumer, delivery, StatePublisher(s))
         self._consumer.subscribe(
@@ -223,7 +192,9 @@ class Service:
         """See :class:`Checkpointer`; ``wait`` on revoke and shutdown."""
         if self.failed:
             return Skipped("stopped by an unexpected error")
-        return self.checkpointer.checkpoint(wait, self._time_left(wait), lambda: self._stop_by)
+        return self.checkpointer.checkpoint(
+            wait, self._stopping.time_left(wait), lambda: self._stopping.by
+        )
 
     def report_metrics(self) -> list[dict[str, Any]]:
         return self.reporter.report(self._producer, self._consumer)
@@ -264,7 +235,7 @@ class Service:
 
     def _release(self) -> None:
         """Release every client, thread and file the service holds."""
-        self.checkpointer.close(min(5.0, self._time_left(True)))
+        self.checkpointer.close(min(5.0, self._stopping.time_left(True)))
         if self._http is not None:
             self._http.shutdown()
         if self.joined_log is not None:
@@ -275,6 +246,5 @@ class Service:
         # librdkafka's clients close when their objects go: drop them now, or a caller
         # that keeps the stopped service holds their connections until it exits.
         self._consumer = self._producer = None
-        self.processor.delivery = None
-        self.processor.dead_letters = None
+        self.processor.detach()
         self.ready.clear()

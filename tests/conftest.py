@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -17,3 +18,11 @@ def _restore_root_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _settings_from_the_test_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's RL_* variables never reach a test (RL_TEST_* choose its broker)."""
+    for k in list(os.environ):
+        if k.startswith(("RL_", "ENABLE_RL_")) and not k.startswith("RL_TEST_"):
+            monkeypatch.delenv(k)

@@ -125,9 +125,6 @@ def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys
     from stream.cli import main
     from stream.state import SERVED
 
-    for k in list(__import__("os").environ):
-        if k.startswith("RL_"):
-            monkeypatch.delenv(k)
     monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
     store = CheckpointStore(tmp_path / "checkpoints.sqlite")
     early = trained("epsilon_greedy", 0)
@@ -158,9 +155,6 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     from stream.join import Pending, PendingJoins
     from stream.state import SERVED, take_snapshot
 
-    for k in list(__import__("os").environ):
-        if k.startswith("RL_"):
-            monkeypatch.delenv(k)
     settings = load_settings(state_dir=tmp_path)
     h = FeatureHasher(settings.feature_dim)
     doms = Domains(settings, h)
@@ -186,9 +180,6 @@ def _domains(tmp_path, monkeypatch):
     from stream.config import load_settings
     from stream.domains import Domains
 
-    for k in list(__import__("os").environ):
-        if k.startswith("RL_"):
-            monkeypatch.delenv(k)
     settings = load_settings(state_dir=tmp_path, update_interval=100)
     h = FeatureHasher(settings.feature_dim)
     return settings, h, Domains(settings, h)

@@ -20,15 +20,6 @@ RL_ROLLOUT_PERCENTAGE RL_ROLLOUT_DOMAINS RL_LATENCY_THRESHOLD_MS RL_MEMORY_THRES
 RL_ERROR_RATE_THRESHOLD ENABLE_RL_ADVANCED ENABLE_RL_MONITORING ENABLE_RL_SHADOW_EVAL""".split()
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    import os
-
-    for k in list(os.environ):
-        if k.startswith(("RL_", "ENABLE_RL_")):
-            monkeypatch.delenv(k)
-
-
 def test_every_documented_name_is_a_setting():
     known = {env_name(f) for f in Settings.model_fields}
     assert set(ALL_NAMES) <= known

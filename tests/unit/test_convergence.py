@@ -37,9 +37,6 @@ def test_reward_delay_is_applied():
 
 
 def test_bench_convergence_writes_json_markdown_and_png(tmp_path, monkeypatch):
-    for k in list(__import__("os").environ):
-        if k.startswith("RL_"):
-            monkeypatch.delenv(k)
     out = tmp_path / "out"
     code = main(
         [
@@ -74,9 +71,6 @@ def test_bench_convergence_writes_json_markdown_and_png(tmp_path, monkeypatch):
 
 
 def test_bench_convergence_with_a_delay_reports_its_cost(tmp_path, monkeypatch, capsys):
-    for k in list(__import__("os").environ):
-        if k.startswith("RL_"):
-            monkeypatch.delenv(k)
     out = tmp_path / "out"
     argv = ["bench", "convergence", "--policies", "linucb", "--sims", "seed", "--seeds", "1"]
     assert main([*argv, "--delay", "500", "--out", str(out)]) == 0

@@ -104,9 +104,6 @@ def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
     from stream.memory import MemoryGuard
     from stream.service import Service
 
-    for k in list(__import__("os").environ):
-        if k.startswith("RL_"):
-            monkeypatch.delenv(k)
     svc = Service(load_settings(state_dir=tmp_path, default_reward=0.0))
     st = svc.domains.get_or_create("d")
     assert st is not None

@@ -11,9 +11,6 @@ from stream.memory import MemoryGuard, trim
 
 
 def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monkeypatch):
-    for k in list(__import__("os").environ):
-        if k.startswith("RL_"):
-            monkeypatch.delenv(k)
     s = load_settings(state_dir=tmp_path, baseline_policy="epsilon_greedy")
     hasher = FeatureHasher(s.feature_dim, seed=s.seed)
     domains = Domains(s, hasher, None, lambda *a: None)

@@ -13,15 +13,6 @@ from stream.join import Pending
 from stream.metrics import Metrics
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    import os
-
-    for k in list(os.environ):
-        if k.startswith(("RL_", "ENABLE_RL_")):
-            monkeypatch.delenv(k)
-
-
 def domains(**kw):
     s = load_settings(**kw)
     return Domains(s, FeatureHasher(s.feature_dim, seed=s.seed))

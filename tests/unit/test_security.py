@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 
@@ -11,13 +10,6 @@ from stream.config import load_settings
 from stream.kafka import admin_config, consumer_config, producer_config
 
 SECRET = "pa55-w0rd-never-logged"
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for k in list(os.environ):
-        if k.startswith(("RL_", "ENABLE_RL_")):
-            monkeypatch.delenv(k)
 
 
 def test_sasl_and_tls_settings_reach_every_client(monkeypatch):

@@ -1,24 +1,9 @@
 """Contexts and rewards are read at the same pace: the topic that runs ahead waits.
 
-One consumer reads both topics and nothing makes librdkafka or the broker hand them out at
-the same pace. Measured on the embedded broker (1,000 domains, the service behind a 10k/s
-stream): for 20 s contexts were read four times faster than rewards, the rewards read
-fell 20 s behind the contexts read, pending joins reached ``RL_MAX_PENDING`` and 6,938
-decisions were evicted with the default reward; their real rewards, already in the topic,
-came afterwards and were dead-lettered as expired. With a backlog in both topics the
-opposite happens too: rewards read before their contexts are held, at most
-``RL_MAX_PENDING`` of them, and the oldest are dropped beyond that. Those bounds are there
-for rewards that never come and contexts that never come, not for messages merely unread.
-
-So when one side's holding area is nearly full (``HIGH`` of the bound: pending decisions
-when contexts run ahead, early rewards when rewards run ahead) and the newest record read
-from the other topic is more than ``SLACK_S`` older than the newest read from this one
-(record timestamps, set by the producers), this topic's partitions are paused and only the
-other is read. They resume once the holding area is down to ``LOW`` of the bound, once the
-other topic has caught up, or once a read brings nothing: then the other topic has no
-backlog, what is held waits for messages not yet sent, and the bound's eviction is the
-right answer. After such an empty read that side pauses again only once the other topic
-is read again, so a flood of contexts whose rewards never come waits for one read at most.
+When one side's holding area is nearly full (``HIGH`` of its bound) and the other topic's
+newest record read is more than ``SLACK_S`` older, this topic is paused until the area is
+down to ``LOW``, the other has caught up, or a read brings nothing. Why, with the
+measurement that led to it: docs/design.md, "Flow control".
 """
 
 from __future__ import annotations

@@ -41,13 +41,8 @@ _TRIM = _malloc_trim()
 
 
 def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
-
-    A checkpoint's copy-on-write clones and serialised records are freed once it is
-    written, but glibc keeps freed heap pages (and the pages of its per-thread arenas)
-    mapped: measured with 1,000 domains, RSS stayed 220 MB higher after the first
-    checkpoint for the rest of the run. ``malloc_trim(0)`` returns every whole free page.
-    """
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``): glibc keeps
+    a written checkpoint's freed pages mapped otherwise (docs/design.md, "Memory")."""
     if _TRIM is not None:
         _TRIM(0)
 

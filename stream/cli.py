@@ -17,10 +17,10 @@ from confluent_kafka.admin import AdminClient
 
 from stream.config import Settings, closest_env_name, load_settings, unknown_env_vars
 from stream.errors import ConfigError, StreamError
-from stream.kafka import admin_config, check_client_configs
-from stream.logs import JsonFormatter, setup_logging
+from stream.kafka.clients import admin_config, check_client_configs
+from stream.kafka.topics import ensure_topics
+from stream.observe.logs import JsonFormatter, setup_logging
 from stream.signals import stop_on_signals
-from stream.topics import ensure_topics
 
 log = logging.getLogger("stream.cli")
 
@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ensure_topics(settings, AdminClient(admin_config(settings)))
         try:
             if args.profile:
-                from stream.profiling import run_profiled
+                from stream.observe.profiling import run_profiled
 
                 name = f"profile-{args.profile}.txt"
                 out = Path(args.profile_out or Path(settings.state_dir) / name)
@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from stream.brokers import make_broker
+    from stream.kafka.brokers import make_broker
 
     settings = _settings(topic_partitions=args.partitions)
     stop = threading.Event()
@@ -94,7 +94,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import multiprocessing as mp
     import queue
 
-    from stream.simulator import simulate
+    from stream.offline.traffic import simulate
 
     s = _settings()
     spawn = mp.get_context("spawn")  # queue, event and process from one context
@@ -135,7 +135,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stream.demo import run_demo
+    from stream.offline.demo import run_demo
 
     settings = _settings(log_level=args.log_level)
     return run_demo(args.events, args.rate, args.seed, settings)
@@ -242,7 +242,7 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from policies import POLICIES
-    from stream.replay import replay_file
+    from stream.offline.replay import replay_file
 
     policies = args.policies.split(",")
     unknown = [p for p in policies if p not in POLICIES]
@@ -255,7 +255,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from stream import tune
+    from stream.offline import tune
 
     settings = _settings()
     if bool(args.log) == bool(args.sim):
@@ -275,7 +275,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from stream.state import SERVED, open_store
+    from stream.state.snapshot import SERVED, open_store
 
     settings = _settings()
     store = open_store(settings.state_dir, settings.checkpoint_keep)

@@ -24,11 +24,11 @@ from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher
 from policies.registry import create_policy
 from policies.ridge import RidgePolicy
-from stream.codec import ContextEvent
 from stream.config import Settings
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
 from stream.join import Pending
+from stream.kafka.codec import ContextEvent
 
 LearnError = Callable[[Exception, "DomainState", list[tuple[Pending, float]]], None]
 

@@ -24,8 +24,8 @@ from typing import IO, Any
 
 import orjson
 
-from stream.delivery import Delivery
 from stream.join import Pending
+from stream.kafka.delivery import Delivery
 
 log = logging.getLogger(__name__)
 

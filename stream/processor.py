@@ -14,7 +14,15 @@ from functools import partial
 
 from confluent_kafka import Message, Producer
 
-from stream.codec import (
+from stream.config import Settings
+from stream.domains import Domains, DomainState, Served
+from stream.failpoints import Failpoints
+from stream.failpoints import check as failpoint
+from stream.join import Outcome, Pending, PendingJoins
+from stream.joinedlog import JoinedLog
+from stream.kafka.balance import TopicBalance
+from stream.kafka.clients import is_benign, producer_max_record_bytes
+from stream.kafka.codec import (
     ContextEvent,
     DecodeError,
     Limits,
@@ -23,20 +31,12 @@ from stream.codec import (
     decode_reward,
     encode_decision,
 )
-from stream.config import Settings
-from stream.deadletter import DeadLetters, Source
-from stream.delivery import Delivery
-from stream.domains import Domains, DomainState, Served
-from stream.failpoints import Failpoints
-from stream.failpoints import check as failpoint
-from stream.flow import TopicBalance
-from stream.join import Outcome, Pending, PendingJoins
-from stream.joinedlog import JoinedLog
-from stream.kafka import is_benign, producer_max_record_bytes
-from stream.metrics import Metrics
-from stream.ownership import Ownership
+from stream.kafka.deadletter import DeadLetters, Source
+from stream.kafka.delivery import Delivery
+from stream.observe.metrics import Metrics
+from stream.observe.stats import Stats
 from stream.rejections import Rejections
-from stream.stats import Stats
+from stream.state.ownership import Ownership
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ import orjson
 from confluent_kafka import KafkaError, Message
 
 from stream.config import Settings
-from stream.deadletter import DeadLetters, Source, exception_headers
 from stream.domains import DomainState
 from stream.errorpolicy import ProcessingErrors
 from stream.join import Pending, PendingJoins
-from stream.logs import RateLimitedLog
-from stream.metrics import Metrics
-from stream.stats import Stats
+from stream.kafka.deadletter import DeadLetters, Source, exception_headers
+from stream.observe.logs import RateLimitedLog
+from stream.observe.metrics import Metrics
+from stream.observe.stats import Stats
 
 log = logging.getLogger("stream.processor")
 

@@ -20,26 +20,26 @@ from confluent_kafka import Consumer, Producer
 
 from policies.features import FeatureHasher
 from policies.kernels import warm_up
-from stream.checkpointer import Checkpointer, Clients, Outcome, Skipped, Written
 from stream.config import Settings
 from stream.domains import Domains
 from stream.failpoints import Failpoints
-from stream.flow import TopicBalance
-from stream.health import BrokerWatch
 from stream.join import PendingJoins
 from stream.joinedlog import JoinedLog
-from stream.kafka import consumer_config, producer_config
+from stream.kafka.balance import TopicBalance
+from stream.kafka.brokerwatch import BrokerWatch
+from stream.kafka.clients import consumer_config, producer_config
 from stream.lifecycle import Stopping
-from stream.memory import MemoryGuard, trim
-from stream.metrics import Metrics
-from stream.ownership import Ownership
-from stream.probes import Probes
+from stream.observe.memory import MemoryGuard, trim
+from stream.observe.metrics import Metrics
+from stream.observe.probes import Probes
+from stream.observe.reporter import MetricsReporter
+from stream.observe.stats import Stats
 from stream.processor import BatchProcessor
-from stream.rebalance import Rebalance
-from stream.reporter import MetricsReporter
-from stream.state import open_store
-from stream.statetopic import StatePublisher
-from stream.stats import Stats
+from stream.state.checkpointer import Checkpointer, Clients, Outcome, Skipped, Written
+from stream.state.ownership import Ownership
+from stream.state.rebalance import Rebalance
+from stream.state.snapshot import open_store
+from stream.state.topic import StatePublisher
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import FAST_CLIENT_SETTINGS
-from stream.brokers import make_broker
 from stream.config import Settings, load_settings, settings_env
-from stream.kafka import admin_config
-from stream.topics import ensure_topics
+from stream.kafka.brokers import make_broker
+from stream.kafka.clients import admin_config
+from stream.kafka.embedded import FAST_CLIENT_SETTINGS
+from stream.kafka.topics import ensure_topics
 
 
 def topic_reader(bootstrap: str, topic: str, group: str, fetch_wait_ms: int) -> Consumer:

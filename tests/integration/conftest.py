@@ -21,13 +21,13 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream.apache_kafka import KafkaCluster
-from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
-from stream.brokers import ENGINES, kafka_unavailable, make_broker
 from stream.config import Settings, load_settings
-from stream.kafka import admin_config
+from stream.kafka.apache import KafkaCluster
+from stream.kafka.brokers import ENGINES, kafka_unavailable, make_broker
+from stream.kafka.clients import admin_config
+from stream.kafka.embedded import FAST_CLIENT_SETTINGS, EmbeddedBroker
+from stream.kafka.topics import ensure_topics
 from stream.service import Service
-from stream.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

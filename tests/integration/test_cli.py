@@ -14,7 +14,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.broker import free_port
+from stream.kafka.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

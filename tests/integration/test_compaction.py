@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from stream.statetopic import marker_key
+from stream.state.topic import marker_key
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

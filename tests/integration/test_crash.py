@@ -15,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.checkpoint import CheckpointStore
+from stream.state.store import CheckpointStore
 
 pytestmark = pytest.mark.integration
 

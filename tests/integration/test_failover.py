@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream.apache_kafka import KafkaCluster
+from stream.kafka.apache import KafkaCluster
 from tests.integration.conftest import (
     ENGINE_LINE,
     ENGINE_PARAMS,

@@ -19,9 +19,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.bench.harness import service_env
-from stream.checkpoint import CheckpointStore
 from stream.config import Settings
 from stream.failpoints import POINTS
+from stream.state.store import CheckpointStore
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from stream.joinedlog import read
-from stream.replay import replay_file
-from stream.tune import log_objective, tune
+from stream.offline.replay import replay_file
+from stream.offline.tune import log_objective, tune
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from stream.apache_kafka import KafkaCluster
-from stream.broker import EmbeddedBroker
-from stream.kafka import admin_config
-from stream.topics import ensure_topics
+from stream.kafka.apache import KafkaCluster
+from stream.kafka.clients import admin_config
+from stream.kafka.embedded import EmbeddedBroker
+from stream.kafka.topics import ensure_topics
 from tests.integration.conftest import Client, SteadyTraffic, assert_nothing_lost, wait_for
 
 pytestmark = pytest.mark.integration

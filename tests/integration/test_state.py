@@ -87,8 +87,8 @@ def test_contexts_and_rewards_must_be_co_partitioned(bootstrap):
 
     from stream.config import load_settings
     from stream.errors import ConfigError
-    from stream.kafka import admin_config
-    from stream.topics import ensure_topics
+    from stream.kafka.clients import admin_config
+    from stream.kafka.topics import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     names = {f"topic_{t}": f"m-{tag}.{t}" for t in ("decisions", "metrics", "dead_letter", "state")}
@@ -167,8 +167,8 @@ def test_losing_the_local_store_and_the_state_topic_is_reported(
 
     from confluent_kafka.admin import AdminClient
 
-    from stream.kafka import admin_config
-    from stream.topics import ensure_topics
+    from stream.kafka.clients import admin_config
+    from stream.kafka.topics import ensure_topics
 
     settings = settings_factory(checkpoint_interval_s=3600.0)
     _decide_learn_and_stop(settings, start_service, client_factory, 5, learn=False)

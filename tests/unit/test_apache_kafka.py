@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.apache_kafka import KafkaCluster, java_binary, kafka_classpath
 from stream.errors import BrokerError
+from stream.kafka.apache import KafkaCluster, java_binary, kafka_classpath
 
 EXE = str(Path(sys.executable).with_name("bandit-stream"))
 

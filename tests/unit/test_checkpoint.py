@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from policies import ContextBatch, Feedback, create_policy, policy_class
-from stream.checkpoint import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
+from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
 
 
 def trained(name: str, seed: int = 0):
@@ -123,7 +123,7 @@ def test_object_arrays_are_never_stored_or_read(tmp_path):
 
 def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys):
     from stream.cli import main
-    from stream.state import SERVED
+    from stream.state.snapshot import SERVED
 
     monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
     store = CheckpointStore(tmp_path / "checkpoints.sqlite")
@@ -153,7 +153,7 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     from stream.config import load_settings
     from stream.domains import Domains
     from stream.join import Pending, PendingJoins
-    from stream.state import SERVED, take_snapshot
+    from stream.state.snapshot import SERVED, take_snapshot
 
     settings = load_settings(state_dir=tmp_path)
     h = FeatureHasher(settings.feature_dim)
@@ -188,7 +188,7 @@ def _domains(tmp_path, monkeypatch):
 def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path, monkeypatch):
     """A periodic checkpoint stores the reward buffers; a restore learns them later."""
     from stream.join import Pending, PendingJoins
-    from stream.state import encode_pending, open_store, restore, take_snapshot
+    from stream.state.snapshot import encode_pending, open_store, restore, take_snapshot
 
     settings, h, doms = _domains(tmp_path, monkeypatch)
     st = doms.get_or_create("d", partition=0)

@@ -11,14 +11,14 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from policies.features import FeatureHasher
-from stream.checkpoint import CheckpointStore
-from stream.checkpointer import Checkpointer, Clients, Skipped, Started, Written
 from stream.config import Settings, load_settings
 from stream.domains import Domains
-from stream.flow import TopicBalance
 from stream.join import PendingJoins
-from stream.ownership import Ownership
-from stream.rebalance import Rebalance
+from stream.kafka.balance import TopicBalance
+from stream.state.checkpointer import Checkpointer, Clients, Skipped, Started, Written
+from stream.state.ownership import Ownership
+from stream.state.rebalance import Rebalance
+from stream.state.store import CheckpointStore
 
 CTX, REW = "bandit.contexts", "bandit.rewards"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.codec import DecodeError, Limits, decode_context, decode_reward, encode_decision
+from stream.kafka.codec import DecodeError, Limits, decode_context, decode_reward, encode_decision
 
 LIM = Limits(max_message_bytes=2000, max_candidates=4, reward_min=0.0, reward_max=1.0)
 

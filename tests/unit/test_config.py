@@ -4,7 +4,7 @@ import pytest
 
 from stream.config import Settings, env_name, load_settings, settings_env, unknown_env_vars
 from stream.errors import ConfigError
-from stream.kafka import consumer_config, producer_config
+from stream.kafka.clients import consumer_config, producer_config
 
 ALL_NAMES = """RL_KAFKA_BOOTSTRAP_SERVERS RL_KAFKA_GROUP_ID RL_KAFKA_SESSION_TIMEOUT_MS
 RL_KAFKA_HEARTBEAT_INTERVAL_MS RL_KAFKA_FETCH_WAIT_MAX_MS RL_KAFKA_SECURITY_PROTOCOL

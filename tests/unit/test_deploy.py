@@ -16,8 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stream.apache_kafka import KAFKA_VERSION
 from stream.config import Settings, env_name
+from stream.kafka.apache import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "bandit-stream"

@@ -10,12 +10,12 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from stream.config import closest_env_name, load_settings
-from stream.deadletter import DeadLetters, Source
-from stream.delivery import Delivery, classify
 from stream.errorpolicy import ProcessingErrors
 from stream.errors import ConfigError, DeliveryError, TooManyProcessingErrors
 from stream.failpoints import POINTS, Failpoints, InjectedFault, parse
-from stream.logs import RepeatFilter
+from stream.kafka.deadletter import DeadLetters, Source
+from stream.kafka.delivery import Delivery, classify
+from stream.observe.logs import RepeatFilter
 
 
 class FakeMessage:

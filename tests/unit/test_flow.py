@@ -1,4 +1,4 @@
-"""When the contexts or the rewards pause, and that they always resume (stream/flow.py).
+"""When the contexts or the rewards pause, and that they always resume (stream/kafka/balance.py).
 
 The consumer here only records pause / resume: the broker side is the integration test's
 (tests/integration/test_flow.py).
@@ -10,7 +10,7 @@ import time
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TopicPartition
 
-from stream.flow import TopicBalance
+from stream.kafka.balance import TopicBalance
 
 CTX, REW = "contexts", "rewards"
 

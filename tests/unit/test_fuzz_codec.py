@@ -9,7 +9,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.codec import (
+from stream.kafka.codec import (
     ContextEvent,
     DecodeError,
     Limits,

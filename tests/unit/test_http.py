@@ -8,8 +8,8 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from stream import http as http_mod
-from stream.http import serve
+from stream.observe import http as http_mod
+from stream.observe.http import serve
 
 
 def _server(monkeypatch, idle_s: float = 10.0):

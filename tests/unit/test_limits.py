@@ -7,9 +7,9 @@ import orjson
 import pytest
 
 from policies.features import FeatureHasher
-from stream.codec import DecodeError, Limits, decode_context
-from stream.deadletter import Source
 from stream.join import PendingJoins
+from stream.kafka.codec import DecodeError, Limits, decode_context
+from stream.kafka.deadletter import Source
 
 
 def _context(n_context: int, n_candidate: int = 0) -> bytes:
@@ -101,7 +101,7 @@ def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
     tmp_path, monkeypatch
 ):
     from stream.config import load_settings
-    from stream.memory import MemoryGuard
+    from stream.observe.memory import MemoryGuard
     from stream.service import Service
 
     svc = Service(load_settings(state_dir=tmp_path, default_reward=0.0))

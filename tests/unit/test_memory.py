@@ -7,7 +7,7 @@ from policies.features import FeatureHasher
 from stream.config import load_settings
 from stream.domains import Domains
 from stream.join import Pending, PendingJoins
-from stream.memory import MemoryGuard, trim
+from stream.observe.memory import MemoryGuard, trim
 
 
 def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monkeypatch):

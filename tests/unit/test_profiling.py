@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.profiling import run_profiled
+from stream.observe.profiling import run_profiled
 
 
 def busy_work() -> None:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from policies.features import FeatureHasher
-from stream.codec import ContextEvent
 from stream.config import load_settings
 from stream.domains import Domains
 from stream.join import Pending
-from stream.metrics import Metrics
+from stream.kafka.codec import ContextEvent
+from stream.observe.metrics import Metrics
 
 
 def domains(**kw):

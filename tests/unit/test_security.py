@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from stream.config import load_settings
-from stream.kafka import admin_config, consumer_config, producer_config
+from stream.kafka.clients import admin_config, consumer_config, producer_config
 
 SECRET = "pa55-w0rd-never-logged"
 

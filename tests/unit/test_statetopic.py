@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
 
-from stream.checkpoint import CorruptCheckpoint, Snapshot
-from stream.statetopic import (
+from stream.state.store import CorruptCheckpoint, Snapshot
+from stream.state.topic import (
     StateRecords,
     decode_domain,
     decode_marker,

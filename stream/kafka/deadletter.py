@@ -2,7 +2,7 @@
 
 A dead letter is the original value and key, with headers naming the error code, a
 human-readable reason, and where the message came from (source topic, partition, offset,
-timestamp). It is produced through the decisions' :class:`~stream.delivery.Delivery`, so
+timestamp). It is produced through the decisions' :class:`~stream.kafka.delivery.Delivery`, so
 it is retried until acknowledged, and a checkpoint (which flushes the producer before it
 reads positions) never commits an offset past an unacknowledged dead letter. A message
 too large for the dead-letter topic is cut, never lost to a crash (:class:`DeadLetters`).
@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, Message
 
-from stream.delivery import Delivery, Headers
 from stream.errors import DeliveryError
+from stream.kafka.delivery import Delivery, Headers
 
 MAX_REASON = 512  # header size stays bounded whatever the input
 KEY_CUT = 1024  # a cut dead letter keeps this much of its key

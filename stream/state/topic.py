@@ -34,9 +34,9 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from stream.checkpoint import ALLOWED_DTYPES, CorruptCheckpoint, Snapshot, _array
 from stream.config import Settings
-from stream.kafka import common_config
+from stream.kafka.clients import common_config
+from stream.state.store import ALLOWED_DTYPES, CorruptCheckpoint, Snapshot, _array
 
 log = logging.getLogger(__name__)
 

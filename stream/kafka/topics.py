@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
 from stream.errors import ConfigError, KafkaClientError
-from stream.statetopic import MAX_RECORD_BYTES
+from stream.state.topic import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from stream.checkpointer import Checkpointer
-from stream.health import BrokerWatch
-from stream.http import serve
-from stream.ownership import Ownership
+from stream.kafka.brokerwatch import BrokerWatch
+from stream.observe.http import serve
+from stream.state.checkpointer import Checkpointer
+from stream.state.ownership import Ownership
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import FAST_CLIENT_SETTINGS, EmbeddedBroker
 from stream.config import Settings, load_settings
-from stream.kafka import admin_config
+from stream.kafka.clients import admin_config
+from stream.kafka.embedded import FAST_CLIENT_SETTINGS, EmbeddedBroker
+from stream.kafka.topics import ensure_topics
+from stream.offline.traffic import DOMAINS, simulate
 from stream.service import Service
 from stream.signals import stop_on_signals
-from stream.simulator import DOMAINS, simulate
-from stream.topics import ensure_topics
 
 
 def _mean(xs: list[float]) -> float:

@@ -25,11 +25,11 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import die_with_parent, free_port
 from stream.errors import BrokerError
+from stream.kafka.embedded import die_with_parent, free_port
 
 log = logging.getLogger(__name__)
-_QUIET = logging.getLogger("stream.apache_kafka.startup")
+_QUIET = logging.getLogger("stream.kafka.apache.startup")
 _QUIET.setLevel(logging.CRITICAL + 1)
 
 # docker-compose.yml's apache/kafka image carries the same version.

@@ -14,7 +14,7 @@ import time
 from confluent_kafka.admin import AdminClient
 
 from stream.config import Settings
-from stream.kafka import admin_config
+from stream.kafka.clients import admin_config
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ def log_objective(
     records: list[dict[str, Any]], policy: str, base: Settings, holdout: float
 ) -> Callable[[Any], float]:
     from stream.domains import policy_params
-    from stream.replay import Replayer
+    from stream.offline.replay import Replayer
 
     cut = int(len(records) * (1.0 - holdout))
     head, tail = records[:cut], records[cut:]

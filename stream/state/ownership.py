@@ -8,7 +8,7 @@ held it since, or this machine lost its disk); each topic partition is then read
 offsets that state reflects. Partitions assigned elsewhere are released.
 
 After a restore from the topic, domains can be ahead of their partition's restart offset
-(see :mod:`stream.statetopic`): ``valid_from`` records, per domain, the offset from which
+(see :mod:`stream.state.topic`): ``valid_from`` records, per domain, the offset from which
 its messages are not yet in its state, and earlier ones are skipped. It is checkpointed
 too, so a checkpoint taken during such a replay is just as exact.
 """
@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from policies.features import FeatureHasher
-from stream.checkpoint import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
 from stream.config import Settings
 from stream.domains import Domains
 from stream.join import PendingJoins
-from stream.state import restore
-from stream.statetopic import Offsets, StateRecords, read_state_topic
+from stream.state.snapshot import restore
+from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
+from stream.state.topic import Offsets, StateRecords, read_state_topic
 
 log = logging.getLogger(__name__)
 

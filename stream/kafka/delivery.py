@@ -9,7 +9,7 @@ The failures of a produced record, kept apart:
   inside the delivery callback, where the queue cannot drain);
 - the record itself is refused (too large for the topic, invalid): trying again cannot
   help; its ``on_refused`` owner decides (a decision's context goes to the dead-letter
-  topic; a dead letter is cut down, see :mod:`stream.deadletter`);
+  topic; a dead letter is cut down, see :mod:`stream.kafka.deadletter`);
 - fatal (the idempotent producer lost its state, authorization refused): :meth:`service`
   raises :class:`~stream.errors.DeliveryError` and the service stops without committing.
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from stream.apache_kafka import KafkaCluster, java_binary, kafka_classpath
-from stream.broker import EmbeddedBroker
 from stream.errors import BrokerError
+from stream.kafka.apache import KafkaCluster, java_binary, kafka_classpath
+from stream.kafka.embedded import EmbeddedBroker
 
 Engine = Literal["embedded", "kafka"]
 ENGINES: tuple[Engine, ...] = ("embedded", "kafka")

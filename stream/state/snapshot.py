@@ -11,11 +11,11 @@ from typing import Any
 from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher, Sparse
 from policies.registry import policy_class
-from stream.checkpoint import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
-from stream.deadletter import Source
 from stream.domains import SERVED, Domains, DomainState
 from stream.errors import ConfigError
 from stream.join import Pending, PendingJoins
+from stream.kafka.deadletter import Source
+from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from policies.features import FeatureHasher
-from stream.checkpoint import CheckpointStore
-from stream.delivery import Delivery
 from stream.domains import Domains
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
 from stream.join import PendingJoins
 from stream.joinedlog import JoinedLog
-from stream.memory import release_free_memory
-from stream.ownership import Ownership
-from stream.state import encode_pending, take_snapshot
-from stream.statetopic import StatePublisher
+from stream.kafka.delivery import Delivery
+from stream.observe.memory import release_free_memory
+from stream.state.ownership import Ownership
+from stream.state.snapshot import encode_pending, take_snapshot
+from stream.state.store import CheckpointStore
+from stream.state.topic import StatePublisher
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from confluent_kafka.admin import AdminClient
 
 from stream.config import Settings
 from stream.errors import ConfigError
-from stream.logs import KAFKA_LOG
+from stream.observe.logs import KAFKA_LOG
 
 
 def common_config(settings: Settings) -> dict[str, Any]:

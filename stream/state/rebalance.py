@@ -9,12 +9,12 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
 
-from stream.checkpointer import Outcome, Written
 from stream.config import Settings
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
-from stream.flow import TopicBalance
-from stream.ownership import Ownership, check_resume_points
+from stream.kafka.balance import TopicBalance
+from stream.state.checkpointer import Outcome, Written
+from stream.state.ownership import Ownership, check_resume_points
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer
 
-from stream.checkpointer import Checkpointer
 from stream.config import Settings
 from stream.domains import Domains
 from stream.join import PendingJoins
-from stream.memory import process_rss_mb
-from stream.metrics import Metrics
+from stream.observe.memory import process_rss_mb
+from stream.observe.metrics import Metrics
+from stream.state.checkpointer import Checkpointer
 
 log = logging.getLogger(__name__)
 

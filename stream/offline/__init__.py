@@ -1,0 +1,1 @@
+"""Offline tools: replay, tuning, the demo and its traffic simulator."""

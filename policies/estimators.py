@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from policies.base import Feedback, Policy
+
 Z95 = 1.959963984540054
 
 
@@ -102,6 +104,19 @@ class OnlineEstimate:
             self.n_dr += len(t)
             self.s_dr += float(t.sum())
             self.s_dr2 += float((t * t).sum())
+
+    def score(
+        self, policy: Policy, logged: Feedback, r_hat: NDArray[np.float64] | None = None
+    ) -> None:
+        """Score ``policy``'s distribution against ``logged`` decisions, before it learns
+        them; ``r_hat`` (a reward model's prediction per candidate row) adds DR."""
+        pmf = policy.distribution(logged.batch)
+        pi_a = pmf[logged.row]
+        if r_hat is None:
+            self.update(pi_a, logged.probability, logged.reward)
+            return
+        dm = np.add.reduceat(pmf * r_hat, logged.batch.offsets[:-1])  # sum_a' pi r_hat
+        self.update(pi_a, logged.probability, logged.reward, dm, r_hat[logged.row])
 
     def result(self) -> dict[str, Estimate]:
         n = self.n

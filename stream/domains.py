@@ -14,52 +14,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from mmh3 import hash as murmur3
 
-from policies.base import ContextBatch, Decisions, Feedback, Policy
+from policies.base import Decisions, Feedback, Policy
 from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher
-from policies.registry import create_policy
 from policies.ridge import RidgePolicy
+from stream import policy_config
 from stream.config import Settings
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
 from stream.join import Pending
 from stream.kafka.codec import ContextEvent
+from stream.policy_config import build_policy
 
 LearnError = Callable[[Exception, "DomainState", list[tuple[Pending, float]]], None]
-
-
-def policy_params(name: str, settings: Settings) -> dict[str, Any]:
-    """The settings knobs that configure policy ``name`` (constructor keyword arguments)."""
-    if name == "epsilon_greedy":
-        return {"epsilon": settings.epsilon}
-    if name == "linucb":
-        return {"alpha": settings.linucb_alpha, "floor": settings.exploration_floor}
-    if name == "doubly_robust":
-        return {
-            "alpha": settings.dr_alpha,
-            "learning_rate": settings.dr_learning_rate,
-            "lr_decay": settings.dr_lr_decay,
-            "max_weight": settings.dr_max_weight,
-            "max_history": settings.dr_max_history,
-            "floor": settings.exploration_floor,
-        }
-    if name == "offset_tree":
-        return {
-            "max_depth": settings.ot_max_depth,
-            "min_split": settings.ot_min_split,
-            "split_threshold": settings.ot_split_threshold,
-            "max_nodes": settings.ot_max_nodes,
-            "node_model": settings.ot_node_model,
-            "floor": settings.exploration_floor,
-        }
-    if name == "linear_ts":
-        return {"v": settings.ts_scale, "floor": settings.exploration_floor}
-    return {}
 
 
 SERVED = "served"  # role of the baseline (variant control) in snapshots
@@ -161,12 +132,7 @@ class Domains:
 
     # -- configuration ------------------------------------------------------------------
     def _new(self, name: str, domain: str) -> Policy:
-        s = self.settings
-        # Distinct, stable exploration streams per domain and policy (never hash()).
-        seed = murmur3(f"{domain}/{name}", s.seed & 0x7FFFFFFF, False)
-        if name == s.baseline_policy:  # the baseline keeps the seed it always had
-            seed = murmur3(domain, s.seed & 0x7FFFFFFF, False)
-        return create_policy(name, s.feature_dim, seed, **policy_params(name, s))
+        return build_policy(name, domain, self.settings)
 
     def in_rollout(self, domain: str) -> bool:
         return self.settings.enable_rl_advanced and (not self._rollout or domain in self._rollout)
@@ -186,7 +152,7 @@ class Domains:
         }
         if s.enable_rl_shadow_eval:
             if not isinstance(state.reward_model, RidgePolicy):
-                state.reward_model = self._new("epsilon_greedy", state.name)
+                state.reward_model = self._new(policy_config.REWARD_MODEL, state.name)
         else:
             state.reward_model = None
         keep = set(state.roles()) - {REWARD_MODEL} if s.enable_rl_shadow_eval else set()
@@ -315,31 +281,18 @@ class Domains:
         rows = batch.offsets[:-1] + np.fromiter((p.chosen for p, _ in items), np.int64, len(items))
         rewards = np.fromiter((r for _, r in items), np.float64, len(items))
         probs = np.fromiter((p.probability for p, _ in items), np.float64, len(items))
-        if state.estimates:
-            self._evaluate(state, batch, rows, rewards, probs)
         feedback = Feedback(batch, rows, rewards, probs)
+        if state.estimates:
+            self._evaluate(state, feedback)
         for pol in state.roles().values():
             pol.learn(feedback)
         return len(items)
 
-    def _evaluate(
-        self,
-        state: DomainState,
-        batch: ContextBatch,
-        rows: np.ndarray,
-        rewards: np.ndarray,
-        probs: np.ndarray,
-    ) -> None:
-        """Score every policy's distribution against the logged decisions, before it
-        learns them (so each estimate is of the policy as it would have acted)."""
+    def _evaluate(self, state: DomainState, logged: Feedback) -> None:
+        """Score every policy against the logged decisions before it learns them (so each
+        estimate is of the policy as it would have acted)."""
         model = state.reward_model
-        r_hat = model.predict_rewards(batch) if isinstance(model, RidgePolicy) else None
-        starts = batch.offsets[:-1]
+        r_hat = model.predict_rewards(logged.batch) if isinstance(model, RidgePolicy) else None
         roles = state.roles()
         for role, acc in state.estimates.items():
-            pmf = roles[role].distribution(batch)
-            if r_hat is None:
-                acc.update(pmf[rows], probs, rewards)
-            else:
-                dm = np.add.reduceat(pmf * r_hat, starts)
-                acc.update(pmf[rows], probs, rewards, dm, r_hat[rows])
+            acc.score(roles[role], logged, r_hat)

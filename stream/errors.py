@@ -30,3 +30,11 @@ class TooManyProcessingErrors(StreamError):
 class DeliveryError(KafkaClientError):
     """A produced record can be neither delivered nor dead-lettered (e.g. a fatal
     producer error or an authorization failure on the dead-letter topic)."""
+
+
+class CheckpointError(StreamError):
+    """A checkpoint cannot be written or read."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A stored checkpoint fails validation (digest, dtype, shape or JSON)."""

@@ -43,6 +43,18 @@ class Pending:
 Key = tuple[str, str]
 
 
+@dataclass(slots=True)
+class EarlyReward:
+    """A reward that came before its decision, held until ``deadline`` for its context."""
+
+    domain: str
+    event_id: str
+    reward: float
+    deadline: float  # epoch seconds
+    partition: int = -1  # the input partition it was read from
+    source: Any = None  # its message, dead-lettered if the context never comes
+
+
 class PendingJoins:
     """At most ``max_pending`` decisions (``max_per_domain`` of one domain), each waiting
     at most ``wait_s`` for a reward.
@@ -71,10 +83,9 @@ class PendingJoins:
         self._by_domain: dict[str, OrderedDict[str, None]] = {}  # event ids, oldest first
         self._finished: OrderedDict[Key, Outcome] = OrderedDict()
         # Rewards that arrived before their context was decided (another partition was
-        # read first, or a replay after a restart reads the topics in another order):
-        # key -> (reward, deadline, input partition, source message for a dead letter).
+        # read first, or a replay after a restart reads the topics in another order).
         # Insertion order is deadline order.
-        self._early: OrderedDict[Key, tuple[float, float, int, Any]] = OrderedDict()
+        self._early: OrderedDict[Key, EarlyReward] = OrderedDict()
         self._early_per_domain: dict[str, int] = {}  # held early rewards by domain
 
     def __len__(self) -> int:
@@ -159,55 +170,51 @@ class PendingJoins:
         now: float,
         partition: int = -1,
         source: Any = None,
-    ) -> tuple[bool, list[tuple[str, str, Any]]]:
+    ) -> tuple[bool, list[EarlyReward]]:
         """Keep an unknown reward for ``early_wait_s`` in case its context is yet to come.
 
         Returns whether it is held, and the oldest held rewards pushed out to stay within
-        ``max_pending`` (domain, event_id, source): they are given up on.
+        ``max_pending``: they are given up on.
         """
         key = (domain, event_id)
         if self.early_wait_s <= 0 or key in self._early or key in self._finished:
             return False, []
         dropped = []
         while len(self._early) >= self.max_pending:
-            old, held = self._early.popitem(last=False)
-            self._early_gone(old[0])
-            dropped.append((old[0], old[1], held[3]))
-        self._early[key] = (reward, now + self.early_wait_s, partition, source)
+            _, old = self._early.popitem(last=False)
+            self._early_gone(old.domain)
+            dropped.append(old)
+        self._early[key] = EarlyReward(
+            domain, event_id, reward, now + self.early_wait_s, partition, source
+        )
         self._early_per_domain[domain] = self._early_per_domain.get(domain, 0) + 1
         return True, dropped
 
-    def restore_early(
-        self,
-        domain: str,
-        event_id: str,
-        reward: float,
-        deadline: float,
-        partition: int = -1,
-        source: Any = None,
-    ) -> None:
+    def restore_early(self, early: EarlyReward) -> None:
         """Re-hold an early reward from a checkpoint (keeps its original deadline)."""
-        if (domain, event_id) not in self._early:
-            self._early_per_domain[domain] = self._early_per_domain.get(domain, 0) + 1
-        self._early[(domain, event_id)] = (reward, deadline, partition, source)
+        key = (early.domain, early.event_id)
+        if key not in self._early:
+            self._early_per_domain[early.domain] = self._early_per_domain.get(early.domain, 0) + 1
+        self._early[key] = early
 
     def claim_early(self, domain: str, event_id: str) -> float | None:
         if not self._early:  # the common case: skip building the key
             return None
         held = self._early.pop((domain, event_id), None)
-        if held is not None:
-            self._early_gone(domain)
-        return None if held is None else held[0]
+        if held is None:
+            return None
+        self._early_gone(domain)
+        return held.reward
 
-    def expire_early(self, now: float) -> list[tuple[str, str, Any]]:
-        """Remove early rewards whose context never came: (domain, event_id, source)."""
+    def expire_early(self, now: float) -> list[EarlyReward]:
+        """Remove the early rewards whose context never came."""
         out = []
         while self._early:
-            key = next(iter(self._early))
-            if self._early[key][1] > now:
+            first = next(iter(self._early.values()))
+            if first.deadline > now:
                 break
-            out.append((key[0], key[1], self._early.pop(key)[3]))
-            self._early_gone(key[0])
+            out.append(self._early.pop((first.domain, first.event_id)))
+            self._early_gone(first.domain)
         return out
 
     def early_domains(self) -> set[str]:
@@ -226,8 +233,8 @@ class PendingJoins:
         """Rewards held for contexts not read yet."""
         return len(self._early)
 
-    def early_items(self) -> list[tuple[str, str, float, float, int, Any]]:
-        return [(d, e, r, dl, p, src) for (d, e), (r, dl, p, src) in self._early.items()]
+    def early_items(self) -> list[EarlyReward]:
+        return list(self._early.values())
 
     def drop(self, domains: set[str], partitions: set[int]) -> int:
         """Forget the pending decisions of ``domains`` and the early rewards of those
@@ -242,7 +249,7 @@ class PendingJoins:
         # would be taken for a duplicate and lost.
         for k in [k for k in self._finished if k[0] in domains]:
             del self._finished[k]
-        early = [k for k, v in self._early.items() if k[0] in domains or v[2] in partitions]
+        early = [k for k, v in self._early.items() if k[0] in domains or v.partition in partitions]
         for k in early:
             del self._early[k]
             self._early_gone(k[0])

@@ -26,35 +26,9 @@ import orjson
 
 from stream.join import Pending
 from stream.kafka.delivery import Delivery
+from stream.records import joined_record
 
 log = logging.getLogger(__name__)
-
-
-def record(
-    p: Pending, reward: float | None, default: bool, n_features: int, now: float
-) -> dict[str, Any]:
-    e = p.encoded
-    return {
-        "domain": p.domain,
-        "event_id": p.event_id,
-        "n_features": n_features,
-        "context": [e.context[0], e.context[1]],
-        "candidates": list(e.candidates),
-        "candidate_features": None
-        if e.candidate_features is None
-        else {a: [f[0], f[1]] for a, f in e.candidate_features.items()},
-        "action": e.candidates[p.chosen],
-        "chosen": p.chosen,
-        "probability": p.probability,
-        "distribution": None if p.distribution is None else list(p.distribution),
-        "reward": reward,
-        "default_reward": default,
-        "policy": p.policy,
-        "policy_version": p.policy_version,
-        "variant": p.variant,
-        "decided_at": p.decided_at,
-        "finished_at": now,
-    }
 
 
 class JoinedLog:
@@ -76,7 +50,7 @@ class JoinedLog:
             self._file = open(path, "ab", buffering=1 << 20)  # noqa: SIM115 - closed in close()
 
     def write(self, p: Pending, reward: float | None, default: bool) -> None:
-        line = orjson.dumps(record(p, reward, default, self.n_features, time.time()))
+        line = orjson.dumps(joined_record(p, reward, default, self.n_features, time.time()))
         if self._file is not None:
             self._file.write(line + b"\n")
         else:

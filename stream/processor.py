@@ -324,8 +324,8 @@ class BatchProcessor:
             held, dropped = self.joins.hold_early(
                 r.domain, r.event_id, r.reward, now, partition, src
             )
-            for d, e, s in dropped:
-                self._unknown(d, e, s)
+            for old in dropped:
+                self._unknown(old.domain, old.event_id, old.source)
             if held:
                 self.stats.early_rewards += 1
                 return
@@ -355,8 +355,8 @@ class BatchProcessor:
         )
 
     def expire(self, now: float) -> None:
-        for d, e, src in self.joins.expire_early(now):
-            self._unknown(d, e, src)
+        for early in self.joins.expire_early(now):
+            self._unknown(early.domain, early.event_id, early.source)
         expired = self.joins.expire(now)
         if expired:
             self.stats.expired += len(expired)

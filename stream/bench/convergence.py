@@ -23,7 +23,7 @@ from policies.kernels import warm_up
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
 from stream.bench.simulators import SIMULATORS, Simulation
 from stream.config import Settings
-from stream.domains import policy_params
+from stream.policy_config import policy_params
 
 
 @dataclass

@@ -18,30 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mmh3 import hash as murmur3
 from tqdm import tqdm
 
-from policies import Feedback, Policy, create_policy
+from policies import Feedback, Policy
 from policies.estimators import Z95, OnlineEstimate
-from policies.features import EncodedContext, FeatureHasher, Sparse
+from policies.features import FeatureHasher
 from policies.ridge import RidgePolicy
 from stream.config import Settings
-from stream.domains import policy_params
-
-REWARD_MODEL = "epsilon_greedy"  # per-action ridge: the direct-method model for DR
-
-
-def _sparse(obj: Any) -> Sparse:
-    return [int(i) for i in obj[0]], [float(v) for v in obj[1]]
-
-
-def encoded(rec: dict[str, Any]) -> EncodedContext:
-    cf = rec.get("candidate_features")
-    return EncodedContext(
-        _sparse(rec["context"]),
-        tuple(rec["candidates"]),
-        None if cf is None else {a: _sparse(f) for a, f in cf.items()},
-    )
+from stream.policy_config import REWARD_MODEL, build_policy
+from stream.records import encoded_from_record
 
 
 @dataclass
@@ -88,15 +73,16 @@ class Replayer:
         key = (domain, name)
         pol = self._policies.get(key)
         if pol is None:
-            seed = murmur3(f"{domain}/{name}", self.settings.seed & 0x7FFFFFFF, False)
-            kw = {**policy_params(name, self.settings), **self.params.get(name, {})}
-            pol = self._policies[key] = create_policy(name, n_features, seed, **kw)
+            over = self.params.get(name)
+            pol = build_policy(name, domain, self.settings, n_features, over)
+            self._policies[key] = pol
         return pol
 
     def _model(self, domain: str, n_features: int) -> Policy:
         m = self._models.get(domain)
         if m is None:
-            m = self._models[domain] = create_policy(REWARD_MODEL, n_features, 0)
+            m = build_policy(REWARD_MODEL, domain, self.settings, n_features)
+            self._models[domain] = m
         return m
 
     def run(self, records: Sequence[dict[str, Any]], learn: bool = True, bar: Any = None) -> None:
@@ -121,23 +107,21 @@ class Replayer:
         hasher = self._hashers.get(n_features)
         if hasher is None:
             hasher = self._hashers[n_features] = FeatureHasher(n_features)
-        batch = hasher.assemble([encoded(r) for r in recs], [r["event_id"] for r in recs])
+        encoded = [encoded_from_record(r, n_features) for r in recs]
+        batch = hasher.assemble(encoded, [r["event_id"] for r in recs])
         rows = batch.offsets[:-1] + np.array([r["chosen"] for r in recs], dtype=np.int64)
         rewards = np.array([float(r["reward"]) for r in recs])
         probs = np.array([float(r["probability"]) for r in recs])
+        logged = Feedback(batch, rows, rewards, probs)
         model = self._model(domain, n_features)
         assert isinstance(model, RidgePolicy)
         r_hat = model.predict_rewards(batch)
-        dm_rows = r_hat
-        starts = batch.offsets[:-1]
         for name in self.names:
             pol = self._policy(domain, name, n_features)
-            pmf = pol.distribution(batch)
-            dm = np.add.reduceat(pmf * dm_rows, starts)
-            self.estimates[name].update(pmf[rows], probs, rewards, dm, r_hat[rows])
+            self.estimates[name].score(pol, logged, r_hat)
             if learn:
-                pol.learn(Feedback(batch, rows, rewards, probs))
-        model.learn(Feedback(batch, rows, rewards, probs))
+                pol.learn(logged)
+        model.learn(logged)
         self.logged.extend(rewards.tolist())
         n = len(self.logged)
         for name in self.names:

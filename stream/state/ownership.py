@@ -224,9 +224,9 @@ class Ownership:
             for name, st in self.domains.states.items()
             if self.published.get(name) != self.domains.signature(st)
         }
-        for d, _e, _r, _dl, p, _src in self.joins.early_items():
-            if d not in self.domains.states and p in self.held:
-                changed[d] = p
+        for early in self.joins.early_items():
+            if early.domain not in self.domains.states and early.partition in self.held:
+                changed[early.domain] = early.partition
         parts = {
             p: (
                 self.offsets.get((ctx, p), OFFSET_BEGINNING),

@@ -9,93 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from policies.estimators import OnlineEstimate
-from policies.features import EncodedContext, FeatureHasher, Sparse
+from policies.features import FeatureHasher
 from policies.registry import policy_class
 from stream.domains import SERVED, Domains, DomainState
 from stream.errors import ConfigError
-from stream.join import Pending, PendingJoins
-from stream.kafka.deadletter import Source
+from stream.join import PendingJoins
+from stream.records import (
+    MalformedRecord,
+    decision_record,
+    early_from_record,
+    early_record,
+    pending_from_record,
+)
 from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
 
 log = logging.getLogger(__name__)
-
-
-def pending_to_json(p: Pending) -> dict[str, Any]:
-    e = p.encoded
-    return {
-        "domain": p.domain,
-        "event_id": p.event_id,
-        "context": [e.context[0], e.context[1]],
-        "candidates": list(e.candidates),
-        "candidate_features": None
-        if e.candidate_features is None
-        else {a: [f[0], f[1]] for a, f in e.candidate_features.items()},
-        "chosen": p.chosen,
-        "probability": p.probability,
-        "policy": p.policy,
-        "variant": p.variant,
-        "decided_at": p.decided_at,
-        "deadline": p.deadline,
-        "distribution": None if p.distribution is None else list(p.distribution),
-        "policy_version": p.policy_version,
-    }
-
-
-def _sparse(obj: Any, n_features: int) -> Sparse:
-    if (
-        not isinstance(obj, list)
-        or len(obj) != 2
-        or len(obj[0]) != len(obj[1])
-        or not all(isinstance(i, int) and 0 <= i < n_features for i in obj[0])
-        or not all(isinstance(v, int | float) and math.isfinite(v) for v in obj[1])
-    ):
-        raise CorruptCheckpoint("a pending decision has malformed features")
-    return list(obj[0]), [float(v) for v in obj[1]]
-
-
-def _distribution(obj: Any, k: int) -> tuple[float, ...] | None:
-    if obj is None:
-        return None
-    if not isinstance(obj, list) or len(obj) != k:
-        raise ValueError("the distribution does not match the candidates")
-    out = tuple(float(v) for v in obj)
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in out):
-        raise ValueError("the distribution holds a non-probability")
-    return out
-
-
-def pending_from_json(d: dict[str, Any], n_features: int) -> Pending:
-    try:
-        cands = tuple(d["candidates"])
-        cf = d["candidate_features"]
-        enc = EncodedContext(
-            _sparse(d["context"], n_features),
-            cands,
-            None if cf is None else {str(a): _sparse(f, n_features) for a, f in cf.items()},
-        )
-        chosen = int(d["chosen"])
-        prob = float(d["probability"])
-        if not (
-            all(isinstance(c, str) for c in cands)
-            and 0 <= chosen < len(cands)
-            and 0.0 < prob <= 1.0
-        ):
-            raise ValueError("bad candidates, chosen index or probability")
-        return Pending(
-            str(d["domain"]),
-            str(d["event_id"]),
-            enc,
-            chosen,
-            prob,
-            str(d["policy"]),
-            str(d["variant"]),
-            float(d["decided_at"]),
-            float(d["deadline"]),
-            _distribution(d.get("distribution"), len(cands)),
-            int(d.get("policy_version", 0)),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CorruptCheckpoint(f"a pending decision is malformed: {exc}") from exc
 
 
 def take_snapshot(
@@ -123,10 +51,7 @@ def take_snapshot(
     meta = {
         "features": {"n_features": hasher.n_features, "seed": hasher.seed},
         "domains": info,
-        "early_rewards": [
-            [d, e, r, dl, p, None if src is None else src.to_json()]
-            for d, e, r, dl, p, src in joins.early_items()
-        ],
+        "early_rewards": [early_record(e) for e in joins.early_items()],
     }
     # Pending decisions are never mutated once made: the snapshot keeps references and
     # `encode_pending` turns them into JSON later, off the loop thread. Joined rewards not
@@ -145,9 +70,9 @@ def encode_pending(snap: Snapshot) -> Snapshot:
         if isinstance(p, dict):
             out.append(p)
         elif isinstance(p, tuple):
-            out.append({**pending_to_json(p[0]), "reward": p[1]})
+            out.append({**decision_record(p[0]), "reward": p[1]})
         else:
-            out.append(pending_to_json(p))
+            out.append(decision_record(p))
     snap.pending = out
     return snap
 
@@ -204,7 +129,10 @@ def restore(
         loaded.add(name)
     now = time.time()
     for item in snap.pending:
-        p = pending_from_json(item, hasher.n_features)
+        try:
+            p = pending_from_record(item, hasher.n_features)
+        except MalformedRecord as exc:
+            raise CorruptCheckpoint(f"a pending decision is malformed: {exc}") from exc
         if "reward" in item:  # joined, learned at the domain's next update
             if p.domain in loaded:
                 reward = item["reward"]
@@ -216,18 +144,11 @@ def restore(
             joins.add(p)
     for item in snap.meta.get("early_rewards", []):
         try:
-            domain, event_id, reward, deadline, part, src = item
-            if partitions is None or part in partitions:
-                joins.restore_early(
-                    str(domain),
-                    str(event_id),
-                    float(reward),
-                    float(deadline),
-                    int(part),
-                    None if src is None else Source.from_json(src),
-                )
-        except (TypeError, ValueError) as exc:
-            raise CorruptCheckpoint(f"an early reward is malformed: {exc}") from exc
+            early = early_from_record(item)
+        except MalformedRecord as exc:
+            raise CorruptCheckpoint(str(exc)) from exc
+        if partitions is None or early.partition in partitions:
+            joins.restore_early(early)
     return loaded
 
 

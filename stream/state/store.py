@@ -27,17 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from stream.errors import StreamError
+from stream.errors import CheckpointError, CorruptCheckpoint
+from stream.state.framing import frame, unframe
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-# Only plain numeric dtypes are ever read back (object arrays would need pickle).
-ALLOWED_DTYPES = frozenset({"<f8", "<f4", "<i8", "<i4", "|i1", "|b1"})
 
 PolicyState = tuple[dict[str, Any], dict[str, NDArray[Any]]]
 
@@ -57,14 +55,6 @@ CREATE TABLE IF NOT EXISTS offset (
     version INTEGER NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
     next INTEGER NOT NULL, PRIMARY KEY (version, topic, partition));
 """
-
-
-class CheckpointError(StreamError):
-    """A checkpoint cannot be written or read."""
-
-
-class CorruptCheckpoint(CheckpointError):
-    """A stored checkpoint fails validation (digest, dtype, shape or JSON)."""
 
 
 @dataclass
@@ -233,7 +223,7 @@ class CheckpointStore:
             for d, r, m in policies:
                 domains.setdefault(d, {})[r] = (orjson.loads(m), {})
             for d, r, n, t, s, b in arrays:
-                domains[d][r][1][n] = _array(t, s, b, f"{d}/{r}/{n}")
+                domains[d][r][1][n] = unframe(t, orjson.loads(s), b, f"{d}/{r}/{n}")
             pending = orjson.loads(pending_raw)
             meta = orjson.loads(meta_text)
         except (orjson.JSONDecodeError, KeyError, ValueError) as exc:
@@ -269,30 +259,14 @@ class CheckpointStore:
         return None
 
 
-def _array(dtype: str, shape_json: bytes, data: bytes, where: str) -> NDArray[Any]:
-    if dtype not in ALLOWED_DTYPES:
-        raise CorruptCheckpoint(f"{where}: dtype {dtype!r} is not allowed")
-    shape = orjson.loads(shape_json)
-    if not isinstance(shape, list) or not all(isinstance(x, int) and x >= 0 for x in shape):
-        raise CorruptCheckpoint(f"{where}: bad shape {shape!r}")
-    dt = np.dtype(dtype)
-    if len(data) != dt.itemsize * int(np.prod(shape, dtype=np.int64)):
-        raise CorruptCheckpoint(f"{where}: {len(data)} bytes do not fill shape {shape}")
-    return np.frombuffer(data, dtype=dt).reshape(shape).copy()
-
-
 def _rows(v: int, snap: Snapshot, h: Any) -> Iterator[tuple[Any, ...]]:
     """The array table's rows of ``snap`` in digest order, hashing each as it goes."""
     for domain in sorted(snap.domains):
         for role in sorted(snap.domains[domain]):
             _, arrs = snap.domains[domain][role]
             for name in sorted(arrs):
-                a = np.ascontiguousarray(arrs[name])
-                dtype = a.dtype.str
-                if dtype not in ALLOWED_DTYPES:
-                    raise CheckpointError(f"{domain}/{role}/{name}: dtype {dtype} not storable")
-                shape = orjson.dumps(list(a.shape))
-                data = a.tobytes()
+                dtype, dims, data = frame(arrs[name], f"{domain}/{role}/{name}")
+                shape = orjson.dumps(dims)
                 _hash_array(h, domain, role, name, dtype, shape, data)
                 yield v, domain, role, name, dtype, shape.decode(), data
 

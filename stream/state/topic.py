@@ -30,13 +30,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from stream.config import Settings
+from stream.errors import CorruptCheckpoint
 from stream.kafka.clients import common_config
-from stream.state.store import ALLOWED_DTYPES, CorruptCheckpoint, Snapshot, _array
+from stream.state.framing import frame, unframe
+from stream.state.store import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,8 @@ def encode_domain(
     for role, (meta, arrs) in sorted(snap.domains.get(domain, {}).items()):
         roles[role] = meta
         for name in sorted(arrs):
-            a = np.ascontiguousarray(arrs[name])
-            if a.dtype.str not in ALLOWED_DTYPES:
-                raise CorruptCheckpoint(f"{domain}/{role}/{name}: dtype {a.dtype.str}")
-            b = a.tobytes()
-            arrays.append([role, name, a.dtype.str, list(a.shape), len(b)])
+            dtype, shape, b = frame(arrs[name], f"{domain}/{role}/{name}")
+            arrays.append([role, name, dtype, shape, len(b)])
             chunks.append(b)
     meta = snap.meta
     header = {
@@ -141,9 +139,7 @@ def decode_domain(value: bytes, topics: tuple[str, str]) -> DomainRecord:
         for role, name, dtype, shape, size in h["arrays"]:
             chunk = body[pos : pos + size]
             pos += size
-            roles[role][1][name] = _array(
-                dtype, orjson.dumps(shape), chunk, f"{domain}/{role}/{name}"
-            )
+            roles[role][1][name] = unframe(dtype, shape, chunk, f"{domain}/{role}/{name}")
         if pos != len(body):
             raise CorruptCheckpoint("state record has trailing bytes")
         meta = {

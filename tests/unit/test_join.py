@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from policies.features import EncodedContext
-from stream.join import Outcome, Pending, PendingJoins
+from stream.join import EarlyReward, Outcome, Pending, PendingJoins
 
 
 def pend(eid: str, t: float, wait: float = 10.0, domain: str = "d") -> Pending:
@@ -68,13 +68,13 @@ def test_early_rewards_wait_for_their_context_then_expire():
     j.hold_early("d", "y", 1.0, now=0.0, source="src-y")
     j.hold_early("d", "z", 1.0, now=4.0)
     assert j.expire_early(4.5) == []
-    assert j.expire_early(5.0) == [("d", "y", "src-y")]  # given up on: dead-lettered
-    assert [e[1] for e in j.early_items()] == ["z"]
+    assert j.expire_early(5.0) == [EarlyReward("d", "y", 1.0, 5.0, -1, "src-y")]  # given up on
+    assert [e.event_id for e in j.early_items()] == ["z"]
     pushed = []
     for i in range(10):  # bounded like the pending joins; the oldest are given up on
         pushed += j.hold_early("d", f"n{i}", 0.0, now=4.0)[1]
     assert len(j.early_items()) == 3
-    assert [p[1] for p in pushed] == ["z"] + [f"n{i}" for i in range(7)]
+    assert [p.event_id for p in pushed] == ["z"] + [f"n{i}" for i in range(7)]
 
 
 def test_early_rewards_off_by_default():

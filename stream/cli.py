@@ -275,7 +275,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from stream.state.snapshot import SERVED, open_store
+    from stream.state.snapshot import BASELINE_ROLE, open_store
 
     settings = _settings()
     store = open_store(settings.state_dir, settings.checkpoint_keep)
@@ -293,7 +293,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         if args.domain not in snap.domains:
             print(f"domain {args.domain!r} is not in checkpoint {snap.version}", file=sys.stderr)
             return 1
-        meta, arrays = snap.domains[args.domain][SERVED]
+        meta, arrays = snap.domains[args.domain][BASELINE_ROLE]
         info = snap.meta.get("domains", {}).get(args.domain, {})
         pending = sum(1 for p in snap.pending if p.get("domain") == args.domain)
         print(f"checkpoint {snap.version}, domain {args.domain}")

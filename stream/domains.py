@@ -33,8 +33,12 @@ from stream.policy_config import build_policy
 LearnError = Callable[[Exception, "DomainState", list[tuple[Pending, float]]], None]
 
 
-SERVED = "served"  # role of the baseline (variant control) in snapshots
-TREATMENT = "treatment"
+# Variants: who served a decision (the wire's "variant", and the metrics' label).
+CONTROL = "control"  # the baseline policy (RL_BASELINE_POLICY)
+TREATMENT = "treatment"  # the advanced policy (RL_POLICY) on rollout domains
+# Roles: a domain's policies as checkpoints name them ("served" is the baseline's).
+BASELINE_ROLE = "served"
+TREATMENT_ROLE = TREATMENT
 REWARD_MODEL = "reward_model"
 SHADOW = "shadow:"
 
@@ -47,8 +51,7 @@ def rollout_unit(domain: str, unit: str, seed: int) -> float:
 @dataclass(slots=True)
 class DomainState:
     name: str
-    policy: Policy  # the baseline: serves variant "control"
-    variant: str = "control"
+    baseline: Policy  # serves the control variant
     treatment: Policy | None = None  # the advanced policy, on rollout domains
     shadows: dict[str, Policy] = field(default_factory=dict)
     reward_model: Policy | None = None  # direct-method model for DR estimates
@@ -66,9 +69,9 @@ class DomainState:
 
     def roles(self) -> dict[str, Policy]:
         """Every policy of the domain by its role in checkpoints."""
-        out = {SERVED: self.policy}
+        out = {BASELINE_ROLE: self.baseline}
         if self.treatment is not None:
-            out[TREATMENT] = self.treatment
+            out[TREATMENT_ROLE] = self.treatment
         for name, pol in self.shadows.items():
             out[SHADOW + name] = pol
         if self.reward_model is not None:
@@ -76,9 +79,9 @@ class DomainState:
         return out
 
     def set_role(self, role: str, policy: Policy) -> None:
-        if role == SERVED:
-            self.policy = policy
-        elif role == TREATMENT:
+        if role == BASELINE_ROLE:
+            self.baseline = policy
+        elif role == TREATMENT_ROLE:
             self.treatment = policy
         elif role == REWARD_MODEL:
             self.reward_model = policy
@@ -179,10 +182,10 @@ class Domains:
         """``treatment`` for a stable RL_ROLLOUT_PERCENTAGE of units (unit_id, else the
         event id) of a rollout domain; ``control`` otherwise."""
         if not self.in_rollout(domain):
-            return "control"
+            return CONTROL
         unit = event.unit_id if event.unit_id is not None else event.event_id
         u = rollout_unit(domain, unit, self.settings.seed)
-        return "treatment" if u < self.settings.rollout_percentage else "control"
+        return TREATMENT if u < self.settings.rollout_percentage else CONTROL
 
     def decide(self, state: DomainState, events: list[ContextEvent]) -> list[Served]:
         """Featurise and choose for a batch of one domain's contexts, per variant."""
@@ -190,7 +193,7 @@ class Domains:
         self._thaw(state)
         groups: dict[str, list[ContextEvent]] = {}
         if state.treatment is None:
-            groups["control"] = events
+            groups[CONTROL] = events
         else:
             for e in events:
                 groups.setdefault(self.variant_of(state.name, e), []).append(e)
@@ -198,7 +201,7 @@ class Domains:
         for variant, evs in groups.items():
             encoded = [enc(e.context, e.candidates, e.candidate_features) for e in evs]
             batch = self.hasher.assemble(encoded, [e.event_id for e in evs])
-            policy = state.treatment if variant == "treatment" else state.policy
+            policy = state.treatment if variant == TREATMENT else state.baseline
             assert policy is not None
             out.append(Served(variant, policy, evs, encoded, policy.choose(batch)))
         state.decisions += len(events)
@@ -259,7 +262,7 @@ class Domains:
 
     def signature(self, state: DomainState) -> tuple[int, int, int, int]:
         """Changes whenever the domain's policy or pending decisions change."""
-        return (state.decisions, state.rewards_joined, state.expired, state.policy.n_learned)
+        return (state.decisions, state.rewards_joined, state.expired, state.baseline.n_learned)
 
     def _thaw(self, state: DomainState) -> None:
         if self.write_in_flight and state.frozen_at == self.generation:

@@ -104,26 +104,25 @@ class BatchProcessor:
                 continue
             topic, part, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
             self.stats.consumed += 1
+            is_context = topic == s.topic_contexts
+            if is_context:
+                last_context = m
+            else:
+                last_reward = m
             try:
                 if fp is not None:
                     fp.check("decode")
-                if topic == s.topic_contexts:
-                    last_context = m
-                    ev = decode_context(m.value(), m.key(), self.limits)
-                    if replaying and self.ownership.already_applied(topic, part, ev.domain, offset):
-                        self.stats.replay_skipped += 1
-                        continue
-                    ev.source = m
+                decode = decode_context if is_context else decode_reward
+                ev = decode(m.value(), m.key(), self.limits)
+                if replaying and self.ownership.already_applied(topic, part, ev.domain, offset):
+                    self.stats.replay_skipped += 1
+                    continue
+                ev.source = m
+                if isinstance(ev, ContextEvent):
                     contexts[ev.domain].append(ev)
                     partition_of[ev.domain] = part
                 else:
-                    last_reward = m
-                    r = decode_reward(m.value(), m.key(), self.limits)
-                    if replaying and self.ownership.already_applied(topic, part, r.domain, offset):
-                        self.stats.replay_skipped += 1
-                        continue
-                    r.source = m
-                    rewards.append((r, part))
+                    rewards.append((ev, part))
             except DecodeError as exc:
                 self.rejections.reject(exc.code, exc.reason, m)
             except Exception as exc:

@@ -47,7 +47,6 @@ class Rejections:
         exc: BaseException | None = None,
     ) -> None:
         """Dead-letter a message (original bytes and key, the reason in its headers)."""
-        self.stats.rejected[code] += 1
         self.metrics.reject(code)
         if isinstance(src, Message):
             src = Source.of(src)
@@ -98,5 +97,5 @@ class Rejections:
 
     def record_refused(self, err: KafkaError) -> None:
         """A joined-log record was refused (too large for its topic): counted, logged."""
-        self.stats.rejected["joined_log_refused"] += 1
+        self.stats.joined_log_refused += 1
         self.log.warning("joined_log", "joined-log record refused: %s", err.str())

@@ -102,6 +102,6 @@ def trim(hasher: FeatureHasher, joins: PendingJoins, domains: Domains) -> dict[s
     freed["finished_joins"] = joins.forget_finished()
     rows = 0
     for state in domains.states.values():
-        rows += state.policy.trim()
+        rows += state.baseline.trim()
     freed["history_rows"] = rows
     return freed

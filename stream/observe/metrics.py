@@ -314,6 +314,15 @@ class Metrics:
         self.rejected += 1
         self.p_rejected.inc((code,))
 
+    def rejected_by_code(self) -> dict[str, int]:
+        """Messages dead-lettered since start, by error code."""
+        return {labels[0]: int(n) for labels, n in dict(self.p_rejected.values).items()}
+
+    @property
+    def rejected_total(self) -> int:
+        """Messages dead-lettered since start."""
+        return int(sum(self.p_rejected.values.values()))
+
     def forget(self, domains: set[str]) -> None:
         """Drop released domains' labels: cardinality stays with the held domains."""
         for table in (self.p_decisions, self.p_rewards, self.p_expired):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
 class Stats:
-    """Running totals since start (read by the demo, tests and, later, metrics)."""
+    """Running totals since start; rejected messages are counted by Metrics alone."""
 
     turns: int = 0
     consumed: int = 0
@@ -23,8 +22,4 @@ class Stats:
     expired: int = 0
     evicted: int = 0
     delivery_retries: int = 0
-    rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
+    joined_log_refused: int = 0  # records too large for the joined-log topic

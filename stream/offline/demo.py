@@ -164,6 +164,6 @@ def run_demo(events: int, rate: float, seed: int, base: Settings | None = None) 
         st = service.stats
         print(
             f"\n{st.decisions} decisions, {st.rewards_joined} rewards joined, "
-            f"{st.rewards_learned} learned, {st.rejected_total} messages skipped"
+            f"{st.rewards_learned} learned, {service.metrics.rejected_total} messages skipped"
         )
     return 0

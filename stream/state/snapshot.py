@@ -11,7 +11,7 @@ from typing import Any
 from policies.estimators import OnlineEstimate
 from policies.features import FeatureHasher
 from policies.registry import policy_class
-from stream.domains import SERVED, Domains, DomainState
+from stream.domains import BASELINE_ROLE, Domains, DomainState
 from stream.errors import ConfigError
 from stream.join import PendingJoins
 from stream.records import (
@@ -40,7 +40,6 @@ def take_snapshot(
         states[name] = {role: pol.state_dict() for role, pol in st.roles().items()}
         info[name] = {
             "estimates": {role: acc.state() for role, acc in st.estimates.items()},
-            "variant": st.variant,
             "actions": sorted(st.actions),
             "decisions": st.decisions,
             "rewards_joined": st.rewards_joined,
@@ -103,14 +102,14 @@ def restore(
     for name, roles in snap.domains.items():
         if partitions is not None and partition_of(snap, name) not in partitions:
             continue
-        if SERVED not in roles:
+        if BASELINE_ROLE not in roles:
             raise CorruptCheckpoint(f"domain {name!r} has no served policy")
         policies = {
             role: policy_class(str(meta.get("policy"))).from_state(meta, arrays)
             for role, (meta, arrays) in roles.items()
         }
         d = info.get(name, {})
-        st = DomainState(name, policies.pop(SERVED), str(d.get("variant", "control")))
+        st = DomainState(name, policies.pop(BASELINE_ROLE))
         try:
             for role, pol in policies.items():
                 st.set_role(role, pol)

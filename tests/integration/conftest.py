@@ -312,10 +312,10 @@ def assert_nothing_lost(traffic: SteadyTraffic, service: Service, timeout: float
 
     def learned() -> int:
         states = service.domains.states.values()
-        return sum(st.policy.n_learned + len(st.buffer) for st in states)
+        return sum(st.baseline.n_learned + len(st.buffer) for st in states)
 
     # None lost in flight, none twice on a replay.
     wait_for(lambda: learned() == traffic.rewards, timeout=timeout, what="rewards learned")
     time.sleep(2)
     assert learned() == traffic.rewards
-    assert service.stats.rejected_total == 0
+    assert service.metrics.rejected_total == 0

@@ -115,7 +115,7 @@ def test_every_rejected_message_is_dead_lettered_unchanged_with_its_reason(
         assert int(d["source_offset"]) >= 0 and int(d["source_timestamp"]) > 0
     ghost = by_code["unknown_event"][0]
     assert orjson.loads(ghost["value"])["event_id"] == "ghost" and ghost["source_topic"] == rew
-    assert running.service.stats.rejected_total == sum(expected.values())
+    assert running.service.metrics.rejected_total == sum(expected.values())
     assert running.thread.is_alive()
 
 
@@ -168,10 +168,10 @@ def test_fuzzing_a_running_loop(settings_factory, start_service, client_factory)
     # Garbage on the rewards topic that happens to be a well-formed reward for an unknown
     # event waits RL_REWARD_EARLY_WAIT_S before it is dead-lettered: count it as early.
     wait_for(
-        lambda: svc.stats.rejected_total + svc.stats.early_rewards >= sent["garbage"],
+        lambda: svc.metrics.rejected_total + svc.stats.early_rewards >= sent["garbage"],
         what="every hostile message rejected",
     )
-    assert svc.stats.rejected_total + svc.stats.early_rewards == sent["garbage"]
+    assert svc.metrics.rejected_total + svc.stats.early_rewards == sent["garbage"]
     assert running.thread.is_alive()
 
 
@@ -196,7 +196,7 @@ def test_a_decision_too_large_to_deliver_dead_letters_its_context_and_the_loop_g
     assert dead["value_truncated"] == "true" and int(dead["original_size"]) > 20_000
     assert len(dead["value"]) < 20_000 and dead["source_topic"] == settings.topic_contexts
     svc = running.service
-    assert ("d1", "big") not in svc.joins and svc.stats.rejected["undeliverable"] == 1
+    assert ("d1", "big") not in svc.joins and svc.metrics.rejected_by_code()["undeliverable"] == 1
     assert running.thread.is_alive()
 
 

@@ -51,7 +51,7 @@ def test_metrics_health_and_the_metrics_topic_show_what_happened(
     client.reward("nobody", 1.0, domain="shop")  # unmatched (held early, then unknown)
     client.send_raw(settings.topic_contexts, b"{not json", b"shop")
     client.flush()
-    wait_for(lambda: svc.stats.rewards_joined == 5 and svc.stats.rejected_total == 1)
+    wait_for(lambda: svc.stats.rewards_joined == 5 and svc.metrics.rejected_total == 1)
 
     text = get(port, "/metrics")[1]
     assert sample(text, 'bandit_decisions_total{domain="shop",variant="control"}') == 20

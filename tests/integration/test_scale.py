@@ -18,7 +18,7 @@ def _learned(*services) -> dict[str, int]:
     out: dict[str, int] = {}
     for svc in services:
         for name, st in svc.domains.states.items():
-            out[name] = st.policy.n_learned
+            out[name] = st.baseline.n_learned
     return out
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def _learned(running, domain: str = "d1") -> int:
     state = running.service.domains.states.get(domain)
-    return state.policy.n_learned if state else 0
+    return state.baseline.n_learned if state else 0
 
 
 def test_one_decision_per_context_with_exact_probabilities(
@@ -197,13 +197,12 @@ def test_malformed_messages_are_skipped_and_valid_ones_decided(
     client.send_raw(settings.topic_rewards, b"garbage", b"d1")
     decisions = client.decisions(30)
     assert sorted(d["event_id"] for d in decisions) == sorted(f"ok{i}" for i in range(30))
-    stats = running.service.stats
-    wait_for(lambda: stats.rejected_total == len(bad) + 5, what="all rejections counted")
-    assert stats.rejected["action_limit"] == 1
-    assert stats.rejected["domain_limit"] == 1
-    assert stats.rejected["duplicate_event"] == 1
-    assert stats.rejected["reward_out_of_range"] == 1
-    assert stats.rejected["invalid_utf8"] == 1
+    metrics = running.service.metrics
+    wait_for(lambda: metrics.rejected_total == len(bad) + 5, what="all rejections counted")
+    by_code = metrics.rejected_by_code()
+    for code in ("action_limit", "domain_limit", "duplicate_event", "reward_out_of_range"):
+        assert by_code[code] == 1, code
+    assert by_code["invalid_utf8"] == 1
     assert running.thread.is_alive()
 
 
@@ -239,5 +238,5 @@ def test_a_reward_before_its_context_is_held_and_joined(
     client.context("early")
     client.decisions(1)
     wait_for(lambda: stats.rewards_joined == 1, what="the held reward joined")
-    wait_for(lambda: running.service.domains.states["d1"].policy.n_learned == 1, what="learned")
+    wait_for(lambda: running.service.domains.states["d1"].baseline.n_learned == 1, what="learned")
     assert stats.unknown_rewards == 0

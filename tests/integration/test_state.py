@@ -23,21 +23,21 @@ def test_restart_restores_policies_pending_joins_and_offsets(
     for i in range(10):
         client.reward(f"e{i}", 1.0)
     client.flush()
-    wait_for(lambda: first.service.domains.states["d1"].policy.n_learned == 10, what="learning")
+    wait_for(lambda: first.service.domains.states["d1"].baseline.n_learned == 10, what="learning")
     first.stop()  # clean shutdown writes a checkpoint, then commits its offsets
     assert first.service.checkpointer.written >= 1
 
     second = start_service(settings)
     state = second.service.domains.states["d1"]
-    assert state.policy.n_learned == 10  # learned state, not from scratch
+    assert state.baseline.n_learned == 10  # learned state, not from scratch
     assert len(second.service.joins) == 20  # e10..e29 still await their rewards
     for i in range(10, 20):
         client.reward(f"e{i}", 0.0)
     client.reward("e0", 1.0)  # learned before the restart: never learned twice
     client.flush()
-    wait_for(lambda: state.policy.n_learned == 20, what="restored pending joins to learn")
+    wait_for(lambda: state.baseline.n_learned == 20, what="restored pending joins to learn")
     time.sleep(1.5)
-    assert state.policy.n_learned == 20
+    assert state.baseline.n_learned == 20
     assert second.service.stats.rewards_joined == 10
     assert second.service.stats.decisions == 0  # resumed after the old contexts
     # A new context is decided by the restored policy and carries its version.
@@ -59,7 +59,7 @@ def test_a_replayed_context_gets_the_same_decision(settings_factory, start_servi
         client.reward(f"a{i}", float(i % 2))
     client.flush()
     svc = first.service
-    wait_for(lambda: svc.domains.states["d1"].policy.n_learned == 20, what="learning")
+    wait_for(lambda: svc.domains.states["d1"].baseline.n_learned == 20, what="learning")
     written = svc.checkpointer.written
     wait_for(lambda: svc.checkpointer.written > written + 1, what="a checkpoint of that state")
     svc.checkpoint = lambda *a, **k: None  # type: ignore[method-assign]  # none from here on
@@ -119,7 +119,7 @@ def _decide_learn_and_stop(settings, start_service, client_factory, n: int, lear
             client.reward(f"e{i}", 1.0)
         client.flush()
         states = first.service.domains.states
-        wait_for(lambda: states["d1"].policy.n_learned == n, what="learning")
+        wait_for(lambda: states["d1"].baseline.n_learned == n, what="learning")
     first.stop()
 
 
@@ -141,7 +141,7 @@ def test_a_damaged_local_store_falls_back_to_the_state_topic(
     path.write_bytes(bytes(data))
 
     second = start_service(settings)  # on 56420a3: "cannot open checkpoint file", exit 2
-    assert second.service.domains.states["d1"].policy.n_learned == 10
+    assert second.service.domains.states["d1"].baseline.n_learned == 10
     assert any("is damaged" in r.getMessage() for r in caplog.records)
     assert list(settings.state_dir.glob("checkpoints.sqlite.damaged-*"))
 

@@ -123,15 +123,15 @@ def test_object_arrays_are_never_stored_or_read(tmp_path):
 
 def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys):
     from stream.cli import main
-    from stream.state.snapshot import SERVED
+    from stream.domains import BASELINE_ROLE
 
     monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
     store = CheckpointStore(tmp_path / "checkpoints.sqlite")
     early = trained("epsilon_greedy", 0)
-    v1 = store.write(Snapshot({"shop": {SERVED: early.state_dict()}}))
+    v1 = store.write(Snapshot({"shop": {BASELINE_ROLE: early.state_dict()}}))
     later = trained("epsilon_greedy", 1)
     later.learn(Feedback(*_one_batch()))
-    store.write(Snapshot({"shop": {SERVED: later.state_dict()}}))
+    store.write(Snapshot({"shop": {BASELINE_ROLE: later.state_dict()}}))
     store.close()
     assert main(["checkpoint", "list"]) == 0
     assert main(["checkpoint", "show", "shop"]) == 0
@@ -139,7 +139,9 @@ def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys
     assert "epsilon_greedy" in out and f"learned {later.n_learned}" in out
     assert main(["checkpoint", "rollback", "shop", str(v1)]) == 0
     snap = CheckpointStore(tmp_path / "checkpoints.sqlite").latest()
-    assert snap is not None and snap.domains["shop"][SERVED][0]["n_learned"] == early.n_learned
+    assert (
+        snap is not None and snap.domains["shop"][BASELINE_ROLE][0]["n_learned"] == early.n_learned
+    )
 
 
 def _one_batch():
@@ -151,9 +153,9 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     """Copy-on-write: learning during an in-flight write never changes the snapshot."""
     from policies.features import FeatureHasher
     from stream.config import load_settings
-    from stream.domains import Domains
+    from stream.domains import BASELINE_ROLE, Domains
     from stream.join import Pending, PendingJoins
-    from stream.state.snapshot import SERVED, take_snapshot
+    from stream.state.snapshot import take_snapshot
 
     settings = load_settings(state_dir=tmp_path)
     h = FeatureHasher(settings.feature_dim)
@@ -165,14 +167,14 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     doms.add_feedback(st, first, 1.0, 0.0)
     doms.flush_due(0.0, force=True)  # arrays are non-empty before the snapshot
     snap = take_snapshot(doms, joins, h, {})
-    frozen = {k: v.copy() for k, v in snap.domains["d"][SERVED][1].items()}
+    frozen = {k: v.copy() for k, v in snap.domains["d"][BASELINE_ROLE][1].items()}
     p = Pending("d", "e", enc, 1, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
     doms.add_feedback(st, p, 1.0, 0.0)
     doms.flush_due(0.0, force=True)  # learns while the write is "in flight"
-    assert st.policy.n_learned == 2
-    for k, v in snap.domains["d"][SERVED][1].items():
+    assert st.baseline.n_learned == 2
+    for k, v in snap.domains["d"][BASELINE_ROLE][1].items():
         assert np.array_equal(v, frozen[k]), k
-    assert snap.domains["d"][SERVED][0]["n_learned"] == 1
+    assert snap.domains["d"][BASELINE_ROLE][0]["n_learned"] == 1
 
 
 def _domains(tmp_path, monkeypatch):
@@ -211,9 +213,9 @@ def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path,
         (f"e{i}", 0.25, 0.75) for i in range(3)
     ]
     assert [p.event_id for p in joins2.items()] == ["waiting"]
-    assert got.policy.n_learned == 0
+    assert got.baseline.n_learned == 0
     assert fresh.flush_due(0.0, force=True) == 3
-    assert got.policy.n_learned == 3
+    assert got.baseline.n_learned == 3
 
 
 def test_learning_is_spread_over_turns_by_a_time_budget(tmp_path, monkeypatch):
@@ -227,9 +229,9 @@ def test_learning_is_spread_over_turns_by_a_time_budget(tmp_path, monkeypatch):
     assert doms.flush_due(0.0) == 0  # one reward each, not yet due
     now = 10.0  # every buffer is now older than RL_UPDATE_MAX_DELAY_S, all at once
     assert doms.flush_due(now, budget_s=0.0) == 1  # the oldest, then the budget is spent
-    assert doms.states["d0"].policy.n_learned == 1
+    assert doms.states["d0"].baseline.n_learned == 1
     assert doms.flush_due(now) == 49  # the rest, oldest first
-    assert all(st.policy.n_learned == 1 for st in doms.states.values())
+    assert all(st.baseline.n_learned == 1 for st in doms.states.values())
 
 
 def test_learning_keeps_pace_with_joining_whatever_the_budget(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monk
     dr = DoublyRobust(3)
     b = ContextBatch(np.ones((2, 3)), ["a", "b"], np.array([0, 2]), ["k"])
     dr.learn(Feedback(b, np.array([0]), np.array([1.0]), np.array([0.5])))
-    st.policy = dr
+    st.baseline = dr
     rss = [100.0]
     shed: list[float] = []
     guard = MemoryGuard(

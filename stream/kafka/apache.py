@@ -261,10 +261,8 @@ class KafkaCluster:
                         *self._jvm(heap_mb=128),
                         "kafka.tools.StorageTool",
                         "format",
-                        "-t",
-                        self._cluster_id,
-                        "-c",
-                        str(node.config),
+                        f"--cluster-id={self._cluster_id}",
+                        f"--config={node.config}",
                     ],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -388,7 +386,11 @@ class KafkaCluster:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding; never
+    starting with "-" (as Kafka's own Uuid.randomUuid), which tools read as an option."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid

@@ -84,3 +84,17 @@ def test_three_nodes_replicate_three_times_with_two_in_sync(tmp_path):
     }
     assert len(voters) == 1 and voters.pop().count("@") == 3  # one quorum of all three
     assert len(cluster.bootstrap_servers.split(",")) == 3
+
+
+def test_a_cluster_id_never_reads_as_a_command_line_option(monkeypatch):
+    """An id starting with "-" made StorageTool's argument parser take it for an option
+    (1 start in 64 failed); Kafka's own Uuid.randomUuid draws again, and so do we."""
+    import uuid
+
+    from stream.kafka import apache
+
+    dash = uuid.UUID(bytes=b"\xfb" + bytes(15))  # base64url: starts with "-"
+    drawn = iter([dash, uuid.UUID(int=1)])
+    monkeypatch.setattr(apache.uuid, "uuid4", lambda: next(drawn))
+    cid = apache._cluster_id()
+    assert cid == "AAAAAAAAAAAAAAAAAAAAAQ" and len(cid) == 22

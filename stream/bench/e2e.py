@@ -16,167 +16,20 @@ One service process (`bandit-stream run`, as deployed) on the embedded broker, o
 from __future__ import annotations
 
 import multiprocessing as mp
-import random
 import sys
 import time
-import uuid
-from collections import deque
-from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
-from confluent_kafka import Producer
 from tqdm import tqdm
 
 from stream.bench import harness
 from stream.bench.harness import ServiceProcess
+from stream.bench.load import DecisionReader, passthrough, produce
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
 from stream.config import Settings
-
-CANDIDATES = ["a", "b", "c", "d"]
-
-
-def _messages(
-    n: int, domains: int, reward_delay: int, seed: int, with_rewards: bool, timed: bool
-) -> Iterator[tuple[bool, bytes, bytes]]:
-    """(is_context, value, key) in streaming order: contexts, each reward after
-    ``reward_delay`` more contexts. ``timed`` puts the send time in the event id."""
-    rng = random.Random(seed)
-    names = [f"dom{i}".encode() for i in range(domains)]
-    trail: deque[tuple[str, bytes]] = deque()
-    for i in range(n):
-        key = names[i % domains]
-        eid = f"{i}:{time.time_ns()}" if timed else f"{i}:0"
-        ctx = {
-            "event_id": eid,
-            "domain": key.decode(),
-            "context": {"x": rng.random(), "tier": "pro" if rng.random() < 0.3 else "free"},
-            "candidates": CANDIDATES,
-        }
-        yield True, orjson.dumps(ctx), key
-        if with_rewards:
-            trail.append((eid, key))
-            if len(trail) > reward_delay:
-                old, k = trail.popleft()
-                r = {"event_id": old, "domain": k.decode(), "reward": float(rng.random() < 0.5)}
-                yield False, orjson.dumps(r), k
-    for old, k in trail:
-        yield False, orjson.dumps({"event_id": old, "domain": k.decode(), "reward": 1.0}), k
-
-
-def produce(
-    bootstrap: str,
-    contexts: str,
-    rewards: str | None,
-    n: int,
-    domains: int,
-    rate: float,
-    reward_delay: int,
-    seed: int,
-) -> None:
-    """Producer process. Unpaced (``rate`` 0, the throughput runs) it builds every message
-    first and then only streams them, so JSON encoding does not take CPU from the
-    service on a small machine; paced, it builds each as it goes, with the send time in
-    the event id for the latency."""
-    p = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500000}
-    )
-
-    def send(topic: str, value: bytes, key: bytes) -> None:
-        while True:
-            try:
-                p.produce(topic, value, key)
-                return
-            except BufferError:
-                p.poll(0.01)
-
-    msgs: Iterable[tuple[bool, bytes, bytes]]
-    msgs = _messages(n, domains, reward_delay, seed, rewards is not None, timed=rate > 0)
-    if rate <= 0:
-        msgs = list(msgs)
-    start = time.monotonic()
-    sent = 0
-    for is_context, value, key in msgs:
-        if is_context:
-            if rate > 0 and sent % 50 == 0:
-                ahead = start + sent / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-            sent += 1
-            send(contexts, value, key)
-        else:
-            assert rewards is not None
-            send(rewards, value, key)
-        if sent % 1000 == 0:
-            p.poll(0)
-    p.flush(120)
-
-
-class DecisionReader:
-    """Reads a topic from the start: receive time and event id of every message."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.c = harness.topic_reader(
-            bootstrap, topic, f"bench-reader-{uuid.uuid4().hex[:8]}", fetch_wait_ms=5
-        )
-        self.times: list[float] = []
-        self.sent: list[float] = []
-
-    def read(self, n: int, timeout: float, bar: Any = None) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.times) < n and time.monotonic() < deadline:
-            # Never wait to fill a batch: the receive time is the latency's end.
-            msgs = self.c.consume(5000, 0) or self.c.consume(1, 0.2)
-            now = time.time()
-            for m in msgs:
-                if m.error() is not None:
-                    continue
-                self.times.append(now)
-                try:
-                    eid = orjson.loads(m.value() or b"{}")["event_id"]
-                    self.sent.append(int(eid.split(":")[1]) / 1e9)
-                except (KeyError, ValueError, IndexError, orjson.JSONDecodeError):
-                    self.sent.append(now)
-            if bar is not None:
-                bar.update(len(self.times) - bar.n)
-
-    def rate(self) -> float:
-        """Messages per second over the middle 80% (no start-up, no drain)."""
-        t = np.sort(np.asarray(self.times))
-        if len(t) < 10:
-            return 0.0
-        a, b = int(len(t) * 0.1), int(len(t) * 0.9)
-        span = t[b] - t[a]
-        return (b - a) / span if span > 0 else float("inf")
-
-    def close(self) -> None:
-        self.c.close()
-
-
-def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
-    """The ceiling: consume in batches and produce each message on, nothing else."""
-    c = harness.topic_reader(bootstrap, src, f"passthrough-{uuid.uuid4().hex[:8]}", 10)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "compression.type": "lz4"})
-    done = 0
-    deadline = time.monotonic() + 600
-    while done < n and time.monotonic() < deadline:
-        # Like the service: whatever is fetched, waiting only when nothing is there (a
-        # consume that waits to fill its batch adds up to its timeout to every latency).
-        for m in c.consume(batch, 0) or c.consume(1, 0.1):
-            if m.error() is None:
-                while True:
-                    try:
-                        p.produce(dst, m.value(), m.key())
-                        break
-                    except BufferError:
-                        p.poll(0.01)
-                done += 1
-        p.poll(0)
-    p.flush(60)
-    c.close()
 
 
 def _spawn(target: Any, *args: Any) -> Any:

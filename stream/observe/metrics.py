@@ -12,21 +12,18 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PCounter
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from policies.estimators import Z95
 from stream.config import Settings
+from stream.observe.prometheus import BatchHistogram, CounterTable
 
 log = logging.getLogger(__name__)
 
@@ -108,65 +105,6 @@ class Alert:
             self.active = False
             return False
         return None
-
-
-class BatchHistogram:
-    """A Prometheus histogram fed a whole batch at once (numpy bucketing under one lock):
-    ``Histogram.observe`` per decision cost a lock and a Python call each."""
-
-    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
-        self.name = name
-        self.doc = doc
-        self.bounds = np.asarray(buckets, dtype=np.float64)
-        self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last: above every bound
-        self.total = 0.0
-        self._lock = threading.Lock()
-
-    def observe_many(self, values: list[float] | NDArray[np.float64]) -> None:
-        if len(values) == 0:
-            return
-        v = np.asarray(values, dtype=np.float64)
-        idx = np.searchsorted(self.bounds, v, side="left")  # le semantics: v <= bound
-        add = np.bincount(idx, minlength=len(self.counts))
-        with self._lock:
-            self.counts += add
-            self.total += float(v.sum())
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        with self._lock:
-            counts, total = self.counts.copy(), self.total
-        cumulative = np.cumsum(counts)
-        buckets = [
-            (repr(float(b)), int(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)
-        ]
-        buckets.append(("+Inf", int(cumulative[-1])))
-        fam = HistogramMetricFamily(self.name, self.doc)
-        fam.add_metric([], buckets, total)
-        yield fam
-
-
-class CounterTable:
-    """Prometheus counters by label values, kept in a plain dict: the loop adds with no
-    lock and no call into prometheus_client (which cost ~5 us per reward); a scrape
-    reads a copy (``dict(d)`` runs in C under the GIL, so it never sees a half change)."""
-
-    def __init__(self, name: str, doc: str, labelnames: tuple[str, ...]) -> None:
-        self.name = name
-        self.doc = doc
-        self.labelnames = labelnames
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, labels: tuple[str, ...], n: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + n
-
-    def forget(self, first_labels: set[str]) -> None:
-        self.values = {k: v for k, v in self.values.items() if k[0] not in first_labels}
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        fam = CounterMetricFamily(self.name, self.doc, labels=list(self.labelnames))
-        for labels, value in dict(self.values).items():
-            fam.add_metric(list(labels), value)
-        yield fam
 
 
 class Metrics:

@@ -175,8 +175,8 @@ class DoublyRobust(Policy):
         pred = np.einsum("nd,nd->n", X, self._arms.theta[act])
         # y(a') = r_hat(x, a') + 1[a' = a] * w * (r - r_hat(x, a))
         y = pred + h.chosen[:n] * h.weight[:n] * (h.reward[:n] - pred)
-        # Imported at the first refit: scipy.linalg costs ~26 MB of RSS per process, which
-        # a service whose domains never refit (no doubly robust policy) should not pay.
+        # Imported at the first refit: a service without doubly robust domains never pays
+        # for scipy.linalg's memory.
         from scipy.linalg import cho_factor, cho_solve
 
         eye = self.l2 * np.eye(self.n_features)

@@ -1,6 +1,6 @@
 """Banks of binary node classifiers for the offset tree: P(go right | x), weighted training.
 
-Nodes are heap ids ``1 .. cap-1``. ``LinearBank`` (the default, measured best):
+Nodes are heap ids ``1 .. cap-1``. ``LinearBank`` (the default):
 least-squares classifiers, one ridge regression of the side label per node with rank-1
 updates. ``LogisticBank``: online logistic regression per node with AdaGrad steps, all
 nodes in one ``[cap, d]`` array. ``TreeBank``: one
@@ -152,8 +152,7 @@ class TreeNode:
         if np.all(y == y[0]):
             self._leaf(float(y[0]))
             return
-        # Imported here: scikit-learn's tree module costs ~100 MB of RSS per process, and
-        # only the "tree" node model needs it.
+        # Imported here: only the "tree" node model pays for scikit-learn's memory.
         from sklearn.tree import DecisionTreeClassifier
 
         clf = DecisionTreeClassifier(

@@ -40,13 +40,12 @@ class OffsetTree(Policy):
     events work.
 
     Node classifiers (``node_model``): ``"linear"``, the default, are least-squares
-    classifiers (ridge regression of the side label, rank-1 updates; measured best of the
-    three on the convergence benchmark); ``"logistic"`` online logistic regression
-    (AdaGrad); ``"tree"`` scikit-learn decision trees refit on each node's bounded,
-    importance-weighted history whenever it grows by a quarter, configured by
-    ``max_depth``, ``min_split`` (minimum samples to split) and ``split_threshold``
-    (minimum impurity decrease), with ``max_nodes`` bounding the total number of tree
-    nodes over all classifiers.
+    classifiers (ridge regression of the side label, rank-1 updates); ``"logistic"``
+    online logistic regression (AdaGrad); ``"tree"`` scikit-learn decision trees refit
+    on each node's bounded, importance-weighted history whenever it grows by a quarter,
+    configured by ``max_depth``, ``min_split`` (minimum samples to split) and
+    ``split_threshold`` (minimum impurity decrease), with ``max_nodes`` bounding the
+    total number of tree nodes over all classifiers.
 
     A decision routes the context from the root: each contested node sends it right with
     probability ``q^s / (q^s + (1-q)^s)`` for its classifier's ``P(right) = q`` and

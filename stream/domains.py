@@ -220,11 +220,9 @@ class Domains:
         rewards were learned.
 
         Without ``force`` it stops after ``budget_s`` of learning, so a backlog of due
-        buffers (many domains reaching RL_UPDATE_MAX_DELAY_S together) is spread over
-        turns instead of stalling decisions; but never before it has learned as many
-        rewards as were joined since the last call. Without that floor, under sustained
-        load the budget let learning fall behind joining for good: measured at 1,000
-        domains, buffered rewards grew by three in four joined, without bound.
+        buffers is spread over turns instead of stalling decisions; but never before it
+        has learned as many rewards as were joined since the last call, so learning keeps
+        pace with joining (docs/design.md, "Learning budget").
         """
         learned = 0
         floor, self._arrived = self._arrived, 0

@@ -76,9 +76,8 @@ class PendingJoins:
         self.wait_s = wait_s
         self.early_wait_s = early_wait_s
         self._remember = remember if remember is not None else max_pending
-        # OrderedDicts, not dicts: popping the oldest of a plain dict again and again leaves
-        # deleted slots at its front that every next(iter()) scans, O(n) per pop (measured:
-        # 60% of the loop's time at 100,000 pending); an OrderedDict pops its head in O(1).
+        # OrderedDicts pop their oldest in O(1); a plain dict leaves deleted slots at its
+        # front that every next(iter()) scans again (docs/design.md, "Pending joins").
         self._pending: OrderedDict[Key, Pending] = OrderedDict()
         self._by_domain: dict[str, OrderedDict[str, None]] = {}  # event ids, oldest first
         self._finished: OrderedDict[Key, Outcome] = OrderedDict()

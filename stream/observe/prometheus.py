@@ -11,8 +11,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 
 class BatchHistogram:
-    """A Prometheus histogram fed a whole batch at once (numpy bucketing under one lock):
-    ``Histogram.observe`` per decision cost a lock and a Python call each."""
+    """A Prometheus histogram fed a whole batch at once (numpy bucketing under one lock)
+    instead of a lock and a Python call per decision."""
 
     def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
         self.name = name
@@ -47,7 +47,7 @@ class BatchHistogram:
 
 class CounterTable:
     """Prometheus counters by label values, kept in a plain dict: the loop adds with no
-    lock and no call into prometheus_client (which cost ~5 us per reward); a scrape
+    lock and no call into prometheus_client per event; a scrape
     reads a copy (``dict(d)`` runs in C under the GIL, so it never sees a half change)."""
 
     def __init__(self, name: str, doc: str, labelnames: tuple[str, ...]) -> None:

@@ -322,8 +322,8 @@ class StatePublisher:
         topic = self.settings.topic_state
         timeout_s = deadline - time.monotonic()
         for key, value in items:
-            # librdkafka copies each record until the broker acknowledges it: without this
-            # bound a checkpoint of 1,000 domains sat in its queue at once (130 MB of RSS).
+            # librdkafka keeps a copy of each record until the broker acknowledges it: bound
+            # the bytes in flight so a checkpoint's records never sit in memory all at once.
             while self._inflight > INFLIGHT_BYTES:
                 if time.monotonic() > deadline:
                     raise RuntimeError(

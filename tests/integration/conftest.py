@@ -240,6 +240,19 @@ class Client:
         out.extend(orjson.loads(m.value()) for m in extra if m.error() is None)
         return out
 
+    def learned_before_marker(self, learned: Callable[[], int], domain: str = "d1") -> int:
+        """How many rewards ``learned()`` counts once everything sent so far is processed:
+        a marker event is decided and rewarded after it (same partitions, so in order) and
+        waited for. Any learn besides the marker's shows up in the number returned."""
+        before = learned()
+        marker = f"marker-{uuid.uuid4().hex[:8]}"
+        self.context(marker, domain=domain)
+        assert [d for d in self.decisions(1) if d["event_id"] == marker]
+        self.reward(marker, 1.0, domain=domain)
+        self.flush()
+        wait_for(lambda: learned() > before, what="the marker's reward learned")
+        return learned() - 1
+
     def close(self) -> None:
         self.consumer.close()
 

@@ -15,38 +15,13 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from stream.bench.harness import service_env
 from stream.state.store import CheckpointStore
 
 pytestmark = pytest.mark.integration
 
 BIN = os.path.join(os.path.dirname(sys.executable), "bandit-stream")
 N_CONTEXTS = 1200
-
-
-def service_env(settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "ENABLE_RL_"))}
-    env.update(
-        {
-            "RL_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "RL_KAFKA_GROUP_ID": settings.kafka_group_id,
-            "RL_KAFKA_SESSION_TIMEOUT_MS": "2000",
-            "RL_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-            "RL_KAFKA_FETCH_WAIT_MAX_MS": "10",
-            "RL_TOPIC_CONTEXTS": settings.topic_contexts,
-            "RL_TOPIC_REWARDS": settings.topic_rewards,
-            "RL_TOPIC_DECISIONS": settings.topic_decisions,
-            "RL_TOPIC_METRICS": settings.topic_metrics,
-            "RL_METRICS_PORT": "0",
-            "RL_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-            "RL_TOPIC_STATE": settings.topic_state,
-            "RL_STATE_DIR": str(settings.state_dir),
-            "RL_CHECKPOINT_INTERVAL_S": "0.7",
-            "RL_UPDATE_INTERVAL": "5",
-            "RL_LOG_FORMAT": "json",
-            "RL_LOG_LEVEL": "INFO",
-        }
-    )
-    return env
 
 
 def start(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -127,7 +102,11 @@ def test_kill_nine_ten_times_loses_no_reward_and_learns_none_twice(settings_fact
     threads = [threading.Thread(target=produce_contexts), threading.Thread(target=reward_decisions)]
     for t in threads:
         t.start()
-    env = service_env(settings)
+    env = service_env(
+        settings.model_copy(
+            update={"checkpoint_interval_s": 0.7, "update_interval": 5, "log_level": "INFO"}
+        )
+    )
     rng = random.Random(7)
     try:
         for _ in range(10):

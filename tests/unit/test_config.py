@@ -25,23 +25,68 @@ def test_every_documented_name_is_a_setting():
     assert set(ALL_NAMES) <= known
 
 
-def test_defaults():
-    s = load_settings()
-    assert s.kafka_bootstrap_servers == "localhost:9092"
-    assert s.kafka_group_id == "bandit-stream"
-    assert (s.topic_contexts, s.topic_rewards, s.topic_decisions) == (
-        "bandit.contexts",
-        "bandit.rewards",
-        "bandit.decisions",
-    )
-    assert s.topic_dead_letter == "bandit.dead-letter" and s.topic_state == "bandit.state"
-    assert s.reward_wait_s == 3600 and s.default_reward == 0.0
-    assert (s.reward_min, s.reward_max) == (0.0, 1.0)
-    assert s.max_domains == 1000 and s.max_candidates == 64
-    assert s.policy == "doubly_robust" and s.baseline_policy == "epsilon_greedy"
-    assert s.shadow_policies == ["offset_tree", "linucb"]
-    assert s.checkpoint_interval_s == 30 and s.metrics_port == 9464 and s.metrics_interval_s == 10
-    assert s.enable_rl_advanced is False
+def _readme_defaults() -> dict[str, str]:
+    """``{variable: default}`` from the README's settings tables, where a row names its
+    variables and defaults one for one (``RL_A`` / ``_B`` | ``1`` / ``2``)."""
+    import re
+    from pathlib import Path
+
+    from stream.config import known_env_names
+
+    known = known_env_names()
+    out: dict[str, str] = {}
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    for line in readme.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([A-Z_]+)`", cells[0])
+        defaults = [d.strip().strip("`") for d in cells[1].split(" / ")]
+        if not names or len(names) != len(defaults):
+            continue
+        full = []
+        for name in names:
+            if name.startswith("_"):  # a suffix of the first name's prefix
+                parts = names[0].split("_")
+                name = next(
+                    "_".join(parts[:i]) + name
+                    for i in range(len(parts) - 1, 0, -1)
+                    if "_".join(parts[:i]) + name in known
+                )
+            full.append(name)
+        out.update(zip(full, defaults, strict=True))
+    return out
+
+
+def _same(documented: str, actual: str) -> bool:
+    documented = documented.removesuffix(" s")
+    try:
+        return float(documented) == float(actual)
+    except ValueError:
+        return documented == actual
+
+
+def test_the_readme_states_the_actual_defaults():
+    from stream.config import settings_env
+
+    actual = settings_env(load_settings())
+    documented = _readme_defaults()
+    words = ("–", "every domain")  # unset: nothing to compare
+    compared = {k: v for k, v in documented.items() if k in actual and v not in words}
+    assert len(compared) >= 40, sorted(compared)  # the parser read the tables
+    wrong = {k: (v, actual[k]) for k, v in compared.items() if not _same(v, actual[k])}
+    assert not wrong, f"README default vs actual: {wrong}"
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from stream.config import known_env_names
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    named = set(_readme_defaults())  # table rows, suffixes expanded
+    missing = [n for n in known_env_names() if n not in named and f"`{n}" not in readme]
+    assert not missing, sorted(missing)
 
 
 def test_environment_is_read(monkeypatch):

@@ -46,9 +46,38 @@ def test_the_secret_is_never_in_settings_reprs_logs_or_errors(monkeypatch, caplo
     assert "RL_BATCH_SIZE" in str(exc.value) and SECRET not in str(exc.value)
 
 
-def test_the_metrics_server_binds_where_it_is_told(monkeypatch):
-    monkeypatch.setenv("RL_METRICS_HOST", "127.0.0.1")
-    assert load_settings().metrics_host == "127.0.0.1"
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except ConnectionRefusedError:
+        return False
+
+
+@pytest.mark.parametrize("host, elsewhere", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_the_metrics_server_binds_where_it_is_told(monkeypatch, host, elsewhere):
+    """RL_METRICS_HOST=127.0.0.1 keeps /metrics, /healthz and /readyz off every other
+    address (127.0.0.2 is loopback too, yet not bound); the default listens on all."""
+    import threading
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from stream.observe.probes import Probes
+
+    monkeypatch.setenv("RL_METRICS_HOST", host)
+    s = load_settings()
+    probes = Probes(1.0, threading.Event(), threading.Event(), None, None)  # type: ignore[arg-type]
+    server, port = probes.serve(s.metrics_host, 0, CollectorRegistry())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200
+        assert _answers("127.0.0.2", port) is elsewhere
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_nothing_is_unpickled_or_evaluated():

@@ -69,7 +69,8 @@ def test_keeps_only_the_last_versions(tmp_path):
     store = CheckpointStore(tmp_path / "state.db", keep=3)
     versions = [store.write(snapshot(1)) for _ in range(6)]
     assert [v.version for v in store.versions()] == versions[::-1][:3]
-    n_arrays = store._db.execute("SELECT COUNT(DISTINCT version) FROM array").fetchone()[0]
+    with sqlite3.connect(store.path) as db:  # the file itself: old arrays really gone
+        n_arrays = db.execute("SELECT COUNT(DISTINCT version) FROM array").fetchone()[0]
     assert n_arrays == 3
 
 
@@ -116,7 +117,8 @@ def test_object_arrays_are_never_stored_or_read(tmp_path):
     with pytest.raises(CheckpointError, match="not storable"):
         store.write(bad)
     v = store.write(Snapshot({"d": {"p": ({}, {"x": np.zeros(3)})}}))
-    store._db.execute("UPDATE array SET dtype = '|O' WHERE version = ?", (v,))
+    with sqlite3.connect(store.path) as db:  # tampered on disk
+        db.execute("UPDATE array SET dtype = '|O' WHERE version = ?", (v,))
     with pytest.raises(CorruptCheckpoint):
         store.load(v)
 

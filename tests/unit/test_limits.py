@@ -3,6 +3,8 @@ early rewards without their raw bytes, reward-only domains counted."""
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
@@ -119,6 +121,6 @@ def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
         shed=svc.processor.shed_pending,
         rss_mb=lambda: 100.0,  # never goes down
     )
-    assert guard.check(now=guard._next)
+    assert guard.check(now=10.0 + time.monotonic())  # an interval later
     assert len(svc.joins) == 18 and ("d", "e0") not in svc.joins and ("d", "e2") in svc.joins
     assert st.expired == 2 and len(st.buffer) == 2  # learned with the default reward

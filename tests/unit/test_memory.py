@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from policies import ContextBatch, Feedback
@@ -37,11 +39,11 @@ def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monk
         rss_mb=lambda: rss[0],
     )
     assert not guard.check(now=0.0)  # not due yet
-    assert guard.check(now=guard._next)
+    assert guard.check(now=10.0 + time.monotonic())  # an interval later
     assert guard.trims == 1
     assert len(joins) == 1  # the pending decision inside its window is kept
     assert hasher._cache == {} and dr._history.size == 0
     assert shed == [0.1]  # still over the limit after trimming: pending decisions next
     assert dr.n_learned == 1  # the model itself is kept
     rss[0] = 10.0
-    assert not guard.check(now=guard._next)  # under the limit: nothing to do
+    assert not guard.check(now=20.0 + time.monotonic())  # under the limit: nothing to do

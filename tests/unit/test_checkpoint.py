@@ -8,24 +8,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-from policies import ContextBatch, Feedback, create_policy, policy_class
+from policies import ContextBatch, Feedback, policy_class
 from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
-
-
-def trained(name: str, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    p = create_policy(name, 4, seed=seed)
-    for s in range(5):
-        X = np.hstack([np.ones((20, 1)), rng.random((20, 3))])
-        b = ContextBatch(
-            np.repeat(X, 3, axis=0),
-            ["a", "b", "c"] * 20,
-            np.arange(0, 61, 3),
-            [f"{s}-{i}" for i in range(20)],
-        )
-        d = p.choose(b)
-        p.learn(Feedback(b, d.row, rng.random(20), d.probability))
-    return p
+from tests.builders import trained
 
 
 def snapshot(n_domains: int = 3) -> Snapshot:

@@ -15,7 +15,7 @@ from stream.state.topic import (
     encode_marker,
     marker_key,
 )
-from tests.unit.test_checkpoint import trained
+from tests.builders import trained
 
 TOPICS = ("ctx", "rew")
 

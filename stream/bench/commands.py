@@ -119,6 +119,18 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_hotpath(args: argparse.Namespace) -> int:
+    from stream.bench import hotpath
+
+    domains = [int(d) for d in args.domains.split(",")]
+    rows = hotpath.run(args.load_settings(), domains, args.batch, args.batches, Path(args.out))
+    for r in rows:
+        stages = ", ".join(f"{k} {v}" for k, v in r["stages"].items())
+        print(f"{r['domains']} domains: {r['us_per_context']} µs per context ({stages})")
+    print(f"results in {args.out}/hotpath.json, .md")
+    return 0
+
+
 def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
     """Add ``bench`` and its subcommands; ``load_settings`` reads and reports the settings."""
     bench = sub.add_parser("bench", help="benchmarks writing JSON, Markdown and PNG")
@@ -131,6 +143,14 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
     conv.add_argument("--delay", type=int, default=0, help="reward delay in events")
     conv.add_argument("--out", default="bench-out")
     conv.set_defaults(fn=cmd_bench_convergence)
+    hot = bench_sub.add_parser(
+        "hotpath", help="the batch processor's µs per context by stage, in process (no broker)"
+    )
+    hot.add_argument("--domains", default="100,1000", help="comma list of domain counts")
+    hot.add_argument("--batch", type=int, default=1000, help="contexts per batch")
+    hot.add_argument("--batches", type=int, default=100)
+    hot.add_argument("--out", default="bench-out")
+    hot.set_defaults(fn=cmd_bench_hotpath)
     soak = bench_sub.add_parser(
         "soak", help="a long run through a real broker with garbage (the service as a process)"
     )

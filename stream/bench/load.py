@@ -20,7 +20,7 @@ from stream.bench import harness
 CANDIDATES = ["a", "b", "c", "d"]
 
 
-def _messages(
+def messages(
     n: int, domains: int, reward_delay: int, seed: int, with_rewards: bool, timed: bool
 ) -> Iterator[tuple[bool, bytes, bytes]]:
     """(is_context, value, key) in streaming order: contexts, each reward after
@@ -75,7 +75,7 @@ def produce(
                 p.poll(0.01)
 
     msgs: Iterable[tuple[bool, bytes, bytes]]
-    msgs = _messages(n, domains, reward_delay, seed, rewards is not None, timed=rate > 0)
+    msgs = messages(n, domains, reward_delay, seed, rewards is not None, timed=rate > 0)
     if rate <= 0:
         msgs = list(msgs)
     start = time.monotonic()

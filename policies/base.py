@@ -57,7 +57,9 @@ class ContextBatch:
         o = self.offsets
         sizes = o[1:] - o[:-1]  # np.diff's Python wrapper costs more on a lone event
         object.__setattr__(self, "sizes", sizes)
-        k = int(sizes[0]) if len(sizes) and int(sizes.min()) == int(sizes.max()) else 0
+        # The ufuncs' reduce directly: ndarray.min/max's Python wrappers cost more here.
+        uniform = len(sizes) and np.minimum.reduce(sizes) == np.maximum.reduce(sizes)
+        k = int(sizes[0]) if uniform else 0
         object.__setattr__(self, "_k", k)
 
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 from mmh3 import hash as murmur3
@@ -138,18 +139,23 @@ class FeatureHasher:
         sizes = np.fromiter((len(e.candidates) for e in events), dtype=np.int64, count=n)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(sizes, out=offsets[1:])
-        flat: list[int] = []  # event row * d + slot, per context feature
-        vals: list[float] = []
-        actions: list[str] = []
+        if n == 1:  # a lone event (a quiet domain): no per-event machinery to amortise
+            total = len(events[0].context[0])
+            flat = np.asarray(events[0].context[0], dtype=np.int64)
+            vals = np.asarray(events[0].context[1], dtype=np.float64)
+            actions = list(events[0].candidates)
+        else:
+            contexts = [e.context for e in events]
+            lens = [len(c[0]) for c in contexts]
+            total = sum(lens)
+            slots = np.fromiter(chain.from_iterable(c[0] for c in contexts), np.int64, total)
+            vals = np.fromiter(chain.from_iterable(c[1] for c in contexts), np.float64, total)
+            flat = np.repeat(np.arange(0, n * d, d, dtype=np.int64), lens) + slots  # row*d+slot
+            actions = list(chain.from_iterable(e.candidates for e in events))
         cand_rows: list[int] = []
         cand_idx: list[int] = []
         cand_val: list[float] = []
         for i, e in enumerate(events):
-            ci, cv = e.context
-            base = i * d
-            flat.extend([base + j for j in ci])
-            vals.extend(cv)
-            actions.extend(e.candidates)
             if e.candidate_features:
                 start = int(offsets[i])
                 for k, a in enumerate(e.candidates):
@@ -161,8 +167,8 @@ class FeatureHasher:
         # bincount sums, in order, the values of keys that hash to one slot (as np.add.at
         # would, at a fraction of its per-call cost: most batches hold one or two events).
         E = (
-            np.bincount(np.asarray(flat, dtype=np.int64), np.asarray(vals), n * d).reshape(n, d)
-            if flat
+            np.bincount(flat, vals, n * d).reshape(n, d)
+            if total
             else np.zeros((n, d))  # bincount of nothing ignores the weights: ints
         )
         E[:, 0] = 1.0  # the bias: hashed slots are 1 .. d-1

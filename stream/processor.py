@@ -86,12 +86,12 @@ class BatchProcessor:
         self.delivery = self.rejections.dead_letters = None
 
     def process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
-        s = self.settings
+        contexts_topic = self.settings.topic_contexts
         contexts: dict[str, list[ContextEvent]] = defaultdict(list)
         partition_of: dict[str, int] = {}
         rewards: list[tuple[RewardEvent, int]] = []
-        replaying = bool(self.ownership.valid_from)
-        fp = self.failpoints
+        applied = self.ownership.already_applied if self.ownership.valid_from else None
+        fp, limits, stats = self.failpoints, self.limits, self.stats
         self.metrics.consumed += len(msgs)
         last_context = last_reward = None
         for m in msgs:
@@ -102,9 +102,9 @@ class BatchProcessor:
                 else:
                     log.error("consumer error: %s", err.str())
                 continue
-            topic, part, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
-            self.stats.consumed += 1
-            is_context = topic == s.topic_contexts
+            stats.consumed += 1
+            topic = m.topic() or ""
+            is_context = topic == contexts_topic
             if is_context:
                 last_context = m
             else:
@@ -113,9 +113,10 @@ class BatchProcessor:
                 if fp is not None:
                     fp.check("decode")
                 decode = decode_context if is_context else decode_reward
-                ev = decode(m.value(), m.key(), self.limits)
-                if replaying and self.ownership.already_applied(topic, part, ev.domain, offset):
-                    self.stats.replay_skipped += 1
+                ev = decode(m.value(), m.key(), limits)
+                part = m.partition() or 0
+                if applied is not None and applied(topic, part, ev.domain, m.offset() or 0):
+                    stats.replay_skipped += 1
                     continue
                 ev.source = m
                 if isinstance(ev, ContextEvent):
@@ -158,6 +159,7 @@ class BatchProcessor:
         fresh: list[ContextEvent] = []
         seen: set[str] = set()
         max_actions = self.settings.max_actions
+        actions = state.actions
         for ev in events:
             if ev.event_id in seen or (domain, ev.event_id) in self.joins:
                 self.rejections.reject(
@@ -169,15 +171,19 @@ class BatchProcessor:
                     "duplicate_event", f"event_id {ev.event_id!r} was already joined", ev.source
                 )
                 continue
-            new = [c for c in ev.candidates if c not in state.actions]
-            if new and len(state.actions) + len(new) > max_actions:
+            if actions.issuperset(ev.candidates):  # the common case: no new action
+                seen.add(ev.event_id)
+                fresh.append(ev)
+                continue
+            new = [c for c in ev.candidates if c not in actions]
+            if len(actions) + len(new) > max_actions:
                 self.rejections.reject(
                     "action_limit",
                     f"domain {domain!r} would exceed RL_MAX_ACTIONS={max_actions} distinct actions",
                     ev.source,
                 )
                 continue
-            state.actions.update(new)
+            actions.update(new)
             seen.add(ev.event_id)
             fresh.append(ev)
         if not fresh:
@@ -215,76 +221,72 @@ class BatchProcessor:
         return out
 
     def _emit(self, state: DomainState, served: Served, now: float, consumed_at: float) -> None:
-        s = self.settings
         delivery = self.delivery
         assert delivery is not None
         events, encoded, dec = served.events, served.encoded, served.decisions
         variant, policy = served.variant, served.policy
-        pmf = dec.pmf.tolist()
-        rows = dec.row.tolist()
-        probs = dec.probability.tolist()
-        version = policy.n_learned
-        latencies: list[float] = []
-        emitted: list[str] = []
+        name, policy_name, version = state.name, policy.name, policy.n_learned
+        pmf, rows, probs = dec.pmf.tolist(), dec.row.tolist(), dec.probability.tolist()
         keep_dist = self.joined_log is not None
-        deadline = now + s.reward_wait_s
-        key = state.name.encode()
+        deadline = now + self.settings.reward_wait_s
+        key = name.encode()
         fp = self.failpoints
-        start = 0
+        joins, produce = self.joins, delivery.produce
+        refused = self.rejections.decision_refused
+        # The batch was decided at once: one latency and one timestamp for its decisions.
+        latency = (time.perf_counter() - consumed_at) * 1000.0
+        stamp = time.time()
+        emitted: list[str] = []
+        end = 0
         for i, ev in enumerate(events):
-            k = len(ev.candidates)
+            start, cands = end, ev.candidates
+            end = start + len(cands)
             chosen = rows[i] - start
-            lat = (time.perf_counter() - consumed_at) * 1000.0
-            action = ev.candidates[chosen]
-            dist = tuple(pmf[start : start + k]) if keep_dist else None
+            dist = pmf[start:end]
             try:  # everything that may raise before the decision leaves
                 if fp is not None:
                     fp.check("emit")
                 value = encode_decision(
                     event_id=ev.event_id,
-                    domain=state.name,
-                    action=action,
+                    domain=name,
+                    action=cands[chosen],
                     probability=probs[i],
-                    probabilities=dict(zip(ev.candidates, pmf[start : start + k], strict=True)),
-                    policy=policy.name,
+                    probabilities=dict(zip(cands, dist, strict=True)),
+                    policy=policy_name,
                     policy_version=version,
                     variant=variant,
-                    timestamp=time.time(),
-                    latency_ms=lat,
+                    timestamp=stamp,
+                    latency_ms=latency,
                 )
             except Exception as exc:
                 self.rejections.internal_error(exc, ev.source)
                 continue
-            finally:
-                start += k
-            latencies.append(lat)
             emitted.append(ev.event_id)
-            evicted = self.joins.add(
+            evicted = joins.add(
                 Pending(
-                    state.name,
+                    name,
                     ev.event_id,
                     encoded[i],
                     chosen,
                     probs[i],
-                    policy.name,
+                    policy_name,
                     variant,
                     now,
                     deadline,
-                    dist,
+                    tuple(dist) if keep_dist else None,
                     version,
                 )
             )
             # Pending first: a decision refused at once (too large) is discarded again.
-            refused = partial(self.rejections.decision_refused, ev.source, state.name, ev.event_id)
-            delivery.produce(value, key, on_refused=refused)
-            early = self.joins.claim_early(state.name, ev.event_id)
+            produce(value, key, on_refused=partial(refused, ev.source, name, ev.event_id))
+            early = joins.claim_early(name, ev.event_id)
             if early is not None:  # its reward came first: join it now
-                self._join(RewardEvent(ev.event_id, state.name, early), now, state.partition)
+                self._join(RewardEvent(ev.event_id, name, early), now, state.partition)
             if evicted:
                 self.stats.evicted += len(evicted)
                 self._learn_default(evicted, now)
         self.stats.decisions += len(emitted)
-        self.metrics.decided(state.name, variant, latencies, emitted)
+        self.metrics.decided(name, variant, [latency] * len(emitted), emitted)
 
     def _join(self, r: RewardEvent, now: float, partition: int) -> None:
         outcome, pending = self.joins.take(r.domain, r.event_id)

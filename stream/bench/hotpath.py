@@ -33,6 +33,7 @@ from stream.bench.load import messages
 from stream.bench.report import machine, markdown_table, write_json, write_markdown
 from stream.config import Settings
 from stream.join import Pending
+from stream.kafka.clients import producer_config
 from stream.kafka.codec import ContextEvent, RewardEvent, decode_context, decode_reward
 from stream.kafka.codec import encode_decision as encode_json
 from stream.service import Service
@@ -42,15 +43,18 @@ STAGES = ("decode", "featurise", "choose", "encode", "join", "learn")
 
 class SinkProducer:
     """A confluent ``Producer`` stand-in that keeps nothing: each record is acknowledged
-    at the next poll, as a broker answering at once would."""
+    at the next poll, as a broker answering at once would; with ``only_errors`` (the
+    producer's ``delivery.report.only.error``) no callback runs for a delivered one."""
 
-    def __init__(self) -> None:
+    def __init__(self, only_errors: bool = False) -> None:
         self.produced = 0
+        self.only_errors = only_errors
         self._acks: list[tuple[Callable[..., None] | None, Message]] = []
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None, **kw: Any) -> None:
         self.produced += 1
-        self._acks.append((kw.get("on_delivery"), Message(topic=topic, value=value, key=key)))
+        report = None if self.only_errors else kw.get("on_delivery")
+        self._acks.append((report, Message(topic=topic, value=value, key=key)))
 
     def poll(self, timeout: float = 0) -> int:
         acks, self._acks = self._acks, []
@@ -91,7 +95,7 @@ def traffic(s: Settings, domains: int, batch: int, batches: int, seed: int) -> l
 
 def _service(s: Settings) -> tuple[Service, SinkProducer]:
     svc = Service(s)
-    sink = SinkProducer()
+    sink = SinkProducer(bool(producer_config(s).get("delivery.report.only.error")))
     svc.processor.attach(sink)  # type: ignore[arg-type]
     return svc, sink
 

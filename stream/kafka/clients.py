@@ -62,6 +62,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
             "acks": "all",
             "linger.ms": 2,
             "compression.type": "lz4",
+            # Delivery acts on failures only: no Python callback per delivered decision.
+            "delivery.report.only.error": True,
         }
     )
     conf.update(settings.kafka_extra)

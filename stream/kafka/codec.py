@@ -84,6 +84,12 @@ def _load(value: bytes | None, limits: Limits) -> dict[str, Any]:
     return obj
 
 
+# Domains already validated, with their bytes (the key they must be produced with): the
+# same few domains arrive again and again; bounded, as a hostile stream can vary them.
+_VALID_DOMAINS: dict[str, bytes] = {}
+MAX_VALID_DOMAINS = 100_000
+
+
 def _ids(obj: dict[str, Any], key: bytes | None) -> tuple[str, str]:
     event_id = obj.get("event_id")
     if event_id is None:
@@ -95,9 +101,16 @@ def _ids(obj: dict[str, Any], key: bytes | None) -> tuple[str, str]:
     domain = obj.get("domain")
     if domain is None:
         raise DecodeError("missing_field", "domain is required")
-    if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain):
+    if not isinstance(domain, str):
         raise DecodeError("bad_domain", "domain must match [A-Za-z0-9_.-]{1,64}")
-    if key is not None and key != domain.encode():
+    encoded = _VALID_DOMAINS.get(domain)
+    if encoded is None:
+        if not DOMAIN_RE.fullmatch(domain):
+            raise DecodeError("bad_domain", "domain must match [A-Za-z0-9_.-]{1,64}")
+        if len(_VALID_DOMAINS) >= MAX_VALID_DOMAINS:
+            _VALID_DOMAINS.clear()
+        encoded = _VALID_DOMAINS[domain] = domain.encode()
+    if key is not None and key != encoded:
         raise DecodeError("key_mismatch", "message key must be the domain")
     return event_id, domain
 

@@ -164,12 +164,13 @@ def throughput(
     return result
 
 
-def _percentiles(reader: DecisionReader) -> tuple[np.ndarray, dict[float, float]]:
-    """Sorted steady-state latencies (ms; the first and last 10% are start-up and drain)
-    and their p50 / p95 / p99 / p99.9."""
-    lat = (np.asarray(reader.times) - np.asarray(reader.sent)) * 1000.0
+def _percentiles(end: list[float], start: list[float]) -> tuple[np.ndarray, dict[float, float]]:
+    """Sorted steady-state ``end - start`` (ms; the first and last 10% are start-up and
+    drain) and its p50 / p95 / p99 / p99.9."""
+    lat = (np.asarray(end) - np.asarray(start)) * 1000.0
     a, b = int(len(lat) * 0.1), int(len(lat) * 0.9)
     steady = np.sort(lat[a:b]) if b > a else np.sort(lat)
+    steady = steady[np.isfinite(steady)]
     if not len(steady):
         return steady, {q: float("nan") for q in (50, 95, 99, 99.9)}
     return steady, {q: float(np.percentile(steady, q)) for q in (50, 95, 99, 99.9)}
@@ -205,8 +206,11 @@ def latency(
             f"passthrough at {rate:.0f}/s",
             timeout,
         )
-    steady, pct = _percentiles(reader)
-    floor, fpct = _percentiles(reader2)
+    steady, pct = _percentiles(reader.times, reader.sent)
+    floor, fpct = _percentiles(reader2.times, reader2.sent)
+    # Where the service's time goes: context sent -> decided, decided -> decision read.
+    _, inbound = _percentiles(reader.decided, reader.sent)
+    _, outbound = _percentiles(reader.times, reader.decided)
     result = {
         "events": events,
         "domains": domains,
@@ -220,6 +224,10 @@ def latency(
         "passthrough_p95_ms": round(fpct[95], 3),
         "passthrough_p99_ms": round(fpct[99], 3),
         "passthrough_p999_ms": round(fpct[99.9], 3),
+        "to_decision_p50_ms": round(inbound[50], 3),
+        "to_decision_p99_ms": round(inbound[99], 3),
+        "decision_to_reader_p50_ms": round(outbound[50], 3),
+        "decision_to_reader_p99_ms": round(outbound[99], 3),
         "broker": broker,
         "machine": machine(),
     }
@@ -234,7 +242,10 @@ def latency(
         "beside it the same load through a bare consume -> produce passthrough on the same "
         "broker (the broker's floor).\n\n"
         + markdown_table(["", "service", "passthrough"], rows)
-        + "\n",
+        + "\n\nThe service's share, by the decision's own timestamp: context sent -> decided "
+        f"p50 {result['to_decision_p50_ms']} ms, p99 {result['to_decision_p99_ms']} ms; "
+        f"decided -> read p50 {result['decision_to_reader_p50_ms']} ms, p99 "
+        f"{result['decision_to_reader_p99_ms']} ms.\n",
     )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))

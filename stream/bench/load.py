@@ -62,8 +62,15 @@ def produce(
     first and then only streams them, so JSON encoding does not take CPU from the
     service on a small machine; paced, it builds each as it goes, with the send time in
     the event id for the latency."""
+    # Paced, as an application waiting for its decisions: each context sent at once;
+    # unpaced, batched, so the producer process leaves the CPU to the service.
+    linger = 0 if rate > 0 else 5
     p = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500000}
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": linger,
+            "queue.buffering.max.messages": 500000,
+        }
     )
 
     def send(topic: str, value: bytes, key: bytes) -> None:
@@ -105,6 +112,7 @@ class DecisionReader:
         )
         self.times: list[float] = []
         self.sent: list[float] = []
+        self.decided: list[float] = []  # the decision's own timestamp (nan: none)
 
     def read(self, n: int, timeout: float, bar: Any = None) -> None:
         deadline = time.monotonic() + timeout
@@ -117,10 +125,12 @@ class DecisionReader:
                     continue
                 self.times.append(now)
                 try:
-                    eid = orjson.loads(m.value() or b"{}")["event_id"]
-                    self.sent.append(int(eid.split(":")[1]) / 1e9)
+                    doc = orjson.loads(m.value() or b"{}")
+                    self.sent.append(int(doc["event_id"].split(":")[1]) / 1e9)
                 except (KeyError, ValueError, IndexError, orjson.JSONDecodeError):
+                    doc = {}
                     self.sent.append(now)
+                self.decided.append(float(doc.get("timestamp", "nan")))
             if bar is not None:
                 bar.update(len(self.times) - bar.n)
 

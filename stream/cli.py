@@ -1,4 +1,4 @@
-"""`bandit-stream run | demo | broker`."""
+"""`bandit-stream run | broker | simulate | demo | replay | tune | checkpoint | bench`."""
 
 from __future__ import annotations
 

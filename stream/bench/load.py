@@ -20,6 +20,16 @@ from stream.bench import harness
 CANDIDATES = ["a", "b", "c", "d"]
 
 
+def send_waiting(producer: Producer, topic: str, value: bytes | None, key: bytes | None) -> None:
+    """Produce, polling while the local queue is full: a benchmark never drops a record."""
+    while True:
+        try:
+            producer.produce(topic, value, key)
+            return
+        except BufferError:
+            producer.poll(0.01)
+
+
 def messages(
     n: int, domains: int, reward_delay: int, seed: int, with_rewards: bool, timed: bool
 ) -> Iterator[tuple[bool, bytes, bytes]]:
@@ -74,12 +84,7 @@ def produce(
     )
 
     def send(topic: str, value: bytes, key: bytes) -> None:
-        while True:
-            try:
-                p.produce(topic, value, key)
-                return
-            except BufferError:
-                p.poll(0.01)
+        send_waiting(p, topic, value, key)
 
     msgs: Iterable[tuple[bool, bytes, bytes]]
     msgs = messages(n, domains, reward_delay, seed, rewards is not None, timed=rate > 0)
@@ -158,12 +163,7 @@ def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
         # consume that waits to fill its batch adds up to its timeout to every latency).
         for m in c.consume(batch, 0) or c.consume(1, 0.1):
             if m.error() is None:
-                while True:
-                    try:
-                        p.produce(dst, m.value(), m.key())
-                        break
-                    except BufferError:
-                        p.poll(0.01)
+                send_waiting(p, dst, m.value(), m.key())
                 done += 1
         p.poll(0)
     p.flush(60)

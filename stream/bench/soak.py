@@ -24,6 +24,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from stream.bench import harness
+from stream.bench.load import send_waiting
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
 
 GARBAGE: list[bytes] = [
@@ -99,12 +100,7 @@ def run_soak(
                 rss.append([round(now - start, 2), round(svc.rss_mb(), 1)])
 
         def send(topic: str, value: bytes, key: bytes) -> None:
-            while True:
-                try:
-                    producer.produce(topic, value, key)
-                    return
-                except BufferError:
-                    producer.poll(0.05)
+            send_waiting(producer, topic, value, key)
 
         with tqdm(total=events, desc="soak: producing", unit="ev", file=sys.stderr) as bar:
             t0 = time.monotonic()

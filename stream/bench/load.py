@@ -92,12 +92,19 @@ def produce(
         msgs = list(msgs)
     start = time.monotonic()
     sent = 0
-    for is_context, value, key in msgs:
+    stream = iter(msgs)
+    while True:
+        if rate > 0:
+            # Paced one context at a time, before the next message is built: its event id
+            # carries its send time, and contexts arrive spread out, not in bursts.
+            ahead = start + sent / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        item = next(stream, None)
+        if item is None:
+            break
+        is_context, value, key = item
         if is_context:
-            if rate > 0 and sent % 50 == 0:
-                ahead = start + sent / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
             sent += 1
             send(contexts, value, key)
         else:

@@ -155,7 +155,7 @@ class Domains:
         }
         if s.enable_rl_shadow_eval:
             if not isinstance(state.reward_model, RidgePolicy):
-                state.reward_model = self._new(policy_config.REWARD_MODEL, state.name)
+                state.reward_model = self._new(policy_config.REWARD_MODEL_POLICY, state.name)
         else:
             state.reward_model = None
         keep = set(state.roles()) - {REWARD_MODEL} if s.enable_rl_shadow_eval else set()

@@ -14,7 +14,7 @@ from policies import Policy, create_policy
 from stream.config import Settings
 
 # The direct-method reward model of doubly robust estimates: a per-action ridge regression.
-REWARD_MODEL = "epsilon_greedy"
+REWARD_MODEL_POLICY = "epsilon_greedy"
 
 
 def policy_params(name: str, settings: Settings) -> dict[str, Any]:
@@ -64,8 +64,3 @@ def build_policy(
     kw = {**policy_params(name, settings), **(overrides or {})}
     dim = settings.feature_dim if n_features is None else n_features
     return create_policy(name, dim, policy_seed(domain, name, settings), **kw)
-
-
-def reward_model(n_features: int) -> Policy:
-    """The direct-method model for DR estimates (greedy use only: its seed never matters)."""
-    return create_policy(REWARD_MODEL, n_features, 0)

@@ -85,6 +85,18 @@ class BatchProcessor:
     def detach(self) -> None:
         self.delivery = self.rejections.dead_letters = None
 
+    def handle(self, msgs: list[Message], now: float, consumed_at: float) -> None:
+        """A turn's work on what it fetched: decide and join it, expire what is due, learn
+        the buffers that are due, hand deliveries their reports."""
+        delivery = self.delivery
+        assert delivery is not None
+        if msgs:
+            self.process(msgs, now, consumed_at)
+            self.metrics.end_turn()
+        self.expire(now)
+        self.stats.rewards_learned += self.domains.flush_due(now)
+        delivery.poll()
+
     def process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
         contexts_topic = self.settings.topic_contexts
         contexts: dict[str, list[ContextEvent]] = defaultdict(list)

@@ -120,9 +120,9 @@ def pending_from_record(d: dict[str, Any], n_features: int) -> Pending:
             _distribution(d.get("distribution"), len(enc.candidates)),
             int(d.get("policy_version", 0)),
         )
+    except MalformedRecord:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, MalformedRecord):
-            raise
         raise MalformedRecord(str(exc)) from exc
 
 

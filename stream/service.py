@@ -154,8 +154,8 @@ class Service:
 
     def turn(self) -> None:
         """One pass: consume a batch, process it, expire, learn, deliver, checkpoint when due."""
-        consumer, delivery = self._consumer, self.processor.delivery
-        assert consumer is not None and delivery is not None
+        consumer = self._consumer
+        assert consumer is not None
         s = self.settings
         # Whatever is already fetched, without waiting to fill a batch; only when
         # nothing is there, wait for the first message.
@@ -165,16 +165,10 @@ class Service:
             if msgs:
                 msgs += consumer.consume(num_messages=s.batch_size - 1, timeout=0)
         consumed_at = time.perf_counter()
-        now = time.time()
-        if msgs:
-            self.processor.process(msgs, now, consumed_at)
-            self.metrics.end_turn()
-        self.processor.expire(now)
+        self.processor.handle(msgs, time.time(), consumed_at)
         paused = self.balance.update(consumer, len(self.joins), self.joins.n_early, len(msgs))
         if paused is not None:
             self.metrics.p_topic_pauses.labels(paused).inc()
-        self.stats.rewards_learned += self.domains.flush_due(now)
-        delivery.poll()
         self.checkpointer.finish(block=False)
         self.memory.check()
         self.probes.turned()

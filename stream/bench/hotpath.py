@@ -103,17 +103,10 @@ def _service(s: Settings) -> tuple[Service, SinkProducer]:
 def processor_us(s: Settings, batches: list[list[Any]], warm: int) -> tuple[float, int]:
     """The processor's wall time per context over ``batches[warm:]``; and decisions made."""
     svc, sink = _service(s)
-    proc, delivery = svc.processor, svc.processor.delivery
-    assert delivery is not None
     spent, contexts = 0.0, 0
     for i, msgs in enumerate(batches):
         start = time.perf_counter()
-        now = time.time()
-        proc.process(msgs, now, start)
-        svc.metrics.end_turn()
-        proc.expire(now)
-        svc.stats.rewards_learned += svc.domains.flush_due(now)
-        delivery.poll()
+        svc.processor.handle(msgs, time.time(), start)
         if i >= warm:
             spent += time.perf_counter() - start
             contexts += sum(m.topic() == s.topic_contexts for m in msgs)

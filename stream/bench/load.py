@@ -83,9 +83,6 @@ def produce(
         }
     )
 
-    def send(topic: str, value: bytes, key: bytes) -> None:
-        send_waiting(p, topic, value, key)
-
     msgs: Iterable[tuple[bool, bytes, bytes]]
     msgs = messages(n, domains, reward_delay, seed, rewards is not None, timed=rate > 0)
     if rate <= 0:
@@ -106,10 +103,10 @@ def produce(
         is_context, value, key = item
         if is_context:
             sent += 1
-            send(contexts, value, key)
+            send_waiting(p, contexts, value, key)
         else:
             assert rewards is not None
-            send(rewards, value, key)
+            send_waiting(p, rewards, value, key)
         if sent % 1000 == 0:
             p.poll(0)
     p.flush(120)

@@ -99,9 +99,6 @@ def run_soak(
                 last_sample = now
                 rss.append([round(now - start, 2), round(svc.rss_mb(), 1)])
 
-        def send(topic: str, value: bytes, key: bytes) -> None:
-            send_waiting(producer, topic, value, key)
-
         with tqdm(total=events, desc="soak: producing", unit="ev", file=sys.stderr) as bar:
             t0 = time.monotonic()
             for i in range(events):
@@ -111,7 +108,9 @@ def run_soak(
                         time.sleep(ahead)
                 domain = DOMAINS[i % len(DOMAINS)]
                 if rng.random() < garbage:
-                    send(s.topic_contexts, GARBAGE[bad % len(GARBAGE)], domain.encode())
+                    send_waiting(
+                        producer, s.topic_contexts, GARBAGE[bad % len(GARBAGE)], domain.encode()
+                    )
                     bad += 1
                 else:
                     doc = {
@@ -120,13 +119,13 @@ def run_soak(
                         "context": {"x": rng.random(), "tier": rng.choice(["free", "pro"])},
                         "candidates": CANDIDATES,
                     }
-                    send(s.topic_contexts, orjson.dumps(doc), domain.encode())
+                    send_waiting(producer, s.topic_contexts, orjson.dumps(doc), domain.encode())
                     lag.append((f"s{i}", domain))
                     valid += 1
                 if len(lag) > 1000:  # rewards trail their contexts by ~1000 events
                     eid, d = lag.pop(0)
                     reward = {"event_id": eid, "domain": d, "reward": float(rng.random() < 0.5)}
-                    send(s.topic_rewards, orjson.dumps(reward), d.encode())
+                    send_waiting(producer, s.topic_rewards, orjson.dumps(reward), d.encode())
                 if i % 1000 == 0:
                     producer.poll(0)
                     sample()
@@ -135,7 +134,7 @@ def run_soak(
                     bar.update(i - bar.n)
             for eid, d in lag:
                 reward = {"event_id": eid, "domain": d, "reward": 1.0}
-                send(s.topic_rewards, orjson.dumps(reward), d.encode())
+                send_waiting(producer, s.topic_rewards, orjson.dumps(reward), d.encode())
             producer.flush(60)
             bar.update(events - bar.n)
 

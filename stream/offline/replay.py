@@ -25,7 +25,7 @@ from policies.estimators import Z95, OnlineEstimate
 from policies.features import FeatureHasher
 from policies.ridge import RidgePolicy
 from stream.config import Settings
-from stream.policy_config import REWARD_MODEL, build_policy
+from stream.policy_config import REWARD_MODEL_POLICY, build_policy
 from stream.records import encoded_from_record
 
 
@@ -81,7 +81,7 @@ class Replayer:
     def _model(self, domain: str, n_features: int) -> Policy:
         m = self._models.get(domain)
         if m is None:
-            m = build_policy(REWARD_MODEL, domain, self.settings, n_features)
+            m = build_policy(REWARD_MODEL_POLICY, domain, self.settings, n_features)
             self._models[domain] = m
         return m
 

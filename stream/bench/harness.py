@@ -23,9 +23,11 @@ from stream.kafka.embedded import FAST_CLIENT_SETTINGS
 from stream.kafka.topics import ensure_topics
 
 
-def topic_reader(bootstrap: str, topic: str, group: str, fetch_wait_ms: int) -> Consumer:
-    """A consumer assigned every partition of ``topic`` from its start: no group join,
-    which on the embedded broker takes seconds that a measurement would count."""
+def topic_reader(
+    bootstrap: str, topic: str | tuple[str, ...], group: str, fetch_wait_ms: int
+) -> Consumer:
+    """A consumer assigned every partition of ``topic`` (or of each topic) from its start: no
+    group join, which on the embedded broker takes seconds that a measurement would count."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -34,8 +36,11 @@ def topic_reader(bootstrap: str, topic: str, group: str, fetch_wait_ms: int) -> 
             "fetch.wait.max.ms": fetch_wait_ms,
         }
     )
-    md = c.list_topics(topic, timeout=10).topics[topic]
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    tps = []
+    for t in (topic,) if isinstance(topic, str) else topic:
+        md = c.list_topics(t, timeout=10).topics[t]
+        tps += [TopicPartition(t, p, OFFSET_BEGINNING) for p in md.partitions]
+    c.assign(tps)
     return c
 
 

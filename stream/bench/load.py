@@ -72,15 +72,18 @@ def produce(
     first and then only streams them, so JSON encoding does not take CPU from the
     service on a small machine; paced, it builds each as it goes, with the send time in
     the event id for the latency."""
-    # Paced, as an application waiting for its decisions: each context sent at once;
-    # unpaced, batched, so the producer process leaves the CPU to the service.
-    linger = 0 if rate > 0 else 5
+    # Paced, as an application waiting for its decisions: each context sent at once, while
+    # rewards, which nobody waits on, go through a producer of their own with librdkafka's
+    # default linger. Unpaced, everything batched, leaving the CPU to the service.
     p = Producer(
         {
             "bootstrap.servers": bootstrap,
-            "linger.ms": linger,
+            "linger.ms": 0 if rate > 0 else 5,
             "queue.buffering.max.messages": 500000,
         }
+    )
+    rp = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500000}
     )
 
     msgs: Iterable[tuple[bool, bytes, bytes]]
@@ -106,10 +109,12 @@ def produce(
             send_waiting(p, contexts, value, key)
         else:
             assert rewards is not None
-            send_waiting(p, rewards, value, key)
+            send_waiting(rp, rewards, value, key)
         if sent % 1000 == 0:
             p.poll(0)
+            rp.poll(0)
     p.flush(120)
+    rp.flush(120)
 
 
 class DecisionReader:
@@ -156,9 +161,11 @@ class DecisionReader:
         self.c.close()
 
 
-def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
-    """The ceiling: consume in batches and produce each message on, nothing else."""
+def passthrough(bootstrap: str, src: tuple[str, ...], dst: str, n: int, batch: int) -> None:
+    """The ceiling: consume in batches from the same input topics as the service (contexts,
+    then rewards) and produce each context on, nothing else."""
     c = harness.topic_reader(bootstrap, src, f"passthrough-{uuid.uuid4().hex[:8]}", 10)
+    contexts = src[0]
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "compression.type": "lz4"})
     done = 0
     deadline = time.monotonic() + 600
@@ -166,7 +173,7 @@ def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int) -> None:
         # Like the service: whatever is fetched, waiting only when nothing is there (a
         # consume that waits to fill its batch adds up to its timeout to every latency).
         for m in c.consume(batch, 0) or c.consume(1, 0.1):
-            if m.error() is None:
+            if m.error() is None and m.topic() == contexts:
                 send_waiting(p, dst, m.value(), m.key())
                 done += 1
         p.poll(0)

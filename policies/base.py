@@ -24,7 +24,7 @@ import numpy as np
 from mmh3 import hash as murmur3
 from numpy.typing import NDArray
 
-from policies.kernels import sample_segments
+from policies.kernels import greedy_floor, sample_segments
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -57,9 +57,11 @@ class ContextBatch:
         o = self.offsets
         sizes = o[1:] - o[:-1]  # np.diff's Python wrapper costs more on a lone event
         object.__setattr__(self, "sizes", sizes)
-        # The ufuncs' reduce directly: ndarray.min/max's Python wrappers cost more here.
-        uniform = len(sizes) and np.minimum.reduce(sizes) == np.maximum.reduce(sizes)
-        k = int(sizes[0]) if uniform else 0
+        if len(sizes) == 1:  # a lone event (most of a quiet domain's batches)
+            k = max(0, int(sizes[0]))
+        else:  # the ufuncs' reduce: ndarray.min/max's Python wrappers cost more here
+            uniform = len(sizes) and np.minimum.reduce(sizes) == np.maximum.reduce(sizes)
+            k = int(sizes[0]) if uniform else 0
         object.__setattr__(self, "_k", k)
 
     @property
@@ -125,18 +127,6 @@ def sample_rows(pmf: FloatArray, offsets: IntArray, u: FloatArray) -> IntArray:
     )
 
 
-def segment_max(values: FloatArray, offsets: IntArray) -> FloatArray:
-    """Per-event maximum of ``values`` broadcast back to rows."""
-    m = np.maximum.reduceat(values, offsets[:-1])
-    return np.repeat(m, np.diff(offsets))
-
-
-def segment_sum(values: FloatArray, offsets: IntArray) -> FloatArray:
-    """Per-event sum of ``values`` broadcast back to rows."""
-    s = np.add.reduceat(values, offsets[:-1])
-    return np.repeat(s, np.diff(offsets))
-
-
 def check_floor(floor: float) -> float:
     """Validate an exploration floor (the mass spread uniformly over the K candidates)."""
     if not 0.0 <= floor < 1.0:
@@ -156,15 +146,7 @@ def greedy_with_floor(scores: FloatArray, batch: ContextBatch, floor: float) -> 
     it the logged probability, is exactly what is sampled. Each candidate's probability is
     at least ``floor / K``: deterministic scores become a distribution that explores.
     """
-    k = batch.uniform_layout()
-    if k:  # every event has k candidates: plain axis operations on [n, k]
-        s = scores.reshape(-1, k)
-        best = (s >= s.max(axis=1, keepdims=True) - 1e-12).astype(np.float64)
-        return (floor / k + (1.0 - floor) * best / best.sum(axis=1, keepdims=True)).ravel()
-    offsets = batch.offsets
-    is_best = (scores >= segment_max(scores, offsets) - 1e-12).astype(np.float64)
-    sizes = np.repeat(batch.sizes, batch.sizes).astype(np.float64)
-    return floor / sizes + (1.0 - floor) * is_best / segment_sum(is_best, offsets)
+    return greedy_floor(np.ascontiguousarray(scores, dtype=np.float64), batch.offsets, floor)
 
 
 def mix_floor(pmf: FloatArray, batch: ContextBatch, floor: float) -> FloatArray:

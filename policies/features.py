@@ -24,6 +24,7 @@ import numpy as np
 from mmh3 import hash as murmur3
 
 from policies.base import ContextBatch, FloatArray, PolicyError
+from policies.kernels import dense_rows
 
 Scalar = float | int | bool | str | None
 # Numbers are clipped to +-CLIP: a hostile 1e300 must not overflow x x^T in a model.
@@ -136,22 +137,27 @@ class FeatureHasher:
     def assemble(self, events: Sequence[EncodedContext], keys: list[str]) -> ContextBatch:
         """Densify encoded events into one :class:`ContextBatch` (row = event x candidate)."""
         n, d = len(events), self.n_features
-        sizes = np.fromiter((len(e.candidates) for e in events), dtype=np.int64, count=n)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
         if n == 1:  # a lone event (a quiet domain): no per-event machinery to amortise
-            total = len(events[0].context[0])
-            flat = np.asarray(events[0].context[0], dtype=np.int64)
-            vals = np.asarray(events[0].context[1], dtype=np.float64)
-            actions = list(events[0].candidates)
+            e = events[0]
+            k = len(e.candidates)
+            sizes = np.array([k], dtype=np.int64)
+            offsets = np.array([0, k], dtype=np.int64)
+            slots = np.array(e.context[0], dtype=np.int64)
+            vals = np.array(e.context[1], dtype=np.float64)
+            lens = np.array([len(slots)], dtype=np.int64)
+            actions = list(e.candidates)
         else:
+            sizes = np.fromiter((len(e.candidates) for e in events), dtype=np.int64, count=n)
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(sizes, out=offsets[1:])
             contexts = [e.context for e in events]
-            lens = [len(c[0]) for c in contexts]
-            total = sum(lens)
+            lens = np.fromiter((len(c[0]) for c in contexts), np.int64, n)
+            total = int(lens.sum())
             slots = np.fromiter(chain.from_iterable(c[0] for c in contexts), np.int64, total)
             vals = np.fromiter(chain.from_iterable(c[1] for c in contexts), np.float64, total)
-            flat = np.repeat(np.arange(0, n * d, d, dtype=np.int64), lens) + slots  # row*d+slot
             actions = list(chain.from_iterable(e.candidates for e in events))
+        # Keys hashing to one slot add up, in order; the bias is slot 0 (hashed: 1 .. d-1).
+        X: FloatArray = dense_rows(slots, vals, lens, sizes, d)
         cand_rows: list[int] = []
         cand_idx: list[int] = []
         cand_val: list[float] = []
@@ -164,15 +170,6 @@ class FeatureHasher:
                         cand_rows.extend([start + k] * len(f[0]))
                         cand_idx.extend(f[0])
                         cand_val.extend(f[1])
-        # bincount sums, in order, the values of keys that hash to one slot (as np.add.at
-        # would, at a fraction of its per-call cost: most batches hold one or two events).
-        E = (
-            np.bincount(flat, vals, n * d).reshape(n, d)
-            if total
-            else np.zeros((n, d))  # bincount of nothing ignores the weights: ints
-        )
-        E[:, 0] = 1.0  # the bias: hashed slots are 1 .. d-1
-        X: FloatArray = np.repeat(E, sizes, axis=0)
         if cand_rows:
             np.add.at(
                 X,

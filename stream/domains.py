@@ -120,7 +120,8 @@ class Domains:
         self.on_learn_error = on_learn_error
         self.states: dict[str, DomainState] = {}
         # Domains with rewards awaiting a learn, in the order their buffers started.
-        self._buffered: dict[str, DomainState] = {}
+        self._buffered: dict[str, DomainState] = {}  # by when their buffer started
+        self._full: list[DomainState] = []  # buffers that reached RL_UPDATE_INTERVAL
         self._arrived = 0  # rewards buffered since the last flush_due
         # Copy-on-write for checkpoints: a snapshot references the live policy arrays (no
         # copy in the loop); while its background write is in flight, a domain about to be
@@ -214,10 +215,12 @@ class Domains:
             state.buffer_since = now
             self._buffered[state.name] = state
         state.buffer.append((pending, reward))
+        if len(state.buffer) == self.settings.update_interval:
+            self._full.append(state)
 
     def flush_due(self, now: float, force: bool = False, budget_s: float = 0.02) -> int:
-        """Learn the buffers that are full or old enough, oldest first; returns how many
-        rewards were learned.
+        """Learn the buffers that are old enough (oldest first), then those that are full;
+        returns how many rewards were learned.
 
         Without ``force`` it stops after ``budget_s`` of learning, so a backlog of due
         buffers is spread over turns instead of stalling decisions; but never before it
@@ -226,22 +229,38 @@ class Domains:
         """
         learned = 0
         floor, self._arrived = self._arrived, 0
-        limit, max_delay = self.settings.update_interval, self.settings.update_max_delay_s
-        start = time.perf_counter()
-        for name, state in list(self._buffered.items()):
-            buf = state.buffer
-            if force or len(buf) >= limit or now - state.buffer_since >= max_delay:
-                try:
-                    failpoint(self.failpoints, "learn")
-                    learned += self._learn(state, buf)
-                except Exception as exc:
-                    if self.on_learn_error is None:
-                        raise
-                    self.on_learn_error(exc, state, buf)
-                state.buffer = []
-                del self._buffered[name]
-                if not force and learned >= floor and time.perf_counter() - start > budget_s:
+        limit = self.settings.update_interval
+        if force:
+            due = list(self._buffered.values())
+        else:
+            # The buffers started longest ago are first: scan only while they are old
+            # enough; full ones are listed when they fill. No scan of every buffer per turn.
+            due = []
+            max_delay = self.settings.update_max_delay_s
+            for state in self._buffered.values():
+                if now - state.buffer_since < max_delay:
                     break
+                due.append(state)
+            due.extend(self._full)
+        self._full = []
+        start = time.perf_counter()
+        for i, state in enumerate(due):
+            buf = state.buffer
+            if not buf or self._buffered.get(state.name) is not state:
+                continue  # learned earlier in this call, or released
+            try:
+                failpoint(self.failpoints, "learn")
+                learned += self._learn(state, buf)
+            except Exception as exc:
+                if self.on_learn_error is None:
+                    raise
+                self.on_learn_error(exc, state, buf)
+            state.buffer = []
+            del self._buffered[state.name]
+            if not force and learned >= floor and time.perf_counter() - start > budget_s:
+                # Over budget: the full buffers not reached stay listed for the next turn.
+                self._full = [st for st in due[i + 1 :] if len(st.buffer) >= limit]
+                break
         return learned
 
     def put(self, state: DomainState) -> None:

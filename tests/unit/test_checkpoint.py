@@ -235,3 +235,25 @@ def test_learning_keeps_pace_with_joining_whatever_the_budget(tmp_path, monkeypa
                 doms.add_feedback(st, p, 1.0, 0.0)
         assert doms.flush_due(0.0, budget_s=0.0) == 30 * k  # all of this turn's joins
     assert sum(len(st.buffer) for st in doms.states.values()) == 0
+
+
+def test_a_full_buffer_is_learned_before_older_ones_are_due(tmp_path, monkeypatch):
+    from stream.join import Pending
+
+    settings, h, doms = _domains(tmp_path, monkeypatch)
+    enc = h.encode({"x": 1.0}, ["a", "b"])
+    k = settings.update_interval
+    old = doms.get_or_create("old")  # one reward: due only by age
+    doms.add_feedback(old, Pending("old", "e", enc, 1, 0.5, "eg", "control", 0, 1), 1.0, 0.0)
+    busy = [doms.get_or_create(f"busy{i}") for i in range(3)]
+    for st in busy:
+        for j in range(k):
+            p = Pending(st.name, f"e{j}", enc, 1, 0.5, "eg", "control", 0, 1)
+            doms.add_feedback(st, p, 1.0, 0.0)
+    doms._arrived = 0  # no joining floor: the budget alone decides
+    assert doms.flush_due(0.0, budget_s=0.0) == k  # the first full one, then over budget
+    assert doms.flush_due(0.0, budget_s=0.0) == k  # the next full one was kept listed
+    assert doms.flush_due(0.0) == k
+    assert old.baseline.n_learned == 0 and len(old.buffer) == 1  # not due yet
+    assert doms.flush_due(10.0) == 1  # now old enough
+    assert all(st.baseline.n_learned == k for st in busy)

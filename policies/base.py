@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -75,6 +76,16 @@ class ContextBatch:
     def uniform_layout(self) -> int:
         """K when every event has exactly K candidates (rows reshape to ``[n, K, d]``), else 0."""
         return self._k
+
+    def events(self, start: int, stop: int) -> ContextBatch:
+        """Events ``start:stop`` as a batch of their own (a view of the rows)."""
+        r0, r1 = int(self.offsets[start]), int(self.offsets[stop])
+        return ContextBatch(
+            self.X[r0:r1],
+            self.actions[r0:r1],
+            self.offsets[start : stop + 1] - r0,
+            self.keys[start:stop],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +204,17 @@ class Policy(ABC):
         pmf = self._distribution(batch)
         rows = sample_rows(pmf, batch.offsets, event_uniforms(batch.keys, self.seed))
         return Decisions(rows, pmf[rows], pmf)
+
+    @classmethod
+    def choose_many(
+        cls, policies: Sequence[Policy], batch: ContextBatch, starts: Sequence[int]
+    ) -> list[Decisions]:
+        """``policies[i]`` (each of this class) chooses for events ``starts[i]:starts[i+1]``
+        of ``batch``: exactly its own ``choose`` on those events. Subclasses may decide all
+        at once, which spares many small domains the per-call cost."""
+        if len(policies) == 1:
+            return [policies[0].choose(batch)]
+        return [p.choose(batch.events(starts[i], starts[i + 1])) for i, p in enumerate(policies)]
 
     def distribution(self, batch: ContextBatch) -> FloatArray:
         """The full distribution over every event's candidates (one entry per row), without

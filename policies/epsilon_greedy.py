@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from policies.base import (
     ContextBatch,
+    Decisions,
     FloatArray,
+    Policy,
     PolicyError,
+    event_uniforms,
     greedy_with_floor,
+    sample_rows,
 )
+from policies.kernels import greedy_floor
 from policies.ridge import RidgePolicy
 
 
@@ -64,6 +72,36 @@ class EpsilonGreedy(RidgePolicy):
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx = self._arms.indices(batch.actions)
         return greedy_with_floor(self._arms.predict(idx, batch.X), batch, self.epsilon)
+
+    @classmethod
+    def choose_many(
+        cls, policies: Sequence[Policy], batch: ContextBatch, starts: Sequence[int]
+    ) -> list[Decisions]:
+        """Every policy's rows scored, distributed and sampled in one pass: each row's
+        arithmetic is its own policy's ``choose``, so are the decisions."""
+        group = [p for p in policies if isinstance(p, EpsilonGreedy)]
+        if len(group) != len(policies) or len({p.epsilon for p in group}) != 1:
+            return super().choose_many(policies, batch, starts)
+        group[0]._check_batch(batch)
+        if any(p.n_features != group[0].n_features for p in group):
+            return super().choose_many(policies, batch, starts)
+        offsets, actions, keys = batch.offsets, batch.actions, batch.keys
+        rows = [int(offsets[e]) for e in starts]
+        # indices() first: an unseen action may reallocate the arms' arrays
+        idx = [p._arms.indices(actions[rows[i] : rows[i + 1]]) for i, p in enumerate(group)]
+        theta = np.concatenate([p._arms.theta[j] for p, j in zip(group, idx, strict=True)])
+        u = np.concatenate(
+            [event_uniforms(keys[starts[i] : starts[i + 1]], p.seed) for i, p in enumerate(group)]
+        )
+        scores = np.einsum("pd,pd->p", theta, batch.X)
+        pmf = greedy_floor(scores, offsets, group[0].epsilon)
+        picked = sample_rows(pmf, offsets, u)
+        out = []
+        for i in range(len(group)):
+            r0, r1 = rows[i], rows[i + 1]
+            mine = picked[starts[i] : starts[i + 1]]
+            out.append(Decisions(mine - r0, pmf[mine], pmf[r0:r1]))
+        return out
 
     @property
     def action_counts(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ from functools import partial
 
 from confluent_kafka import Message, Producer
 
+from stream.admission import Admission
 from stream.config import Settings
 from stream.domains import Domains, DomainState, Served
 from stream.failpoints import Failpoints
@@ -69,6 +70,7 @@ class BatchProcessor:
             settings.max_context_features,
         )
         self.rejections = Rejections(settings, stats, joins, metrics)
+        self.admission = Admission(settings, domains, joins, self.rejections)
         # Set while the service runs.
         self.delivery: Delivery | None = None
         self.joined_log: JoinedLog | None = None
@@ -141,8 +143,14 @@ class BatchProcessor:
             except Exception as exc:
                 self.rejections.internal_error(exc, m)
         self.balance.observe(last_context, last_reward)
+        admitted = []
         for domain, events in contexts.items():
-            self._decide(domain, events, now, consumed_at, partition_of[domain])
+            item = self.admission.admit(domain, events, partition_of[domain])
+            if item is not None:
+                admitted.append(item)
+        for (state, _), served in zip(admitted, self._decide(admitted), strict=True):
+            for share in served:
+                self._emit(state, share, now, consumed_at)
         for r, partition in rewards:
             try:
                 if fp is not None:
@@ -151,62 +159,30 @@ class BatchProcessor:
             except Exception as exc:
                 self.rejections.internal_error(exc, r.source)
 
-    def _decide(
-        self,
-        domain: str,
-        events: list[ContextEvent],
-        now: float,
-        consumed_at: float,
-        partition: int,
-    ) -> None:
-        state = self.domains.get_or_create(domain, partition)
-        if state is None:
-            for ev in events:
-                self.rejections.reject(
-                    "domain_limit",
-                    f"domain {domain!r} would exceed RL_MAX_DOMAINS={self.settings.max_domains}",
-                    ev.source,
-                )
-            return
-        fresh: list[ContextEvent] = []
-        seen: set[str] = set()
-        max_actions = self.settings.max_actions
-        actions = state.actions
-        for ev in events:
-            if ev.event_id in seen or (domain, ev.event_id) in self.joins:
-                self.rejections.reject(
-                    "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.source
-                )
-                continue
-            if self.joins.was_joined(domain, ev.event_id):
-                self.rejections.reject(
-                    "duplicate_event", f"event_id {ev.event_id!r} was already joined", ev.source
-                )
-                continue
-            if actions.issuperset(ev.candidates):  # the common case: no new action
-                seen.add(ev.event_id)
-                fresh.append(ev)
-                continue
-            new = [c for c in ev.candidates if c not in actions]
-            if len(actions) + len(new) > max_actions:
-                self.rejections.reject(
-                    "action_limit",
-                    f"domain {domain!r} would exceed RL_MAX_ACTIONS={max_actions} distinct actions",
-                    ev.source,
-                )
-                continue
-            actions.update(new)
-            seen.add(ev.event_id)
-            fresh.append(ev)
-        if not fresh:
-            return
+    def _decide(self, admitted: list[tuple[DomainState, list[ContextEvent]]]) -> list[list[Served]]:
+        """Every domain's decisions, in one call per policy class; a domain whose decide
+        raises is decided event by event (:meth:`_decide_each`)."""
+        out: list[list[Served] | None] = [None] * len(admitted)
+        together = []
+        for i, (state, fresh) in enumerate(admitted):
+            try:
+                failpoint(self.failpoints, "decide")
+                together.append(i)
+            except Exception as exc:
+                out[i] = self._decide_each(state, fresh, exc)
         try:
-            failpoint(self.failpoints, "decide")
-            served = self.domains.decide(state, fresh)
-        except Exception as exc:
-            served = self._decide_each(state, fresh, exc)
-        for share in served:
-            self._emit(state, share, now, consumed_at)
+            for i, served in zip(
+                together, self.domains.decide_many([admitted[i] for i in together]), strict=True
+            ):
+                out[i] = served
+        except Exception:
+            for i in together:  # find the domain that raised; the others decide as usual
+                state, fresh = admitted[i]
+                try:
+                    out[i] = self.domains.decide(state, fresh)
+                except Exception as exc:
+                    out[i] = self._decide_each(state, fresh, exc)
+        return [served or [] for served in out]
 
     def _decide_each(
         self, state: DomainState, events: list[ContextEvent], exc: Exception

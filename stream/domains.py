@@ -124,7 +124,7 @@ class Domains:
         self.on_learn_error = on_learn_error
         self.states: dict[str, DomainState] = {}
         # Domains with rewards awaiting a learn, in the order their buffers started.
-        self._buffered: dict[str, DomainState] = {}  # by when their buffer started
+        self._buffered: dict[str, DomainState] = {}
         self._full: list[DomainState] = []  # buffers that reached RL_UPDATE_INTERVAL
         self._arrived = 0  # rewards buffered since the last flush_due
         # Copy-on-write for checkpoints: a snapshot references the live policy arrays (no

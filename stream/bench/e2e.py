@@ -274,7 +274,7 @@ def memory(
     with ExitStack() as stack:
         bootstrap, broker, s, svc, reader = _start(stack, engine, max_domains=max(1000, domains))
         prod = _spawn(
-            produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 2
+            produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 2, 5
         )
         samples: list[list[float]] = []
         start = time.monotonic()

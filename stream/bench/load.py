@@ -67,23 +67,23 @@ def produce(
     rate: float,
     reward_delay: int,
     seed: int,
+    linger_ms: int | None = None,
 ) -> None:
     """Producer process. Unpaced (``rate`` 0, the throughput runs) it builds every message
     first and then only streams them, so JSON encoding does not take CPU from the
     service on a small machine; paced, it builds each as it goes, with the send time in
     the event id for the latency."""
-    # Paced, as an application waiting for its decisions: each context sent at once, while
-    # rewards, which nobody waits on, go through a producer of their own with librdkafka's
-    # default linger. Unpaced, everything batched, leaving the CPU to the service.
+    # Paced, as an application waiting for its decisions: each message sent at once (unless
+    # ``linger_ms`` says otherwise: a run that measures no latency batches, as the unpaced
+    # do, leaving the CPU and the broker to the service). One producer for both topics: a
+    # reward never reaches the broker before its context (an application has the decision
+    # before it rewards it); a second connection let rewards overtake their contexts.
     p = Producer(
         {
             "bootstrap.servers": bootstrap,
-            "linger.ms": 0 if rate > 0 else 5,
+            "linger.ms": linger_ms if linger_ms is not None else 0 if rate > 0 else 5,
             "queue.buffering.max.messages": 500000,
         }
-    )
-    rp = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500000}
     )
 
     msgs: Iterable[tuple[bool, bytes, bytes]]
@@ -109,12 +109,10 @@ def produce(
             send_waiting(p, contexts, value, key)
         else:
             assert rewards is not None
-            send_waiting(rp, rewards, value, key)
+            send_waiting(p, rewards, value, key)
         if sent % 1000 == 0:
             p.poll(0)
-            rp.poll(0)
     p.flush(120)
-    rp.flush(120)
 
 
 class DecisionReader:

@@ -226,6 +226,8 @@ def greedy_floor(scores, offsets, floor):
         for r in range(s, e):
             if scores[r] >= m - 1e-12:
                 n_best += 1.0
+        if n_best == 0.0:  # a nan score: no distribution to log a probability from
+            raise ValueError("a candidate's score is nan")
         k = e - s
         for r in range(s, e):
             best = 1.0 if scores[r] >= m - 1e-12 else 0.0

@@ -16,7 +16,6 @@ class Admission:
         self, settings: Settings, domains: Domains, joins: PendingJoins, rejections: Rejections
     ) -> None:
         self.settings = settings
-        self.max_domains = settings.max_domains
         self.domains = domains
         self.joins = joins
         self.rejections = rejections
@@ -30,7 +29,7 @@ class Admission:
             for ev in events:
                 self.rejections.reject(
                     "domain_limit",
-                    f"domain {domain!r} would exceed RL_MAX_DOMAINS={self.max_domains}",
+                    f"domain {domain!r} would exceed RL_MAX_DOMAINS={self.settings.max_domains}",
                     ev.source,
                 )
             return None

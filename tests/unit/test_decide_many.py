@@ -101,3 +101,13 @@ def test_a_domain_whose_decide_raises_inside_the_group_is_decided_alone(tmp_path
     mine = sum(m.key() == b"dom0" for m in contexts)
     assert mine and svc.stats.decisions == len(contexts) - mine
     assert svc.metrics.rejected_by_code() == {"internal_error": mine}
+
+
+def test_a_nan_score_raises_rather_than_log_a_nan_probability() -> None:
+    import pytest
+
+    from policies.base import ContextBatch, greedy_with_floor
+
+    batch = ContextBatch(np.ones((3, 2)), ["a", "b", "c"], np.array([0, 3]), ["e"])
+    with pytest.raises(ValueError, match="nan"):
+        greedy_with_floor(np.array([0.1, np.nan, 0.3]), batch, 0.1)

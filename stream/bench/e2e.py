@@ -6,7 +6,8 @@ One service process (`bandit-stream run`, as deployed) on the embedded broker, o
 
 - ``throughput``: contexts decided per second with rewards flowing (over the middle 80% of
   the run, so start-up and drain do not count), beside a bare consume -> produce
-  passthrough on the same broker with the same batch sizes as the ceiling, and the ratio.
+  passthrough on the same broker (reading the same two input topics, with the same batch
+  sizes) as the ceiling, and the ratio. The broker is warmed first (see ``_start``).
 - ``latency``: context produced -> decision consumed at a fixed offered load (default half
   the measured throughput): p50 / p95 / p99 / p99.9 and a CDF plot.
 - ``memory``: the service's RSS over N events on many domains, and its growth per million

@@ -68,7 +68,17 @@ def _start(
     bootstrap, broker = harness.bootstrap(stack, engine=engine)
     if warm_rate is not None:
         n = WARM_EVENTS if warm_rate <= 0 else int(min(WARM_EVENTS, warm_rate * 10))
-        _run_passthrough(bootstrap, n, 100, warm_rate, 1000, 9, 1000, "broker warm-up", 120.0)
+        _run_passthrough(
+            bootstrap,
+            n,
+            domains=100,
+            rate=warm_rate,
+            reward_delay=1000,
+            seed=9,
+            batch=1000,
+            desc="broker warm-up",
+            timeout=120.0,
+        )
     s = harness.fresh_settings(bootstrap, "bench", **extra)
     svc = ServiceProcess(s, stack)
     _wait_ready(svc, s)

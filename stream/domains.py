@@ -19,7 +19,7 @@ from itertools import accumulate, chain
 import numpy as np
 from mmh3 import hash as murmur3
 
-from policies.base import Decisions, Feedback, Policy
+from policies.base import ContextBatch, Decisions, Feedback, Policy
 from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher
 from policies.ridge import RidgePolicy
@@ -93,6 +93,7 @@ class DomainState:
 
 
 MANY_DOMAINS = 4  # from this many domains in a fetched batch on, decide them together
+LEARN_CHUNK = 512  # rewards of many domains densified in one call before they learn
 
 
 @dataclass(slots=True)
@@ -289,14 +290,19 @@ class Domains:
                 due.append(state)
             due.extend(self._full)
         self._full = []
+        # A buffer listed twice (old enough and full), or released since: learned once.
+        due = list(
+            {st.name: st for st in due if st.buffer and self._buffered.get(st.name) is st}.values()
+        )
         start = time.perf_counter()
+        batches: dict[str, ContextBatch] = {}
         for i, state in enumerate(due):
             buf = state.buffer
-            if not buf or self._buffered.get(state.name) is not state:
-                continue  # learned earlier in this call, or released
+            if state.name not in batches:
+                batches = self._assemble_from(due, i)
             try:
                 failpoint(self.failpoints, "learn")
-                learned += self._learn(state, buf)
+                learned += self._learn(state, buf, batches.get(state.name))
             except Exception as exc:
                 if self.on_learn_error is None:
                     raise
@@ -308,6 +314,31 @@ class Domains:
                 self._full = [st for st in due[i + 1 :] if len(st.buffer) >= limit]
                 break
         return learned
+
+    def _assemble_from(self, due: list[DomainState], i: int) -> dict[str, ContextBatch]:
+        """The buffers of ``due[i:]`` (up to LEARN_CHUNK rewards) densified in one call,
+        sliced per domain; empty if it raises (each domain's own call then blames it)."""
+        chunk: list[DomainState] = []
+        n = 0
+        for state in due[i:]:
+            if chunk and n + len(state.buffer) > LEARN_CHUNK:
+                break
+            chunk.append(state)
+            n += len(state.buffer)
+        if len(chunk) == 1:
+            return {}
+        try:
+            batch = self.hasher.assemble(
+                [p.encoded for st in chunk for p, _ in st.buffer],
+                [p.event_id for st in chunk for p, _ in st.buffer],
+            )
+        except Exception:
+            return {}
+        out, start = {}, 0
+        for st in chunk:
+            out[st.name] = batch.events(start, start + len(st.buffer))
+            start += len(st.buffer)
+        return out
 
     def put(self, state: DomainState) -> None:
         """Install a restored domain (replacing any same-named one and its buffer)."""
@@ -340,10 +371,15 @@ class Domains:
         for state in self.states.values():
             state.frozen_at = self.generation
 
-    def _learn(self, state: DomainState, items: list[tuple[Pending, float]]) -> int:
+    def _learn(
+        self, state: DomainState, items: list[tuple[Pending, float]], batch: ContextBatch | None
+    ) -> int:
+        """Every policy of the domain learns ``items`` (``batch``: their rows, if assembled)."""
         self._thaw(state)
-        encoded = [p.encoded for p, _ in items]
-        batch = self.hasher.assemble(encoded, [p.event_id for p, _ in items])
+        if batch is None:
+            batch = self.hasher.assemble(
+                [p.encoded for p, _ in items], [p.event_id for p, _ in items]
+            )
         rows = batch.offsets[:-1] + np.fromiter((p.chosen for p, _ in items), np.int64, len(items))
         rewards = np.fromiter((r for _, r in items), np.float64, len(items))
         probs = np.fromiter((p.probability for p, _ in items), np.float64, len(items))

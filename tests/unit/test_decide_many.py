@@ -111,3 +111,59 @@ def test_a_nan_score_raises_rather_than_log_a_nan_probability() -> None:
     batch = ContextBatch(np.ones((3, 2)), ["a", "b", "c"], np.array([0, 3]), ["e"])
     with pytest.raises(ValueError, match="nan"):
         greedy_with_floor(np.array([0.1, np.nan, 0.3]), batch, 0.1)
+
+
+def _feedback_domains(tmp_path, rng: np.random.Generator, broken: str | None = None):
+    """Domains with buffered rewards (every policy kind that learns, shadows included);
+    ``broken``'s first reward holds a candidate feature slot past the dimension."""
+    from policies.features import EncodedContext
+    from stream.join import Pending
+
+    s = load_settings(
+        state_dir=tmp_path,
+        update_interval=1000,
+        enable_rl_advanced=True,
+        enable_rl_shadow_eval=True,
+        shadow_policies=["linucb", "offset_tree"],
+    )
+    h = FeatureHasher(s.feature_dim)
+    errors: list[str] = []
+    doms = Domains(s, h, on_learn_error=lambda exc, st, buf: errors.append(st.name))
+    for d in range(30):
+        st = doms.get_or_create(f"dom{d}")
+        assert st is not None
+        for i in range(int(rng.integers(1, 40))):
+            cands = list(rng.permutation(ACTIONS)[: rng.integers(1, 6)])
+            enc = h.encode({"x": float(rng.random()), "t": str(rng.integers(3))}, cands)
+            if st.name == broken and i == 0:
+                bad = {cands[0]: ([s.feature_dim + 5], [1.0])}
+                enc = EncodedContext(enc.context, enc.candidates, bad)
+            chosen = int(rng.integers(len(cands)))
+            p = Pending(st.name, f"e{i}", enc, chosen, 0.25, "eg", "control", 0, 1)
+            doms.add_feedback(st, p, float(rng.random()), 0.0)
+    return doms, errors
+
+
+def test_learning_many_domains_in_one_chunk_equals_learning_each_alone(tmp_path, monkeypatch):
+    import stream.domains
+
+    together, _ = _feedback_domains(tmp_path / "a", np.random.default_rng(5))
+    assert together.flush_due(0.0, force=True) > 0
+    monkeypatch.setattr(stream.domains, "LEARN_CHUNK", 0)  # every domain its own call
+    alone, _ = _feedback_domains(tmp_path / "b", np.random.default_rng(5))
+    alone.flush_due(0.0, force=True)
+    for name, st in together.states.items():
+        for role, pol in st.roles().items():
+            mine = alone.states[name].roles()[role].state_dict()[1]
+            for key, arr in pol.state_dict()[1].items():
+                assert np.array_equal(arr, mine[key]), (name, role, key)  # bit for bit
+
+
+def test_a_domain_whose_rewards_cannot_be_assembled_fails_alone(tmp_path):
+    doms, errors = _feedback_domains(tmp_path, np.random.default_rng(6), broken="dom7")
+    n = sum(len(st.buffer) for st in doms.states.values())
+    lost = len(doms.states["dom7"].buffer)
+    assert doms.flush_due(0.0, force=True) == n - lost
+    assert errors == ["dom7"]
+    assert all(st.baseline.n_learned > 0 for name, st in doms.states.items() if name != "dom7")
+    assert doms.states["dom7"].baseline.n_learned == 0

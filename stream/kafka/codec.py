@@ -1,16 +1,23 @@
-"""orjson <-> event dataclasses. The wire contract is documented in docs/events.md.
+"""JSON <-> events. The wire contract is documented in docs/events.md.
 
 Decoding never raises anything but :class:`DecodeError`, whose ``code`` is a stable
 machine-readable reason (also the dead-letter code) and ``reason`` a human sentence.
+
+A message is decoded twice at most: first by msgspec against the contract written as
+types (checked in C); what it refuses, or what the remaining checks refuse, is decoded
+again by the checks written in Python (orjson), which name the reason. Both accept the
+same messages as the same events (tests/unit/test_fuzz_codec.py).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+import sys
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 from stream.errors import StreamError
@@ -18,6 +25,7 @@ from stream.errors import StreamError
 DOMAIN_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_EVENT_ID = 128
 MAX_STRING = 1024  # candidate names, unit ids, feature keys and string values
+INT_64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # orjson reads these as int
 
 
 class DecodeError(StreamError):
@@ -32,8 +40,7 @@ class DecodeError(StreamError):
 Scalar = float | int | bool | str | None
 
 
-@dataclass(slots=True)
-class ContextEvent:
+class ContextEvent(msgspec.Struct):
     event_id: str
     domain: str
     context: dict[str, Scalar]
@@ -41,16 +48,17 @@ class ContextEvent:
     candidate_features: dict[str, dict[str, Scalar]] | None = None
     unit_id: str | None = None
     timestamp: float | None = None
-    source: Any = None  # the consumed message's Source, for a dead letter
+    # The consumed message (or its Source), for a dead letter: set by the processor after
+    # decoding, over anything a message's own "source" key held.
+    source: Any = None
 
 
-@dataclass(slots=True)
-class RewardEvent:
+class RewardEvent(msgspec.Struct):
     event_id: str
     domain: str
     reward: float
     timestamp: float | None = None
-    source: Any = None  # the consumed message's Source, for a dead letter
+    source: Any = None  # as ContextEvent.source
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,48 @@ class Limits:
     reward_min: float = 0.0
     reward_max: float = 1.0
     max_context_features: int = 1_000
+    # The contract as types for these limits (:func:`_typed_decoders`).
+    typed: tuple[Any, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "typed", _typed_decoders(self))
+
+
+def _text(lo: int, hi: int) -> Any:
+    return Annotated[str, msgspec.Meta(min_length=lo, max_length=hi)]
+
+
+def _typed_decoders(limits: Limits) -> tuple[Any, Any]:
+    """msgspec decoders of contexts and rewards whose types hold every check of the
+    Python path that one field can hold (the rest: :func:`_typed_context`). Integers stay
+    within 64 bits and floats finite, as orjson reads them."""
+    big = sys.float_info.max
+    scalar: Any = INT_64 | Annotated[float, msgspec.Meta(ge=-big, le=big)] | bool
+    features: Any = dict[_text(0, MAX_STRING), scalar | _text(0, MAX_STRING) | None]  # type: ignore[misc]
+    stamp: Any = Annotated[float, msgspec.Meta(ge=0, le=big)] | None
+    cands: Any = list[_text(1, MAX_STRING)]  # type: ignore[misc]
+    bounded = Annotated[cands, msgspec.Meta(min_length=1, max_length=limits.max_candidates)]
+    reward = Annotated[float, msgspec.Meta(ge=limits.reward_min, le=limits.reward_max)]
+    ids = [("event_id", _text(1, MAX_EVENT_ID)), ("domain", str)]
+    context = msgspec.defstruct(
+        "TypedContext",
+        [
+            *ids,
+            ("context", features),
+            ("candidates", bounded),
+            ("candidate_features", dict[str, features] | None, None),
+            ("unit_id", _text(1, MAX_STRING) | None, None),
+            ("timestamp", stamp, None),
+            ("source", None, None),  # a message's own "source" key: the checked path's
+        ],
+        bases=(ContextEvent,),
+    )
+    rewards = msgspec.defstruct(
+        "TypedReward",
+        [*ids, ("reward", reward), ("timestamp", stamp, None), ("source", None, None)],
+        bases=(RewardEvent,),
+    )
+    return msgspec.json.Decoder(context), msgspec.json.Decoder(rewards)
 
 
 def _load(value: bytes | None, limits: Limits) -> dict[str, Any]:
@@ -162,6 +212,34 @@ def _count_features(obj: dict[str, Any], limit: int) -> None:
 
 
 def decode_context(value: bytes | None, key: bytes | None, limits: Limits) -> ContextEvent:
+    if value is not None and len(value) <= limits.max_message_bytes:
+        try:
+            ev = limits.typed[0].decode(value)
+        except msgspec.MsgspecError:
+            pass
+        else:
+            if _typed_context(ev, key, limits.max_context_features):
+                return ev
+    return _checked_context(value, key, limits)
+
+
+def _typed_context(ev: ContextEvent, key: bytes | None, max_features: int) -> bool:
+    """The checks across fields that a typed decode leaves (module doc)."""
+    encoded = _VALID_DOMAINS.get(ev.domain)
+    if encoded is None or (key is not None and key != encoded):
+        return False  # not seen yet, or a mismatch: the checked path names it
+    cands, cf = ev.candidates, ev.candidate_features
+    if len(set(cands)) != len(cands):
+        return False
+    n = len(ev.context)
+    if cf is not None:
+        if not cf.keys() <= set(cands):
+            return False
+        n += sum(len(f) for f in cf.values())
+    return n <= max_features
+
+
+def _checked_context(value: bytes | None, key: bytes | None, limits: Limits) -> ContextEvent:
     obj = _load(value, limits)
     event_id, domain = _ids(obj, key)
     if "context" not in obj:
@@ -202,6 +280,19 @@ def decode_context(value: bytes | None, key: bytes | None, limits: Limits) -> Co
 
 
 def decode_reward(value: bytes | None, key: bytes | None, limits: Limits) -> RewardEvent:
+    if value is not None and len(value) <= limits.max_message_bytes:
+        try:
+            ev = limits.typed[1].decode(value)
+        except msgspec.MsgspecError:
+            pass
+        else:
+            encoded = _VALID_DOMAINS.get(ev.domain)
+            if encoded is not None and (key is None or key == encoded):
+                return ev
+    return _checked_reward(value, key, limits)
+
+
+def _checked_reward(value: bytes | None, key: bytes | None, limits: Limits) -> RewardEvent:
     obj = _load(value, limits)
     event_id, domain = _ids(obj, key)
     if "reward" not in obj:

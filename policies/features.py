@@ -17,9 +17,9 @@ features mean the same after a restart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from itertools import chain
 
+import msgspec
 import numpy as np
 from mmh3 import hash as murmur3
 
@@ -29,16 +29,19 @@ from policies.kernels import dense_rows
 Scalar = float | int | bool | str | None
 # Numbers are clipped to +-CLIP: a hostile 1e300 must not overflow x x^T in a model.
 CLIP = 1e6
-# A context encoded sparsely: parallel (slot, value) lists. Kept as plain lists because
-# contexts are small and numpy arrays of five entries cost more than they save.
-Sparse = tuple[list[int], list[float]]
+# A context encoded sparsely: parallel (slot, value) tuples. Tuples, not numpy arrays:
+# contexts are small; and the collector stops tracking a tuple of numbers (not a list).
+Sparse = tuple[tuple[int, ...], tuple[float, ...]]
 
 ENTRY_BYTES = 120  # a cache entry's dict slot, str header and value tuple, roughly
 
 
-@dataclass(slots=True)
-class EncodedContext:
-    """One event's features before densification; what pending joins keep."""
+class EncodedContext(msgspec.Struct, gc=False):
+    """One event's features before densification; what pending joins keep.
+
+    Out of the cyclic collector's sight (it holds no cycles): a service holds one per
+    pending decision, and the collector's full passes over them were its longest pauses.
+    """
 
     context: Sparse
     candidates: tuple[str, ...]
@@ -117,7 +120,7 @@ class FeatureHasher:
                 j, s = slot(namespace + key)
                 idx.append(j)
                 val.append(s * min(CLIP, max(-CLIP, float(v))))
-        return idx, val
+        return tuple(idx), tuple(val)
 
     def encode(
         self,

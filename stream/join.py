@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+import msgspec
+import numpy as np
+
 from policies.features import EncodedContext
 
 
@@ -23,8 +26,10 @@ class Outcome(Enum):
     UNKNOWN = "unknown"  # no decision with this (domain, event_id) is remembered
 
 
-@dataclass(slots=True)
-class Pending:
+class Pending(msgspec.Struct, gc=False):
+    """A decision awaiting its reward; untracked by the cyclic collector, as
+    :class:`EncodedContext` (one per pending decision, no cycles)."""
+
     domain: str
     event_id: str
     encoded: EncodedContext
@@ -80,7 +85,13 @@ class PendingJoins:
         # front that every next(iter()) scans again (docs/design.md, "Pending joins").
         self._pending: OrderedDict[Key, Pending] = OrderedDict()
         self._by_domain: dict[str, OrderedDict[str, None]] = {}  # event ids, oldest first
-        self._finished: OrderedDict[Key, Outcome] = OrderedDict()
+        # Finished joins, "domain NUL event_id" -> (sequence number << 1 | joined), the
+        # last ``remember`` in the ring in finishing order. str keys and int values keep
+        # the dict out of the cyclic collector's sight, and it does not traverse a numpy
+        # array: a full collection no longer visits every remembered key.
+        self._finished: dict[str, int] = {}
+        self._ring: np.ndarray[Any, np.dtype[np.object_]] = np.full(self._remember, None)
+        self._finishes = 0
         # Rewards that arrived before their context was decided (another partition was
         # read first, or a replay after a restart reads the topics in another order).
         # Insertion order is deadline order.
@@ -98,7 +109,7 @@ class PendingJoins:
         key = (p.domain, p.event_id)
         if key in self._pending:
             raise KeyError(f"{key} is already pending")
-        self._finished.pop(key, None)  # a reused event id starts afresh
+        self._finished.pop(_name(key), None)  # a reused event id starts afresh
         evicted = []
         own = self._by_domain.setdefault(p.domain, OrderedDict())
         while len(own) >= self.max_per_domain:
@@ -118,13 +129,13 @@ class PendingJoins:
             self._unindex(domain, event_id)
             self._finish(key, Outcome.DUPLICATE)
             return Outcome.JOINED, p
-        return self._finished.get(key, Outcome.UNKNOWN), None
+        return _outcome(self._finished.get(_name(key))), None
 
     def was_joined(self, domain: str, event_id: str) -> bool:
         """Whether this event's decision got its reward (remembered for the last
         ``remember`` finished joins): its id must not be decided again, or a replayed
         reward could join the new decision."""
-        return self._finished.get((domain, event_id)) is Outcome.DUPLICATE
+        return _outcome(self._finished.get(f"{domain}\x00{event_id}")) is Outcome.DUPLICATE
 
     def discard(self, domain: str, event_id: str) -> Pending | None:
         """Forget a pending decision that never reached its consumers (no reward can
@@ -149,6 +160,7 @@ class PendingJoins:
         """Drop the memory of finished joins (memory pressure); returns how many."""
         n = len(self._finished)
         self._finished.clear()
+        self._ring[:] = None
         return n
 
     def count_by_domain(self) -> dict[str, int]:
@@ -176,7 +188,7 @@ class PendingJoins:
         ``max_pending``: they are given up on.
         """
         key = (domain, event_id)
-        if self.early_wait_s <= 0 or key in self._early or key in self._finished:
+        if self.early_wait_s <= 0 or key in self._early or _name(key) in self._finished:
             return False, []
         dropped = []
         while len(self._early) >= self.max_pending:
@@ -246,8 +258,8 @@ class PendingJoins:
         # The memory of finished joins goes too: it describes state that is being thrown
         # away. Kept, a reward replayed after a restore (before its replayed context)
         # would be taken for a duplicate and lost.
-        for k in [k for k in self._finished if k[0] in domains]:
-            del self._finished[k]
+        for name in [k for k in self._finished if k.split("\x00", 1)[0] in domains]:
+            del self._finished[name]
         early = [k for k, v in self._early.items() if k[0] in domains or v.partition in partitions]
         for k in early:
             del self._early[k]
@@ -284,6 +296,24 @@ class PendingJoins:
         return 0 if own is None else len(own)
 
     def _finish(self, key: Key, outcome: Outcome) -> None:
-        self._finished[key] = outcome
-        if len(self._finished) > self._remember:
-            self._finished.popitem(last=False)
+        if not self._remember:
+            return
+        n, ring, name = self._finishes, self._ring, _name(key)
+        slot = n % len(ring)
+        old = ring[slot]  # finished ``remember`` finishes ago: forgotten, unless since renewed
+        if old is not None and self._finished.get(old, -1) >> 1 == n - len(ring):
+            del self._finished[old]
+        ring[slot] = name
+        self._finished[name] = n << 1 | (outcome is Outcome.DUPLICATE)
+        self._finishes = n + 1
+
+
+def _name(key: Key) -> str:
+    """A finished join's key: domains never hold a NUL, so the first one splits it."""
+    return f"{key[0]}\x00{key[1]}"
+
+
+def _outcome(finished: int | None) -> Outcome:
+    if finished is None:
+        return Outcome.UNKNOWN
+    return Outcome.DUPLICATE if finished & 1 else Outcome.LATE

@@ -67,7 +67,7 @@ def _sparse(obj: Any, n_features: int) -> Sparse:
         or not all(isinstance(v, int | float) and math.isfinite(v) for v in obj[1])
     ):
         raise MalformedRecord("malformed features")
-    return list(obj[0]), [float(v) for v in obj[1]]
+    return tuple(obj[0]), tuple(float(v) for v in obj[1])
 
 
 def encoded_from_record(rec: dict[str, Any], n_features: int) -> EncodedContext:

@@ -88,3 +88,44 @@ def test_dropping_domains_forgets_their_finished_joins_too():
     j.drop({"d"}, set())
     # Replayed after a restore, before its context: unknown (held early), not a duplicate.
     assert j.take("d", "e1")[0] is Outcome.UNKNOWN
+
+
+def test_a_renewed_finished_join_is_remembered_from_its_renewal():
+    j = PendingJoins(5, 10.0, remember=3)
+    for e in ("e0", "e1", "e2", "e0", "e3"):  # e0 decided and joined again (a reused id)
+        j.add(pend(e, 0.0))
+        j.take("d", e)
+    assert [j.take("d", e)[0] for e in ("e0", "e1", "e2", "e3")] == [
+        Outcome.DUPLICATE,
+        Outcome.UNKNOWN,  # the oldest of the last three finishes is e2
+        Outcome.DUPLICATE,
+        Outcome.DUPLICATE,
+    ]
+    for e in ("e4", "e5"):
+        j.add(pend(e, 0.0))
+        j.expire(100.0)
+    assert j.take("d", "e5")[0] is Outcome.LATE
+    assert [j.take("d", e)[0] for e in ("e0", "e2", "e3")] == [Outcome.UNKNOWN] * 2 + [
+        Outcome.DUPLICATE
+    ]
+
+
+def test_what_pending_joins_hold_is_out_of_the_collectors_sight():
+    """A service holds one decision per pending join and remembers many finished ones: a
+    full cyclic collection must not have to visit each (they hold no cycles)."""
+    import gc
+
+    from policies.features import FeatureHasher
+
+    j = PendingJoins(10, 10.0)
+    p = pend("e", 0.0)
+    p.encoded = FeatureHasher(8).encode({"x": 1.0, "s": "v"}, ["a"], {"a": {"y": 2.0}})
+    j.add(p)
+    for i in range(5):
+        j.add(pend(f"f{i}", 0.0))
+        j.take("d", f"f{i}")
+    assert not gc.is_tracked(p) and not gc.is_tracked(p.encoded)
+    gc.collect()  # the first pass untracks the inner tuples, the next one the pairs
+    gc.collect()
+    assert not gc.is_tracked(p.encoded.context) and not gc.is_tracked(p.encoded.candidates)
+    assert not gc.is_tracked(j._finished)

@@ -25,6 +25,7 @@ from stream.kafka.balance import TopicBalance
 from stream.kafka.clients import is_benign, producer_max_record_bytes
 from stream.kafka.codec import (
     ContextEvent,
+    Decision,
     DecodeError,
     Limits,
     RewardEvent,
@@ -219,7 +220,7 @@ class BatchProcessor:
         deadline = now + self.settings.reward_wait_s
         key = name.encode()
         fp = self.failpoints
-        joins, produce = self.joins, delivery.produce
+        joins, produce, encode = self.joins, delivery.produce, encode_decision
         refused = self.rejections.decision_refused
         # The batch was decided at once: one latency and one timestamp for its decisions.
         latency = (time.perf_counter() - consumed_at) * 1000.0
@@ -234,17 +235,19 @@ class BatchProcessor:
             try:  # everything that may raise before the decision leaves
                 if fp is not None:
                     fp.check("emit")
-                value = encode_decision(
-                    event_id=ev.event_id,
-                    domain=name,
-                    action=cands[chosen],
-                    probability=probs[i],
-                    probabilities=dict(zip(cands, dist, strict=True)),
-                    policy=policy_name,
-                    policy_version=version,
-                    variant=variant,
-                    timestamp=stamp,
-                    latency_ms=latency,
+                value = encode(
+                    Decision(
+                        ev.event_id,
+                        name,
+                        cands[chosen],
+                        probs[i],
+                        dict(zip(cands, dist, strict=False)),  # equal lengths: rows start:end
+                        policy_name,
+                        version,
+                        variant,
+                        stamp,
+                        latency,
+                    )
                 )
             except Exception as exc:
                 self.rejections.internal_error(exc, ev.source)

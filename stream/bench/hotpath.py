@@ -36,8 +36,14 @@ from stream.config import Settings
 from stream.domains import Served
 from stream.join import Pending, PendingJoins
 from stream.kafka.clients import producer_config
-from stream.kafka.codec import ContextEvent, RewardEvent, decode_context, decode_reward
-from stream.kafka.codec import encode_decision as encode_json
+from stream.kafka.codec import (
+    ContextEvent,
+    Decision,
+    RewardEvent,
+    decode_context,
+    decode_reward,
+    encode_decision,
+)
 from stream.service import Service
 
 STAGES = ("decode", "featurise", "choose", "encode", "join", "learn")
@@ -191,17 +197,19 @@ def _encode_and_hold(
     start = 0
     for j, ev in enumerate(events):
         k = len(ev.candidates)
-        encode_json(
-            event_id=ev.event_id,
-            domain=domain,
-            action=ev.candidates[rows[j] - start],
-            probability=probs[j],
-            probabilities=dict(zip(ev.candidates, pmf[start : start + k], strict=True)),
-            policy=policy.name,
-            policy_version=policy.n_learned,
-            variant=share.variant,
-            timestamp=now,
-            latency_ms=0.0,
+        encode_decision(
+            Decision(
+                ev.event_id,
+                domain,
+                ev.candidates[rows[j] - start],
+                probs[j],
+                dict(zip(ev.candidates, pmf[start : start + k], strict=False)),
+                policy.name,
+                policy.n_learned,
+                share.variant,
+                now,
+                0.0,
+            )
         )
         start += k
     lap["encode"] += clock() - t

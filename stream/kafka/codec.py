@@ -307,30 +307,23 @@ def _checked_reward(value: bytes | None, key: bytes | None, limits: Limits) -> R
     return RewardEvent(event_id, domain, float(r), _timestamp(obj))
 
 
-def encode_decision(
-    *,
-    event_id: str,
-    domain: str,
-    action: str,
-    probability: float,
-    probabilities: dict[str, float],
-    policy: str,
-    policy_version: int,
-    variant: str,
-    timestamp: float,
-    latency_ms: float,
-) -> bytes:
-    return orjson.dumps(
-        {
-            "event_id": event_id,
-            "domain": domain,
-            "action": action,
-            "probability": probability,
-            "probabilities": probabilities,
-            "policy": policy,
-            "policy_version": policy_version,
-            "variant": variant,
-            "timestamp": timestamp,
-            "latency_ms": latency_ms,
-        }
-    )
+class Decision(msgspec.Struct, gc=False):
+    """A decision as the decisions topic carries it (fields in docs/events.md)."""
+
+    event_id: str
+    domain: str
+    action: str
+    probability: float
+    probabilities: dict[str, float]
+    policy: str
+    policy_version: int
+    variant: str
+    timestamp: float
+    latency_ms: float
+
+
+_DECISIONS = msgspec.json.Encoder()
+
+
+def encode_decision(decision: Decision) -> bytes:
+    return _DECISIONS.encode(decision)

@@ -3,7 +3,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.kafka.codec import DecodeError, Limits, decode_context, decode_reward, encode_decision
+from stream.kafka.codec import (
+    Decision,
+    DecodeError,
+    Limits,
+    decode_context,
+    decode_reward,
+    encode_decision,
+)
 
 LIM = Limits(max_message_bytes=2000, max_candidates=4, reward_min=0.0, reward_max=1.0)
 
@@ -109,16 +116,18 @@ def test_reward_rejections(reward, code):
 
 def test_encode_decision_round_trips():
     raw = encode_decision(
-        event_id="e",
-        domain="d",
-        action="a",
-        probability=0.75,
-        probabilities={"a": 0.75, "b": 0.25},
-        policy="p",
-        policy_version=3,
-        variant="control",
-        timestamp=1.5,
-        latency_ms=0.2,
+        Decision(
+            event_id="e",
+            domain="d",
+            action="a",
+            probability=0.75,
+            probabilities={"a": 0.75, "b": 0.25},
+            policy="p",
+            policy_version=3,
+            variant="control",
+            timestamp=1.5,
+            latency_ms=0.2,
+        )
     )
     doc = orjson.loads(raw)
     assert doc["probabilities"]["a"] == doc["probability"] == 0.75

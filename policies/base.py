@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, ClassVar
 
 import numpy as np
@@ -113,14 +114,25 @@ def event_uniforms(keys: list[str], seed: int) -> FloatArray:
     Stable across processes and platforms (unlike ``hash()``), so a replayed event
     draws the same number.
     """
-    s1 = seed & 0x7FFFFFFF
-    s2 = (seed * 2654435761 + 1) & 0x7FFFFFFF
-    out = np.empty(len(keys), dtype=np.float64)
-    for i, k in enumerate(keys):
+    return seeded_uniforms(keys, repeat(seed, len(keys)))
+
+
+def seeded_uniforms(keys: Sequence[str], seeds: Iterable[int]) -> FloatArray:
+    """:func:`event_uniforms` with a seed per key (many policies' events in one pass)."""
+    out = []
+    last: int | None = None
+    s1 = s2 = 0
+    for k, seed in zip(keys, seeds, strict=True):
+        if seed != last:
+            last, (s1, s2) = seed, _seed_pair(seed)
         hi = murmur3(k, s1, False) >> 6  # 26 bits
         lo = murmur3(k, s2, False) >> 5  # 27 bits
-        out[i] = ((hi << 27) | lo) / _TWO_POW_53
-    return out
+        out.append(((hi << 27) | lo) / _TWO_POW_53)
+    return np.array(out, dtype=np.float64)
+
+
+def _seed_pair(seed: int) -> tuple[int, int]:
+    return seed & 0x7FFFFFFF, (seed * 2654435761 + 1) & 0x7FFFFFFF
 
 
 def sample_rows(pmf: FloatArray, offsets: IntArray, u: FloatArray) -> IntArray:

@@ -13,9 +13,9 @@ from policies.base import (
     FloatArray,
     Policy,
     PolicyError,
-    event_uniforms,
     greedy_with_floor,
     sample_rows,
+    seeded_uniforms,
 )
 from policies.kernels import greedy_floor
 from policies.ridge import RidgePolicy
@@ -90,9 +90,8 @@ class EpsilonGreedy(RidgePolicy):
         # indices() first: an unseen action may reallocate the arms' arrays
         idx = [p._arms.indices(actions[rows[i] : rows[i + 1]]) for i, p in enumerate(group)]
         theta = np.concatenate([p._arms.theta[j] for p, j in zip(group, idx, strict=True)])
-        u = np.concatenate(
-            [event_uniforms(keys[starts[i] : starts[i + 1]], p.seed) for i, p in enumerate(group)]
-        )
+        seeds = (p.seed for i, p in enumerate(group) for _ in range(starts[i + 1] - starts[i]))
+        u = seeded_uniforms(keys, seeds)
         scores = np.einsum("pd,pd->p", theta, batch.X)
         pmf = greedy_floor(scores, offsets, group[0].epsilon)
         picked = sample_rows(pmf, offsets, u)

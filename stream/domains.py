@@ -298,7 +298,7 @@ class Domains:
         batches: dict[str, ContextBatch] = {}
         for i, state in enumerate(due):
             buf = state.buffer
-            if state.name not in batches:
+            if state.name not in batches and i + 1 < len(due):
                 batches = self._assemble_from(due, i)
             try:
                 failpoint(self.failpoints, "learn")

@@ -109,7 +109,8 @@ class PendingJoins:
         key = (p.domain, p.event_id)
         if key in self._pending:
             raise KeyError(f"{key} is already pending")
-        self._finished.pop(_name(key), None)  # a reused event id starts afresh
+        if self._finished:  # a reused event id starts afresh
+            self._finished.pop(f"{p.domain}\x00{p.event_id}", None)
         evicted = []
         own = self._by_domain.setdefault(p.domain, OrderedDict())
         while len(own) >= self.max_per_domain:
@@ -298,13 +299,14 @@ class PendingJoins:
     def _finish(self, key: Key, outcome: Outcome) -> None:
         if not self._remember:
             return
-        n, ring, name = self._finishes, self._ring, _name(key)
-        slot = n % len(ring)
+        n, ring, finished = self._finishes, self._ring, self._finished
+        name = f"{key[0]}\x00{key[1]}"  # as _name(key), inline: once per decision
+        slot = n % self._remember
         old = ring[slot]  # finished ``remember`` finishes ago: forgotten, unless since renewed
-        if old is not None and self._finished.get(old, -1) >> 1 == n - len(ring):
-            del self._finished[old]
+        if old is not None and finished.get(old, -1) >> 1 == n - self._remember:
+            del finished[old]
         ring[slot] = name
-        self._finished[name] = n << 1 | (outcome is Outcome.DUPLICATE)
+        finished[name] = n << 1 | (outcome is Outcome.DUPLICATE)
         self._finishes = n + 1
 
 

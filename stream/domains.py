@@ -295,7 +295,7 @@ class Domains:
             {st.name: st for st in due if st.buffer and self._buffered.get(st.name) is st}.values()
         )
         start = time.perf_counter()
-        batches: dict[str, ContextBatch] = {}
+        batches: dict[str, ContextBatch | None] = {}
         for i, state in enumerate(due):
             buf = state.buffer
             if state.name not in batches and i + 1 < len(due):
@@ -315,9 +315,9 @@ class Domains:
                 break
         return learned
 
-    def _assemble_from(self, due: list[DomainState], i: int) -> dict[str, ContextBatch]:
+    def _assemble_from(self, due: list[DomainState], i: int) -> dict[str, ContextBatch | None]:
         """The buffers of ``due[i:]`` (up to LEARN_CHUNK rewards) densified in one call,
-        sliced per domain; empty if it raises (each domain's own call then blames it)."""
+        sliced per domain; None each if it raises (each domain's own call then blames it)."""
         chunk: list[DomainState] = []
         n = 0
         for state in due[i:]:
@@ -325,16 +325,15 @@ class Domains:
                 break
             chunk.append(state)
             n += len(state.buffer)
-        if len(chunk) == 1:
-            return {}
         try:
             batch = self.hasher.assemble(
                 [p.encoded for st in chunk for p, _ in st.buffer],
                 [p.event_id for st in chunk for p, _ in st.buffer],
             )
         except Exception:
-            return {}
-        out, start = {}, 0
+            return dict.fromkeys(st.name for st in chunk)
+        out: dict[str, ContextBatch | None] = {}
+        start = 0
         for st in chunk:
             out[st.name] = batch.events(start, start + len(st.buffer))
             start += len(st.buffer)

@@ -212,22 +212,32 @@ def _count_features(obj: dict[str, Any], limit: int) -> None:
 
 
 def decode_context(value: bytes | None, key: bytes | None, limits: Limits) -> ContextEvent:
-    if value is not None and len(value) <= limits.max_message_bytes:
-        try:
-            ev = limits.typed[0].decode(value)
-        except msgspec.MsgspecError:
-            pass
-        else:
-            if _typed_context(ev, key, limits.max_context_features):
-                return ev
+    ev = _typed(limits.typed[0], value, limits)
+    if ev is not None and _typed_context(ev, key, limits.max_context_features):
+        return ev
     return _checked_context(value, key, limits)
+
+
+def _typed(decoder: Any, value: bytes | None, limits: Limits) -> Any:
+    """The typed decode (module doc), or None where it refuses."""
+    if value is None or len(value) > limits.max_message_bytes:
+        return None
+    try:
+        return decoder.decode(value)
+    except msgspec.MsgspecError:
+        return None
+
+
+def _known_domain(domain: str, key: bytes | None) -> bool:
+    """Validated before and matching the key (else the checked path names what is wrong)."""
+    encoded = _VALID_DOMAINS.get(domain)
+    return encoded is not None and (key is None or key == encoded)
 
 
 def _typed_context(ev: ContextEvent, key: bytes | None, max_features: int) -> bool:
     """The checks across fields that a typed decode leaves (module doc)."""
-    encoded = _VALID_DOMAINS.get(ev.domain)
-    if encoded is None or (key is not None and key != encoded):
-        return False  # not seen yet, or a mismatch: the checked path names it
+    if not _known_domain(ev.domain, key):
+        return False
     cands, cf = ev.candidates, ev.candidate_features
     if len(set(cands)) != len(cands):
         return False
@@ -280,15 +290,9 @@ def _checked_context(value: bytes | None, key: bytes | None, limits: Limits) -> 
 
 
 def decode_reward(value: bytes | None, key: bytes | None, limits: Limits) -> RewardEvent:
-    if value is not None and len(value) <= limits.max_message_bytes:
-        try:
-            ev = limits.typed[1].decode(value)
-        except msgspec.MsgspecError:
-            pass
-        else:
-            encoded = _VALID_DOMAINS.get(ev.domain)
-            if encoded is not None and (key is None or key == encoded):
-                return ev
+    ev = _typed(limits.typed[1], value, limits)
+    if ev is not None and _known_domain(ev.domain, key):
+        return ev
     return _checked_reward(value, key, limits)
 
 

@@ -112,7 +112,9 @@ class PendingJoins:
         if self._finished:  # a reused event id starts afresh
             self._finished.pop(f"{p.domain}\x00{p.event_id}", None)
         evicted = []
-        own = self._by_domain.setdefault(p.domain, OrderedDict())
+        own = self._by_domain.get(p.domain)
+        if own is None:  # not setdefault(OrderedDict()): one allocation per decision
+            own = self._by_domain[p.domain] = OrderedDict()
         while len(own) >= self.max_per_domain:
             evicted.append(self._pop_of(p.domain))
         while len(self._pending) >= self.max_pending:
@@ -136,7 +138,8 @@ class PendingJoins:
         """Whether this event's decision got its reward (remembered for the last
         ``remember`` finished joins): its id must not be decided again, or a replayed
         reward could join the new decision."""
-        return _outcome(self._finished.get(f"{domain}\x00{event_id}")) is Outcome.DUPLICATE
+        finished = self._finished.get(f"{domain}\x00{event_id}")
+        return finished is not None and finished & 1 == 1
 
     def discard(self, domain: str, event_id: str) -> Pending | None:
         """Forget a pending decision that never reached its consumers (no reward can

@@ -86,21 +86,22 @@ class EpsilonGreedy(RidgePolicy):
         if any(p.n_features != group[0].n_features for p in group):
             return super().choose_many(policies, batch, starts)
         offsets, actions, keys = batch.offsets, batch.actions, batch.keys
-        rows = [int(offsets[e]) for e in starts]
-        # indices() first: an unseen action may reallocate the arms' arrays
-        idx = [p._arms.indices(actions[rows[i] : rows[i + 1]]) for i, p in enumerate(group)]
-        theta = np.concatenate([p._arms.theta[j] for p, j in zip(group, idx, strict=True)])
-        seeds = (p.seed for i, p in enumerate(group) for _ in range(starts[i + 1] - starts[i]))
+        rows = offsets.take(starts).tolist()  # each policy's first row
+        theta = np.concatenate(
+            [p._arms.rows_of(actions[rows[i] : rows[i + 1]]) for i, p in enumerate(group)]
+        )
+        counts = np.diff(starts)
+        seeds = (p.seed for p, n in zip(group, counts.tolist(), strict=True) for _ in range(n))
         u = seeded_uniforms(keys, seeds)
         scores = np.einsum("pd,pd->p", theta, batch.X)
         pmf = greedy_floor(scores, offsets, group[0].epsilon)
         picked = sample_rows(pmf, offsets, u)
-        out = []
-        for i in range(len(group)):
-            r0, r1 = rows[i], rows[i + 1]
-            mine = picked[starts[i] : starts[i + 1]]
-            out.append(Decisions(mine - r0, pmf[mine], pmf[r0:r1]))
-        return out
+        local = picked - np.repeat(rows[:-1], counts)  # rows within each policy's own batch
+        prob = pmf[picked]
+        return [
+            Decisions(local[s0:s1], prob[s0:s1], pmf[r0:r1])
+            for s0, s1, r0, r1 in zip(starts, starts[1:], rows, rows[1:], strict=False)
+        ]
 
     @property
     def action_counts(self) -> dict[str, int]:

@@ -81,6 +81,14 @@ class RidgeArms:
             out[i] = j
         return out
 
+    def rows_of(self, actions: list[str]) -> FloatArray:
+        """``theta`` of each action in order (unseen ones added): a view when they are
+        the actions first seen, in that order (a fixed action set's every event)."""
+        if self._names[: len(actions)] == actions:
+            return self.theta[: len(actions)]
+        idx = self.indices(actions)  # first: an unseen action may reallocate theta
+        return self.theta[idx]
+
     def predict(self, idx: IntArray, X: FloatArray) -> FloatArray:
         """``theta_a . x`` per row."""
         return np.einsum("pd,pd->p", self.theta[idx], X)

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -32,6 +32,7 @@ from stream.join import PendingJoins
 from stream.joinedlog import JoinedLog
 from stream.kafka.delivery import Delivery
 from stream.observe.memory import release_free_memory
+from stream.state.delta import Chain
 from stream.state.ownership import Ownership
 from stream.state.snapshot import encode_pending, take_snapshot
 from stream.state.store import CheckpointStore
@@ -75,6 +76,8 @@ class PendingWrite:
     ]  # per domain published, so unchanged ones are not resent
     sync: bool  # commit synchronously (revoke, shutdown)
     started: float  # perf_counter at the start of the checkpoint
+    # per domain published, its chain on the state topic now (None: unknown, start anew)
+    chains: dict[str, Chain | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,6 +181,8 @@ class Checkpointer:
             if own.offsets.get((tp.topic, tp.partition), -1) >= 0
         ]
         records = {d: (p, ahead[d]) for d, p in changed.items() if d in ahead}
+        chains = {d: c for d in records if (c := own.chains.get(d)) is not None}
+        published: dict[str, Chain | None] = {}
         store, fp = self.store, self.failpoints
         publisher = self.clients.publisher if self.clients else None
 
@@ -187,13 +192,16 @@ class Checkpointer:
             if publisher is not None and markers:
                 try:
                     failpoint(fp, "state_publish")
-                    publisher.publish(snap, records, markers, timeout_s)
+                    published.update(publisher.publish(snap, records, markers, timeout_s, chains))
                 except Exception:  # the local checkpoint stands; republished next time
                     log.exception("state topic publish of checkpoint %d failed", version)
                     signatures.clear()
+                    published.update(dict.fromkeys(records))  # what the topic holds is unknown
             return version
 
-        return PendingWrite(self._writer.submit(write), commit, signatures, sync, started)
+        return PendingWrite(
+            self._writer.submit(write), commit, signatures, sync, started, published
+        )
 
     def finish(self, block: bool) -> Written | Skipped | None:
         """Step 6 once the background write has committed; None while none finished."""
@@ -217,7 +225,7 @@ class Checkpointer:
         release_free_memory()  # the snapshot's clones and buffers are gone now
         self.last_at = time.time()
         self.last_duration_s = time.perf_counter() - w.started
-        self.ownership.mark_published(w.signatures)
+        self.ownership.mark_published(w.signatures, w.chains)
         if w.commit and self.clients is not None:
             self._commit(self.clients.consumer, w, version)
         return Written(version)
@@ -238,6 +246,8 @@ class Checkpointer:
         """After an unexpected error: let an in-flight write end, commit nothing of it."""
         if self.writing is not None:
             self.writing.future.exception()
+            # Its publish may have moved the domains' chains: the next record is a base.
+            self.ownership.mark_published({}, dict.fromkeys(self.writing.chains))
             self.writing = None
 
     def close(self, publish_timeout_s: float) -> None:

@@ -25,6 +25,7 @@ from policies.features import FeatureHasher
 from stream.config import Settings
 from stream.domains import Domains
 from stream.join import PendingJoins
+from stream.state.delta import Chain
 from stream.state.snapshot import restore
 from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
 from stream.state.topic import Offsets, StateRecords, read_state_topic
@@ -61,6 +62,8 @@ class Ownership:
         self.valid_from: dict[TP, dict[str, int]] = {}
         # domain -> Domains.signature() as of its last record on the state topic.
         self.published: dict[str, tuple[int, ...]] = {}
+        # domain -> its chain of records on the state topic, as this instance wrote it
+        self.chains: dict[str, Chain] = {}
         self.restored_from_topic = 0
         self.restored_from_local = 0
         self.restore_s = 0.0  # duration of the last restore
@@ -88,6 +91,7 @@ class Ownership:
                 self.valid_from.pop((t, p), None)
         for n in names:
             self.published.pop(n, None)
+            self.chains.pop(n, None)
         if self.on_release is not None:
             self.on_release(names)
         self.held -= partitions
@@ -242,8 +246,15 @@ class Ownership:
                 ahead[name] = (max(c, parts[p][0]), max(r, parts[p][1]))
         return changed, parts, ahead
 
-    def mark_published(self, signatures: Mapping[str, tuple[int, ...]]) -> None:
+    def mark_published(
+        self, signatures: Mapping[str, tuple[int, ...]], chains: Mapping[str, Chain | None]
+    ) -> None:
         self.published.update(signatures)
+        for name, chain in chains.items():
+            if chain is None or name not in self.domains.states:
+                self.chains.pop(name, None)
+            else:
+                self.chains[name] = chain
 
 
 def check_resume_points(

@@ -2,11 +2,14 @@
 
 Every checkpoint, after its SQLite transaction commits, publishes (see :class:`StatePublisher`):
 
-1. one record per domain that changed since its last published record, key = the domain:
-   its policy states, its pending decisions and early rewards, and the input offsets of
-   its partition that the state reflects;
-2. once every one of those records is acknowledged, one marker per held partition, key
-   ``#partition/<p>`` (never a valid domain name), carrying that checkpoint's offsets.
+1. one record per domain that changed since its last published record: its policy
+   states, its pending decisions and early rewards, and the input offsets of its
+   partition that the state reflects; either whole (a base, key = the domain) or as a
+   delta on the domain's chain (key ``<domain>#<k>``: only the rows that changed, see
+   :mod:`stream.state.delta`);
+2. once every one of those records is acknowledged, tombstones of the chains that new
+   bases replaced and one marker per held partition, key ``#partition/<p>`` (never a
+   valid domain name), carrying that checkpoint's offsets.
 
 A marker at offsets M says: every domain of the partition that changed before M has its
 newest state in a record at offsets <= M, so its state as of M is that record. A domain's
@@ -26,16 +29,30 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from numpy.typing import NDArray
 
 from stream.config import Settings
 from stream.errors import CorruptCheckpoint
 from stream.kafka.clients import common_config
+from stream.state.delta import (
+    MAX_DELTAS,
+    ArrayKey,
+    Chain,
+    Parts,
+    apply_parts,
+    changes,
+    chunk_rows,
+    delta_key,
+    digest_domain,
+    is_delta_key,
+    rows_of,
+)
 from stream.state.framing import frame, unframe
 from stream.state.store import Snapshot
 
@@ -56,9 +73,18 @@ def marker_key(partition: int) -> str:
 
 
 def encode_domain(
-    snap: Snapshot, domain: str, partition: int, offsets: Offsets, pending: list[Any]
+    snap: Snapshot,
+    domain: str,
+    partition: int,
+    offsets: Offsets,
+    pending: list[Any],
+    base: str = "",
+    seq: int = 0,
+    parts: Parts | None = None,
 ) -> bytes:
-    """One domain's record: its policies, pending decisions and early rewards."""
+    """One domain's record: its policies, pending decisions and early rewards. With
+    ``seq`` > 0 it is link ``seq`` of base ``base``'s chain, and the arrays in ``parts``
+    carry only their listed chunks (see :mod:`stream.state.delta`)."""
     arrays: list[list[Any]] = []
     chunks: list[bytes] = []
     roles: dict[str, Any] = {}
@@ -67,15 +93,25 @@ def encode_domain(
         roles[role] = meta
         for name in sorted(arrs):
             dtype, shape, b = frame(arrs[name], f"{domain}/{role}/{name}")
-            arrays.append([role, name, dtype, shape, len(b)])
-            chunks.append(b)
+            sent = None if parts is None else parts.get((role, name))
+            if sent is None:
+                arrays.append([role, name, dtype, shape, len(b)])
+                chunks.append(b)
+                continue
+            rows = chunk_rows(arrs[name])
+            row = len(b) // max(1, shape[0])
+            part = b"".join(b[c * rows * row : (c * rows + rows) * row] for c in sent)
+            arrays.append([role, name, dtype, shape, len(part), rows, sent])
+            chunks.append(part)
     meta = snap.meta
     header = {
         "schema": SCHEMA,
-        "kind": "domain",
+        "kind": "delta" if seq else "domain",
         "domain": domain,
         "partition": partition,
         "offsets": list(offsets),
+        "base": base,
+        "seq": seq,
         "created": time.time(),
         "features": meta.get("features"),
         "info": meta.get("domains", {}).get(domain, {}),
@@ -88,6 +124,10 @@ def encode_domain(
     head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256(head + body).digest()
     return MAGIC + struct.pack("<I", len(head)) + digest + head + body
+
+
+def _lengths(roles: dict[str, Any]) -> dict[ArrayKey, int]:
+    return {(r, n): len(a) for r, (_, arrs) in roles.items() for n, a in arrs.items() if a.ndim}
 
 
 def encode_marker(partition: int, offsets: Offsets) -> bytes:
@@ -108,6 +148,12 @@ class DomainRecord:
     partition: int
     offsets: Offsets
     snapshot: Snapshot  # this domain alone, in the checkpoint's own form (for restore())
+    base: str = ""  # the chain's base id ("" in records of before deltas)
+    seq: int = 0  # 0: a base; k: the chain's k-th delta
+    # A delta's arrays sent in part: (shape, rows per chunk, chunks, their rows)
+    parts: dict[ArrayKey, tuple[list[int], int, list[int], NDArray[Any]]] = field(
+        default_factory=dict
+    )
 
 
 def _offsets(obj: Any) -> Offsets:
@@ -121,7 +167,7 @@ def _offsets(obj: Any) -> Offsets:
 
 
 def decode_domain(value: bytes, topics: tuple[str, str]) -> DomainRecord:
-    """Parse and validate a domain record; raises :class:`CorruptCheckpoint`."""
+    """Parse and validate a domain record or delta; raises :class:`CorruptCheckpoint`."""
     if len(value) < 40 or value[:4] != MAGIC:
         raise CorruptCheckpoint("not a state record")
     (n,) = struct.unpack("<I", value[4:8])
@@ -130,16 +176,26 @@ def decode_domain(value: bytes, topics: tuple[str, str]) -> DomainRecord:
         raise CorruptCheckpoint("state record fails its digest check")
     try:
         h = orjson.loads(head)
-        if h.get("schema") != SCHEMA or h.get("kind") != "domain":
+        seq = int(h.get("seq", 0))
+        if h.get("schema") != SCHEMA or h.get("kind") != ("delta" if seq else "domain"):
             raise CorruptCheckpoint(f"state record schema {h.get('schema')!r} not {SCHEMA}")
         domain, partition = str(h["domain"]), int(h["partition"])
         offsets = _offsets(h["offsets"])
         roles: dict[str, Any] = {r: (m, {}) for r, m in h["policies"].items()}
+        parts: dict[ArrayKey, tuple[list[int], int, list[int], NDArray[Any]]] = {}
         pos = 0
-        for role, name, dtype, shape, size in h["arrays"]:
+        for role, name, dtype, shape, size, *part in h["arrays"]:
             chunk = body[pos : pos + size]
             pos += size
-            roles[role][1][name] = unframe(dtype, shape, chunk, f"{domain}/{role}/{name}")
+            where = f"{domain}/{role}/{name}"
+            if not part:
+                roles[role][1][name] = unframe(dtype, shape, chunk, where)
+                continue
+            rows, sent = int(part[0]), [int(c) for c in part[1]]
+            if not seq or rows < 1 or not shape:
+                raise CorruptCheckpoint(f"{where}: chunks outside a delta")
+            got = [rows_of(sent, rows, shape[0]), *shape[1:]]
+            parts[(role, name)] = (shape, rows, sent, unframe(dtype, got, chunk, where))
         if pos != len(body):
             raise CorruptCheckpoint("state record has trailing bytes")
         meta = {
@@ -148,11 +204,27 @@ def decode_domain(value: bytes, topics: tuple[str, str]) -> DomainRecord:
             "early_rewards": h["early"],
         }
         ctx, rew = topics
-        where = {(ctx, partition): offsets[0], (rew, partition): offsets[1]}
-        snap = Snapshot({domain: roles} if roles else {}, h["pending"], where, meta)
+        where_at = {(ctx, partition): offsets[0], (rew, partition): offsets[1]}
+        snap = Snapshot({domain: roles} if roles else {}, h["pending"], where_at, meta)
+        base = str(h.get("base", ""))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptCheckpoint(f"malformed state record: {exc}") from exc
-    return DomainRecord(domain, partition, offsets, snap)
+    return DomainRecord(domain, partition, offsets, snap, base, seq, parts)
+
+
+def follow(prev: DomainRecord, delta: DomainRecord) -> DomainRecord:
+    """``prev`` (a base or its chain so far) with the next link applied."""
+    before = prev.snapshot.domains.get(prev.domain, {})
+    roles = delta.snapshot.domains.get(delta.domain, {})
+    for (role, name), (shape, rows, chunks, data) in delta.parts.items():
+        old = before.get(role, (None, {}))[1].get(name)
+        where = f"{delta.domain}/{role}/{name}"
+        if old is None or role not in roles:
+            raise CorruptCheckpoint(f"{where}: delta of an array its base lacks")
+        roles[role][1][name] = apply_parts(old, shape, rows, chunks, data, where)
+    return DomainRecord(
+        delta.domain, delta.partition, delta.offsets, delta.snapshot, delta.base, delta.seq
+    )
 
 
 def decode_marker(value: bytes) -> tuple[int, Offsets]:
@@ -183,6 +255,30 @@ class StateRecords:
         self.values = values
         self.topics = topics
 
+    def _chain(self, rec: DomainRecord) -> DomainRecord:
+        """The base ``rec`` with its chain's deltas applied, up to the first that is
+        missing, stale (another base's) or damaged."""
+        if not rec.base:
+            return rec
+        for k in range(1, MAX_DELTAS + 1):
+            raw = self.values.get(delta_key(rec.domain, k))
+            if raw is None:
+                break
+            try:
+                d = decode_domain(raw, self.topics)
+                if (d.base, d.seq, d.domain, d.partition) != (
+                    rec.base,
+                    k,
+                    rec.domain,
+                    rec.partition,
+                ):
+                    break  # a link of an older chain, its tombstone not written or compacted
+                rec = follow(rec, d)
+            except CorruptCheckpoint as exc:
+                log.error("state topic: delta %d of %r: %s (ignored)", k, rec.domain, exc)
+                break
+        return rec
+
     def plan(self, partition: int) -> PartitionPlan | None:
         """The restore plan for ``partition``; None when the topic knows nothing of it."""
         marker: Offsets | None = None
@@ -196,15 +292,15 @@ class StateRecords:
                 log.error("state topic: partition %d marker: %s (ignored)", partition, exc)
         records = []
         for key, value in self.values.items():
-            if key.startswith(MARKER_PREFIX):
+            if key.startswith(MARKER_PREFIX) or is_delta_key(key):
                 continue
             try:
                 rec = decode_domain(value, self.topics)
             except CorruptCheckpoint as exc:
                 log.error("state topic: record of %r: %s (ignored)", key, exc)
                 continue
-            if rec.partition == partition and rec.domain == key:
-                records.append(rec)
+            if rec.partition == partition and rec.domain == key and rec.seq == 0:
+                records.append(self._chain(rec))
         if marker is None and not records:
             return None
         valid_from = {
@@ -311,13 +407,14 @@ class StatePublisher:
         self._producer = Producer(conf)
         self._failed: list[str] = []
         self._inflight = 0  # bytes handed to librdkafka and not yet acknowledged
+        self.sent_bytes = 0  # by the last publish
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         self._inflight -= len(msg)  # the value's length
         if err is not None:
             self._failed.append(f"{msg.key()!r}: {err}")
 
-    def _send(self, items: Iterable[tuple[str, bytes]], deadline: float) -> None:
+    def _send(self, items: Iterable[tuple[str, bytes | None]], deadline: float) -> None:
         self._failed = []
         topic = self.settings.topic_state
         timeout_s = deadline - time.monotonic()
@@ -331,7 +428,8 @@ class StatePublisher:
                         f"after {timeout_s:.0f} s"
                     )
                 self._producer.poll(0.05)
-            self._inflight += len(value)
+            self._inflight += len(value or b"")
+            self.sent_bytes += len(value or b"")
             while True:
                 try:
                     self._producer.produce(
@@ -355,22 +453,57 @@ class StatePublisher:
         domains: dict[str, tuple[int, Offsets]],
         markers: dict[int, Offsets],
         timeout_s: float,
-    ) -> None:
-        """Records of ``domains`` (domain -> partition, offsets its state reflects), then
-        the partitions' markers once every record is acknowledged."""
+        chains: Mapping[str, Chain] | None = None,
+    ) -> dict[str, Chain]:
+        """Records of ``domains`` (domain -> partition, offsets its state reflects): a
+        delta on the domain's chain in ``chains`` where one is worth it, else a new base;
+        then, once every record is acknowledged, tombstones of the chains that new bases
+        replace and the partitions' markers. Returns each published domain's chain."""
+        chains = chains or {}
         by_domain: dict[str, list[Any]] = {}
         for p in snap.pending:
             by_domain.setdefault(p["domain"], []).append(p)
+        made: dict[str, Chain] = {}
+        retired: list[tuple[str, bytes | None]] = []
+
         # A generator, not a list: each record is encoded, handed to librdkafka (which
         # copies it) and released before the next, so a checkpoint of 1,000 domains never
         # holds all their serialised states at once.
-        records = (
-            (d, encode_domain(snap, d, part, offs, by_domain.get(d, [])))
-            for d, (part, offs) in domains.items()
-        )
+        def records() -> Iterator[tuple[str, bytes]]:
+            for d, (part, offs) in domains.items():
+                roles = snap.domains.get(d, {})
+                now = digest_domain(roles)
+                pending = by_domain.get(d, [])
+                chain = chains.get(d)
+                delta = None if chain is None else changes(chain, now, _lengths(roles))
+                if chain is not None and delta is not None:
+                    parts, size = delta
+                    k = chain.seq + 1
+                    made[d] = Chain(chain.base, k, chain.base_bytes, chain.delta_bytes + size, now)
+                    yield (
+                        delta_key(d, k),
+                        encode_domain(snap, d, part, offs, pending, chain.base, k, parts),
+                    )
+                    continue
+                base = uuid.uuid4().hex[:16]
+                made[d] = Chain(base, 0, sum(a.nbytes for a in now.values()), 0, now)
+                old = MAX_DELTAS if chain is None else chain.seq
+                retired.extend((delta_key(d, k), None) for k in range(1, old + 1))
+                yield d, encode_domain(snap, d, part, offs, pending, base)
+
         deadline = time.monotonic() + timeout_s  # records and markers share the timeout
-        self._send(records, deadline)
-        self._send([(marker_key(p), encode_marker(p, o)) for p, o in markers.items()], deadline)
+        self.sent_bytes = 0
+        self._send(records(), deadline)
+        markers_out = [(marker_key(p), encode_marker(p, o)) for p, o in markers.items()]
+        self._send([*retired, *markers_out], deadline)
+        log.debug(
+            "state topic: %d records (%d deltas), %.2f MB, %d tombstones",
+            len(made),
+            sum(1 for c in made.values() if c.seq),
+            self.sent_bytes / 2**20,
+            len(retired),
+        )
+        return made
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._producer.flush(timeout_s)

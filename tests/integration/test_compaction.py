@@ -1,5 +1,6 @@
-"""On Apache Kafka the state topic compacts to one record per domain and one marker per
-partition, and a restore from what is left gives exactly the state before."""
+"""On Apache Kafka the state topic compacts to one record per domain (and per delta of its
+current chain) and one marker per partition, and a restore from what is left gives
+exactly the state before."""
 
 from __future__ import annotations
 
@@ -112,6 +113,9 @@ def test_the_state_topic_compacts_and_restores(
     assert written >= 40 * len(DOMAINS), f"only {written} state records in 30 s"
     first.stop()
     before = _states(first.service)
+    # A checkpoint where one or two of a domain's three actions learned sends a delta.
+    written_keys = _state_keys(settings.kafka_bootstrap_servers, topic, parts)
+    assert any("#" in k and not k.startswith("#") for k in written_keys), written_keys
     held = sorted({first.service.domains.states[d].partition for d in DOMAINS})
 
     # The cleaner never touches the active segment: one tombstone of a key no one reads
@@ -122,17 +126,24 @@ def test_the_state_topic_compacts_and_restores(
         probe.produce(topic, None, b"#compaction-probe", partition=p)
     assert probe.flush(10) == 0
 
-    want = Counter({d: 1 for d in DOMAINS} | {marker_key(p): 1 for p in held})
+    # One live record per key: each domain's base, the deltas of its current chain (the
+    # replaced chains' are tombstoned) and each held partition's marker.
+    want = {d: 1 for d in DOMAINS} | {marker_key(p): 1 for p in held}
     seen: list[Counter[str]] = []
 
     def compacted() -> bool:
         seen.append(_state_keys(settings.kafka_bootstrap_servers, topic, parts))
-        return seen[-1] == want
+        keys = seen[-1]
+        links = {k: n for k, n in keys.items() if k not in want}
+        return {k: keys[k] for k in want} == want and all(
+            n == 1 and k.split("#")[0] in DOMAINS and k.split("#")[1].isdigit()
+            for k, n in links.items()
+        )
 
     try:
         wait_for(compacted, timeout=90, what="compaction")
     except AssertionError:
-        raise AssertionError(f"not compacted to {dict(want)}: {seen[-1]}") from None
+        raise AssertionError(f"not compacted to {want} and deltas: {seen[-1]}") from None
 
     shutil.rmtree(settings.state_dir)
     second = start_service(settings)

@@ -16,6 +16,7 @@ from stream.domains import Domains
 from stream.join import PendingJoins
 from stream.kafka.balance import TopicBalance
 from stream.state.checkpointer import Checkpointer, Clients, Skipped, Started, Written
+from stream.state.delta import Chain
 from stream.state.ownership import Ownership
 from stream.state.rebalance import Rebalance
 from stream.state.store import CheckpointStore
@@ -57,10 +58,13 @@ class FakePublisher:
         self.fail = fail
         self.published: list[Any] = []
 
-    def publish(self, snap: Any, records: Any, markers: Any, timeout: float) -> None:
+    def publish(
+        self, snap: Any, records: Any, markers: Any, timeout: float, chains: Any = None
+    ) -> dict[str, Chain]:
         if self.fail:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         self.published.append(markers)
+        return {d: Chain("base", 0, 1, 0, {}) for d in records}
 
     def close(self, timeout_s: float) -> None:
         pass
@@ -107,6 +111,7 @@ def test_a_full_checkpoint_writes_then_commits_what_it_wrote(settings):
     assert isinstance(out, Written) and ck.store.versions()[0].version == out.version
     assert consumer.committed == [[(CTX, 0, 7), (REW, 0, 3)]]
     assert publisher.published and ck.written == 1 and "d" in own.published
+    assert own.chains["d"].base == "base"  # the next record of "d" may be a delta
 
 
 def test_a_periodic_checkpoint_commits_only_once_its_write_is_finished(settings):
@@ -151,11 +156,15 @@ def test_a_failing_sqlite_write_commits_nothing_and_counts(settings):
 
 def test_a_failing_state_topic_publish_keeps_the_local_checkpoint_and_its_commit(settings):
     ck, own = _parts(settings)
-    consumer = FakeConsumer()
-    _attach(ck, consumer, FakeDelivery(), FakePublisher(fail=True))
+    consumer, publisher = FakeConsumer(), FakePublisher()
+    _attach(ck, consumer, FakeDelivery(), publisher)
+    assert isinstance(_checkpoint(ck), Written) and "d" in own.chains
+    own.published.clear()  # "d" changed since
+    publisher.fail = True
     assert isinstance(_checkpoint(ck), Written)
-    assert consumer.committed == [[(CTX, 0, 7), (REW, 0, 3)]]  # SQLite is authoritative
+    assert consumer.committed[-1] == [(CTX, 0, 7), (REW, 0, 3)]  # SQLite is authoritative
     assert own.published == {}  # republished at the next checkpoint
+    assert own.chains == {}  # as a new base: what reached the topic is unknown
 
 
 def _rebalance(

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
 
+from policies.base import ContextBatch, Feedback, Policy
+from policies.registry import create_policy
+from stream.config import load_settings
+from stream.state.delta import MAX_DELTAS, Chain, apply_parts, changes, delta_key, digest_domain
 from stream.state.store import CorruptCheckpoint, Snapshot
 from stream.state.topic import (
+    StatePublisher,
     StateRecords,
     decode_domain,
     decode_marker,
@@ -96,3 +103,166 @@ def test_without_a_marker_the_partition_is_read_from_its_beginning():
     assert plan is not None
     assert plan.start == (OFFSET_BEGINNING, OFFSET_BEGINNING)
     assert plan.valid_from == {"d0": (10, 5)}  # its own messages before 10 / 5 are skipped
+
+
+# -- deltas: a checkpoint publishes the rows that changed ---------------------------------
+def ranker(seed: int = 0) -> Policy:
+    """linucb on 64 features that has learned 20 actions: one 32 KB inverse per action."""
+    p = create_policy("linucb", 64, seed=seed)
+    learn(p, [f"a{i}" for i in range(20)], seed)
+    return p
+
+
+def learn(p: Policy, actions: list[str], seed: int) -> None:
+    """One reward for each of ``actions`` (and only them)."""
+    rng = np.random.default_rng(seed)
+    k = len(actions)
+    b = ContextBatch(
+        rng.random((k * k, 64)), actions * k, np.arange(0, k * k + 1, k), [str(i) for i in range(k)]
+    )
+    rows = np.arange(k) * k + np.arange(k)
+    p.learn(Feedback(b, rows, rng.random(k), np.full(k, 1.0 / k)))
+
+
+def one(p: Policy) -> Snapshot:
+    meta = {"features": {"n_features": 64, "seed": 0}, "domains": {"d": {"partition": 0}}}
+    pmeta, arrays = p.state_dict()
+    copied = {k: a.copy() for k, a in arrays.items()}  # a checkpoint's arrays stay still
+    return Snapshot({"d": {"served": (pmeta, copied)}}, [], {}, meta)
+
+
+def same_state(rec: Any, s: Snapshot) -> None:
+    meta, arrays = rec.snapshot.domains["d"]["served"]
+    meta0, arrays0 = s.domains["d"]["served"]
+    assert meta == meta0 and arrays.keys() == arrays0.keys()
+    for k in arrays0:
+        assert arrays[k].dtype == arrays0[k].dtype and np.array_equal(arrays[k], arrays0[k]), k
+
+
+def chain_after(p: Policy, base: str) -> Chain:
+    roles = one(p).domains["d"]
+    now = digest_domain(roles)
+    return Chain(base, 0, sum(d.nbytes for d in now.values()), 0, now)
+
+
+def lengths(s: Snapshot) -> dict[Any, int]:
+    return {("served", n): len(a) for n, a in s.domains["d"]["served"][1].items() if a.ndim}
+
+
+def test_a_delta_carries_the_changed_rows_and_restores_exactly():
+    p = ranker()
+    base = encode_domain(one(p), "d", 0, (10, 4), [], "b1")
+    chain = chain_after(p, "b1")
+    learn(p, ["a3", "a17"], seed=1)  # two of twenty actions learn
+    s1 = one(p)
+    got = changes(chain, digest_domain(s1.domains["d"]), lengths(s1))
+    assert got is not None
+    parts, size = got
+    assert parts[("served", "A_inv")] == [3, 17]  # one chunk per 32 KB inverse
+    d1 = encode_domain(s1, "d", 0, (20, 9), [{"domain": "d", "event_id": "p"}], "b1", 1, parts)
+    assert len(d1) < len(base) / 8
+    values = {"d": base, delta_key("d", 1): d1, marker_key(0): encode_marker(0, (20, 9))}
+    plan = StateRecords(values, TOPICS).plan(0)
+    assert plan is not None and len(plan.records) == 1
+    rec = plan.records[0]
+    same_state(rec, s1)
+    assert (rec.offsets, rec.seq) == ((20, 9), 1)
+    assert rec.snapshot.pending == [{"domain": "d", "event_id": "p"}]
+
+    # A new action grows every array: its rows go with the next link.
+    chain2 = Chain("b1", 1, chain.base_bytes, size, digest_domain(s1.domains["d"]))
+    learn(p, ["a5", "new"], seed=2)
+    s2 = one(p)
+    got2 = changes(chain2, digest_domain(s2.domains["d"]), lengths(s2))
+    assert got2 is not None
+    values[delta_key("d", 2)] = encode_domain(s2, "d", 0, (30, 9), [], "b1", 2, got2[0])
+    rec2 = StateRecords(values, TOPICS).plan(0).records[0]  # type: ignore[union-attr]
+    same_state(rec2, s2)
+    assert rec2.offsets == (30, 9)
+
+
+def test_a_chain_stops_at_a_stale_missing_or_damaged_link():
+    p = ranker()
+    s0 = one(p)
+    chain = chain_after(p, "b1")
+    learn(p, ["a1"], seed=1)
+    s1 = one(p)
+    parts = changes(chain, digest_domain(s1.domains["d"]), lengths(s1))[0]  # type: ignore[index]
+    base = encode_domain(s0, "d", 0, (10, 4), [], "b1")
+
+    def restored(links: dict[str, bytes]) -> Any:
+        plan = StateRecords({"d": base, **links}, TOPICS).plan(0)
+        assert plan is not None
+        return plan.records[0]
+
+    stale = encode_domain(s1, "d", 0, (20, 5), [], "b0", 1, parts)  # an older chain's link
+    same_state(restored({delta_key("d", 1): stale}), s0)
+    second = encode_domain(s1, "d", 0, (20, 5), [], "b1", 2, parts)  # link 1 is missing
+    same_state(restored({delta_key("d", 2): second}), s0)
+    good = encode_domain(s1, "d", 0, (20, 5), [], "b1", 1, parts)
+    bad = bytearray(good)
+    bad[-3] ^= 1
+    same_state(restored({delta_key("d", 1): bytes(bad)}), s0)
+    rec = restored({delta_key("d", 1): good})
+    same_state(rec, s1)
+    assert rec.offsets == (20, 5)
+
+
+def test_a_delta_must_carry_the_rows_its_base_lacks():
+    old = np.zeros((2, 4))
+    with pytest.raises(CorruptCheckpoint):
+        apply_parts(old, [3, 4], 1, [0], np.ones((1, 4)), "x")  # row 2 is new: not sent
+    out = apply_parts(old, [3, 4], 1, [2], np.ones((1, 4)), "x")
+    assert np.array_equal(out, [[0] * 4, [0] * 4, [1] * 4])
+
+
+def test_a_new_base_when_a_delta_would_not_save_half_or_the_chain_is_long():
+    p = ranker()
+    chain = chain_after(p, "b1")
+    learn(p, [f"a{i}" for i in range(20)], seed=1)  # every action changed
+    s = one(p)
+    now = digest_domain(s.domains["d"])
+    assert changes(chain, now, lengths(s)) is None
+    p2 = ranker()
+    full = chain_after(p2, "b1")
+    learn(p2, ["a1"], seed=1)
+    s2 = one(p2)
+    now2 = digest_domain(s2.domains["d"])
+    assert changes(full, now2, lengths(s2)) is not None
+    long = Chain("b1", MAX_DELTAS, full.base_bytes, 0, full.digests)
+    assert changes(long, now2, lengths(s2)) is None
+    heavy = Chain("b1", 3, full.base_bytes, full.base_bytes, full.digests)  # deltas outweigh it
+    assert changes(heavy, now2, lengths(s2)) is None
+
+
+def test_the_publisher_extends_its_chain_and_retires_it_with_a_new_base(monkeypatch):
+    publisher = StatePublisher(load_settings())
+    sent: list[list[tuple[str, bytes | None]]] = []
+    monkeypatch.setattr(publisher, "_send", lambda items, deadline: sent.append(list(items)))
+    topic: dict[str, bytes] = {}
+
+    def publish(s: Snapshot, offsets: tuple[int, int], chains: dict[str, Chain]) -> Any:
+        sent.clear()
+        made = publisher.publish(s, {"d": (0, offsets)}, {0: offsets}, 1.0, chains)
+        for key, value in sent[0] + sent[1]:
+            if value is None:
+                topic.pop(key, None)
+            else:
+                topic[key] = value
+        return made, [k for k, _ in sent[0]], [k for k, v in sent[1] if v is None]
+
+    p = ranker()
+    made, keys, tombs = publish(one(p), (10, 1), {})
+    assert keys == ["d"] and made["d"].seq == 0
+    assert tombs == [delta_key("d", k) for k in range(1, MAX_DELTAS + 1)]  # whatever was there
+    for k in range(1, 4):
+        learn(p, [f"a{k}"], seed=k)
+        made, keys, tombs = publish(one(p), (10 + k, 1), made)
+        assert keys == [delta_key("d", k)] and tombs == [] and made["d"].seq == k
+        same_state(StateRecords(topic, TOPICS).plan(0).records[0], one(p))  # type: ignore[union-attr]
+    learn(p, [f"a{i}" for i in range(20)], seed=9)
+    made, keys, tombs = publish(one(p), (20, 1), made)
+    assert keys == ["d"] and made["d"].seq == 0
+    assert tombs == [delta_key("d", k) for k in (1, 2, 3)]
+    assert sorted(topic) == sorted(["d", marker_key(0)])
+    same_state(StateRecords(topic, TOPICS).plan(0).records[0], one(p))  # type: ignore[union-attr]

@@ -304,6 +304,7 @@ def memory(
         decided_per_s = reader.rate()
         reader.close()
         svc.stop()
+        state_topic = harness.state_topic_traffic(bootstrap, s.topic_state)
     xs = np.asarray([c for _, c, _ in samples], dtype=float)
     ys = np.asarray([m for _, _, m in samples], dtype=float)
     half = xs >= xs.max() / 2 if len(xs) else xs.astype(bool)
@@ -317,6 +318,7 @@ def memory(
         "rss_final_mb": float(ys[-1]) if len(ys) else 0.0,
         "rss_max_mb": float(ys.max()) if len(ys) else 0.0,
         "growth_mb_per_million": round(growth, 2),
+        "state_topic": state_topic,
         "broker": broker,
         "machine": machine(),
     }
@@ -332,7 +334,7 @@ def memory(
             "rss_max_mb",
             "growth_mb_per_million",
         )
-    ]
+    ] + [[f"state topic {k}", v] for k, v in state_topic.items()]
     write_markdown(
         out, "memory", "# Memory\n\n" + _on(broker) + markdown_table(["", "value"], rows) + "\n"
     )

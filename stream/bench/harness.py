@@ -121,3 +121,46 @@ class ServiceProcess:
                 self.proc.kill()
                 return -9
         return self.proc.returncode if self.proc.returncode is not None else -9
+
+
+def state_topic_traffic(bootstrap: str, topic: str) -> dict[str, float]:
+    """What the service published to its state topic, read back whole: checkpoints (one
+    marker per held partition each), their records' MB per checkpoint, the share of deltas."""
+    c = topic_reader(bootstrap, topic, f"state-reader-{uuid.uuid4().hex[:8]}", 100)
+    ends = {
+        tp.partition: c.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        for tp in c.assignment()
+    }
+    markers: dict[str, int] = {}
+    size = {"base": 0, "delta": 0}
+    count = {"base": 0, "delta": 0}
+    left = {p for p, end in ends.items() if end > 0}
+    try:
+        while left:
+            msgs = c.consume(1000, timeout=2.0)
+            if not msgs:
+                break
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                key, value = (m.key() or b"").decode(), m.value()
+                if (m.offset() or 0) + 1 >= ends.get(m.partition() or 0, 0):
+                    left.discard(m.partition() or 0)
+                if value is None:
+                    continue
+                if key.startswith("#"):
+                    markers[key] = markers.get(key, 0) + 1
+                    continue
+                kind = "delta" if "#" in key else "base"
+                size[kind] += len(value)
+                count[kind] += 1
+    finally:
+        c.close()
+    checkpoints = max(markers.values(), default=0)
+    total = size["base"] + size["delta"]
+    return {
+        "checkpoints": checkpoints,
+        "mb_per_checkpoint": round(total / 2**20 / max(1, checkpoints), 2),
+        "records_per_checkpoint": round((count["base"] + count["delta"]) / max(1, checkpoints), 1),
+        "delta_share": round(count["delta"] / max(1, count["base"] + count["delta"]), 3),
+    }

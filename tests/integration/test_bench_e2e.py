@@ -29,6 +29,11 @@ def test_throughput_latency_and_memory_reports(on_test_broker, engine, tmp_path)
     mem = e2e.memory(4000, 50, 2000.0, tmp_path, engine=engine)
     assert mem["rss_mb"] and 50 < mem["rss_max_mb"] < 2000
     assert 0 < mem["decided_per_s"] <= 2000.0 * 1.5  # paced at 2,000/s
+    state = mem["state_topic"]  # at least the shutdown's checkpoint, 50 domains in it
+    assert (
+        state["checkpoints"] >= 1 and state["records_per_checkpoint"] >= 50 / state["checkpoints"]
+    )
+    assert state["mb_per_checkpoint"] > 0
     for name, result in (("throughput", tp), ("latency", lat), ("memory", mem)):
         data = orjson.loads((tmp_path / f"{name}.json").read_bytes())
         assert data == orjson.loads(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))

@@ -37,9 +37,9 @@ from stream.observe.stats import Stats
 from stream.processor import BatchProcessor
 from stream.state.checkpointer import Checkpointer, Clients, Outcome, Skipped, Written
 from stream.state.ownership import Ownership
+from stream.state.publisher import StatePublisher
 from stream.state.rebalance import Rebalance
 from stream.state.snapshot import open_store
-from stream.state.topic import StatePublisher
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from stream.kafka.delivery import Delivery
 from stream.observe.memory import release_free_memory
 from stream.state.delta import Chain
 from stream.state.ownership import Ownership
+from stream.state.publisher import StatePublisher
 from stream.state.snapshot import encode_pending, take_snapshot
 from stream.state.store import CheckpointStore
-from stream.state.topic import StatePublisher
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from policies.base import ContextBatch, Feedback, Policy
 from policies.registry import create_policy
 from stream.config import load_settings
 from stream.state.delta import MAX_DELTAS, Chain, apply_parts, changes, delta_key, digest_domain
+from stream.state.publisher import StatePublisher
 from stream.state.store import CorruptCheckpoint, Snapshot
 from stream.state.topic import (
-    StatePublisher,
     StateRecords,
     decode_domain,
     decode_marker,

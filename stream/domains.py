@@ -65,8 +65,7 @@ class DomainState:
     reward_sum: float = 0.0
     expired: int = 0
     partition: int = -1  # the input partition its messages come from (co-partitioned)
-    # The checkpoint generation whose snapshot references this policy's arrays (-1: none).
-    frozen_at: int = -1
+    frozen_at: int = -1  # the checkpoint generation referencing its arrays (-1: none)
 
     def roles(self) -> dict[str, Policy]:
         """Every policy of the domain by its role in checkpoints."""
@@ -128,9 +127,8 @@ class Domains:
         self._buffered: dict[str, DomainState] = {}
         self._full: list[DomainState] = []  # buffers that reached RL_UPDATE_INTERVAL
         self._arrived = 0  # rewards buffered since the last flush_due
-        # Copy-on-write for checkpoints: a snapshot references the live policy arrays (no
-        # copy in the loop); while its background write is in flight, a domain about to be
-        # used gets a private clone first, so the arrays being written never change.
+        # Checkpoints reference the live policy arrays (no copy). Deciding never changes
+        # them (a check-suite property); learning waits for the write, or, forced, clones.
         self.generation = 0
         self.write_in_flight = False
         s = settings
@@ -196,7 +194,6 @@ class Domains:
     def decide(self, state: DomainState, events: list[ContextEvent]) -> list[Served]:
         """Featurise and choose for a batch of one domain's contexts, per variant."""
         enc = self.hasher.encode
-        self._thaw(state)
         out = []
         for variant, policy, evs in self._shares(state, events):
             encoded = [enc(e.context, e.candidates, e.candidate_features) for e in evs]
@@ -230,7 +227,6 @@ class Domains:
         enc = self.hasher.encode
         shares: list[tuple[int, str, Policy, list[ContextEvent]]] = []
         for j, (state, events) in enumerate(batches):
-            self._thaw(state)
             shares.extend((j, v, policy, evs) for v, policy, evs in self._shares(state, events))
         by_class: dict[type[Policy], list[int]] = {}
         for n, share in enumerate(shares):
@@ -278,7 +274,7 @@ class Domains:
         floor, self._arrived = self._arrived, 0
         limit = self.settings.update_interval
         if force:
-            due = list(self._buffered.values())
+            due, self._full = list(self._buffered.values()), []
         else:
             # The buffers started longest ago are first: scan only while they are old
             # enough; full ones are listed when they fill. No scan of every buffer per turn.
@@ -289,7 +285,9 @@ class Domains:
                     break
                 due.append(state)
             due.extend(self._full)
-        self._full = []
+            # A domain being written learns after the write (a clone would double it).
+            self._full = [st for st in self._full if self._frozen(st)]
+            due = [st for st in due if not self._frozen(st)]
         # A buffer listed twice (old enough and full), or released since: learned once.
         due = list(
             {st.name: st for st in due if st.buffer and self._buffered.get(st.name) is st}.values()
@@ -311,7 +309,7 @@ class Domains:
             del self._buffered[state.name]
             if not force and learned >= floor and time.perf_counter() - start > budget_s:
                 # Over budget: the full buffers not reached stay listed for the next turn.
-                self._full = [st for st in due[i + 1 :] if len(st.buffer) >= limit]
+                self._full += [st for st in due[i + 1 :] if len(st.buffer) >= limit]
                 break
         return learned
 
@@ -357,8 +355,11 @@ class Domains:
         """Changes whenever the domain's policy or pending decisions change."""
         return (state.decisions, state.rewards_joined, state.expired, state.baseline.n_learned)
 
+    def _frozen(self, state: DomainState) -> bool:
+        return self.write_in_flight and state.frozen_at == self.generation
+
     def _thaw(self, state: DomainState) -> None:
-        if self.write_in_flight and state.frozen_at == self.generation:
+        if self._frozen(state):
             for role, pol in state.roles().items():
                 state.set_role(role, pol.clone())
         state.frozen_at = -1

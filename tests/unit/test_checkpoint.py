@@ -164,6 +164,36 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     assert snap.domains["d"][BASELINE_ROLE][0]["n_learned"] == 1
 
 
+def test_a_domain_being_written_learns_after_the_write_without_a_clone(tmp_path):
+    """While a checkpoint's write is in flight its domains keep deciding on the same policy
+    objects and learn once it is written (a forced learn still clones, as above)."""
+    from policies.features import FeatureHasher
+    from stream.config import load_settings
+    from stream.domains import BASELINE_ROLE, Domains
+    from stream.join import Pending, PendingJoins
+    from stream.kafka.codec import ContextEvent
+    from stream.state.snapshot import take_snapshot
+
+    settings = load_settings(state_dir=tmp_path, update_interval=1)
+    h = FeatureHasher(settings.feature_dim)
+    doms = Domains(settings, h)
+    st = doms.get_or_create("d")
+    enc = h.encode({"x": 1.0}, ["a", "b"])
+    snap = take_snapshot(doms, PendingJoins(10, 3600), h, {})
+    policy, arrays = st.baseline, snap.domains["d"][BASELINE_ROLE][1]
+    frozen = {k: v.copy() for k, v in arrays.items()}
+    doms.decide(st, [ContextEvent("e1", "d", {"x": 2.0}, ["a", "b", "new"])])
+    p = Pending("d", "e", enc, 1, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
+    doms.add_feedback(st, p, 1.0, 0.0)  # full (update_interval 1) and old enough
+    assert doms.flush_due(100.0) == 0 and st.buffer  # waits for the write
+    assert st.baseline is policy and st.baseline.n_learned == 0
+    for k, v in arrays.items():
+        assert np.array_equal(v, frozen[k]), k
+    doms.write_in_flight = False  # the checkpointer's finish()
+    assert doms.flush_due(100.0) == 1 and not st.buffer
+    assert st.baseline is policy and policy.n_learned == 1
+
+
 def _domains(tmp_path, monkeypatch):
     from policies.features import FeatureHasher
     from stream.config import load_settings

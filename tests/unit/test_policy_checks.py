@@ -90,6 +90,28 @@ def test_learn_does_not_mutate_inputs(name):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_choosing_never_changes_an_earlier_state(name):
+    """A checkpoint references a policy's state arrays while it is written, and the domain
+    keeps deciding meanwhile (new actions included): deciding must leave them alone."""
+    import orjson
+
+    rng = np.random.default_rng(8)
+    p = create_policy(name, D, seed=0)
+    for _ in range(3):
+        b = make_batch(rng, 40)
+        p.learn(feedback(b, p.choose(b), rng))
+    meta, arrays = p.state_dict()
+    frozen_meta = orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY)
+    frozen = {k: v.copy() for k, v in arrays.items()}
+    for step in range(4):
+        cands = [[f"new{step}-{i % 2}", "a", "c"][: 1 + (i % 3)] for i in range(40)]
+        p.choose(make_batch(rng, 40, cands=cands, prefix=f"s{step}-"))
+        p.distribution(make_batch(rng, 10, prefix=f"d{step}-"))
+    assert orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY) == frozen_meta
+    for k, v in frozen.items():
+        assert arrays[k].shape == v.shape and np.array_equal(arrays[k], v), k
+
+
 def test_candidate_lists_that_change_between_events(name):
     rng = np.random.default_rng(6)
     p = create_policy(name, D, seed=0)

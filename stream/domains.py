@@ -93,6 +93,7 @@ class DomainState:
 
 MANY_DOMAINS = 4  # from this many domains in a fetched batch on, decide them together
 LEARN_CHUNK = 512  # rewards of many domains densified in one call before they learn
+WRITE_WAIT_S = 10.0  # how long learning waits for a checkpoint's write before cloning
 
 
 @dataclass(slots=True)
@@ -130,7 +131,7 @@ class Domains:
         # Checkpoints reference the live policy arrays (no copy). Deciding never changes
         # them (a check-suite property); learning waits for the write, or, forced, clones.
         self.generation = 0
-        self.write_in_flight = False
+        self.write_in_flight, self._frozen_since = False, 0.0
         s = settings
         self._rollout = set(s.rollout_domains)
 
@@ -262,14 +263,11 @@ class Domains:
             self._full.append(state)
 
     def flush_due(self, now: float, force: bool = False, budget_s: float = 0.02) -> int:
-        """Learn the buffers that are old enough (oldest first), then those that are full;
-        returns how many rewards were learned.
-
-        Without ``force`` it stops after ``budget_s`` of learning, so a backlog of due
-        buffers is spread over turns instead of stalling decisions; but never before it
-        has learned as many rewards as were joined since the last call, so learning keeps
-        pace with joining (docs/design.md, "Learning budget").
-        """
+        """Learn the buffers that are old enough (oldest first), then the full ones; returns
+        how many rewards were learned. Without ``force`` it stops after ``budget_s``, so a
+        backlog is spread over turns instead of stalling decisions, but not before it has
+        learned as many rewards as were joined since the last call (docs/design.md,
+        "Learning budget")."""
         learned = 0
         floor, self._arrived = self._arrived, 0
         limit = self.settings.update_interval
@@ -285,9 +283,11 @@ class Domains:
                     break
                 due.append(state)
             due.extend(self._full)
-            # A domain being written learns after the write (a clone would double it).
-            self._full = [st for st in self._full if self._frozen(st)]
-            due = [st for st in due if not self._frozen(st)]
+            self._full = []
+            # A domain being written learns after it (a clone would double it), if it is quick.
+            if self.write_in_flight and time.monotonic() - self._frozen_since < WRITE_WAIT_S:
+                self._full = [st for st in due if self._frozen(st) and len(st.buffer) >= limit]
+                due = [st for st in due if not self._frozen(st)]
         # A buffer listed twice (old enough and full), or released since: learned once.
         due = list(
             {st.name: st for st in due if st.buffer and self._buffered.get(st.name) is st}.values()
@@ -367,7 +367,7 @@ class Domains:
     def freeze_all(self) -> None:
         """Start a snapshot generation: every policy's current arrays are now referenced."""
         self.generation += 1
-        self.write_in_flight = True
+        self.write_in_flight, self._frozen_since = True, time.monotonic()
         for state in self.states.values():
             state.frozen_at = self.generation
 

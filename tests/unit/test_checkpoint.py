@@ -169,7 +169,7 @@ def test_a_domain_being_written_learns_after_the_write_without_a_clone(tmp_path)
     objects and learn once it is written (a forced learn still clones, as above)."""
     from policies.features import FeatureHasher
     from stream.config import load_settings
-    from stream.domains import BASELINE_ROLE, Domains
+    from stream.domains import BASELINE_ROLE, WRITE_WAIT_S, Domains
     from stream.join import Pending, PendingJoins
     from stream.kafka.codec import ContextEvent
     from stream.state.snapshot import take_snapshot
@@ -192,6 +192,18 @@ def test_a_domain_being_written_learns_after_the_write_without_a_clone(tmp_path)
     doms.write_in_flight = False  # the checkpointer's finish()
     assert doms.flush_due(100.0) == 1 and not st.buffer
     assert st.baseline is policy and policy.n_learned == 1
+
+    # A stalled write holds learning back WRITE_WAIT_S at most; then the domain clones.
+    snap = take_snapshot(doms, PendingJoins(10, 3600), h, {})
+    arrays = snap.domains["d"][BASELINE_ROLE][1]
+    frozen = {k: v.copy() for k, v in arrays.items()}
+    doms.add_feedback(st, p, 0.0, 0.0)
+    assert doms.flush_due(100.0) == 0
+    doms._frozen_since -= WRITE_WAIT_S
+    assert doms.flush_due(100.0) == 1 and st.baseline is not policy
+    assert st.baseline.n_learned == 2 and policy.n_learned == 1
+    for k, v in arrays.items():
+        assert np.array_equal(v, frozen[k]), k
 
 
 def _domains(tmp_path, monkeypatch):

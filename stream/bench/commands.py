@@ -111,8 +111,14 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
         )
         return 2
     sims = args.sims.split(",")
+    unknown = [s for s in sims if s not in convergence.SIMULATORS]
+    if unknown:
+        known = ", ".join(convergence.SIMULATORS)
+        print(f"unknown simulators: {', '.join(unknown)}; known: {known}", file=sys.stderr)
+        return 2
+    features = convergence.FEATURES if args.features == "both" else (args.features,)
     results, peers = convergence.run(
-        policies, sims, args.seeds, args.delay, Path(args.out), settings
+        policies, sims, args.seeds, args.delay, Path(args.out), settings, features
     )
     print(convergence.print_table(results, peers))
     print(f"results in {args.out}/convergence.json, .md, .png")
@@ -138,7 +144,18 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
     bench.set_defaults(load_settings=load_settings)
     conv = bench_sub.add_parser("convergence", help="policies on simulated bandits (no broker)")
     conv.add_argument("--policies", default="", help="comma list (default: every policy)")
-    conv.add_argument("--sims", default="seed,linear,digits")
+    conv.add_argument(
+        "--sims",
+        default="seed,linear,digits,wine,cancer,drift,changing,categorical",
+        help="comma list of simulators (default: %(default)s)",
+    )
+    conv.add_argument(
+        "--features",
+        choices=("product", "raw", "both"),
+        default="product",
+        help="product: contexts through the service's feature pipeline at RL_FEATURE_DIM; "
+        "raw: the simulator's feature matrix; both (default: %(default)s)",
+    )
     conv.add_argument("--seeds", type=int, default=3)
     conv.add_argument("--delay", type=int, default=0, help="reward delay in events")
     conv.add_argument("--out", default="bench-out")

@@ -1,10 +1,14 @@
 """`bandit-stream bench convergence`: policies learning online on simulated bandits.
 
 Each policy runs in micro-batches of ``update_interval`` events (choose the batch, then
-learn its rewards), optionally learning each reward only ``delay`` events later, on the
-``seed``, ``linear`` and ``digits`` simulators. No broker: this measures the algorithms.
-With a delay, every run is repeated without it and the difference in average reward is
-reported as the delay's cost.
+learn its rewards), optionally learning each reward only ``delay`` events later. With
+``features="product"`` (the default) every round goes the way the service takes it: the
+round's context as a dict (named numeric or string fields) and its candidates through the
+service's feature pipeline at the settings' ``RL_FEATURE_DIM``, into the policy built as
+the service builds a domain's; ``"raw"`` hands the policy the simulator's own feature
+matrix (categorical fields one-hot) instead, which separates featurisation loss from the
+policy's quality. With a delay, every run is repeated without it and the difference in
+average reward is reported as the delay's cost.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from policies import ContextBatch, Feedback, create_policy
+from policies.features import FeatureHasher
 from policies.kernels import warm_up
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
 from stream.bench.simulators import SIMULATORS, Simulation
 from stream.config import Settings
-from stream.policy_config import policy_params
+from stream.policy_config import build_policy, policy_params
+
+FEATURES = ("product", "raw")
 
 
 @dataclass
@@ -31,6 +39,7 @@ class RunResult:
     policy: str
     simulator: str
     seed: int
+    features: str
     avg_reward: float
     regret: float
     optimal_share: float
@@ -45,15 +54,36 @@ class RunResult:
         return d
 
 
-def _batch(sim: Simulation, t0: int, t1: int, tag: str) -> ContextBatch:
-    n, k = t1 - t0, len(sim.actions)
-    X = np.hstack([np.ones((n, 1)), sim.X[t0:t1]])  # bias + the simulator's features
+def _keys(sim: Simulation, t0: int, t1: int, tag: str) -> list[str]:
+    return [f"{tag}-{t}" for t in range(t0, t1)]
+
+
+def _raw_batch(
+    sim: Simulation, t0: int, t1: int, tag: str, cands: list[NDArray[np.int64]]
+) -> ContextBatch:
+    X = np.hstack([np.ones((t1 - t0, 1)), sim.raw(t0, t1)])  # bias + the simulator's features
+    sizes = np.array([len(c) for c in cands], dtype=np.int64)
     return ContextBatch(
-        np.repeat(X, k, axis=0),
-        sim.actions * n,
-        np.arange(0, n * k + 1, k, dtype=np.int64),
-        [f"{tag}-{t}" for t in range(t0, t1)],
+        np.repeat(X, sizes, axis=0),
+        [sim.actions[a] for c in cands for a in c],
+        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        _keys(sim, t0, t1, tag),
     )
+
+
+def _product_batch(
+    sim: Simulation,
+    t0: int,
+    t1: int,
+    tag: str,
+    cands: list[NDArray[np.int64]],
+    hasher: FeatureHasher,
+) -> ContextBatch:
+    encoded = [
+        hasher.encode(sim.context(t), [sim.actions[a] for a in c])
+        for t, c in zip(range(t0, t1), cands, strict=True)
+    ]
+    return hasher.assemble(encoded, _keys(sim, t0, t1, tag))
 
 
 def run_one(
@@ -65,22 +95,33 @@ def run_one(
     delay: int,
     progress: tqdm | None = None,
     rounds: int | None = None,
+    features: str = "product",
 ) -> RunResult:
-    policy = create_policy(name, sim.X.shape[1] + 1, seed, **policy_params(name, settings))
+    tag = f"{sim.name}-{seed}"
+    hasher = FeatureHasher(settings.feature_dim, seed=settings.seed)  # as the service's
+    if features == "product":
+        policy = build_policy(name, tag, settings)  # a domain's policy, as the service's
+    else:
+        dim = sim.raw(0, 1).shape[1] + 1
+        policy = create_policy(name, dim, seed, **policy_params(name, settings))
     rng = np.random.default_rng(seed + 1000)
     T = sim.rounds if rounds is None else min(rounds, sim.rounds)
     chosen = np.empty(T, dtype=np.int64)
     rewards = np.empty(T)
     queue: deque[tuple[int, Feedback]] = deque()  # (index of the batch's last event, feedback)
     busy = 0.0
-    tag = f"{sim.name}-{seed}"
     for t0 in range(0, T, update_interval):
         t1 = min(T, t0 + update_interval)
-        batch = _batch(sim, t0, t1, tag)
+        cands = [sim.candidates(t) for t in range(t0, t1)]
         start = time.perf_counter()
+        if features == "product":
+            batch = _product_batch(sim, t0, t1, tag, cands, hasher)
+        else:
+            batch = _raw_batch(sim, t0, t1, tag, cands)
         dec = policy.choose(batch)
         busy += time.perf_counter() - start
-        a = dec.row - batch.offsets[:-1]
+        local = dec.row - batch.offsets[:-1]
+        a = np.array([c[i] for c, i in zip(cands, local.tolist(), strict=True)], dtype=np.int64)
         ts = np.arange(t0, t1)
         r = sim.draw(ts, a, rng)
         chosen[t0:t1], rewards[t0:t1] = a, r
@@ -92,7 +133,7 @@ def run_one(
         if progress is not None:
             progress.update(t1 - t0)
     expected = sim.expected[:T]
-    best = expected.max(axis=1)
+    best = sim.best()[:T]
     got = expected[np.arange(T), chosen]
     optimal = got >= best - 1e-12
     last = int(T * 0.8)
@@ -102,6 +143,7 @@ def run_one(
         name,
         sim.name,
         seed,
+        features,
         float(rewards.mean()),
         float(regret[-1]),
         float(optimal.mean()),
@@ -127,16 +169,19 @@ def _vw_run(
     T, total = sim.rounds, 0.0
     queue: deque[tuple[int, list[str]]] = deque()
     start = time.perf_counter()
-    feats = [" ".join(f"f{j}:{v:.6g}" for j, v in enumerate(x)) for x in sim.X]
     for t in range(T):
-        shared = f"shared |s {feats[t]}"
-        lines = [shared] + [f"|a a={a}" for a in sim.actions]
+        ctx = sim.context(t)
+        feats = " ".join(
+            f"{k}={v}" if isinstance(v, str) else f"{k}:{v:.6g}" for k, v in ctx.items()
+        )
+        cands = sim.candidates(t)
+        lines = [f"shared |s {feats}"] + [f"|a a={sim.actions[a]}" for a in cands]
         pmf = np.asarray(vw.predict(lines), dtype=np.float64)
         pmf /= pmf.sum()
-        a = int(rng.choice(len(pmf), p=pmf))
-        r = float(sim.draw(np.array([t]), np.array([a]), rng)[0])
+        i = int(rng.choice(len(pmf), p=pmf))
+        r = float(sim.draw(np.array([t]), np.array([cands[i]]), rng)[0])
         total += r
-        lines[a + 1] = f"0:{-r}:{pmf[a]} " + lines[a + 1]
+        lines[i + 1] = f"0:{-r}:{pmf[i]} " + lines[i + 1]
         queue.append((t, lines))
         while queue and queue[0][0] + delay <= t:
             vw.learn(queue.popleft()[1])
@@ -145,11 +190,17 @@ def _vw_run(
 
 
 def run(
-    policies: list[str], sims: list[str], seeds: int, delay: int, out: Path, settings: Settings
+    policies: list[str],
+    sims: list[str],
+    seeds: int,
+    delay: int,
+    out: Path,
+    settings: Settings,
+    features: tuple[str, ...] = ("product",),
 ) -> tuple[list[RunResult], dict[str, Any]]:
     interval = settings.update_interval
-    plans = [(p, s, sd) for s in sims for sd in range(seeds) for p in policies]
-    total = sum(SIMULATORS[s](0).rounds for _p, s, _sd in plans) * (2 if delay else 1)
+    plans = [(p, s, sd, f) for s in sims for sd in range(seeds) for p in policies for f in features]
+    total = sum(SIMULATORS[s](0).rounds for _p, s, _sd, _f in plans) * (2 if delay else 1)
     results: list[RunResult] = []
     cache: dict[tuple[str, int], Simulation] = {}
     # Compile (or load from cache) the numba kernels outside the timed runs.
@@ -157,12 +208,12 @@ def run(
     for name in policies:
         run_one(name, SIMULATORS[sims[0]](0), 0, settings, interval, 0, rounds=2 * interval)
     with tqdm(total=total, unit="ev", desc="convergence", smoothing=0.05) as bar:
-        for name, sim_name, seed in plans:
+        for name, sim_name, seed, feats in plans:
             sim = cache.setdefault((sim_name, seed), SIMULATORS[sim_name](seed))
-            bar.set_postfix_str(f"{name} on {sim_name} seed {seed}")
-            result = run_one(name, sim, seed, settings, interval, delay, bar)
+            bar.set_postfix_str(f"{name} on {sim_name} seed {seed} ({feats})")
+            result = run_one(name, sim, seed, settings, interval, delay, bar, features=feats)
             if delay:
-                prompt = run_one(name, sim, seed, settings, interval, 0, bar)
+                prompt = run_one(name, sim, seed, settings, interval, 0, bar, features=feats)
                 result.delay_cost = prompt.avg_reward - result.avg_reward
             results.append(result)
     peers = {}
@@ -178,15 +229,16 @@ def run(
 
 
 def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str], list[RunResult]] = {}
+    groups: dict[tuple[str, str, str], list[RunResult]] = {}
     for r in results:
-        groups.setdefault((r.policy, r.simulator), []).append(r)
+        groups.setdefault((r.policy, r.simulator, r.features), []).append(r)
     out = []
-    for (policy, sim), rs in groups.items():
+    for (policy, sim, feats), rs in groups.items():
         out.append(
             {
                 "policy": policy,
                 "simulator": sim,
+                "features": feats,
                 "seeds": len(rs),
                 "avg_reward": float(np.mean([r.avg_reward for r in rs])),
                 "avg_reward_sd": float(np.std([r.avg_reward for r in rs])),
@@ -214,6 +266,7 @@ def _write(
             "summary": summary,
             "peers": peers,
             "update_interval": settings.update_interval,
+            "feature_dim": settings.feature_dim,
             "delay": delay,
             "machine": machine(),
         },
@@ -222,6 +275,7 @@ def _write(
         [
             "policy",
             "simulator",
+            "features",
             "avg reward",
             "regret",
             "optimal",
@@ -233,6 +287,7 @@ def _write(
             [
                 s["policy"],
                 s["simulator"],
+                s["features"],
                 f"{s['avg_reward']:.3f} ± {s['avg_reward_sd']:.3f}",
                 f"{s['regret']:.0f}",
                 f"{s['optimal_share']:.3f}",
@@ -244,8 +299,8 @@ def _write(
         ],
     )
     text = (
-        f"# Convergence\n\nupdate interval {settings.update_interval}, reward delay "
-        f"{delay} events, mean over seeds."
+        f"# Convergence\n\nupdate interval {settings.update_interval}, feature dimension "
+        f"{settings.feature_dim} (product path), reward delay {delay} events, mean over seeds."
         + (" Delay cost: average reward without the delay minus with it." if delay else "")
         + f"\n\n{table}\n"
     )
@@ -267,11 +322,17 @@ def _plot(results: list[RunResult], out: Path) -> None:
     sims = sorted({r.simulator for r in results})
     fig, axes = plt.subplots(1, len(sims), figsize=(5 * len(sims), 4), squeeze=False)
     for ax, sim in zip(axes[0], sims, strict=True):
-        for policy in sorted({r.policy for r in results if r.simulator == sim}):
-            curves = [r.regret_curve for r in results if r.simulator == sim and r.policy == policy]
+        runs = sorted({(r.policy, r.features) for r in results if r.simulator == sim})
+        for policy, feats in runs:
+            curves = [
+                r.regret_curve
+                for r in results
+                if (r.simulator, r.policy, r.features) == (sim, policy, feats)
+            ]
             n = min(len(c) for c in curves)
             mean = np.mean([c[:n] for c in curves], axis=0)
-            ax.plot(np.linspace(0, 1, n), mean, label=policy)
+            label = policy if feats == "product" else f"{policy} ({feats})"
+            ax.plot(np.linspace(0, 1, n), mean, label=label, ls="-" if feats == "product" else ":")
         ax.set_title(sim)
         ax.set_xlabel("fraction of rounds")
         ax.set_ylabel("cumulative regret")
@@ -284,13 +345,13 @@ def _plot(results: list[RunResult], out: Path) -> None:
 def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -> str:
     summary = summarise(results)
     lines = [
-        f"{'policy':<16}{'simulator':<10}{'avg_reward':>11}{'regret':>9}{'optimal':>9}"
-        f"{'last20':>8}{'dec+upd/s':>11}"
+        f"{'policy':<16}{'simulator':<12}{'features':<9}{'avg_reward':>11}{'regret':>9}"
+        f"{'optimal':>9}{'last20':>8}{'dec+upd/s':>11}"
         + (f"{'delay_cost':>12}" if any("delay_cost" in s for s in summary) else "")
     ]
     for s in summary:
         lines.append(
-            f"{s['policy']:<16}{s['simulator']:<10}{s['avg_reward']:>11.3f}"
+            f"{s['policy']:<16}{s['simulator']:<12}{s['features']:<9}{s['avg_reward']:>11.3f}"
             f"{s['regret']:>9.0f}{s['optimal_share']:>9.3f}"
             f"{s['optimal_share_last20']:>8.3f}{s['decisions_per_s']:>11,.0f}"
             + (f"{s['delay_cost']:>12.3f}" if "delay_cost" in s else "")
@@ -303,7 +364,8 @@ def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -
         for s in summary:
             if s["simulator"] == sim:
                 lines.append(
-                    f"  {s['policy']:<16} reward x{s['avg_reward'] / v['avg_reward']:.3f}"
+                    f"  {s['policy']:<16}{s['features']:<9} "
+                    f"reward x{s['avg_reward'] / v['avg_reward']:.3f}"
                     f"  speed x{s['decisions_per_s'] / v['decisions_per_s']:.1f}"
                 )
     return "\n".join(lines)

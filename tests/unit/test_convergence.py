@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from policies import POLICIES
 from stream.bench.convergence import run_one
-from stream.bench.simulators import digits_sim, linear_sim, seed_sim
+from stream.bench.simulators import SIMULATORS, digits_sim, linear_sim, seed_sim
 from stream.cli import main
 from stream.config import load_settings
 
@@ -48,13 +49,17 @@ def test_bench_convergence_writes_json_markdown_and_png(tmp_path, monkeypatch):
             "seed",
             "--seeds",
             "2",
+            "--features",
+            "both",
             "--out",
             str(out),
         ]
     )
     assert code == 0
     data = json.loads((out / "convergence.json").read_text())
-    assert len(data["rows"]) == 4
+    assert len(data["rows"]) == 8  # 2 policies x 2 seeds x (product path, raw matrix)
+    assert {r["features"] for r in data["rows"]} == {"product", "raw"}
+    assert data["feature_dim"] == 64
     for row in data["rows"]:
         assert set(row) >= {
             "policy",
@@ -66,7 +71,8 @@ def test_bench_convergence_writes_json_markdown_and_png(tmp_path, monkeypatch):
             "optimal_share_last20",
             "decisions_per_s",
         }
-    assert "| epsilon_greedy | seed |" in (out / "convergence.md").read_text()
+    md = (out / "convergence.md").read_text()
+    assert "| epsilon_greedy | seed | product |" in md and "| offset_tree | seed | raw |" in md
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -83,3 +89,49 @@ def test_bench_convergence_with_a_delay_reports_its_cost(tmp_path, monkeypatch, 
     assert row["delay_cost"] == pytest.approx(prompt.avg_reward - row["avg_reward"])
     assert row["delay_cost"] > 0  # 500 events of 5,000 decided before any learning
     assert "delay cost" in (out / "convergence.md").read_text()
+
+
+@pytest.mark.parametrize("sim_name", sorted(SIMULATORS))
+def test_every_simulator_gives_contexts_candidates_and_a_best_reward(sim_name):
+    sim = SIMULATORS[sim_name](0, rounds=300)
+    T, K = sim.expected.shape
+    assert T == sim.rounds == 300 and len(sim.actions) == K
+    assert np.all((sim.expected >= 0) & (sim.expected <= 1) | (sim.noise_sd > 0))
+    for t in (0, 150, 299):
+        ctx, cands = sim.context(t), sim.candidates(t)
+        assert list(ctx) == sim.names and len(cands) >= 2 and set(cands) <= set(range(K))
+        assert sim.best()[t] == pytest.approx(sim.expected[t, cands].max())
+        for v, lv in zip(ctx.values(), sim.levels, strict=True):
+            assert isinstance(v, str) == (lv is not None)
+    assert sim.raw(0, 5).shape[0] == 5
+
+
+def test_candidate_sets_change_and_drift_moves_the_best_action():
+    changing = SIMULATORS["changing"](0, rounds=500)
+    sizes = {len(changing.candidates(t)) for t in range(500)}
+    assert sizes == {2, 3, 4, 5, 6}
+    drift = SIMULATORS["drift"](0, rounds=4000)
+    logit = np.log(drift.expected / (1 - drift.expected))
+
+    def weights(sl: slice) -> np.ndarray:  # each action's logit is linear in the context
+        return np.linalg.lstsq(drift.X[sl], logit[sl], rcond=None)[0]
+
+    early, late = weights(slice(0, 1000)), weights(slice(3000, 4000))
+    assert np.linalg.norm(early - late) > 0.5 * np.linalg.norm(early)
+    best_early = np.argmax(drift.X[3000:] @ early, axis=1)
+    assert np.mean(best_early == np.argmax(logit[3000:], axis=1)) < 0.6  # yesterday's best
+
+
+@pytest.mark.parametrize("sim_name", ["categorical", "changing"])
+def test_the_product_path_decides_among_each_rounds_candidates(sim_name):
+    """String contexts and per-round candidate sets through the service's own pipeline;
+    the raw matrix runs the same rounds."""
+    sim = SIMULATORS[sim_name](0, rounds=3000)
+    s = load_settings()
+    product = run_one("linucb", sim, 0, s, update_interval=10, delay=0, features="product")
+    raw = run_one("linucb", sim, 0, s, update_interval=10, delay=0, features="raw")
+    assert (product.features, raw.features) == ("product", "raw")
+    uniform = float(np.mean([sim.expected[t, sim.candidates(t)].mean() for t in range(3000)]))
+    for r in (product, raw):
+        assert r.avg_reward > uniform + 0.05  # it learns
+        assert r.regret >= -1e-9  # regret against each round's own candidates

@@ -65,6 +65,9 @@ class DoublyRobust(Policy):
         Logged events between refits (0 disables refits).
     l2
         Ridge penalty of the reward models.
+    forgetting
+        Weight of the past at each update of an action's model (exponential forgetting
+        in the recursive least squares, 1.0 = off), for rewards that drift.
     floor
         Probability mass spread uniformly over the candidates.
     seed
@@ -96,6 +99,7 @@ class DoublyRobust(Policy):
         l2: float = 1.0,
         floor: float = 0.01,
         seed: int = 0,
+        forgetting: float = 1.0,
     ) -> None:
         super().__init__(n_features, seed)
         if alpha < 0:
@@ -116,7 +120,7 @@ class DoublyRobust(Policy):
         self.refit_every = int(refit_every)
         self.l2 = float(l2)
         self.floor = check_floor(floor)
-        self._arms = RidgeArms(n_features, l2)
+        self._arms = RidgeArms(n_features, l2, forgetting)
         self._history = RowRing(n_features, max_history)
         self._since_refit = 0
 
@@ -131,6 +135,7 @@ class DoublyRobust(Policy):
             "refit_every": self.refit_every,
             "l2": self.l2,
             "floor": self.floor,
+            "forgetting": self._arms.forgetting,
         }
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:

@@ -59,9 +59,14 @@ class EpsilonGreedy(RidgePolicy):
     name = "epsilon_greedy"
 
     def __init__(
-        self, n_features: int, epsilon: float = 0.05, l2: float = 1.0, seed: int = 0
+        self,
+        n_features: int,
+        epsilon: float = 0.05,
+        l2: float = 1.0,
+        seed: int = 0,
+        forgetting: float = 1.0,
     ) -> None:
-        super().__init__(n_features, l2, seed)
+        super().__init__(n_features, l2, seed, forgetting)
         if not 0.0 <= epsilon <= 1.0:
             raise PolicyError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)

@@ -13,16 +13,22 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def rls_update(A_inv, theta, counts, idx, X, y, w, eta):
+def rls_update(A_inv, theta, counts, idx, X, y, w, eta, lam=1.0, cap=0.0):
     """Weighted RLS steps, in order, on symmetric inverses ``A_inv[a]`` (in place).
 
     For each row k with action a, weight w_k > 0 and gain eta_k:
     ``g = A^{-1} x``, ``denom = 1 + w x.g``;
     ``A^{-1} -= w g g^T / denom`` (Sherman–Morrison);
     ``theta_a += eta * w * (y - theta_a . x) / denom * g``.
+
+    With ``lam`` < 1 each step first forgets: ``A^{-1} /= lam`` (``A = lam * A``), then
+    rows and columns whose variance passed ``cap`` (the prior's) are scaled back to it —
+    ``D A^{-1} D`` with ``D`` diagonal, still positive definite — so a direction no
+    context excites keeps the prior instead of winding up without bound.
     """
     d = X.shape[1]
     g = np.empty(d)
+    r = np.empty(d)
     for k in range(idx.shape[0]):
         wk = w[k]
         if wk <= 0.0:
@@ -30,6 +36,14 @@ def rls_update(A_inv, theta, counts, idx, X, y, w, eta):
         a = idx[k]
         ai = A_inv[a]
         x = X[k]
+        if lam < 1.0:
+            for i in range(d):
+                v = ai[i, i] / lam
+                r[i] = np.sqrt(cap / v) if v > cap else 1.0
+            for i in range(d):
+                ri = r[i] / lam
+                for j in range(d):
+                    ai[i, j] *= ri * r[j]
         xg = 0.0
         for i in range(d):
             s = 0.0

@@ -75,8 +75,9 @@ class LinearTS(RidgePolicy):
         floor: float = 0.01,
         n_draws: int = 32,
         seed: int = 0,
+        forgetting: float = 1.0,
     ) -> None:
-        super().__init__(n_features, l2, seed)
+        super().__init__(n_features, l2, seed, forgetting)
         if v < 0:
             raise PolicyError(f"v must be >= 0, got {v}")
         if n_draws < 1:

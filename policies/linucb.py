@@ -56,8 +56,9 @@ class LinUCB(RidgePolicy):
         l2: float = 1.0,
         floor: float = 0.01,
         seed: int = 0,
+        forgetting: float = 1.0,
     ) -> None:
-        super().__init__(n_features, l2, seed)
+        super().__init__(n_features, l2, seed, forgetting)
         if alpha < 0:
             raise PolicyError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)

@@ -30,11 +30,14 @@ from policies.kernels import rls_update
 class RidgeArms:
     """Ridge estimates for a growing set of named actions."""
 
-    def __init__(self, n_features: int, l2: float = 1.0) -> None:
+    def __init__(self, n_features: int, l2: float = 1.0, forgetting: float = 1.0) -> None:
         if l2 <= 0:
             raise PolicyError(f"l2 must be > 0, got {l2}")
+        if not 0 < forgetting <= 1:
+            raise PolicyError(f"forgetting must be in (0, 1], got {forgetting}")
         self.n_features = n_features
         self.l2 = float(l2)
+        self.forgetting = float(forgetting)  # each update weighs the past by this much
         self.index: dict[str, int] = {}
         self._names: list[str] = []
         self.A_inv: FloatArray = np.empty((0, n_features, n_features))
@@ -138,6 +141,8 @@ class RidgeArms:
             np.asarray(y, dtype=np.float64),
             np.ones(n) if w is None else np.asarray(w, dtype=np.float64),
             np.ones(n) if eta is None else np.asarray(eta, dtype=np.float64),
+            self.forgetting,
+            1.0 / self.l2,
         )
 
     # -- state --------------------------------------------------------------------------
@@ -176,13 +181,15 @@ class RidgePolicy(Policy):
     only in how scores become a distribution (``_distribution``).
     """
 
-    def __init__(self, n_features: int, l2: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self, n_features: int, l2: float = 1.0, seed: int = 0, forgetting: float = 1.0
+    ) -> None:
         super().__init__(n_features, seed)
         self.l2 = float(l2)
-        self._arms = RidgeArms(n_features, l2)
+        self._arms = RidgeArms(n_features, l2, forgetting)
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "l2": self.l2}
+        return {**super().params(), "l2": self.l2, "forgetting": self._arms.forgetting}
 
     def _learn(self, feedback: Feedback) -> None:
         batch = feedback.batch

@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     dr_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
     dr_max_weight: float = Field(2.0, ge=1.0)
     dr_max_history: int = Field(5000, ge=1)
+    # Exponential forgetting of doubly robust's reward models: 1.0 keeps every past reward.
+    dr_forgetting: float = Field(1.0, gt=0.0, le=1.0)
     ot_max_depth: int = Field(6, ge=1)
     ot_min_split: int = Field(20, ge=2)
     ot_split_threshold: float = Field(0.0, ge=0.0)

@@ -31,6 +31,7 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "max_weight": settings.dr_max_weight,
             "max_history": settings.dr_max_history,
             "floor": settings.exploration_floor,
+            "forgetting": settings.dr_forgetting,
         }
     if name == "offset_tree":
         return {

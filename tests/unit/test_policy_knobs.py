@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -275,3 +277,71 @@ def test_offset_tree_compiled_path_matches_numpy(model):
     b = train(OffsetTree(4, node_model=model, seed=2), False)
     for x, y in zip(a, b, strict=True):
         assert np.allclose(x, y, atol=1e-9)
+
+
+# -- exponential forgetting (RL_DR_FORGETTING) -------------------------------------------
+def _arm_run(forgetting: float, steps: list[tuple[np.ndarray, float]]) -> Any:
+    from policies.ridge import RidgeArms
+
+    arms = RidgeArms(4, l2=1.0, forgetting=forgetting)
+    idx = arms.indices(["a"])
+    for x, y in steps:
+        arms.update(idx, x[None, :], np.array([y]))
+    return arms
+
+
+def test_forgetting_follows_a_reward_that_changed():
+    x = np.array([1.0, 0.5, 0.0, 0.0])  # two of four directions ever excited
+    steps = [(x, 1.0)] * 500 + [(x, -1.0)] * 500
+    keep, forget = _arm_run(1.0, steps), _arm_run(0.99, steps)
+    idx = np.zeros(1, dtype=np.int64)
+    assert abs(float(keep.predict(idx, x[None, :])[0]) - 0.0) < 0.05  # the run's mean
+    assert abs(float(forget.predict(idx, x[None, :])[0]) + 1.0) < 0.05  # the latest reward
+
+
+def test_forgetting_keeps_the_covariance_honest():
+    """Forgetting widens what the data excites, never past the prior: an untouched
+    direction keeps the prior's variance exactly, the inverse stays symmetric positive
+    definite, and a stale direction's width comes back up to (not over) the prior's."""
+    rng = np.random.default_rng(0)
+    steps = [(np.array([1.0, *rng.normal(size=2), 0.0]), float(rng.random())) for _ in range(3000)]
+    arms = _arm_run(0.99, steps)
+    A = arms.A_inv[0]
+    assert A[3, 3] == 1.0 and np.all(A[3, :3] == 0.0)  # never excited: the prior, exactly
+    assert np.allclose(A, A.T, atol=1e-12) and np.linalg.eigvalsh(A).min() > 0
+    assert np.all(np.diag(A) <= 1.0 + 1e-12)
+    excited = _arm_run(0.99, steps + [(np.array([0.0, 0.0, 0.0, 1.0]), 0.0)] * 2000)
+    # Direction 1 has not been seen for 2,000 steps: its variance is back at the prior's.
+    assert excited.A_inv[0][1, 1] == pytest.approx(1.0, rel=1e-6)
+    assert _arm_run(1.0, steps).A_inv[0][1, 1] < 0.01  # without forgetting it stays tiny
+
+
+def test_no_forgetting_is_bit_identical_and_bad_values_are_refused():
+    from policies.base import PolicyError
+    from policies.ridge import RidgeArms
+
+    rng = np.random.default_rng(1)
+    steps = [(rng.normal(size=4), float(rng.random())) for _ in range(200)]
+    a, b = _arm_run(1.0, steps), RidgeArms(4, l2=1.0)
+    idx = b.indices(["a"])
+    for x, y in steps:
+        b.update(idx, x[None, :], np.array([y]))
+    assert np.array_equal(a.A_inv, b.A_inv) and np.array_equal(a.theta, b.theta)
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(PolicyError):
+            RidgeArms(4, forgetting=bad)
+
+
+def test_rl_dr_forgetting_configures_doubly_robust_and_survives_its_state(monkeypatch):
+    from policies.doubly_robust import DoublyRobust
+    from stream.config import ConfigError, load_settings
+    from stream.policy_config import build_policy
+
+    monkeypatch.setenv("RL_DR_FORGETTING", "0.999")
+    p = build_policy("doubly_robust", "shop", load_settings())
+    assert p.params()["forgetting"] == 0.999
+    meta, arrays = p.state_dict()
+    assert DoublyRobust.from_state(meta, arrays).params()["forgetting"] == 0.999
+    monkeypatch.setenv("RL_DR_FORGETTING", "1.5")
+    with pytest.raises(ConfigError):
+        load_settings()

@@ -23,13 +23,12 @@ from policies.base import ContextBatch, Decisions, Feedback, Policy
 from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher
 from policies.ridge import RidgePolicy
-from stream import policy_config
 from stream.config import Settings
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
 from stream.join import Pending
 from stream.kafka.codec import ContextEvent
-from stream.policy_config import build_policy
+from stream.policy_config import REWARD_MODEL_POLICY, build_policy
 
 LearnError = Callable[[Exception, "DomainState", list[tuple[Pending, float]]], None]
 
@@ -160,7 +159,7 @@ class Domains:
         }
         if s.enable_rl_shadow_eval:
             if not isinstance(state.reward_model, RidgePolicy):
-                state.reward_model = self._new(policy_config.REWARD_MODEL_POLICY, state.name)
+                state.reward_model = self._new(REWARD_MODEL_POLICY, state.name)
         else:
             state.reward_model = None
         keep = set(state.roles()) - {REWARD_MODEL} if s.enable_rl_shadow_eval else set()

@@ -1,0 +1,102 @@
+"""`from stream import Bandit`: one domain in process, deciding and learning as the
+service does; its README example runs as a doctest."""
+
+from __future__ import annotations
+
+import doctest
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream import Bandit
+from stream.kafka.codec import DecodeError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## In process, without Kafka", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    test = doctest.DocTestParser().get_doctest(block, {}, "README", "README.md", 0)
+    runner = doctest.DocTestRunner()
+    runner.run(test)
+    assert runner.summarize().failed == 0 and len(test.examples) >= 6
+
+
+def test_the_module_doctest_runs():
+    import stream.bandit
+
+    assert doctest.testmod(stream.bandit).failed == 0
+
+
+def test_settings_come_from_defaults_environment_and_overrides(monkeypatch):
+    monkeypatch.setenv("RL_EPSILON", "1.0")  # epsilon-greedy, the baseline: uniform
+    from_env = Bandit()
+    uniform = from_env.decide({"x": 1.0}, ["a", "b", "c", "d"])
+    assert list(uniform.distribution.values()) == [0.25] * 4
+    assert uniform.policy == "epsilon_greedy" and uniform.variant == "control"
+    assert from_env.domains.states["default"].baseline.params()["epsilon"] == 1.0
+    keyword = Bandit(epsilon=0.2)  # a keyword wins over the environment
+    assert keyword.domains.states["default"].baseline.params()["epsilon"] == 0.2
+    assert Bandit(feature_dim=16).hasher.n_features == 16
+
+
+def test_events_the_service_would_refuse_are_refused_with_its_reason():
+    b = Bandit()
+    with pytest.raises(DecodeError) as exc:
+        b.decide({"x": 1.0}, [])
+    assert exc.value.code == "bad_candidates"  # the dead-letter reason the service gives
+    b.decide({"x": 1.0}, ["a"], "e1")
+    with pytest.raises(DecodeError):
+        b.learn("e1", 7.0)  # outside RL_REWARD_MIN..RL_REWARD_MAX
+
+
+def test_rewards_join_once_and_learn_on_the_update_cadence():
+    b = Bandit(update_interval=3)
+    for i in range(3):
+        b.decide({"x": float(i)}, ["a", "b"], f"e{i}")
+    policy = b.domains.states["default"].baseline
+    assert [b.learn(f"e{i}", 1.0) for i in range(2)] == ["joined", "joined"]
+    assert policy.n_learned == 0  # two of RL_UPDATE_INTERVAL=3 buffered
+    assert b.learn("e2", 0.0) == "joined" and policy.n_learned == 3
+    assert b.learn("e2", 1.0) == "duplicate" and b.learn("nope", 1.0) == "unknown"
+
+
+def test_a_decision_whose_window_closed_learns_the_default_reward(monkeypatch):
+    b = Bandit(reward_wait_s=0.01, update_interval=1, default_reward=0.0)
+    b.decide({"x": 1.0}, ["a", "b"], "old")
+    import time
+
+    time.sleep(0.05)
+    assert b.learn("old", 1.0) == "late"
+    assert b.domains.states["default"].expired == 1
+    assert b.domains.states["default"].baseline.n_learned == 1  # learned 0.0
+
+
+def test_state_round_trips_exactly_with_pending_decisions():
+    b = Bandit("shop", update_interval=1)
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        c = b.decide({"u": float(rng.random()), "c": f"v{i % 3}"}, ["a", "b", "c"], f"e{i}")
+        if i < 45:
+            b.learn(f"e{i}", float(c.action == "b"))
+    copy = Bandit.from_state(b.state(), update_interval=1)
+    assert copy.domain == "shop" and len(copy.joins) == 5  # e45..e49 still pending
+    m0, a0 = b.domains.states["shop"].baseline.state_dict()
+    m1, a1 = copy.domains.states["shop"].baseline.state_dict()
+    assert m0 == m1 and all(np.array_equal(a0[k], a1[k]) for k in a0)
+    assert copy.learn("e47", 1.0) == "joined"
+    ctx = {"u": 0.5, "c": "v1"}
+    assert copy.decide(ctx, ["a", "b", "c"], "z") == b.decide(ctx, ["a", "b", "c"], "z")
+
+
+def test_it_learns_which_candidate_pays():
+    b = Bandit(update_interval=10)
+    rng = np.random.default_rng(1)
+    for i in range(600):
+        c = b.decide({"x": 1.0}, ["a", "b"], f"e{i}")
+        b.learn(f"e{i}", float(rng.random() < (0.8 if c.action == "b" else 0.2)))
+    assert b.decide({"x": 1.0}, ["a", "b"], "last").distribution["b"] > 0.9

@@ -10,12 +10,15 @@
 Hashes are MurmurHash3 x86_32 from ``mmh3`` (bit-identical to scikit-learn's
 murmurhash3_32; stable across processes and restarts, never Python's salted ``hash()``),
 with the sign trick of Weinberger et al. (ICML 2009) so collisions cancel in expectation.
-The pipeline is stateless apart from its two parameters (``n_features``, ``seed``), so
-features mean the same after a restart.
+The hasher is stateless apart from its two parameters (``n_features``, ``seed``), so
+features mean the same after a restart. With a :class:`FeatureIndex` (the service keeps
+one per domain, saved with its state) the tokens a domain sees get their own slots while
+there are free ones, unsigned and collision-free; hashing takes over past capacity.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from itertools import chain
 
@@ -46,6 +49,34 @@ class EncodedContext(msgspec.Struct, gc=False):
     context: Sparse
     candidates: tuple[str, ...]
     candidate_features: dict[str, Sparse] | None = None
+
+
+class FeatureIndex:
+    """One domain's own slots: a feature token (``key``, or ``key=value`` for a string)
+    seen with a non-zero value takes the next free slot while there is room, so the keys
+    a domain uses never collide; past capacity a new token hashes as without an index.
+    Saved with the domain's state, so a feature keeps its slot after a restart, a
+    rebalance or a restore on another instance.
+
+    >>> h = FeatureHasher(n_features=4)
+    >>> index = FeatureIndex(4)
+    >>> h.sparse({"a": 2.0, "b": "x", "c": 0.0, "d": 1.0, "e": 1.0}, index=index)[0][:3]
+    (1, 2, 3)
+    >>> index.tokens()
+    ['a', 'b=x', 'd']
+    """
+
+    __slots__ = ("capacity", "slots")
+
+    def __init__(self, n_features: int, tokens: Sequence[str] = ()) -> None:
+        self.capacity = n_features - 1  # slot 0 is the bias
+        if len(tokens) > self.capacity or len(set(tokens)) != len(tokens):
+            raise PolicyError(f"a feature index of {len(tokens)} tokens for {n_features} slots")
+        self.slots: dict[str, int] = {t: i + 1 for i, t in enumerate(tokens)}
+
+    def tokens(self) -> list[str]:
+        """The tokens in slot order (slot 1 first): the index's saved form."""
+        return list(self.slots)
 
 
 class FeatureHasher:
@@ -104,22 +135,37 @@ class FeatureHasher:
         self._cached_bytes = 0
         return n
 
-    def sparse(self, values: Mapping[str, Scalar], namespace: str = "") -> Sparse:
-        """Encode one flat mapping; non-finite numbers are the caller's to reject."""
+    def sparse(
+        self, values: Mapping[str, Scalar], namespace: str = "", index: FeatureIndex | None = None
+    ) -> Sparse:
+        """Encode one flat mapping (through ``index`` first, if given); non-finite
+        numbers are the caller's to reject."""
         idx: list[int] = []
         val: list[float] = []
         slot = self._slot
+        own = None if index is None else index.slots
+        room = index is not None and len(index.slots) < index.capacity
         for key, v in values.items():
             if v is None:
                 continue
             if isinstance(v, str):
-                j, s = slot(f"{namespace}{key}={v}")
-                idx.append(j)
-                val.append(s)
+                token, x = f"{namespace}{key}={v}", 1.0
             else:  # int, float or bool (bool is an int: True -> 1.0, False -> 0.0)
-                j, s = slot(namespace + key)
-                idx.append(j)
-                val.append(s * min(CLIP, max(-CLIP, float(v))))
+                token, x = namespace + key, min(CLIP, max(-CLIP, float(v)))
+            if own is not None:
+                j = own.get(token)
+                if j is None and room and x != 0.0:
+                    j = own[sys.intern(token)] = len(own) + 1  # one copy for all domains
+                    room = j < index.capacity  # type: ignore[union-attr]
+                if j is not None:
+                    idx.append(j)
+                    val.append(x)
+                    continue
+                if x == 0.0:
+                    continue  # adds nothing and takes no slot
+            j, s = slot(token)
+            idx.append(j)
+            val.append(s * x)
         return tuple(idx), tuple(val)
 
     def encode(
@@ -127,15 +173,16 @@ class FeatureHasher:
         context: Mapping[str, Scalar],
         candidates: Sequence[str],
         candidate_features: Mapping[str, Mapping[str, Scalar]] | None = None,
+        index: FeatureIndex | None = None,
     ) -> EncodedContext:
         cf = None
         if candidate_features:
             cf = {
-                a: self.sparse(f, "\x1fc:")
+                a: self.sparse(f, "\x1fc:", index)
                 for a, f in candidate_features.items()
                 if a in candidates
             }
-        return EncodedContext(self.sparse(context), tuple(candidates), cf or None)
+        return EncodedContext(self.sparse(context, "", index), tuple(candidates), cf or None)
 
     def assemble(self, events: Sequence[EncodedContext], keys: list[str]) -> ContextBatch:
         """Densify encoded events into one :class:`ContextBatch` (row = event x candidate)."""

@@ -17,18 +17,17 @@ from dataclasses import dataclass, field
 from itertools import accumulate, chain
 
 import numpy as np
-from mmh3 import hash as murmur3
 
 from policies.base import ContextBatch, Decisions, Feedback, Policy
 from policies.estimators import OnlineEstimate
-from policies.features import EncodedContext, FeatureHasher
+from policies.features import EncodedContext, FeatureHasher, FeatureIndex
 from policies.ridge import RidgePolicy
 from stream.config import Settings
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
 from stream.join import Pending
 from stream.kafka.codec import ContextEvent
-from stream.policy_config import REWARD_MODEL_POLICY, build_policy
+from stream.policy_config import REWARD_MODEL_POLICY, build_policy, rollout_unit
 
 LearnError = Callable[[Exception, "DomainState", list[tuple[Pending, float]]], None]
 
@@ -41,11 +40,6 @@ BASELINE_ROLE = "served"
 TREATMENT_ROLE = TREATMENT
 REWARD_MODEL = "reward_model"
 SHADOW = "shadow:"
-
-
-def rollout_unit(domain: str, unit: str, seed: int) -> float:
-    """A stable position in [0, 1) of (domain, unit): the same on every instance and run."""
-    return murmur3(f"{domain}\x00{unit}", seed & 0x7FFFFFFF, False) / 2**32
 
 
 @dataclass(slots=True)
@@ -65,6 +59,7 @@ class DomainState:
     expired: int = 0
     partition: int = -1  # the input partition its messages come from (co-partitioned)
     frozen_at: int = -1  # the checkpoint generation referencing its arrays (-1: none)
+    index: FeatureIndex | None = None  # its features' own slots (None: hashing alone)
 
     def roles(self) -> dict[str, Policy]:
         """Every policy of the domain by its role in checkpoints."""
@@ -174,9 +169,9 @@ class Domains:
             return state
         if len(self.states) >= self.settings.max_domains:
             return None
-        state = DomainState(
-            domain, self._new(self.settings.baseline_policy, domain), partition=partition
-        )
+        baseline = self._new(self.settings.baseline_policy, domain)
+        index = FeatureIndex(self.hasher.n_features)
+        state = DomainState(domain, baseline, partition=partition, index=index)
         self.complete(state)
         self.states[domain] = state
         return state
@@ -193,10 +188,10 @@ class Domains:
 
     def decide(self, state: DomainState, events: list[ContextEvent]) -> list[Served]:
         """Featurise and choose for a batch of one domain's contexts, per variant."""
-        enc = self.hasher.encode
+        enc, index = self.hasher.encode, state.index
         out = []
         for variant, policy, evs in self._shares(state, events):
-            encoded = [enc(e.context, e.candidates, e.candidate_features) for e in evs]
+            encoded = [enc(e.context, e.candidates, e.candidate_features, index) for e in evs]
             batch = self.hasher.assemble(encoded, [e.event_id for e in evs])
             out.append(Served(variant, policy, evs, encoded, policy.choose(batch)))
         state.decisions += len(events)
@@ -224,7 +219,7 @@ class Domains:
         call per share; many quiet domains no longer pay a policy call each)."""
         if len(batches) < MANY_DOMAINS:  # the grouping would cost more than it saves
             return [self.decide(state, events) for state, events in batches]
-        enc = self.hasher.encode
+        enc, indexes = self.hasher.encode, [state.index for state, _ in batches]
         shares: list[tuple[int, str, Policy, list[ContextEvent]]] = []
         for j, (state, events) in enumerate(batches):
             shares.extend((j, v, policy, evs) for v, policy, evs in self._shares(state, events))
@@ -234,7 +229,10 @@ class Domains:
         served: dict[int, Served] = {}
         for cls, members in by_class.items():
             encoded = [
-                [enc(e.context, e.candidates, e.candidate_features) for e in shares[n][3]]
+                [
+                    enc(e.context, e.candidates, e.candidate_features, indexes[shares[n][0]])
+                    for e in shares[n][3]
+                ]
                 for n in members
             ]
             keys = [e.event_id for n in members for e in shares[n][3]]

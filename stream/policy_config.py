@@ -65,3 +65,8 @@ def build_policy(
     kw = {**policy_params(name, settings), **(overrides or {})}
     dim = settings.feature_dim if n_features is None else n_features
     return create_policy(name, dim, policy_seed(domain, name, settings), **kw)
+
+
+def rollout_unit(domain: str, unit: str, seed: int) -> float:
+    """A stable position in [0, 1) of (domain, unit): the same on every instance and run."""
+    return murmur3(f"{domain}\x00{unit}", seed & 0x7FFFFFFF, False) / 2**32

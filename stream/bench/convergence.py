@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from policies import ContextBatch, Feedback, create_policy
-from policies.features import FeatureHasher
+from policies.features import FeatureHasher, FeatureIndex
 from policies.kernels import warm_up
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
 from stream.bench.simulators import SIMULATORS, Simulation
@@ -78,9 +78,10 @@ def _product_batch(
     tag: str,
     cands: list[NDArray[np.int64]],
     hasher: FeatureHasher,
+    index: FeatureIndex,
 ) -> ContextBatch:
     encoded = [
-        hasher.encode(sim.context(t), [sim.actions[a] for a in c])
+        hasher.encode(sim.context(t), [sim.actions[a] for a in c], index=index)
         for t, c in zip(range(t0, t1), cands, strict=True)
     ]
     return hasher.assemble(encoded, _keys(sim, t0, t1, tag))
@@ -99,6 +100,7 @@ def run_one(
 ) -> RunResult:
     tag = f"{sim.name}-{seed}"
     hasher = FeatureHasher(settings.feature_dim, seed=settings.seed)  # as the service's
+    index = FeatureIndex(settings.feature_dim)  # a new domain's
     if features == "product":
         policy = build_policy(name, tag, settings)  # a domain's policy, as the service's
     else:
@@ -115,7 +117,7 @@ def run_one(
         cands = [sim.candidates(t) for t in range(t0, t1)]
         start = time.perf_counter()
         if features == "product":
-            batch = _product_batch(sim, t0, t1, tag, cands, hasher)
+            batch = _product_batch(sim, t0, t1, tag, cands, hasher, index)
         else:
             batch = _raw_batch(sim, t0, t1, tag, cands)
         dec = policy.choose(batch)

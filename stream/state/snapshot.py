@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from policies.base import PolicyError
 from policies.estimators import OnlineEstimate
-from policies.features import FeatureHasher
+from policies.features import FeatureHasher, FeatureIndex
 from policies.registry import policy_class
 from stream.domains import BASELINE_ROLE, Domains, DomainState
 from stream.errors import ConfigError
@@ -46,6 +47,7 @@ def take_snapshot(
             "reward_sum": st.reward_sum,
             "expired": st.expired,
             "partition": st.partition,
+            "feature_index": None if st.index is None else st.index.tokens(),
         }
     meta = {
         "features": {"n_features": hasher.n_features, "seed": hasher.seed},
@@ -124,6 +126,14 @@ def restore(
         st.reward_sum = float(d.get("reward_sum", 0.0))
         st.expired = int(d.get("expired", 0))
         st.partition = partition_of(snap, name)
+        tokens = d.get("feature_index")  # absent before the index: the domain keeps hashing
+        if tokens is not None:
+            if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+                raise CorruptCheckpoint(f"domain {name!r}: bad feature index")
+            try:
+                st.index = FeatureIndex(hasher.n_features, tokens)
+            except PolicyError as exc:
+                raise CorruptCheckpoint(f"domain {name!r}: {exc}") from exc
         domains.put(st)
         loaded.add(name)
     now = time.time()

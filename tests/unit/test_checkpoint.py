@@ -299,3 +299,37 @@ def test_a_full_buffer_is_learned_before_older_ones_are_due(tmp_path, monkeypatc
     assert old.baseline.n_learned == 0 and len(old.buffer) == 1  # not due yet
     assert doms.flush_due(10.0) == 1  # now old enough
     assert all(st.baseline.n_learned == k for st in busy)
+
+
+def test_a_domains_feature_index_is_saved_and_restored(tmp_path):
+    """A feature keeps its slot across a checkpoint (SQLite) and a state-topic record; a
+    domain checkpointed before the index existed keeps hashing."""
+    from policies.features import FeatureHasher
+    from stream.config import load_settings
+    from stream.domains import Domains
+    from stream.join import PendingJoins
+    from stream.kafka.codec import ContextEvent
+    from stream.state.snapshot import encode_pending, restore, take_snapshot
+    from stream.state.store import CheckpointStore
+    from stream.state.topic import decode_domain, encode_domain
+
+    settings = load_settings(state_dir=tmp_path)
+    h = FeatureHasher(settings.feature_dim)
+    doms, joins = Domains(settings, h), PendingJoins(10, 3600)
+    st = doms.get_or_create("d", 0)
+    doms.decide(st, [ContextEvent("e1", "d", {"b": 1.0, "a": "x"}, ["p", "q"])])
+    assert st.index is not None and st.index.tokens() == ["b", "a=x"]
+    snap = encode_pending(take_snapshot(doms, joins, h, {("ctx", 0): 5}))
+    doms.write_in_flight = False
+
+    def restored(s):
+        fresh = Domains(settings, h)
+        restore(s, fresh, PendingJoins(10, 3600), h)
+        return fresh.states["d"].index
+
+    store = CheckpointStore(tmp_path / "c.sqlite")
+    assert restored(store.load(store.write(snap))).tokens() == ["b", "a=x"]
+    record = encode_domain(snap, "d", 0, (5, 0), snap.pending)
+    assert restored(decode_domain(record, ("ctx", "rew")).snapshot).tokens() == ["b", "a=x"]
+    del snap.meta["domains"]["d"]["feature_index"]  # as a checkpoint of before
+    assert restored(snap) is None

@@ -115,3 +115,53 @@ def test_assemble_layout():
 def test_too_small_dimension_rejected():
     with pytest.raises(PolicyError):
         FeatureHasher(n_features=1)
+
+
+# -- a domain's own slots (FeatureIndex) ---------------------------------------------------
+def test_keys_that_fit_get_their_own_slots_in_order_of_first_sight():
+    from policies.features import FeatureIndex
+
+    h = FeatureHasher(16)
+    index = FeatureIndex(16)
+    ctx = {f"k{i}": float(i + 1) for i in range(10)} | {"color": "red", "off": 0.0}
+    idx, val = h.sparse(ctx, index=index)
+    assert idx == tuple(range(1, 12)) and val == (*[float(i + 1) for i in range(10)], 1.0)
+    assert index.tokens() == [*(f"k{i}" for i in range(10)), "color=red"]  # 0.0 takes none
+    assert h.sparse({"color": "blue", "k3": 2.0}, index=index) == ((12, 4), (1.0, 2.0))
+    # Candidate features have their own namespace: a candidate's "k0" is another token.
+    enc = h.encode({"k0": 1.0}, ["a"], {"a": {"k0": 5.0}}, index=index)
+    assert enc.context == ((1,), (1.0,)) and enc.candidate_features == {"a": ((13,), (5.0,))}
+
+
+def test_past_capacity_new_keys_hash_as_without_an_index():
+    from policies.features import FeatureIndex
+
+    h = FeatureHasher(4)
+    index = FeatureIndex(4)
+    h.sparse({"a": 1.0, "b": 1.0, "c": 1.0}, index=index)
+    assert index.tokens() == ["a", "b", "c"]  # slots 1..3: full
+    assert h.sparse({"d": 2.0}, index=index) == h.sparse({"d": 2.0})  # hashed, signed
+    assert index.tokens() == ["a", "b", "c"]
+
+
+def test_without_an_index_encoding_is_unchanged():
+    h = FeatureHasher(64)
+    ctx = {"age": 31.0, "country": "de", "vip": True, "none": None, "clip": 1e300}
+    got = h.sparse(ctx)
+    want = []
+    for k, v in ctx.items():
+        if v is None:
+            continue
+        token = f"{k}={v}" if isinstance(v, str) else k
+        j, s = h._slot(token)
+        want.append((j, s if isinstance(v, str) else s * min(1e6, max(-1e6, float(v)))))
+    assert got == (tuple(j for j, _ in want), tuple(x for _, x in want))
+
+
+def test_a_saved_index_is_validated():
+    from policies.features import FeatureIndex
+
+    assert FeatureIndex(4, ["a", "b"]).slots == {"a": 1, "b": 2}
+    for bad in (["a", "a"], ["a", "b", "c", "d"]):
+        with pytest.raises(PolicyError):
+            FeatureIndex(4, bad)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from policies import ContextBatch, Feedback, create_policy
 from policies.features import FeatureHasher, FeatureIndex
 from policies.kernels import warm_up
+from stream.bench.peers import measure_peers
 from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
 from stream.bench.simulators import SIMULATORS, Simulation
 from stream.config import Settings
@@ -155,42 +156,6 @@ def run_one(
     )
 
 
-def _vw_run(
-    sim: Simulation, seed: int, update_interval: int, delay: int = 0
-) -> tuple[float, float] | None:
-    """Vowpal Wabbit `--cb_explore_adf --squarecb -q sa`, if the `peers` extra is installed.
-
-    Each example is learned once ``delay`` more events were decided, as for our policies.
-    """
-    try:
-        import vowpalwabbit
-    except ImportError:
-        return None
-    vw = vowpalwabbit.Workspace(f"--cb_explore_adf --squarecb -q sa --quiet --random_seed {seed}")
-    rng = np.random.default_rng(seed + 1000)
-    T, total = sim.rounds, 0.0
-    queue: deque[tuple[int, list[str]]] = deque()
-    start = time.perf_counter()
-    for t in range(T):
-        ctx = sim.context(t)
-        feats = " ".join(
-            f"{k}={v}" if isinstance(v, str) else f"{k}:{v:.6g}" for k, v in ctx.items()
-        )
-        cands = sim.candidates(t)
-        lines = [f"shared |s {feats}"] + [f"|a a={sim.actions[a]}" for a in cands]
-        pmf = np.asarray(vw.predict(lines), dtype=np.float64)
-        pmf /= pmf.sum()
-        i = int(rng.choice(len(pmf), p=pmf))
-        r = float(sim.draw(np.array([t]), np.array([cands[i]]), rng)[0])
-        total += r
-        lines[i + 1] = f"0:{-r}:{pmf[i]} " + lines[i + 1]
-        queue.append((t, lines))
-        while queue and queue[0][0] + delay <= t:
-            vw.learn(queue.popleft()[1])
-    vw.finish()
-    return total / T, T / (time.perf_counter() - start)
-
-
 def run(
     policies: list[str],
     sims: list[str],
@@ -218,14 +183,7 @@ def run(
                 prompt = run_one(name, sim, seed, settings, interval, 0, bar, features=feats)
                 result.delay_cost = prompt.avg_reward - result.avg_reward
             results.append(result)
-    peers = {}
-    for sim_name in sims:
-        runs = [_vw_run(cache[(sim_name, sd)], sd, interval, delay) for sd in range(seeds)]
-        if all(r is not None for r in runs):
-            peers[sim_name] = {
-                "avg_reward": float(np.mean([r[0] for r in runs if r])),
-                "decisions_per_s": float(np.mean([r[1] for r in runs if r])),
-            }
+    peers = measure_peers({s: [cache[(s, sd)] for sd in range(seeds)] for s in sims}, delay)
     _write(results, peers, out, settings, delay)
     return results, peers
 
@@ -306,12 +264,12 @@ def _write(
         + (" Delay cost: average reward without the delay minus with it." if delay else "")
         + f"\n\n{table}\n"
     )
-    if peers:
-        text += "\n## Vowpal Wabbit (--cb_explore_adf --squarecb -q sa)\n\n" + markdown_table(
+    for label, by_sim in peers.items():
+        text += f"\n## {label}\n\n" + markdown_table(
             ["simulator", "avg reward", "decisions+updates/s"],
             [
                 [k, f"{v['avg_reward']:.3f}", f"{v['decisions_per_s']:,.0f}"]
-                for k, v in peers.items()
+                for k, v in by_sim.items()
             ],
         )
         text += "\n"
@@ -358,11 +316,8 @@ def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -
             f"{s['optimal_share_last20']:>8.3f}{s['decisions_per_s']:>11,.0f}"
             + (f"{s['delay_cost']:>12.3f}" if "delay_cost" in s else "")
         )
-    for sim, v in (peers or {}).items():
-        lines.append(
-            f"Vowpal Wabbit (--cb_explore_adf --squarecb -q sa) on {sim}: "
-            f"{v['avg_reward']:.3f} at {v['decisions_per_s']:,.0f}/s"
-        )
+    for label, sim, v in ((k, sim, v) for k, d in (peers or {}).items() for sim, v in d.items()):
+        lines.append(f"{label} on {sim}: {v['avg_reward']:.3f} at {v['decisions_per_s']:,.0f}/s")
         for s in summary:
             if s["simulator"] == sim:
                 lines.append(

@@ -135,3 +135,20 @@ def test_the_product_path_decides_among_each_rounds_candidates(sim_name):
     for r in (product, raw):
         assert r.avg_reward > uniform + 0.05  # it learns
         assert r.regret >= -1e-9  # regret against each round's own candidates
+
+
+def test_peers_are_measured_per_simulator_and_reported(monkeypatch, tmp_path):
+    """Each installed peer's mean over seeds, per simulator, in the JSON, the Markdown and
+    the printed table; a peer that is not installed (None) is left out."""
+    from stream.bench import convergence, peers
+
+    def fake(sim, seed, delay):
+        return 0.5 + 0.1 * seed, 1000.0
+
+    monkeypatch.setattr(peers, "PEERS", {"Fake peer": fake, "Absent": lambda *a: None})
+    results, got = convergence.run(["epsilon_greedy"], ["seed"], 2, 0, tmp_path, load_settings())
+    assert got == {"Fake peer": {"seed": {"avg_reward": 0.55, "decisions_per_s": 1000.0}}}
+    data = json.loads((tmp_path / "convergence.json").read_text())
+    assert data["peers"] == got
+    assert "## Fake peer" in (tmp_path / "convergence.md").read_text()
+    assert "Fake peer on seed: 0.550" in convergence.print_table(results, got)

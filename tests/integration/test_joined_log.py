@@ -45,7 +45,11 @@ def test_joined_log_replay_and_tune(settings_factory, start_service, client_fact
     assert rec["action"] == d0["action"] and rec["probability"] == d0["probability"]
     assert dict(zip(rec["candidates"], rec["distribution"], strict=True)) == d0["probabilities"]
     assert rec["policy"] == "epsilon_greedy" and rec["variant"] == "control"
-    assert rec["n_features"] == settings.feature_dim and len(rec["context"][0]) == 2
+    assert rec["n_features"] == settings.feature_dim
+    # The domain's own slots in order of first sight: j0's x=0 adds nothing and takes none.
+    assert rec["context"] == [[1], [1.0]]  # seg=s0
+    rec1 = next(r for r in records if r["event_id"] == "j1")
+    assert rec1["context"] == [[2, 3], [1.0, 1.0]]  # x=1, seg=s1
     assert sum(r["default_reward"] for r in records) == 20
 
     out = tmp_path / "replay"

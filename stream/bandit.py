@@ -67,13 +67,7 @@ class Bandit:
         self.hasher = FeatureHasher(s.feature_dim, seed=s.seed)
         self.domains = Domains(s, self.hasher)
         self.joins = PendingJoins(s.max_pending, s.reward_wait_s, max_per_domain=s.max_pending)
-        self.limits = Limits(
-            s.max_message_bytes,
-            s.max_candidates,
-            s.reward_min,
-            s.reward_max,
-            s.max_context_features,
-        )
+        self.limits = Limits.of(s)
         state = self.domains.get_or_create(domain, 0)
         if state is None:  # RL_MAX_DOMAINS < 1 cannot be configured; kept for the type
             raise RuntimeError(f"domain {domain!r} cannot be created")

@@ -63,13 +63,7 @@ class BatchProcessor:
         self.balance = balance
         self.metrics = metrics
         self.failpoints = failpoints
-        self.limits = Limits(
-            settings.max_message_bytes,
-            settings.max_candidates,
-            settings.reward_min,
-            settings.reward_max,
-            settings.max_context_features,
-        )
+        self.limits = Limits.of(settings)
         self.rejections = Rejections(settings, stats, joins, metrics)
         self.admission = Admission(settings, domains, joins, self.rejections)
         # Set while the service runs.

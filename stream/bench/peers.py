@@ -64,7 +64,7 @@ def river_run(sim: Simulation, seed: int, delay: int) -> tuple[float, float] | N
             ctx[f"{k}={v}" if isinstance(v, str) else k] = 1.0 if isinstance(v, str) else v
         cands = sim.candidates(t)
         arms = [sim.actions[a] for a in cands]
-        arm = policy.pull(arms, context=ctx)
+        arm = str(policy.pull(arms, context=ctx))  # one of arms
         r = float(sim.draw(np.array([t]), np.array([cands[arms.index(arm)]]), rng)[0])
         total += r
         queue.append((t, arm, ctx, r))

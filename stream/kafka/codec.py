@@ -15,12 +15,15 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import orjson
 
 from stream.errors import StreamError
+
+if TYPE_CHECKING:
+    from stream.config import Settings
 
 DOMAIN_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_EVENT_ID = 128
@@ -73,6 +76,17 @@ class Limits:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "typed", _typed_decoders(self))
+
+    @classmethod
+    def of(cls, s: Settings) -> Limits:
+        """The limits the settings configure."""
+        return cls(
+            s.max_message_bytes,
+            s.max_candidates,
+            s.reward_min,
+            s.reward_max,
+            s.max_context_features,
+        )
 
 
 def _text(lo: int, hi: int) -> Any:

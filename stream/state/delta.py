@@ -60,10 +60,10 @@ class ArrayDigest:
     rows: int  # rows per chunk; 0: the array is one chunk
     chunks: tuple[bytes, ...]
     nbytes: int
+    n: int = 0  # rows (0 for a 0-d array)
 
-    def chunk_bytes(self, chunks: list[int], n: int) -> int:
-        row = self.nbytes // max(1, n)
-        return sum((min(c * self.rows + self.rows, n) - c * self.rows) * row for c in chunks)
+    def chunk_bytes(self, chunks: list[int]) -> int:
+        return rows_of(chunks, self.rows, self.n) * (self.nbytes // max(1, self.n))
 
 
 def digest(a: NDArray[Any]) -> ArrayDigest:
@@ -74,7 +74,7 @@ def digest(a: NDArray[Any]) -> ArrayDigest:
         return ArrayDigest(a.dtype.str, a.shape, 0, (_hash(buf),), a.nbytes)
     step = rows * (a.nbytes // a.shape[0]) if a.shape[0] else 1
     chunks = tuple(_hash(buf[s : s + step]) for s in range(0, a.nbytes, step))
-    return ArrayDigest(a.dtype.str, a.shape[1:], rows, chunks, a.nbytes)
+    return ArrayDigest(a.dtype.str, a.shape[1:], rows, chunks, a.nbytes, a.shape[0])
 
 
 def _hash(b: memoryview) -> bytes:
@@ -101,9 +101,7 @@ class Chain:
 Parts = dict[ArrayKey, list[int]]  # changed chunks of each array sent in part
 
 
-def changes(
-    chain: Chain, now: dict[ArrayKey, ArrayDigest], shapes: Mapping[ArrayKey, int]
-) -> tuple[Parts, int] | None:
+def changes(chain: Chain, now: dict[ArrayKey, ArrayDigest]) -> tuple[Parts, int] | None:
     """The chunks to send of each array that changed in part, and the delta's array bytes;
     None when a delta is not worth it (a new base is due)."""
     if chain.seq >= MAX_DELTAS:
@@ -124,7 +122,7 @@ def changes(
             continue
         changed = [c for c, h in enumerate(d.chunks) if c >= len(old.chunks) or old.chunks[c] != h]
         parts[key] = changed
-        size += d.chunk_bytes(changed, shapes[key])
+        size += d.chunk_bytes(changed)
     if 2 * size > chain.base_bytes or chain.delta_bytes + size > chain.base_bytes:
         return None
     return parts, size

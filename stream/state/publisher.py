@@ -14,15 +14,11 @@ from confluent_kafka import Producer
 
 from stream.config import Settings
 from stream.kafka.clients import common_config
-from stream.state.delta import MAX_DELTAS, ArrayKey, Chain, changes, delta_key, digest_domain
+from stream.state.delta import MAX_DELTAS, Chain, changes, delta_key, digest_domain
 from stream.state.store import Snapshot
 from stream.state.topic import MAX_RECORD_BYTES, Offsets, encode_domain, encode_marker, marker_key
 
 log = logging.getLogger(__name__)
-
-
-def _lengths(roles: dict[str, Any]) -> dict[ArrayKey, int]:
-    return {(r, n): len(a) for r, (_, arrs) in roles.items() for n, a in arrs.items() if a.ndim}
 
 
 # Serialised state records queued in the producer at most (one larger record still goes
@@ -117,7 +113,7 @@ class StatePublisher:
                 now = digest_domain(roles)
                 pending = by_domain.get(d, [])
                 chain = chains.get(d)
-                delta = None if chain is None else changes(chain, now, _lengths(roles))
+                delta = None if chain is None else changes(chain, now)
                 if chain is not None and delta is not None:
                     parts, size = delta
                     k = chain.seq + 1

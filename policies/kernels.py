@@ -92,14 +92,15 @@ def ts_win_shares(mean, width, v, offsets, start, n_draws, table):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _node_q(weights, node, x, kind):
-    """P(right) of node ``node`` for context ``x``: least squares (0) or logistic (1)."""
+def _node_q(weights, node, x, kind, shift):
+    """P(right) of node ``node`` for context ``x``, its score moved by ``shift``: least
+    squares (0: ``clip(w.x + shift)``) or logistic (1: ``sigmoid(w.x + 4 shift)``)."""
     z = 0.0
     for j in range(x.shape[0]):
         z += weights[node, j] * x[j]
     if kind == 0:
-        return min(1.0, max(0.0, z))
-    z = min(50.0, max(-50.0, z))
+        return min(1.0, max(0.0, z + shift))
+    z = min(50.0, max(-50.0, z + 4.0 * shift))
     return 1.0 / (1.0 + np.exp(-z))
 
 
@@ -114,12 +115,12 @@ def _contested(heap, s, e, child, level):
 
 
 @njit(cache=True, nogil=True)
-def ot_leaf_probs(heap, offsets, xe, weights, kind, depth, sharpness):
+def ot_leaf_probs(heap, offsets, xe, weights, kind, depth, sharpness, shift):
     """Probability of each candidate leaf: the product of its path's routing odds.
 
     A node routes right with ``q^s / (q^s + (1-q)^s)`` (``s = sharpness``; ``s = 0`` routes
     hard, even odds splitting evenly); a node whose other side holds no candidate of the
-    event passes through.
+    event passes through. ``shift[r, level]``: row ``r``'s node's score shift at that level.
     """
     prob = np.ones(heap.shape[0])
     for i in range(offsets.shape[0] - 1):
@@ -130,7 +131,7 @@ def ot_leaf_probs(heap, offsets, xe, weights, kind, depth, sharpness):
                 child = heap[r] >> level
                 if not _contested(heap, s, e, child, level):
                     continue
-                q = _node_q(weights, child >> 1, xe[i], kind)
+                q = _node_q(weights, child >> 1, xe[i], kind, shift[r, level])
                 if sharpness <= 0.0:
                     route = 1.0 if q > 0.5 else (0.0 if q < 0.5 else 0.5)
                 else:
@@ -158,14 +159,39 @@ def ot_contested_at(heap, offsets, leaf, level, alive):
 
 
 @njit(cache=True, nogil=True)
-def ot_learn_least_squares(heap, offsets, leaf, xe, A_inv, theta, counts, depth, gain, beat):
+def ot_advantages(heap, offsets, score, depth):
+    """``[rows, depth]``: at each row's node per level, the best ``score`` among the event's
+    candidates on the node's right side less the best on its left (0 where a side is empty).
+    """
+    out = np.zeros((heap.shape[0], depth))
+    for i in range(offsets.shape[0] - 1):
+        s, e = offsets[i], offsets[i + 1]
+        for level in range(depth):
+            for r in range(s, e):
+                child = heap[r] >> level
+                own = -np.inf
+                other = -np.inf
+                for j in range(s, e):
+                    c = heap[j] >> level
+                    if c == child:
+                        own = max(own, score[j])
+                    elif c == (child ^ 1):
+                        other = max(other, score[j])
+                if other > -np.inf:
+                    out[r, level] = own - other if (child & 1) == 1 else other - own
+    return out
+
+
+@njit(cache=True, nogil=True)
+def ot_learn_least_squares(heap, offsets, leaf, xe, A_inv, theta, counts, depth, gain, beat, shift):
     """The offset tree's bottom-up training with least-squares nodes, in place.
 
     Level by level from the leaves: every event still alive whose node at this level has a
     rival candidate teaches that node (label: the logged action's side if ``beat``, else
     the other side; weight ``gain``; RLS steps in event order), then stays alive only if
-    the node, updated, routes its context towards the action. Same steps as
-    ``OffsetTree._learn``'s generic path.
+    the node, updated, routes its context towards the action. ``shift[i, level]``: the
+    score shift of event ``i``'s node at that level (the node learns the label less it).
+    Same steps as ``OffsetTree._learn``'s generic path.
     """
     n = offsets.shape[0] - 1
     alive = np.ones(n, dtype=np.bool_)
@@ -183,7 +209,7 @@ def ot_learn_least_squares(heap, offsets, leaf, xe, A_inv, theta, counts, depth,
                 side = child & 1
                 rows[k] = i
                 nodes[k] = child >> 1
-                labels[k] = side if beat[i] else 1 - side
+                labels[k] = (side if beat[i] else 1 - side) - shift[i, level]
                 weights[k] = gain[i]
                 k += 1
         if k:
@@ -193,7 +219,7 @@ def ot_learn_least_squares(heap, offsets, leaf, xe, A_inv, theta, counts, depth,
         if level + 1 < depth:  # the last level's verdict decides nothing
             for i in ev:
                 child = leaf[i] >> level
-                q = _node_q(theta, child >> 1, xe[i], 0)
+                q = _node_q(theta, child >> 1, xe[i], 0, shift[i, level])
                 if ((child & 1) == 1 and q < 0.5) or ((child & 1) == 0 and q > 0.5):
                     alive[i] = False
 
@@ -286,11 +312,22 @@ def warm_up() -> None:
     )
     heap = np.array([2, 3], dtype=np.int64)
     for kind in (0, 1):
-        ot_leaf_probs(heap, offsets, X, theta, kind, 1, 10.0)
+        ot_leaf_probs(heap, offsets, X, theta, kind, 1, 10.0, np.zeros((2, 1)))
     ot_contested_at(heap, offsets, heap[:1], 0, np.ones(1, dtype=np.bool_))
     ot_learn_least_squares(
-        heap, offsets, heap[:1], X, A, theta, counts, 1, one, np.ones(1, dtype=np.bool_)
+        heap,
+        offsets,
+        heap[:1],
+        X,
+        A,
+        theta,
+        counts,
+        1,
+        one,
+        np.ones(1, dtype=np.bool_),
+        np.zeros((1, 1)),
     )
+    ot_advantages(heap, offsets, np.zeros(2), 1)
     sample_segments(np.array([0.5, 0.5]), offsets, np.array([0.3]))
     greedy_floor(np.array([0.5, 0.5]), offsets, 0.1)
     dense_rows(idx, one, np.ones(1, dtype=np.int64), offsets[1:], d)

@@ -44,13 +44,26 @@ class LogisticBank:
             W[moved(k)], G2[moved(k)] = self.W[k], self.G2[k]
         self.W, self.G2 = W, G2
 
-    def predict(self, nodes: IntArray, X: FloatArray) -> FloatArray:
+    def predict(
+        self, nodes: IntArray, X: FloatArray, shift: FloatArray | None = None
+    ) -> FloatArray:
+        """``sigmoid(w . x + 4 shift)``: a shift moves P(right) as much as a least-squares
+        node's near even odds."""
         z = np.einsum("nd,nd->n", self.W[nodes], X)
+        if shift is not None:
+            z = z + 4.0 * shift
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
 
-    def train(self, nodes: IntArray, X: FloatArray, y: FloatArray, weight: FloatArray) -> None:
+    def train(
+        self,
+        nodes: IntArray,
+        X: FloatArray,
+        y: FloatArray,
+        weight: FloatArray,
+        shift: FloatArray | None = None,
+    ) -> None:
         """One AdaGrad step per node on the batch's summed log-loss gradient."""
-        grad = (weight * (y - self.predict(nodes, X)))[:, None] * X
+        grad = (weight * (y - self.predict(nodes, X, shift)))[:, None] * X
         G = np.zeros_like(self.W)
         np.add.at(G, nodes, grad)
         touched = np.unique(nodes)
@@ -95,11 +108,22 @@ class LinearBank:
             new.A_inv[m], new.theta[m], new.counts[m] = old.A_inv[k], old.theta[k], old.counts[k]
         self.arms = new
 
-    def predict(self, nodes: IntArray, X: FloatArray) -> FloatArray:
-        return np.clip(self.arms.predict(nodes, X), 0.0, 1.0)
+    def predict(
+        self, nodes: IntArray, X: FloatArray, shift: FloatArray | None = None
+    ) -> FloatArray:
+        z = self.arms.predict(nodes, X)
+        return np.clip(z if shift is None else z + shift, 0.0, 1.0)
 
-    def train(self, nodes: IntArray, X: FloatArray, y: FloatArray, weight: FloatArray) -> None:
-        self.arms.update(nodes, X, y, w=weight)
+    def train(
+        self,
+        nodes: IntArray,
+        X: FloatArray,
+        y: FloatArray,
+        weight: FloatArray,
+        shift: FloatArray | None = None,
+    ) -> None:
+        """Least squares of ``y`` on ``theta . x + shift``: the regression of ``y - shift``."""
+        self.arms.update(nodes, X, y if shift is None else y - shift, w=weight)
 
     def state(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         return self.arms.arrays(prefix="node_")
@@ -266,7 +290,11 @@ class TreeBank:
             if m.n_nodes > 2 * budget - 1:
                 m.fit(self.max_depth, self.min_split, self.min_gain, budget)
 
-    def predict(self, nodes: IntArray, X: FloatArray) -> FloatArray:
+    def predict(
+        self, nodes: IntArray, X: FloatArray, shift: FloatArray | None = None
+    ) -> FloatArray:
+        if shift is not None:  # a classifier of labels has no score to move
+            raise PolicyError("decision-tree nodes take no baseline")
         q = np.full(len(nodes), 0.5)
         for k in np.unique(nodes):
             m = self.nodes.get(int(k))
@@ -275,7 +303,16 @@ class TreeBank:
                 q[sel] = m.predict(X[sel])
         return q
 
-    def train(self, nodes: IntArray, X: FloatArray, y: FloatArray, weight: FloatArray) -> None:
+    def train(
+        self,
+        nodes: IntArray,
+        X: FloatArray,
+        y: FloatArray,
+        weight: FloatArray,
+        shift: FloatArray | None = None,
+    ) -> None:
+        if shift is not None:
+            raise PolicyError("decision-tree nodes take no baseline")
         for k, x, label, w in zip(nodes.tolist(), X, y.tolist(), weight.tolist(), strict=True):
             m = self.nodes.get(k)
             if m is None:
@@ -287,6 +324,15 @@ class TreeBank:
             # Refit when the history grew by a quarter (and by at least min_split examples).
             if m.pending >= max(self.min_split, m.size // 4):
                 m.fit(self.max_depth, self.min_split, self.min_gain, budget)
+
+    def trim(self) -> int:
+        """Drop every node's refit history (the fitted trees stay); rows freed."""
+        freed = 0
+        for node in self.nodes.values():
+            freed += node.size
+            node.X, node.y, node.w = node.X[:0].copy(), node.y[:0].copy(), node.w[:0].copy()
+            node.size = node.head = node.pending = 0
+        return freed
 
     def state(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         extra: dict[str, Any] = {"tree_nodes": sorted(self.nodes)}

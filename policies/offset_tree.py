@@ -18,8 +18,10 @@ from policies.base import (
     importance_weights,
     mix_floor,
 )
-from policies.kernels import ot_contested_at, ot_leaf_probs, ot_learn_least_squares
+from policies.kernels import ot_advantages, ot_leaf_probs, ot_learn_least_squares
 from policies.node_models import LinearBank, LogisticBank, TreeBank
+from policies.ridge import RidgeArms
+from policies.tree_routing import leaf_probs, train_nodes
 
 
 class OffsetTree(Policy):
@@ -53,6 +55,17 @@ class OffsetTree(Policy):
     ``floor`` of the mass is spread evenly over the candidates.
     Node classifiers see the event's context as the mean of its candidate rows.
 
+    With a ``baseline`` (the default; linear and logistic nodes), the tree also keeps a
+    ridge reward model per action (as epsilon-greedy's), and each node's score is moved by
+    ``baseline`` times that model's optimistic advantage of its right side: the best
+    upper confidence score ``r_hat + alpha * width`` among the event's candidates on the
+    right less the best on the left. The node's classifier then learns, from the offset
+    tree's importance-weighted labels, only where the model's preference is wrong (its
+    regression target is the label less the shift), and a strong ``node_l2`` keeps that
+    correction silent until the evidence for it is large. Without it, a tree of linear
+    classifiers cannot express the argmax of per-action linear rewards, nor which
+    candidates an event offers (docs/design.md). ``baseline = 0`` is the classic tree.
+
     Parameters
     ----------
     n_features
@@ -70,6 +83,9 @@ class OffsetTree(Policy):
         the tree knobs above).
     node_lr
         AdaGrad step size of the logistic node classifiers.
+    node_l2
+        Ridge penalty of the least-squares node classifiers (with a baseline: how much
+        evidence a correction of the reward model needs).
     sharpness
         How deterministically a node routes given its classifier's odds (0 = hard).
     offset
@@ -80,6 +96,11 @@ class OffsetTree(Policy):
         Probability mass spread uniformly over the candidates.
     seed
         Exploration seed, combined with each event id.
+    baseline
+        Weight of the reward model's advantage in each node's score (0 = no reward model,
+        the classic offset tree; decision-tree nodes take none).
+    alpha
+        Weight of the reward model's confidence width in that advantage.
 
     Examples
     --------
@@ -110,12 +131,14 @@ class OffsetTree(Policy):
         node_history: int = 1000,
         node_model: str = "linear",
         node_lr: float = 0.5,
-        node_l2: float = 1.0,
-        sharpness: float = 10.0,
+        node_l2: float = 300.0,
+        sharpness: float = 30.0,
         offset: float = 0.5,
         max_weight: float = 5.0,
         floor: float = 0.01,
         seed: int = 0,
+        baseline: float = 1.0,
+        alpha: float = 0.5,
     ) -> None:
         super().__init__(n_features, seed)
         if max_depth < 1 or min_split < 2 or split_threshold < 0 or max_nodes < 1:
@@ -143,6 +166,12 @@ class OffsetTree(Policy):
         self.offset = float(offset)
         self.max_weight = float(max_weight)
         self.floor = check_floor(floor)
+        if baseline < 0 or alpha < 0:
+            raise PolicyError("offset tree needs baseline >= 0 and alpha >= 0")
+        self.baseline = 0.0 if node_model == "tree" else float(baseline)
+        self.alpha = float(alpha)
+        # The baseline's reward model: one ridge regression per action, keyed by name.
+        self._model = RidgeArms(n_features) if self.baseline else None
         self._slots: dict[str, int] = {}
         self._names: list[str] = []
         self._cap = 2  # leaves; internal nodes are heap ids 1 .. cap-1
@@ -178,6 +207,8 @@ class OffsetTree(Policy):
             "offset": self.offset,
             "max_weight": self.max_weight,
             "floor": self.floor,
+            "baseline": self.baseline,
+            "alpha": self.alpha,
         }
 
     # -- structure ----------------------------------------------------------------------
@@ -206,63 +237,25 @@ class OffsetTree(Policy):
             self._bank.grow(self._cap)
         return np.fromiter(map(slots.__getitem__, actions), np.int64, len(actions))
 
-    def _paths(self, heap: IntArray, ev: IntArray) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
-        """For each candidate leaf (of event ``ev``) and level: node, side, contested.
-
-        A node is contested for an event when its other side holds another of the event's
-        candidates.
-        """
-        span = 2 * self._cap
-        shifts = np.arange(self.depth)[None, :]
-        child = heap[:, None] >> shifts  # [rows, depth]: the path's node below each level
-        n_ev = int(ev[-1]) + 1 if len(ev) else 0
-        if n_ev * span <= 1 << 22:
-            # A [events, heap ids] occupancy table: O(1) lookups instead of a sorted isin.
-            table = np.zeros((n_ev, span), dtype=bool)
-            table[np.repeat(ev, child.shape[1]), child.ravel()] = True
-            contested = table[ev[:, None], child ^ 1]
-        else:
-            present = (ev[:, None] * span + child).ravel()
-            contested = np.isin(ev[:, None] * span + (child ^ 1), present)
-        return child >> 1, child & 1, contested
-
     @staticmethod
     def _event_contexts(batch: ContextBatch) -> FloatArray:
         return np.add.reduceat(batch.X, batch.offsets[:-1], axis=0) / batch.sizes[:, None]
 
-    def _route_q(
-        self, node: IntArray, contested: NDArray[np.bool_], xe: FloatArray, owner: IntArray
-    ) -> FloatArray:
-        """P(right) at every contested (path, level); 0.5 elsewhere."""
-        q = np.full(node.shape, 0.5)
-        ri, li = np.nonzero(contested)
-        if len(ri):
-            q[ri, li] = self._bank.predict(node[ri, li], xe[owner[ri]])
-        return q
-
-    def _route(self, q: FloatArray) -> FloatArray:
-        """Routing probability to the right from the classifier's P(right) = q.
-
-        ``q^s / (q^s + (1-q)^s)`` with ``s = sharpness``: confident nodes route (almost)
-        deterministically, uncertain ones split the traffic and so explore where the tree
-        is unsure. ``sharpness = 0`` routes hard (even odds still split evenly).
-        """
-        if self.sharpness <= 0:
-            return np.where(q > 0.5, 1.0, np.where(q < 0.5, 0.0, 0.5))
-        qs, ps = q**self.sharpness, (1.0 - q) ** self.sharpness
-        return np.where(qs + ps > 0, qs / np.maximum(qs + ps, 1e-300), 0.5)
+    def _shifts(self, batch: ContextBatch, heap: IntArray) -> FloatArray | None:
+        """``[rows, depth]``: each row's node's score shift per level (None: no baseline)."""
+        if self._model is None:
+            return None
+        model = self._model
+        idx = model.indices(batch.actions)
+        score = model.predict(idx, batch.X)
+        if self.alpha:
+            score = score + self.alpha * model.widths(idx, batch.X, batch.uniform_layout())
+        return self.baseline * ot_advantages(heap, batch.offsets, score, self.depth)
 
     # -- policy -------------------------------------------------------------------------
     def trim(self) -> int:
         """Drop the decision-tree nodes' refit histories (the fitted trees stay)."""
-        if not isinstance(self._bank, TreeBank):
-            return 0
-        freed = 0
-        for node in self._bank.nodes.values():
-            freed += node.size
-            node.X, node.y, node.w = node.X[:0].copy(), node.y[:0].copy(), node.w[:0].copy()
-            node.size = node.head = node.pending = 0
-        return freed
+        return self._bank.trim() if isinstance(self._bank, TreeBank) else 0
 
     def _compiled(self) -> tuple[FloatArray, int] | None:
         """Node weights and kind for the compiled paths (least squares / logistic)."""
@@ -278,25 +271,19 @@ class OffsetTree(Policy):
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         slots = self._slot_ids(batch.actions)  # may grow the tree: read _cap after
         heap = self._cap + slots
+        shift = self._shifts(batch, heap)
+        xe = self._event_contexts(batch)
         compiled = self._compiled()
-        if compiled is not None:
+        if compiled is None:
+            prob = leaf_probs(self._bank, heap, batch, xe, shift, self.depth, self.sharpness)
+        else:
             weights, kind = compiled
+            if shift is None:
+                shift = np.zeros((len(heap), self.depth))
             prob = ot_leaf_probs(
-                heap,
-                batch.offsets,
-                self._event_contexts(batch),
-                weights,
-                kind,
-                self.depth,
-                self.sharpness,
+                heap, batch.offsets, xe, weights, kind, self.depth, self.sharpness, shift
             )
-            return mix_floor(prob, batch, self.floor)
-        ev = batch.row_event()
-        node, side, contested = self._paths(heap, ev)
-        q = self._route_q(node, contested, self._event_contexts(batch), ev)
-        route = self._route(q)
-        factor = np.where(contested, np.where(side == 1, route, 1.0 - route), 1.0)
-        return mix_floor(factor.prod(axis=1), batch, self.floor)
+        return mix_floor(prob, batch, self.floor)
 
     def _learn(self, feedback: Feedback) -> None:
         """Train the nodes level by level from the bottom, as the offset tree's training does.
@@ -309,38 +296,53 @@ class OffsetTree(Policy):
         slots = self._slot_ids(batch.actions)  # may grow the tree: read _cap after
         heap = self._cap + slots
         leaf = heap[feedback.row]
+        rows = self._shifts(batch, heap)  # as the decisions saw it, before the model learns
+        shift = None if rows is None else rows[feedback.row]
         xe = self._event_contexts(batch)
         r = np.asarray(feedback.reward, dtype=np.float64)
         gain = importance_weights(feedback.probability, self.max_weight) * np.abs(r - self.offset)
         beat = r > self.offset
+        self._train_nodes(heap, batch.offsets, leaf, xe, gain, beat, shift)
+        if self._model is not None:
+            model = self._model
+            chosen = [batch.actions[j] for j in feedback.row]
+            model.update(model.indices(chosen), batch.X[feedback.row], r)
+
+    def _train_nodes(
+        self,
+        heap: IntArray,
+        offsets: IntArray,
+        leaf: IntArray,
+        xe: FloatArray,
+        gain: FloatArray,
+        beat: NDArray[np.bool_],
+        shift: FloatArray | None,
+    ) -> None:
         bank = self._bank
         if self.compiled and isinstance(bank, LinearBank):  # the same steps as below
             arms = bank.arms
-            A_inv, theta, counts = arms.A_inv, arms.theta, arms.counts
             ot_learn_least_squares(
-                heap, batch.offsets, leaf, xe, A_inv, theta, counts, self.depth, gain, beat
+                heap,
+                offsets,
+                leaf,
+                xe,
+                arms.A_inv,
+                arms.theta,
+                arms.counts,
+                self.depth,
+                gain,
+                beat,
+                np.zeros((len(leaf), self.depth)) if shift is None else shift,
             )
             return
-        alive = np.ones(batch.n_events, dtype=bool)
-        for level in range(self.depth):
-            ev = ot_contested_at(heap, batch.offsets, leaf, level, alive)
-            if len(ev) == 0:
-                continue  # no surviving event has a rival at this level
-            child = leaf[ev] >> level
-            node, side = child >> 1, child & 1
-            t = gain[ev] > 0
-            if t.any():
-                # The 1/2 offset: label the action's side when it beat the offset, else the
-                # other side.
-                label = np.where(beat[ev[t]], side[t], 1 - side[t]).astype(np.float64)
-                bank.train(node[t], xe[ev[t]], label, gain[ev[t]])
-            if level + 1 < self.depth:
-                q = bank.predict(node, xe[ev])
-                alive[ev[np.where(side == 1, q < 0.5, q > 0.5)]] = False
+        train_nodes(self._bank, heap, offsets, leaf, xe, gain, beat, shift, self.depth)
 
     # -- state --------------------------------------------------------------------------
     def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         extra, arrays = self._bank.state()
+        if self._model is not None:
+            model_extra, model_arrays = self._model.arrays(prefix="model_")
+            extra, arrays = {**extra, **model_extra}, {**arrays, **model_arrays}
         return {**extra, "actions": list(self._names), "cap": self._cap}, arrays
 
     def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
@@ -356,3 +358,10 @@ class OffsetTree(Policy):
         self._cap = cap
         self._bank = self._new_bank()
         self._bank.load(extra, arrays, cap)
+        if "model_actions" not in extra:
+            # Saved before the tree had a reward model: it keeps deciding as it learned to.
+            self.baseline, self._model = 0.0, None
+        elif self._model is not None:
+            self._model.load(extra, arrays, prefix="model_")
+        else:
+            raise PolicyError("offset tree state has a reward model but no baseline")

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     ot_max_nodes: int = Field(2047, ge=1)
     # Node classifiers of the offset tree; the four knobs above configure "tree".
     ot_node_model: Literal["linear", "logistic", "tree"] = "linear"
+    # Weight of the offset tree's reward-model advantage in each node's score (0 = the
+    # classic tree, no reward model) and of that model's confidence width.
+    ot_baseline: float = Field(1.0, ge=0.0)
+    ot_alpha: float = Field(0.5, ge=0.0)
 
     # --- Loop ----------------------------------------------------------------------------
     batch_size: int = Field(10_000, ge=1, le=100_000)

@@ -40,6 +40,8 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "split_threshold": settings.ot_split_threshold,
             "max_nodes": settings.ot_max_nodes,
             "node_model": settings.ot_node_model,
+            "baseline": settings.ot_baseline,
+            "alpha": settings.ot_alpha,
             "floor": settings.exploration_floor,
         }
     if name == "linear_ts":

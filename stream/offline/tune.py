@@ -25,11 +25,11 @@ SPACES: dict[str, dict[str, tuple[str, float, float]]] = {
         "dr_learning_rate": ("log", 0.01, 0.3),
         "dr_lr_decay": ("float", 0.99, 0.9999),
         "dr_max_weight": ("float", 2.0, 10.0),
+        "dr_forgetting": ("float", 0.99, 1.0),
     },
     "offset_tree": {
-        "ot_max_depth": ("int", 2, 6),
-        "ot_min_split": ("int", 10, 50),
-        "ot_split_threshold": ("float", 0.05, 0.5),
+        "ot_baseline": ("float", 0.25, 2.0),
+        "ot_alpha": ("float", 0.0, 1.5),
     },
 }
 
@@ -41,10 +41,6 @@ def _suggest(trial: Any, policy: str) -> dict[str, Any]:
             values[name] = trial.suggest_int(name, int(low), int(high))
         else:
             values[name] = trial.suggest_float(name, low, high, log=kind == "log")
-    if policy == "offset_tree":
-        # The tree knobs configure decision-tree node classifiers; they mean nothing to
-        # the linear ones, so a trial that tunes them uses trees.
-        values["ot_node_model"] = "tree"
     return values
 
 
@@ -104,8 +100,6 @@ def tune(
     )
     study.optimize(objective, n_trials=trials, show_progress_bar=True)
     best = dict(study.best_params)
-    if policy == "offset_tree":
-        best["ot_node_model"] = "tree"
     return {
         "policy": policy,
         "trials": len(study.trials),

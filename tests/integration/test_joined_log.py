@@ -93,4 +93,4 @@ def test_joined_log_replay_and_tune(settings_factory, start_service, client_fact
         timeout=300,
     )
     assert cli.returncode == 0, cli.stderr
-    assert "RL_OT_MAX_DEPTH=" in cli.stdout and "RL_OT_NODE_MODEL=tree" in cli.stdout
+    assert "RL_OT_BASELINE=" in cli.stdout and "RL_OT_ALPHA=" in cli.stdout

@@ -223,12 +223,67 @@ def test_offset_tree_one_batch_teaches_the_whole_path():
         return Feedback(b, row, np.full(n, reward), np.full(n, 0.25))
 
     for compiled in (True, False):  # least-squares nodes: the numba kernel, and numpy
-        p = OffsetTree(n_features=1, seed=0)
+        p = OffsetTree(n_features=1, seed=0, baseline=0.0, node_l2=1.0, sharpness=10.0)
         p.compiled = compiled
         p.learn(batch(10, 0.0, "lose"))
         assert p.choose(one).pmf[2] < 0.1
         p.learn(batch(40, 1.0, "win"))
         assert p.choose(one).pmf[2] > 0.9
+
+
+def _best_offered_share(p: OffsetTree, seed: int, n: int = 4000) -> float:
+    """Share of the second half's decisions that take the best of the offered candidates:
+    8 actions with fixed click rates, each event offering a random 2 to 4 of them."""
+    rng = np.random.default_rng(seed)
+    means = np.array([0.2, 0.8, 0.5, 0.3, 0.7, 0.1, 0.6, 0.4])
+    hits = []
+    for s in range(n // 20):
+        offers = [rng.choice(8, size=rng.integers(2, 5), replace=False) for _ in range(20)]
+        sizes = [len(o) for o in offers]
+        b = ContextBatch(
+            np.ones((sum(sizes), 1)),
+            [f"a{a}" for o in offers for a in o],
+            np.concatenate([[0], np.cumsum(sizes)]),
+            [f"{s}-{i}" for i in range(20)],
+        )
+        d = p.choose(b)
+        chosen = np.array([o[i] for o, i in zip(offers, d.row - b.offsets[:-1], strict=True)])
+        hits.append(chosen == [o[np.argmax(means[o])] for o in offers])
+        r = (rng.random(20) < means[chosen]).astype(float)
+        p.learn(Feedback(b, d.row, r, d.probability))
+    return float(np.concatenate(hits)[n // 2 :].mean())
+
+
+def test_offset_tree_baseline_takes_the_best_offered_candidate():
+    """A node's classifier sees the context, not which candidates an event offers: alone it
+    can only learn the better side on average. The reward model's advantage is computed
+    over the offered candidates, so the tree with a baseline takes the best of them."""
+    for seed in range(3):
+        assert _best_offered_share(OffsetTree(1, seed=0), seed) > 0.93
+        classic = OffsetTree(1, seed=0, baseline=0.0, node_l2=1.0, sharpness=10.0)
+        assert _best_offered_share(classic, seed) < 0.7
+
+
+def test_offset_tree_state_keeps_its_reward_model_or_its_absence():
+    batch = ContextBatch(np.ones((3, 2)), ["a", "b", "c"], np.array([0, 3]), ["e"])
+    fb = Feedback(batch, np.array([1]), np.array([1.0]), np.array([0.4]))
+    tree = OffsetTree(2, seed=1)
+    tree.learn(fb)
+    meta, arrays = tree.state_dict()
+    assert "model_theta" in arrays
+    again = OffsetTree.from_state(meta, arrays)
+    assert np.array_equal(again.distribution(batch), tree.distribution(batch))
+    # Saved before trees had a reward model: no baseline params, no model arrays.
+    classic = OffsetTree(2, seed=1, baseline=0.0, node_l2=1.0, sharpness=10.0)
+    classic.learn(fb)
+    meta, arrays = classic.state_dict()
+    assert "model_theta" not in arrays
+    del meta["params"]["baseline"], meta["params"]["alpha"]
+    old = OffsetTree.from_state(meta, arrays)
+    assert old.baseline == 0.0
+    assert np.array_equal(old.distribution(batch), classic.distribution(batch))
+    # Decision-tree nodes classify labels: they take no baseline.
+    assert OffsetTree(2, node_model="tree").baseline == 0.0
 
 
 # -- Shared machinery ---------------------------------------------------------------------
@@ -250,8 +305,9 @@ def test_width_fast_path_matches_the_general_path():
     assert np.allclose(arms.widths(idx, X, 3), arms.widths(idx, X))
 
 
+@pytest.mark.parametrize("baseline", [0.0, 1.0])
 @pytest.mark.parametrize("model", ["linear", "logistic"])
-def test_offset_tree_compiled_path_matches_numpy(model):
+def test_offset_tree_compiled_path_matches_numpy(model, baseline):
     """The numba kernels compute what the vectorised numpy path computes."""
 
     def train(p, compiled: bool):
@@ -273,8 +329,8 @@ def test_offset_tree_compiled_path_matches_numpy(model):
             p.learn(Feedback(b, d.row, rng.random(20), d.probability))
         return out
 
-    a = train(OffsetTree(4, node_model=model, seed=2), True)
-    b = train(OffsetTree(4, node_model=model, seed=2), False)
+    a = train(OffsetTree(4, node_model=model, seed=2, baseline=baseline), True)
+    b = train(OffsetTree(4, node_model=model, seed=2, baseline=baseline), False)
     for x, y in zip(a, b, strict=True):
         assert np.allclose(x, y, atol=1e-9)
 

@@ -19,6 +19,7 @@ there are free ones, unsigned and collision-free; hashing takes over past capaci
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Mapping, Sequence
 from itertools import chain
 
@@ -51,12 +52,31 @@ class EncodedContext(msgspec.Struct, gc=False):
     candidate_features: dict[str, Sparse] | None = None
 
 
+class _Table(dict[str, int]):
+    """Token -> slot, never changed once built: shared by every index that holds the same
+    tokens in the same order (the domains of one application, as a rule)."""
+
+    __slots__ = ("__weakref__",)
+
+
+_TABLES: weakref.WeakValueDictionary[tuple[str, ...], _Table] = weakref.WeakValueDictionary()
+
+
+def _table(tokens: tuple[str, ...]) -> _Table:
+    table = _TABLES.get(tokens)
+    if table is None:
+        table = _TABLES[tokens] = _Table((t, i + 1) for i, t in enumerate(tokens))
+    return table
+
+
 class FeatureIndex:
     """One domain's own slots: a feature token (``key``, or ``key=value`` for a string)
     seen with a non-zero value takes the next free slot while there is room, so the keys
     a domain uses never collide; past capacity a new token hashes as without an index.
     Saved with the domain's state, so a feature keeps its slot after a restart, a
-    rebalance or a restore on another instance.
+    rebalance or a restore on another instance. Indexes holding the same tokens in the
+    same order share one table (a new token swaps in another), so a domain's index costs
+    one small object, however many tokens it holds.
 
     >>> h = FeatureHasher(n_features=4)
     >>> index = FeatureIndex(4)
@@ -72,11 +92,15 @@ class FeatureIndex:
         self.capacity = n_features - 1  # slot 0 is the bias
         if len(tokens) > self.capacity or len(set(tokens)) != len(tokens):
             raise PolicyError(f"a feature index of {len(tokens)} tokens for {n_features} slots")
-        self.slots: dict[str, int] = {t: i + 1 for i, t in enumerate(tokens)}
+        self.slots: Mapping[str, int] = _table(tuple(map(sys.intern, tokens)))
 
     def tokens(self) -> list[str]:
         """The tokens in slot order (slot 1 first): the index's saved form."""
         return list(self.slots)
+
+    def add(self, tokens: list[str]) -> None:
+        """Give ``tokens`` (unseen, within capacity) the next slots, in order."""
+        self.slots = _table((*self.slots, *map(sys.intern, tokens)))
 
 
 class FeatureHasher:
@@ -145,6 +169,7 @@ class FeatureHasher:
         slot = self._slot
         own = None if index is None else index.slots
         room = index is not None and len(index.slots) < index.capacity
+        new: list[str] = []  # tokens taking slots now, added to the index at the end
         for key, v in values.items():
             if v is None:
                 continue
@@ -155,7 +180,8 @@ class FeatureHasher:
             if own is not None:
                 j = own.get(token)
                 if j is None and room and x != 0.0:
-                    j = own[sys.intern(token)] = len(own) + 1  # one copy for all domains
+                    new.append(token)  # a mapping's keys are distinct: no token twice
+                    j = len(own) + len(new)
                     room = j < index.capacity  # type: ignore[union-attr]
                 if j is not None:
                     idx.append(j)
@@ -166,6 +192,8 @@ class FeatureHasher:
             j, s = slot(token)
             idx.append(j)
             val.append(s * x)
+        if new and index is not None:
+            index.add(new)
         return tuple(idx), tuple(val)
 
     def encode(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from policies.base import PolicyError
-from policies.features import FeatureHasher
+from policies.features import FeatureHasher, FeatureIndex
 
 
 def dense(h: FeatureHasher, ctx, cands=("a",), cf=None):
@@ -165,3 +165,18 @@ def test_a_saved_index_is_validated():
     for bad in (["a", "a"], ["a", "b", "c", "d"]):
         with pytest.raises(PolicyError):
             FeatureIndex(4, bad)
+
+
+def test_indexes_with_the_same_tokens_share_one_table_and_never_each_others_changes():
+    h = FeatureHasher(8)
+    one, two, other = FeatureIndex(8), FeatureIndex(8), FeatureIndex(8)
+    h.sparse({"a": 1.0, "b": "x"}, index=one)
+    h.sparse({"a": 2.0, "b": "x"}, index=two)
+    h.sparse({"b": "x", "a": 1.0}, index=other)
+    assert one.slots is two.slots  # one table for both domains
+    assert other.slots is not one.slots and other.tokens() == ["b=x", "a"]
+    assert FeatureIndex(8, ["a", "b=x"]).slots is one.slots  # a restored index too
+    h.sparse({"c": 1.0}, index=two)
+    assert one.tokens() == ["a", "b=x"] and two.tokens() == ["a", "b=x", "c"]
+    assert h.sparse({"c": 1.0, "a": 1.0}, index=one) == ((3, 1), (1.0, 1.0))
+    assert one.slots is two.slots  # the same tokens in the same order again

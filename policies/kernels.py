@@ -276,6 +276,38 @@ def greedy_floor(scores, offsets, floor):
 
 
 @njit(cache=True, nogil=True)
+def inverse_gap(scores, offsets, gamma):
+    """Inverse-gap weighting per event (SquareCB): a candidate ``gap`` below the best score
+    gets ``1 / (K + gamma * gap)``; the best (within 1e-12) share the rest evenly."""
+    out = np.empty(scores.shape[0])
+    for i in range(offsets.shape[0] - 1):
+        s, e = offsets[i], offsets[i + 1]
+        if e == s:
+            continue
+        m = scores[s]
+        for r in range(s + 1, e):
+            if scores[r] > m or scores[r] != scores[r]:  # a nan wins, as in np.max
+                m = scores[r]
+        if m != m:
+            raise ValueError("a candidate's score is nan")
+        k = e - s
+        rest = 0.0
+        n_best = 0.0
+        for r in range(s, e):
+            gap = m - scores[r]
+            if gap <= 1e-12:
+                n_best += 1.0
+            else:
+                out[r] = 1.0 / (k + gamma * gap)
+                rest += out[r]
+        share = (1.0 - rest) / n_best
+        for r in range(s, e):
+            if m - scores[r] <= 1e-12:
+                out[r] = share
+    return out
+
+
+@njit(cache=True, nogil=True)
 def dense_rows(slots, vals, lens, sizes, d):
     """Event i's hashed features (``lens[i]`` of ``slots``/``vals``, summed in order where
     keys share a slot, as ``np.bincount``) with the bias in column 0, as ``sizes[i]``
@@ -330,4 +362,5 @@ def warm_up() -> None:
     ot_advantages(heap, offsets, np.zeros(2), 1)
     sample_segments(np.array([0.5, 0.5]), offsets, np.array([0.3]))
     greedy_floor(np.array([0.5, 0.5]), offsets, 0.1)
+    inverse_gap(np.array([0.5, 0.4]), offsets, 10.0)
     dense_rows(idx, one, np.ones(1, dtype=np.int64), offsets[1:], d)

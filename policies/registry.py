@@ -10,9 +10,10 @@ from policies.epsilon_greedy import EpsilonGreedy
 from policies.linear_ts import LinearTS
 from policies.linucb import LinUCB
 from policies.offset_tree import OffsetTree
+from policies.squarecb import SquareCB
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (EpsilonGreedy, LinUCB, LinearTS, DoublyRobust, OffsetTree)
+    cls.name: cls for cls in (EpsilonGreedy, LinUCB, LinearTS, DoublyRobust, OffsetTree, SquareCB)
 }
 
 

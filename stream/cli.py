@@ -273,11 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     rb.set_defaults(fn=cmd_checkpoint)
     rp = sub.add_parser("replay", help="policies off-policy on a joined log (RL_JOINED_LOG)")
     rp.add_argument("log", help="a JSONL joined log")
-    rp.add_argument("--policies", default="doubly_robust,offset_tree,linucb,linear_ts")
+    rp.add_argument("--policies", default="doubly_robust,offset_tree,linucb,linear_ts,squarecb")
     rp.add_argument("--out", default="replay-out")
     rp.set_defaults(fn=cmd_replay)
     tn = sub.add_parser("tune", help="optuna search of a policy's settings")
-    tn.add_argument("--policy", choices=["doubly_robust", "offset_tree"], required=True)
+    from stream.offline.tune import SPACES
+
+    tn.add_argument("--policy", choices=sorted(SPACES), required=True)
     tn.add_argument("--trials", type=int, default=30)
     tn.add_argument("--log", help="a joined log: maximise the DR estimate on its held-out tail")
     tn.add_argument("--holdout", type=float, default=0.2, help="share of the log held out")

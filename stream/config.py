@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # classic tree, no reward model) and of that model's confidence width.
     ot_baseline: float = Field(1.0, ge=0.0)
     ot_alpha: float = Field(0.5, ge=0.0)
+    # SquareCB's inverse-gap weighting: gamma = scale * (events learned) ** exponent.
+    squarecb_gamma_scale: float = Field(10.0, gt=0.0)
+    squarecb_gamma_exponent: float = Field(0.5, ge=0.0, le=1.0)
 
     # --- Loop ----------------------------------------------------------------------------
     batch_size: int = Field(10_000, ge=1, le=100_000)

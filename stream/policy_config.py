@@ -44,6 +44,12 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "alpha": settings.ot_alpha,
             "floor": settings.exploration_floor,
         }
+    if name == "squarecb":
+        return {
+            "gamma_scale": settings.squarecb_gamma_scale,
+            "gamma_exponent": settings.squarecb_gamma_exponent,
+            "floor": settings.exploration_floor,
+        }
     if name == "linear_ts":
         return {"v": settings.ts_scale, "floor": settings.exploration_floor}
     return {}

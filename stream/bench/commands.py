@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stream.bench.simulators import SIMULATORS
 from stream.config import Settings
 
 
@@ -146,7 +147,7 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
     conv.add_argument("--policies", default="", help="comma list (default: every policy)")
     conv.add_argument(
         "--sims",
-        default="seed,linear,digits,wine,cancer,drift,changing,categorical",
+        default=",".join(SIMULATORS),
         help="comma list of simulators (default: %(default)s)",
     )
     conv.add_argument(

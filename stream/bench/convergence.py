@@ -33,6 +33,7 @@ from stream.config import Settings
 from stream.policy_config import build_policy, policy_params
 
 FEATURES = ("product", "raw")
+COLD_IMPRESSIONS = 10  # an action's first impressions, whose reward is reported as cold start
 
 
 @dataclass
@@ -48,6 +49,7 @@ class RunResult:
     decisions_per_s: float
     regret_curve: list[float]
     delay_cost: float | None = None  # avg reward without the delay minus with it
+    cold_reward: float | None = None  # avg reward on actions' first impressions (items)
 
     def row(self) -> dict[str, Any]:
         d = dict(vars(self))
@@ -64,8 +66,11 @@ def _raw_batch(
 ) -> ContextBatch:
     X = np.hstack([np.ones((t1 - t0, 1)), sim.raw(t0, t1)])  # bias + the simulator's features
     sizes = np.array([len(c) for c in cands], dtype=np.int64)
+    rows = np.repeat(X, sizes, axis=0)
+    if sim.item_features is not None:  # and each candidate's own features beside them
+        rows = np.hstack([rows, sim.item_features[np.concatenate(cands)]])
     return ContextBatch(
-        np.repeat(X, sizes, axis=0),
+        rows,
         [sim.actions[a] for c in cands for a in c],
         np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         _keys(sim, t0, t1, tag),
@@ -82,7 +87,7 @@ def _product_batch(
     index: FeatureIndex,
 ) -> ContextBatch:
     encoded = [
-        hasher.encode(sim.context(t), [sim.actions[a] for a in c], index=index)
+        hasher.encode(sim.context(t), [sim.actions[a] for a in c], sim.candidate_features(t), index)
         for t, c in zip(range(t0, t1), cands, strict=True)
     ]
     return hasher.assemble(encoded, _keys(sim, t0, t1, tag))
@@ -105,7 +110,7 @@ def run_one(
     if features == "product":
         policy = build_policy(name, tag, settings)  # a domain's policy, as the service's
     else:
-        dim = sim.raw(0, 1).shape[1] + 1
+        dim = sim.raw(0, 1).shape[1] + 1 + (0 if sim.item_features is None else len(sim.item_names))
         policy = create_policy(name, dim, seed, **policy_params(name, settings))
     rng = np.random.default_rng(seed + 1000)
     T = sim.rounds if rounds is None else min(rounds, sim.rounds)
@@ -135,9 +140,8 @@ def run_one(
         busy += time.perf_counter() - start
         if progress is not None:
             progress.update(t1 - t0)
-    expected = sim.expected[:T]
     best = sim.best()[:T]
-    got = expected[np.arange(T), chosen]
+    got = sim.mean(np.arange(T), chosen)
     optimal = got >= best - 1e-12
     last = int(T * 0.8)
     regret = np.cumsum(best - got)
@@ -153,7 +157,21 @@ def run_one(
         float(optimal[last:].mean()),
         T / busy if busy > 0 else float("inf"),
         regret[::step].tolist(),
+        cold_reward=_cold_reward(sim, chosen, rewards),
     )
+
+
+def _cold_reward(
+    sim: Simulation, chosen: NDArray[np.int64], rewards: NDArray[np.float64]
+) -> float | None:
+    """Average reward of the decisions that served an action for one of its first
+    ``COLD_IMPRESSIONS`` times, where actions are described by features (else None)."""
+    if sim.item_features is None:
+        return None
+    order = np.argsort(chosen, kind="stable")  # each action's impressions in time order
+    starts = np.searchsorted(chosen[order], chosen[order])
+    cold = order[np.arange(len(order)) - starts < COLD_IMPRESSIONS]
+    return float(rewards[cold].mean())
 
 
 def run(
@@ -211,6 +229,9 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
         costs = [r.delay_cost for r in rs if r.delay_cost is not None]
         if costs:
             out[-1]["delay_cost"] = float(np.mean(costs))
+        cold = [r.cold_reward for r in rs if r.cold_reward is not None]
+        if cold:
+            out[-1]["cold_reward"] = float(np.mean(cold))
     return out
 
 
@@ -242,6 +263,7 @@ def _write(
             "optimal last 20%",
             "decisions+updates/s",
             *(["delay cost"] if delay else []),
+            "first 10 impressions",
         ],
         [
             [
@@ -254,6 +276,7 @@ def _write(
                 f"{s['optimal_share_last20']:.3f}",
                 f"{s['decisions_per_s']:,.0f}",
                 *([f"{s['delay_cost']:.3f}"] if "delay_cost" in s else []),
+                f"{s['cold_reward']:.3f}" if "cold_reward" in s else "",
             ]
             for s in summary
         ],
@@ -308,6 +331,7 @@ def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -
         f"{'policy':<16}{'simulator':<12}{'features':<9}{'avg_reward':>11}{'regret':>9}"
         f"{'optimal':>9}{'last20':>8}{'dec+upd/s':>11}"
         + (f"{'delay_cost':>12}" if any("delay_cost" in s for s in summary) else "")
+        + (f"{'cold':>7}" if any("cold_reward" in s for s in summary) else "")
     ]
     for s in summary:
         lines.append(
@@ -315,6 +339,7 @@ def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -
             f"{s['regret']:>9.0f}{s['optimal_share']:>9.3f}"
             f"{s['optimal_share_last20']:>8.3f}{s['decisions_per_s']:>11,.0f}"
             + (f"{s['delay_cost']:>12.3f}" if "delay_cost" in s else "")
+            + (f"{s['cold_reward']:>7.3f}" if "cold_reward" in s else "")
         )
     for label, sim, v in ((k, sim, v) for k, d in (peers or {}).items() for sim, v in d.items()):
         lines.append(f"{label} on {sim}: {v['avg_reward']:.3f} at {v['decisions_per_s']:,.0f}/s")

@@ -17,6 +17,10 @@ from stream.bench.simulators import Simulation
 Run = Callable[[Simulation, int, int], "tuple[float, float] | None"]
 
 
+def _vw_features(values: dict[str, float | str]) -> str:
+    return " ".join(f"{k}={v}" if isinstance(v, str) else f"{k}:{v:.6g}" for k, v in values.items())
+
+
 def vw_run(sim: Simulation, seed: int, delay: int) -> tuple[float, float] | None:
     """Average reward and decisions+updates/s of VW's SquareCB over ``sim``."""
     try:
@@ -29,11 +33,13 @@ def vw_run(sim: Simulation, seed: int, delay: int) -> tuple[float, float] | None
     queue: deque[tuple[int, list[str]]] = deque()
     start = time.perf_counter()
     for t in range(T):
-        feats = " ".join(
-            f"{k}={v}" if isinstance(v, str) else f"{k}:{v:.6g}" for k, v in sim.context(t).items()
-        )
+        feats = _vw_features(sim.context(t))
         cands = sim.candidates(t)
-        lines = [f"shared |s {feats}"] + [f"|a a={sim.actions[a]}" for a in cands]
+        described = sim.candidate_features(t) or {}
+        lines = [f"shared |s {feats}"] + [
+            f"|a a={sim.actions[a]} {_vw_features(described.get(sim.actions[a], {}))}"
+            for a in cands
+        ]
         pmf = np.asarray(vw.predict(lines), dtype=np.float64)
         pmf /= pmf.sum()
         i = int(rng.choice(len(pmf), p=pmf))

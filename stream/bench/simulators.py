@@ -2,7 +2,9 @@
 
 Each simulator yields rounds in order; ``expected[t, a]`` is the mean reward of action
 ``a`` in round ``t`` (regret and optimal share are measured against it) and
-``draw(t, a, rng)`` the reward actually observed.
+``draw(t, a, rng)`` the reward actually observed. Where candidates are items from a large
+catalogue (``slate``), ``expected[t, j]`` is the mean reward of round ``t``'s ``j``-th
+candidate instead; ``mean(t, a)`` reads either.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class Simulation:
     # Per column, the strings its codes stand for (a categorical feature), or None.
     levels: list[list[str] | None] = field(default_factory=list)
     offered: NDArray[np.bool_] | None = None  # [T, K] the candidates of each round (None: all)
+    slate: NDArray[np.int64] | None = None  # [T, k] each round's candidates, by action index
+    item_features: FloatArray | None = None  # [K, f] each action's own numeric features
+    item_names: list[str] = field(default_factory=list)  # their keys
 
     def __post_init__(self) -> None:
         d = self.X.shape[1]
@@ -38,9 +43,26 @@ class Simulation:
 
     def candidates(self, t: int) -> NDArray[np.int64]:
         """The indices of round ``t``'s candidate actions, in order."""
+        if self.slate is not None:
+            return self.slate[t]
         if self.offered is None:
             return np.arange(len(self.actions))
         return np.flatnonzero(self.offered[t])
+
+    def candidate_features(self, t: int) -> dict[str, dict[str, float | str]] | None:
+        """Round ``t``'s ``candidate_features`` as an application would send them."""
+        if self.item_features is None:
+            return None
+        return {
+            self.actions[a]: dict(zip(self.item_names, self.item_features[a].tolist(), strict=True))
+            for a in self.candidates(t).tolist()
+        }
+
+    def mean(self, t: NDArray[np.int64], a: NDArray[np.int64]) -> FloatArray:
+        """The mean reward of action ``a[i]`` in round ``t[i]``."""
+        if self.slate is None:
+            return self.expected[t, a]
+        return self.expected[t, np.argmax(self.slate[t] == a[:, None], axis=1)]
 
     def context(self, t: int) -> dict[str, float | str]:
         """Round ``t``'s context as an application would send it."""
@@ -60,14 +82,14 @@ class Simulation:
 
     def best(self) -> FloatArray:
         """Each round's best expected reward among its candidates."""
-        if self.offered is None:
+        if self.offered is None or self.slate is not None:
             return self.expected.max(axis=1)
         return np.where(self.offered, self.expected, -np.inf).max(axis=1)
 
     def draw(
         self, t: NDArray[np.int64], a: NDArray[np.int64], rng: np.random.Generator
     ) -> FloatArray:
-        mean = self.expected[t, a]
+        mean = self.mean(t, a)
         if self.noise_sd > 0:
             return mean + rng.normal(0.0, self.noise_sd, size=len(t))
         return (rng.random(len(t)) < mean).astype(np.float64)
@@ -180,6 +202,60 @@ def categorical_sim(seed: int, rounds: int = 20_000, k: int = 4) -> Simulation:
     return Simulation("categorical", actions, X, expected, names=fields, levels=levels)
 
 
+def _interaction(X: FloatArray, W: FloatArray, items: FloatArray) -> FloatArray:
+    """Click rates whose log-odds are the context-item interaction ``x^T W c``."""
+    return 1.0 / (1.0 + np.exp(-np.einsum("td,df,tkf->tk", X, W, items)))
+
+
+def items_sim(
+    seed: int, rounds: int = 20_000, n_items: int = 2_000, k: int = 5, d: int = 5, f: int = 6
+) -> Simulation:
+    """2,000 items with 6 numeric features, 5 drawn at random per round (most of them never
+    seen before early on); a click's log-odds are the interaction ``x^T W c`` of the
+    context and the item's features, so what is learned about some items carries over."""
+    rng = np.random.default_rng(seed)
+    items = rng.normal(size=(n_items, f))
+    W = rng.normal(size=(d, f)) * 2.0 / np.sqrt(f)
+    X = rng.normal(size=(rounds, d)) / np.sqrt(d)
+    slate = rng.integers(0, n_items, size=(rounds, k))
+    while True:  # no item twice in one round
+        s = np.sort(slate, axis=1)
+        dup = (s[:, 1:] == s[:, :-1]).any(axis=1)
+        if not dup.any():
+            break
+        slate[dup] = rng.integers(0, n_items, size=(int(dup.sum()), k))
+    return Simulation(
+        "items",
+        [f"item{i}" for i in range(n_items)],
+        X,
+        _interaction(X, W, items[slate]),
+        names=[f"u{j}" for j in range(d)],
+        slate=slate,
+        item_features=items,
+        item_names=[f"f{j}" for j in range(f)],
+    )
+
+
+def described_sim(
+    seed: int, rounds: int = 20_000, k: int = 10, d: int = 5, f: int = 6
+) -> Simulation:
+    """10 fixed actions, every one offered, each described by 6 numeric features; rewards
+    through the same context x action-feature interaction as ``items``."""
+    rng = np.random.default_rng(seed)
+    acts = rng.normal(size=(k, f))
+    W = rng.normal(size=(d, f)) * 2.0 / np.sqrt(f)
+    X = rng.normal(size=(rounds, d)) / np.sqrt(d)
+    return Simulation(
+        "described",
+        [f"action{i}" for i in range(k)],
+        X,
+        _interaction(X, W, np.broadcast_to(acts, (rounds, k, f))),
+        names=[f"u{j}" for j in range(d)],
+        item_features=acts,
+        item_names=[f"f{j}" for j in range(f)],
+    )
+
+
 SIMULATORS = {
     "seed": seed_sim,
     "linear": linear_sim,
@@ -189,4 +265,6 @@ SIMULATORS = {
     "drift": drift_sim,
     "changing": changing_sim,
     "categorical": categorical_sim,
+    "items": items_sim,
+    "described": described_sim,
 }

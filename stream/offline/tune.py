@@ -31,6 +31,10 @@ SPACES: dict[str, dict[str, tuple[str, float, float]]] = {
         "ot_baseline": ("float", 0.25, 2.0),
         "ot_alpha": ("float", 0.0, 1.5),
     },
+    "squarecb": {
+        "squarecb_gamma_scale": ("log", 1.0, 1000.0),
+        "squarecb_gamma_exponent": ("float", 0.25, 0.75),
+    },
 }
 
 

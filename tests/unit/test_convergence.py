@@ -107,13 +107,19 @@ def test_bench_convergence_with_a_delay_reports_its_cost(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("sim_name", sorted(SIMULATORS))
 def test_every_simulator_gives_contexts_candidates_and_a_best_reward(sim_name):
     sim = SIMULATORS[sim_name](0, rounds=300)
-    T, K = sim.expected.shape
-    assert T == sim.rounds == 300 and len(sim.actions) == K
+    K = len(sim.actions)
+    assert sim.expected.shape[0] == sim.rounds == 300
     assert np.all((sim.expected >= 0) & (sim.expected <= 1) | (sim.noise_sd > 0))
     for t in (0, 150, 299):
         ctx, cands = sim.context(t), sim.candidates(t)
         assert list(ctx) == sim.names and len(cands) >= 2 and set(cands) <= set(range(K))
-        assert sim.best()[t] == pytest.approx(sim.expected[t, cands].max())
+        assert len(set(cands.tolist())) == len(cands)
+        means = sim.mean(np.full(len(cands), t), cands)
+        assert sim.best()[t] == pytest.approx(means.max())
+        described = sim.candidate_features(t)
+        if described is not None:
+            assert list(described) == [sim.actions[a] for a in cands]
+            assert all(list(f) == sim.item_names for f in described.values())
         for v, lv in zip(ctx.values(), sim.levels, strict=True):
             assert isinstance(v, str) == (lv is not None)
     assert sim.raw(0, 5).shape[0] == 5
@@ -148,6 +154,29 @@ def test_the_product_path_decides_among_each_rounds_candidates(sim_name):
     for r in (product, raw):
         assert r.avg_reward > uniform + 0.05  # it learns
         assert r.regret >= -1e-9  # regret against each round's own candidates
+
+
+def test_items_reach_the_policy_with_their_features_and_cold_start_is_reported():
+    """A catalogue of items (5 of 2,000 per round): their features travel as
+    candidate_features through the product path and beside the context in the raw matrix;
+    the reward on each item's first 10 impressions is reported."""
+    sim = SIMULATORS["items"](0, rounds=600)
+    assert sim.mean(np.array([3]), sim.candidates(3)[2:3])[0] == sim.expected[3, 2]
+    s = load_settings()
+    for feats in ("product", "raw"):
+        r = run_one("linucb", sim, 0, s, update_interval=10, delay=0, features=feats)
+        assert r.cold_reward is not None and 0.0 <= r.cold_reward <= 1.0
+        assert r.regret >= -1e-9
+    assert run_one("linucb", SIMULATORS["linear"](0, rounds=100), 0, s, 10, 0).cold_reward is None
+
+
+def test_cold_reward_averages_each_actions_first_impressions():
+    from stream.bench.convergence import COLD_IMPRESSIONS, _cold_reward
+
+    sim = SIMULATORS["described"](0, rounds=50)
+    chosen = np.array([0] * 15 + [1] * 3 + [0] * 2)
+    rewards = np.array([1.0] * COLD_IMPRESSIONS + [0.0] * 5 + [0.0] * 3 + [1.0] * 2)
+    assert _cold_reward(sim, chosen, rewards) == pytest.approx(10 / 13)  # 10 of a, 3 of b
 
 
 def test_peers_are_measured_per_simulator_and_reported(monkeypatch, tmp_path):

@@ -45,13 +45,15 @@ class ContextBatch:
 
     Event ``i`` owns rows ``offsets[i]:offsets[i+1]``; ``actions[r]`` names row ``r``'s
     candidate and ``X[r]`` is its feature vector. ``keys[i]`` (the event id) seeds the
-    event's exploration.
+    event's exploration. ``C[r]`` is the part of ``X[r]`` the candidate's own features
+    added (None: no event carried candidate features).
     """
 
     X: FloatArray
     actions: list[str]
     offsets: IntArray
     keys: list[str]
+    C: FloatArray | None = None
     sizes: IntArray = field(init=False, repr=False, compare=False)  # candidates per event
     _k: int = field(init=False, repr=False, compare=False, default=0)
 
@@ -86,6 +88,7 @@ class ContextBatch:
             self.actions[r0:r1],
             self.offsets[start : stop + 1] - r0,
             self.keys[start:stop],
+            None if self.C is None else self.C[r0:r1],
         )
 
 

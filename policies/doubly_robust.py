@@ -11,6 +11,7 @@ from policies.base import (
     ContextBatch,
     Feedback,
     FloatArray,
+    IntArray,
     Policy,
     PolicyError,
     check_floor,
@@ -19,6 +20,7 @@ from policies.base import (
 )
 from policies.history import RowRing
 from policies.ridge import RidgeArms
+from policies.shared import ModelRows, load_shared
 
 
 class DoublyRobust(Policy):
@@ -68,6 +70,9 @@ class DoublyRobust(Policy):
     forgetting
         Weight of the past at each update of an action's model (exponential forgetting
         in the recursive least squares, 1.0 = off), for rewards that drift.
+    shared, shared_dim
+        ``"true"``: one reward model over candidate features instead of one per action
+        (:mod:`policies.shared`), ``"auto"``: when the first batch carries them.
     floor
         Probability mass spread uniformly over the candidates.
     seed
@@ -100,6 +105,8 @@ class DoublyRobust(Policy):
         floor: float = 0.01,
         seed: int = 0,
         forgetting: float = 1.0,
+        shared: str = "false",
+        shared_dim: int = 256,
     ) -> None:
         super().__init__(n_features, seed)
         if alpha < 0:
@@ -120,8 +127,9 @@ class DoublyRobust(Policy):
         self.refit_every = int(refit_every)
         self.l2 = float(l2)
         self.floor = check_floor(floor)
-        self._arms = RidgeArms(n_features, l2, forgetting)
-        self._history = RowRing(n_features, max_history)
+        self._inputs = ModelRows(n_features, shared, shared_dim, seed)
+        self._arms = RidgeArms(self._inputs.width, l2, forgetting)
+        self._history = RowRing(self._inputs.width, max_history)
         self._since_refit = 0
 
     def params(self) -> dict[str, Any]:
@@ -136,18 +144,27 @@ class DoublyRobust(Policy):
             "l2": self.l2,
             "floor": self.floor,
             "forgetting": self._arms.forgetting,
+            "shared": self._inputs.mode,
+            "shared_dim": self._inputs.dim,
         }
 
+    def _rows(self, batch: ContextBatch) -> tuple[IntArray, FloatArray]:
+        """Each row's model slot and features (per action, or one shared model)."""
+        if self._inputs.resolve(batch):  # turned on before anything was learned
+            self._arms = RidgeArms(self._inputs.width, self.l2, self._arms.forgetting)
+            self._history = RowRing(self._inputs.width, self.max_history)
+        return self._inputs.rows(batch, self._arms.indices)
+
     def _distribution(self, batch: ContextBatch) -> FloatArray:
-        idx = self._arms.indices(batch.actions)
-        score = self._arms.predict(idx, batch.X)
+        idx, X = self._rows(batch)
+        score = self._arms.predict(idx, X)
         if self.alpha:
-            score = score + self.alpha * self._arms.widths(idx, batch.X, batch.uniform_layout())
+            score = score + self.alpha * self._arms.widths(idx, X, batch.uniform_layout())
         return greedy_with_floor(score, batch, self.floor)
 
     def _learn(self, feedback: Feedback) -> None:
         batch = feedback.batch
-        idx = self._arms.indices(batch.actions)
+        idx, X = self._rows(batch)
         rows = feedback.row
         w = importance_weights(feedback.probability, self.max_weight)
         a = idx[rows]
@@ -155,18 +172,18 @@ class DoublyRobust(Policy):
         if self.learning_rate != 1.0 or self.lr_decay != 1.0:
             eta = self.learning_rate * self.lr_decay ** self._arms.counts[a].astype(np.float64)
         # The DR residual is zero for every candidate but the logged one (see docstring).
-        self._arms.update(a, batch.X[rows], feedback.reward, w=w, eta=eta)
+        self._arms.update(a, X[rows], feedback.reward, w=w, eta=eta)
         ev = batch.row_event()
         chosen = np.zeros(len(idx), dtype=bool)
         chosen[rows] = True
-        self._history.extend(batch.X, idx, chosen, w[ev], feedback.reward[ev])
+        self._history.extend(X, idx, chosen, w[ev], feedback.reward[ev])
         self._since_refit += batch.n_events
         if self.refit_every and self._since_refit >= self.refit_every:
             self.refit()
 
     def trim(self) -> int:
         freed = self._history.size
-        self._history = RowRing(self.n_features, self.max_history)
+        self._history = RowRing(self._arms.n_features, self.max_history)
         return freed
 
     def refit(self) -> None:
@@ -184,7 +201,7 @@ class DoublyRobust(Policy):
         # for scipy.linalg's memory.
         from scipy.linalg import cho_factor, cho_solve
 
-        eye = self.l2 * np.eye(self.n_features)
+        eye = self.l2 * np.eye(self._arms.n_features)
         resid = y - pred  # zero on the rows of actions not taken
         for b in np.unique(act):
             mask = act == b
@@ -199,9 +216,13 @@ class DoublyRobust(Policy):
     def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         extra, arrays = self._arms.arrays()
         hx, ha = self._history.arrays("hist_")
-        return {**extra, **hx, "since_refit": self._since_refit}, {**arrays, **ha}
+        extra = {**extra, **hx, "since_refit": self._since_refit, "shared_on": self._inputs.on}
+        return extra, {**arrays, **ha}
 
     def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
+        if load_shared(self._inputs, extra):
+            self._arms = RidgeArms(self._inputs.width, self.l2, self._arms.forgetting)
+            self._history = RowRing(self._inputs.width, self.max_history)
         self._arms.load(extra, arrays)
         self._history.load(extra, arrays, "hist_")
         if (

@@ -65,8 +65,10 @@ class EpsilonGreedy(RidgePolicy):
         l2: float = 1.0,
         seed: int = 0,
         forgetting: float = 1.0,
+        shared: str = "false",
+        shared_dim: int = 256,
     ) -> None:
-        super().__init__(n_features, l2, seed, forgetting)
+        super().__init__(n_features, l2, seed, forgetting, shared, shared_dim)
         if not 0.0 <= epsilon <= 1.0:
             raise PolicyError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)
@@ -75,8 +77,8 @@ class EpsilonGreedy(RidgePolicy):
         return {**super().params(), "epsilon": self.epsilon}
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
-        idx = self._arms.indices(batch.actions)
-        return greedy_with_floor(self._arms.predict(idx, batch.X), batch, self.epsilon)
+        idx, X = self._rows(batch)
+        return greedy_with_floor(self._arms.predict(idx, X), batch, self.epsilon)
 
     @classmethod
     def choose_many(
@@ -86,6 +88,8 @@ class EpsilonGreedy(RidgePolicy):
         arithmetic is its own policy's ``choose``, so are the decisions."""
         group = [p for p in policies if isinstance(p, EpsilonGreedy)]
         if len(group) != len(policies) or len({p.epsilon for p in group}) != 1:
+            return super().choose_many(policies, batch, starts)
+        if any(p._inputs.on is not False for p in group):  # shared rows: each its own
             return super().choose_many(policies, batch, starts)
         group[0]._check_batch(batch)
         if any(p.n_features != group[0].n_features for p in group):

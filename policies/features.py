@@ -248,10 +248,13 @@ class FeatureHasher:
                         cand_rows.extend([start + k] * len(f[0]))
                         cand_idx.extend(f[0])
                         cand_val.extend(f[1])
+        C = None
         if cand_rows:
+            C = np.zeros_like(X)
             np.add.at(
-                X,
+                C,
                 (np.asarray(cand_rows, dtype=np.int64), np.asarray(cand_idx, dtype=np.int64)),
                 cand_val,
             )
-        return ContextBatch(X, actions, offsets, keys)
+            X += C
+        return ContextBatch(X, actions, offsets, keys, C)

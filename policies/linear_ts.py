@@ -76,8 +76,10 @@ class LinearTS(RidgePolicy):
         n_draws: int = 32,
         seed: int = 0,
         forgetting: float = 1.0,
+        shared: str = "false",
+        shared_dim: int = 256,
     ) -> None:
-        super().__init__(n_features, l2, seed, forgetting)
+        super().__init__(n_features, l2, seed, forgetting, shared, shared_dim)
         if v < 0:
             raise PolicyError(f"v must be >= 0, got {v}")
         if n_draws < 1:
@@ -100,9 +102,9 @@ class LinearTS(RidgePolicy):
         return np.fromiter((murmur3(k, s, False) for k in batch.keys), np.int64, batch.n_events)
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
-        idx = self._arms.indices(batch.actions)
-        mean = self._arms.predict(idx, batch.X)
-        width = self._arms.widths(idx, batch.X, batch.uniform_layout())
+        idx, X = self._rows(batch)
+        mean = self._arms.predict(idx, X)
+        width = self._arms.widths(idx, X, batch.uniform_layout())
         share = ts_win_shares(
             mean, width, self.v, batch.offsets, self._starts(batch), self.n_draws, _TABLE
         )

@@ -57,8 +57,10 @@ class LinUCB(RidgePolicy):
         floor: float = 0.01,
         seed: int = 0,
         forgetting: float = 1.0,
+        shared: str = "false",
+        shared_dim: int = 256,
     ) -> None:
-        super().__init__(n_features, l2, seed, forgetting)
+        super().__init__(n_features, l2, seed, forgetting, shared, shared_dim)
         if alpha < 0:
             raise PolicyError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
@@ -68,8 +70,8 @@ class LinUCB(RidgePolicy):
         return {**super().params(), "alpha": self.alpha, "floor": self.floor}
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
-        idx = self._arms.indices(batch.actions)
-        ucb = self._arms.predict(idx, batch.X) + self.alpha * self._arms.widths(
-            idx, batch.X, batch.uniform_layout()
+        idx, X = self._rows(batch)
+        ucb = self._arms.predict(idx, X) + self.alpha * self._arms.widths(
+            idx, X, batch.uniform_layout()
         )
         return greedy_with_floor(ucb, batch, self.floor)

@@ -20,7 +20,8 @@ from policies.base import (
 )
 from policies.kernels import ot_advantages, ot_leaf_probs, ot_learn_least_squares
 from policies.node_models import LinearBank, LogisticBank, TreeBank
-from policies.ridge import RidgeArms
+from policies.ridge import RidgeArms, chosen_rows
+from policies.shared import ModelRows, load_shared
 from policies.tree_routing import leaf_probs, train_nodes
 
 
@@ -101,6 +102,11 @@ class OffsetTree(Policy):
         the classic offset tree; decision-tree nodes take none).
     alpha
         Weight of the reward model's confidence width in that advantage.
+    shared, shared_dim
+        ``"true"``: that reward model is one model over candidate features
+        (:mod:`policies.shared`), ``"auto"``: when the first batch carries them. The nodes
+        stay per leaf, one leaf per action name: a new item gets a fresh leaf and learns
+        its way there through the baseline.
 
     Examples
     --------
@@ -139,6 +145,8 @@ class OffsetTree(Policy):
         seed: int = 0,
         baseline: float = 1.0,
         alpha: float = 0.5,
+        shared: str = "false",
+        shared_dim: int = 256,
     ) -> None:
         super().__init__(n_features, seed)
         if max_depth < 1 or min_split < 2 or split_threshold < 0 or max_nodes < 1:
@@ -171,7 +179,8 @@ class OffsetTree(Policy):
         self.baseline = 0.0 if node_model == "tree" else float(baseline)
         self.alpha = float(alpha)
         # The baseline's reward model: one ridge regression per action, keyed by name.
-        self._model = RidgeArms(n_features) if self.baseline else None
+        self._inputs = ModelRows(n_features, shared, shared_dim, seed)
+        self._model = RidgeArms(self._inputs.width) if self.baseline else None
         self._slots: dict[str, int] = {}
         self._names: list[str] = []
         self._cap = 2  # leaves; internal nodes are heap ids 1 .. cap-1
@@ -209,6 +218,8 @@ class OffsetTree(Policy):
             "floor": self.floor,
             "baseline": self.baseline,
             "alpha": self.alpha,
+            "shared": self._inputs.mode,
+            "shared_dim": self._inputs.dim,
         }
 
     # -- structure ----------------------------------------------------------------------
@@ -245,11 +256,13 @@ class OffsetTree(Policy):
         """``[rows, depth]``: each row's node's score shift per level (None: no baseline)."""
         if self._model is None:
             return None
+        if self._inputs.resolve(batch):  # turned on before anything was learned
+            self._model = RidgeArms(self._inputs.width)
         model = self._model
-        idx = model.indices(batch.actions)
-        score = model.predict(idx, batch.X)
+        idx, X = self._inputs.rows(batch, model.indices)
+        score = model.predict(idx, X)
         if self.alpha:
-            score = score + self.alpha * model.widths(idx, batch.X, batch.uniform_layout())
+            score = score + self.alpha * model.widths(idx, X, batch.uniform_layout())
         return self.baseline * ot_advantages(heap, batch.offsets, score, self.depth)
 
     # -- policy -------------------------------------------------------------------------
@@ -305,8 +318,7 @@ class OffsetTree(Policy):
         self._train_nodes(heap, batch.offsets, leaf, xe, gain, beat, shift)
         if self._model is not None:
             model = self._model
-            chosen = [batch.actions[j] for j in feedback.row]
-            model.update(model.indices(chosen), batch.X[feedback.row], r)
+            model.update(*self._inputs.rows(chosen_rows(feedback), model.indices), r)
 
     def _train_nodes(
         self,
@@ -342,6 +354,7 @@ class OffsetTree(Policy):
         extra, arrays = self._bank.state()
         if self._model is not None:
             model_extra, model_arrays = self._model.arrays(prefix="model_")
+            model_extra["shared_on"] = self._inputs.on
             extra, arrays = {**extra, **model_extra}, {**arrays, **model_arrays}
         return {**extra, "actions": list(self._names), "cap": self._cap}, arrays
 
@@ -362,6 +375,8 @@ class OffsetTree(Policy):
             # Saved before the tree had a reward model: it keeps deciding as it learned to.
             self.baseline, self._model = 0.0, None
         elif self._model is not None:
+            if load_shared(self._inputs, extra):
+                self._model = RidgeArms(self._inputs.width)
             self._model.load(extra, arrays, prefix="model_")
         else:
             raise PolicyError("offset tree state has a reward model but no baseline")

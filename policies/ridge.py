@@ -25,6 +25,7 @@ from policies.base import (
     expect_array,
 )
 from policies.kernels import rls_update
+from policies.shared import ModelRows, load_shared
 
 
 class RidgeArms:
@@ -174,34 +175,69 @@ class RidgeArms:
         self.A_inv[:n], self.theta[:n], self.counts[:n] = a_inv, theta, counts
 
 
+def chosen_rows(feedback: Feedback) -> ContextBatch:
+    """The logged rows alone, one per event, as a batch."""
+    b, rows = feedback.batch, feedback.row
+    return ContextBatch(
+        b.X[rows],
+        [b.actions[r] for r in rows],
+        np.arange(len(rows) + 1, dtype=np.int64),
+        b.keys,
+        None if b.C is None else b.C[rows],
+    )
+
+
 class RidgePolicy(Policy):
     """Shared by the policies whose model is one ridge regression per action.
 
     They learn the logged action's reward directly (no importance weighting) and differ
-    only in how scores become a distribution (``_distribution``).
+    only in how scores become a distribution (``_distribution``). With ``shared``
+    (``"true"``, or ``"auto"`` when the first batch carries candidate features) the models
+    are one ridge regression over ``shared_dim`` shared features (:mod:`policies.shared`).
     """
 
     def __init__(
-        self, n_features: int, l2: float = 1.0, seed: int = 0, forgetting: float = 1.0
+        self,
+        n_features: int,
+        l2: float = 1.0,
+        seed: int = 0,
+        forgetting: float = 1.0,
+        shared: str = "false",
+        shared_dim: int = 256,
     ) -> None:
         super().__init__(n_features, seed)
         self.l2 = float(l2)
-        self._arms = RidgeArms(n_features, l2, forgetting)
+        self._inputs = ModelRows(n_features, shared, shared_dim, seed)
+        self._arms = RidgeArms(self._inputs.width, l2, forgetting)
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "l2": self.l2, "forgetting": self._arms.forgetting}
+        return {
+            **super().params(),
+            "l2": self.l2,
+            "forgetting": self._arms.forgetting,
+            "shared": self._inputs.mode,
+            "shared_dim": self._inputs.dim,
+        }
+
+    def _rows(self, batch: ContextBatch) -> tuple[IntArray, FloatArray]:
+        """Each row's model slot and features (per action, or one shared model)."""
+        if self._inputs.resolve(batch):  # turned on before anything was learned
+            self._arms = RidgeArms(self._inputs.width, self.l2, self._arms.forgetting)
+        return self._inputs.rows(batch, self._arms.indices)
 
     def _learn(self, feedback: Feedback) -> None:
-        batch = feedback.batch
-        chosen = [batch.actions[r] for r in feedback.row]
-        self._arms.update(self._arms.indices(chosen), batch.X[feedback.row], feedback.reward)
+        idx, X = self._rows(chosen_rows(feedback))
+        self._arms.update(idx, X, feedback.reward)
 
     def predict_rewards(self, batch: ContextBatch) -> FloatArray:
         """The ridge estimate of every row's reward (0 for actions never learned)."""
-        return self._arms.predict(self._arms.indices(batch.actions), batch.X)
+        return self._arms.predict(*self._rows(batch))
 
     def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
-        return self._arms.arrays()
+        extra, arrays = self._arms.arrays()
+        return {**extra, "shared_on": self._inputs.on}, arrays
 
     def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
+        if load_shared(self._inputs, extra):
+            self._arms = RidgeArms(self._inputs.width, self.l2, self._arms.forgetting)
         self._arms.load(extra, arrays)

@@ -64,8 +64,10 @@ class SquareCB(RidgePolicy):
         seed: int = 0,
         forgetting: float = 1.0,
         floor: float = 0.01,
+        shared: str = "false",
+        shared_dim: int = 256,
     ) -> None:
-        super().__init__(n_features, l2, seed, forgetting)
+        super().__init__(n_features, l2, seed, forgetting, shared, shared_dim)
         self.floor = check_floor(floor)
         if gamma_scale <= 0 or not 0 <= gamma_exponent <= 1:
             raise PolicyError("squarecb needs gamma_scale > 0 and gamma_exponent in [0, 1]")
@@ -85,6 +87,6 @@ class SquareCB(RidgePolicy):
         return self.gamma_scale * float(1 + self.n_learned) ** self.gamma_exponent
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
-        idx = self._arms.indices(batch.actions)
-        scores = np.ascontiguousarray(self._arms.predict(idx, batch.X), dtype=np.float64)
+        idx, X = self._rows(batch)
+        scores = np.ascontiguousarray(self._arms.predict(idx, X), dtype=np.float64)
         return mix_floor(inverse_gap(scores, batch.offsets, self.gamma), batch, self.floor)

@@ -35,7 +35,14 @@ CommaList = Annotated[list[str], NoDecode]
 
 # Choices are matched without regard to case (RL_LOG_LEVEL=info).
 _UPPER_CHOICES = ("log_level", "kafka_security_protocol", "kafka_sasl_mechanism")
-_LOWER_CHOICES = ("log_format", "ot_node_model", "on_processing_error", "policy", "baseline_policy")
+_LOWER_CHOICES = (
+    "log_format",
+    "ot_node_model",
+    "on_processing_error",
+    "policy",
+    "baseline_policy",
+    "shared_model",
+)
 
 
 def _check_policy(name: str) -> None:
@@ -134,6 +141,11 @@ class Settings(BaseSettings):
     # classic tree, no reward model) and of that model's confidence width.
     ot_baseline: float = Field(1.0, ge=0.0)
     ot_alpha: float = Field(0.5, ge=0.0)
+    # One reward model per domain over candidate features (their crosses with the context,
+    # and each action's identity crossed with the context) instead of one per action:
+    # "auto" when a domain's first events carry candidate_features. shared_dim bounds it.
+    shared_model: Literal["auto", "true", "false"] = "auto"
+    shared_dim: int = Field(256, ge=16, le=2048)
     # SquareCB's inverse-gap weighting: gamma = scale * (events learned) ** exponent.
     squarecb_gamma_scale: float = Field(10.0, gt=0.0)
     squarecb_gamma_exponent: float = Field(0.5, ge=0.0, le=1.0)
@@ -243,6 +255,11 @@ class Settings(BaseSettings):
             self.reward_min <= self.default_reward <= self.reward_max
         ):
             raise ValueError("RL_DEFAULT_REWARD must lie within RL_REWARD_MIN..RL_REWARD_MAX")
+        if self.shared_model != "false" and self.shared_dim < 2 * self.feature_dim + 2:
+            raise ValueError(
+                "RL_SHARED_DIM must exceed twice RL_FEATURE_DIM (the context and the "
+                "candidate's features each take RL_FEATURE_DIM slots; the crosses the rest)"
+            )
         if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
             raise ValueError(
                 "RL_KAFKA_HEARTBEAT_INTERVAL_MS must be below RL_KAFKA_SESSION_TIMEOUT_MS"

@@ -19,10 +19,11 @@ REWARD_MODEL_POLICY = "epsilon_greedy"
 
 def policy_params(name: str, settings: Settings) -> dict[str, Any]:
     """The settings knobs that configure policy ``name`` (constructor keyword arguments)."""
+    shared = {"shared": settings.shared_model, "shared_dim": settings.shared_dim}
     if name == "epsilon_greedy":
-        return {"epsilon": settings.epsilon}
+        return {"epsilon": settings.epsilon, **shared}
     if name == "linucb":
-        return {"alpha": settings.linucb_alpha, "floor": settings.exploration_floor}
+        return {"alpha": settings.linucb_alpha, "floor": settings.exploration_floor, **shared}
     if name == "doubly_robust":
         return {
             "alpha": settings.dr_alpha,
@@ -32,6 +33,7 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "max_history": settings.dr_max_history,
             "floor": settings.exploration_floor,
             "forgetting": settings.dr_forgetting,
+            **shared,
         }
     if name == "offset_tree":
         return {
@@ -40,18 +42,20 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "split_threshold": settings.ot_split_threshold,
             "max_nodes": settings.ot_max_nodes,
             "node_model": settings.ot_node_model,
+            "floor": settings.exploration_floor,
             "baseline": settings.ot_baseline,
             "alpha": settings.ot_alpha,
-            "floor": settings.exploration_floor,
+            **shared,
         }
     if name == "squarecb":
         return {
             "gamma_scale": settings.squarecb_gamma_scale,
             "gamma_exponent": settings.squarecb_gamma_exponent,
             "floor": settings.exploration_floor,
+            **shared,
         }
     if name == "linear_ts":
-        return {"v": settings.ts_scale, "floor": settings.exploration_floor}
+        return {"v": settings.ts_scale, "floor": settings.exploration_floor, **shared}
     return {}
 
 

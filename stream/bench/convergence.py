@@ -67,13 +67,17 @@ def _raw_batch(
     X = np.hstack([np.ones((t1 - t0, 1)), sim.raw(t0, t1)])  # bias + the simulator's features
     sizes = np.array([len(c) for c in cands], dtype=np.int64)
     rows = np.repeat(X, sizes, axis=0)
+    C = None
     if sim.item_features is not None:  # and each candidate's own features beside them
-        rows = np.hstack([rows, sim.item_features[np.concatenate(cands)]])
+        items = sim.item_features[np.concatenate(cands)]
+        rows = np.hstack([rows, items])
+        C = np.hstack([np.zeros((len(items), X.shape[1])), items])
     return ContextBatch(
         rows,
         [sim.actions[a] for c in cands for a in c],
         np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         _keys(sim, t0, t1, tag),
+        C,
     )
 
 

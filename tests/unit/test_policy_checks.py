@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies import POLICIES, ContextBatch, Feedback, create_policy
+from policies import POLICIES, ContextBatch, Feedback, Policy, create_policy
 from policies.features import FeatureHasher
 
 D = 16
@@ -17,7 +17,12 @@ def make_batch(
     h = FeatureHasher(D)
     cands = cands or [["a", "b", "c"][: 1 + i % 3] for i in range(n)]
     enc = [
-        h.encode({"x": float(rng.normal()), "c": f"v{rng.integers(3)}"}, cands[i]) for i in range(n)
+        h.encode(
+            {"x": float(rng.normal()), "c": f"v{rng.integers(3)}"},
+            cands[i],
+            {"b": {"size": float(rng.random())}} if i % 2 else None,  # some candidates described
+        )
+        for i in range(n)
     ]
     return h.assemble(enc, [f"{prefix}{i}" for i in range(n)])
 
@@ -26,14 +31,25 @@ def feedback(batch: ContextBatch, dec, rng) -> Feedback:
     return Feedback(batch, dec.row.copy(), rng.random(batch.n_events), dec.probability.copy())
 
 
-@pytest.fixture(params=sorted(POLICIES))
+# Every policy with a reward model also runs with one shared model over candidate features.
+SHARED = ["doubly_robust", "epsilon_greedy", "linear_ts", "linucb", "offset_tree", "squarecb"]
+
+
+@pytest.fixture(params=sorted(POLICIES) + [f"{n}+shared" for n in SHARED])
 def name(request) -> str:
     return request.param
 
 
+def build(name: str, seed: int) -> Policy:
+    base, _, shared = name.partition("+")
+    if shared:
+        return create_policy(base, D, seed=seed, shared="true", shared_dim=48)
+    return create_policy(name, D, seed=seed)
+
+
 def test_distribution_is_valid_and_logged_probability_exact(name):
     rng = np.random.default_rng(0)
-    p = create_policy(name, D, seed=1)
+    p = build(name, seed=1)
     for _ in range(5):
         batch = make_batch(rng, 50)
         d = p.choose(batch)
@@ -48,7 +64,7 @@ def test_distribution_is_valid_and_logged_probability_exact(name):
 
 def test_same_seed_same_inputs_same_decisions(name):
     rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
-    p1, p2 = create_policy(name, D, seed=5), create_policy(name, D, seed=5)
+    p1, p2 = build(name, seed=5), build(name, seed=5)
     for _ in range(3):
         b1, b2 = make_batch(rng1, 40), make_batch(rng2, 40)
         d1, d2 = p1.choose(b1), p2.choose(b2)
@@ -59,7 +75,7 @@ def test_same_seed_same_inputs_same_decisions(name):
 
 def test_state_round_trip_gives_identical_later_decisions(name):
     rng = np.random.default_rng(4)
-    p = create_policy(name, D, seed=2)
+    p = build(name, seed=2)
     for _ in range(4):
         b = make_batch(rng, 60)
         p.learn(feedback(b, p.choose(b), rng))
@@ -73,7 +89,7 @@ def test_state_round_trip_gives_identical_later_decisions(name):
 
 def test_learn_does_not_mutate_inputs(name):
     rng = np.random.default_rng(5)
-    p = create_policy(name, D, seed=0)
+    p = build(name, seed=0)
     b = make_batch(rng, 30)
     fb = feedback(b, p.choose(b), rng)
     before = (
@@ -96,7 +112,7 @@ def test_choosing_never_changes_an_earlier_state(name):
     import orjson
 
     rng = np.random.default_rng(8)
-    p = create_policy(name, D, seed=0)
+    p = build(name, seed=0)
     for _ in range(3):
         b = make_batch(rng, 40)
         p.learn(feedback(b, p.choose(b), rng))
@@ -114,7 +130,7 @@ def test_choosing_never_changes_an_earlier_state(name):
 
 def test_candidate_lists_that_change_between_events(name):
     rng = np.random.default_rng(6)
-    p = create_policy(name, D, seed=0)
+    p = build(name, seed=0)
     for step in range(5):
         cands = [[f"act{(step + j) % 9}" for j in range(1 + (i % 4))] for i in range(30)]
         b = make_batch(rng, 30, cands=cands, prefix=f"s{step}-")
@@ -128,7 +144,7 @@ def test_bad_state_is_rejected(name):
     from policies.base import PolicyError
 
     rng = np.random.default_rng(7)
-    p = create_policy(name, D, seed=0)
+    p = build(name, seed=0)
     b = make_batch(rng, 20)
     p.learn(feedback(b, p.choose(b), rng))
     meta, arrays = p.state_dict()
@@ -149,7 +165,7 @@ def test_bad_state_is_rejected(name):
 
 def test_every_candidate_gets_at_least_the_floor(name):
     rng = np.random.default_rng(8)
-    p = create_policy(name, D, seed=0)
+    p = build(name, seed=0)
     floor = getattr(p, "floor", getattr(p, "epsilon", None))
     assert floor is not None and floor > 0, "every policy must explore"
     for step in range(20):
@@ -166,7 +182,7 @@ def test_every_candidate_gets_at_least_the_floor(name):
 def test_an_event_decides_the_same_in_any_batch_layout(name):
     """Uniform-layout fast paths and the general path agree exactly."""
     rng = np.random.default_rng(10)
-    p = create_policy(name, D, seed=4)
+    p = build(name, seed=4)
     for _ in range(3):
         b = make_batch(rng, 30)
         p.learn(feedback(b, p.choose(b), rng))

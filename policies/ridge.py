@@ -231,7 +231,8 @@ class RidgePolicy(Policy):
 
     def predict_rewards(self, batch: ContextBatch) -> FloatArray:
         """The ridge estimate of every row's reward (0 for actions never learned)."""
-        return self._arms.predict(*self._rows(batch))
+        idx, X = self._rows(batch)  # first: it may replace the models
+        return self._arms.predict(idx, X)
 
     def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         extra, arrays = self._arms.arrays()

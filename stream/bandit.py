@@ -89,10 +89,10 @@ class Bandit:
             "event_id": event_id if event_id is not None else uuid.uuid4().hex,
             "domain": self.domain,
             "context": dict(context),
-            "candidates": list(candidates),
+            "candidates": [str(c) for c in candidates],  # numpy strings too
         }
         if candidate_features is not None:
-            event["candidate_features"] = {a: dict(f) for a, f in candidate_features.items()}
+            event["candidate_features"] = {str(a): dict(f) for a, f in candidate_features.items()}
         ev = decode_context(orjson.dumps(event), self.domain.encode(), self.limits)
         (served,) = self.domains.decide(self._state, [ev])
         d = served.decisions

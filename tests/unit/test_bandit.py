@@ -100,3 +100,29 @@ def test_it_learns_which_candidate_pays():
         c = b.decide({"x": 1.0}, ["a", "b"], f"e{i}")
         b.learn(f"e{i}", float(rng.random() < (0.8 if c.action == "b" else 0.2)))
     assert b.decide({"x": 1.0}, ["a", "b"], "last").distribution["b"] > 0.9
+
+
+def _quality(item: str) -> float:
+    return (int(item[4:]) % 10) / 10.0
+
+
+def test_described_candidates_share_one_model_and_a_new_one_is_scored_from_its_features():
+    """Through the in-process API (the service's own path): events carrying
+    candidate_features make the domain's model one shared model (RL_SHARED_MODEL=auto);
+    what it learns about items' features ranks items it never saw, and survives the state."""
+    b = Bandit(update_interval=10, epsilon=0.2)
+    rng = np.random.default_rng(3)
+    seen = [f"item{i}" for i in range(0, 100, 2)]
+    for i in range(1500):
+        items = list(rng.choice(seen, size=3, replace=False))
+        c = b.decide({"x": 1.0}, items, f"e{i}", {a: {"quality": _quality(a)} for a in items})
+        b.learn(f"e{i}", float(rng.random() < _quality(c.action)))
+    assert b._state.baseline.state_dict()[0]["state"]["shared_on"] is True
+    new = ["item901", "item905", "item909"]  # quality 0.1, 0.5, 0.9, never decided before
+    features = {a: {"quality": _quality(a)} for a in new}
+    choice = b.decide({"x": 1.0}, new, "new", features)
+    assert max(choice.distribution, key=choice.distribution.__getitem__) == "item909"
+    copy = Bandit.from_state(b.state(), update_interval=10, epsilon=0.2)
+    assert copy.decide({"x": 1.0}, new, "again", features) == b.decide(
+        {"x": 1.0}, new, "again", features
+    )

@@ -179,6 +179,10 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     from stream.state.snapshot import BASELINE_ROLE, open_store
 
     settings = _settings()
+    if not (Path(settings.state_dir) / "checkpoints.sqlite").is_file():
+        # Reading must not create: a typo in RL_STATE_DIR would show an empty store.
+        print(f"no checkpoints in {settings.state_dir} (RL_STATE_DIR)", file=sys.stderr)
+        return 1
     store = open_store(settings.state_dir, settings.checkpoint_keep)
     if args.action == "list":
         print(f"{'version':>8}  {'created (UTC)':<20} {'domains':>8} {'pending bytes':>14}")
@@ -187,7 +191,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
             print(f"{v.version:>8}  {created:<20} {v.domains:>8} {v.pending:>14}")
         return 0
     if args.action == "show":
-        snap = store.load(args.version) if args.version else store.latest()
+        snap = store.load(args.at) if args.at else store.latest()
         if snap is None:
             print("no checkpoint", file=sys.stderr)
             return 1
@@ -213,8 +217,34 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = (
+    "bandit-stream: contextual-bandit decisions on Kafka. Consumes context events, publishes "
+    "each decision with its exact probability, joins rewards and learns online. Commands run "
+    "the service, try it locally (broker, simulate, demo), inspect its checkpoints, replay and "
+    "tune policies on a joined log, and benchmark it. Settings: RL_* environment variables."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every flag's help shows its default (subcommands' parsers are of this class too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bandit-stream")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bandit-stream", description=__doc__)
+    p = _Parser(prog="bandit-stream", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the service (configured by RL_* environment variables)")
     run.add_argument(
@@ -232,15 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(KRaft), resolved with Maven into ~/.cache/bandit-stream/kafka on first use (Java >= "
         "17 and Maven, or KAFKA_HOME). Either keeps its data only while it runs.",
     )
-    broker.add_argument("--engine", choices=["embedded", "kafka"], default="embedded")
+    broker.add_argument(
+        "--engine", choices=["embedded", "kafka"], default="embedded", help="which broker"
+    )
     broker.add_argument(
         "--nodes", type=int, choices=[1, 3], default=1, help="Kafka nodes (--engine kafka)"
     )
+    broker.add_argument("--port", type=int, default=9092, help="listening port (of the first node)")
     broker.add_argument(
-        "--port", type=int, default=9092, help="listening port (of the first node; default 9092)"
-    )
-    broker.add_argument(
-        "--partitions", type=int, default=4, help="partitions of the topics it creates (default 4)"
+        "--partitions", type=int, default=4, help="partitions of the topics it creates"
     )
     broker.set_defaults(fn=cmd_broker)
     sim = sub.add_parser(
@@ -248,45 +278,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--events", type=int, default=0, help="0: until stopped")
     sim.add_argument("--rate", type=float, default=200.0, help="contexts per second")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=int, default=0, help="traffic seed")
     sim.set_defaults(fn=cmd_simulate)
     demo = sub.add_parser("demo", help="broker + service + simulated traffic, live")
-    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--events", type=int, default=20_000, help="contexts to send")
     demo.add_argument("--rate", type=float, default=2_000.0, help="contexts per second")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--log-level", default="WARNING")
+    demo.add_argument("--seed", type=int, default=7, help="traffic seed")
+    demo.add_argument("--log-level", default="WARNING", help="the service's log level")
     demo.set_defaults(fn=cmd_demo)
     ck = sub.add_parser("checkpoint", help="inspect checkpoints under RL_STATE_DIR, roll back")
     ck_sub = ck.add_subparsers(dest="action", required=True)
     ck_sub.add_parser("list", help="versions, newest first").set_defaults(fn=cmd_checkpoint)
     show = ck_sub.add_parser("show", help="a domain's state in the newest (or a given) version")
-    show.add_argument("domain")
-    show.add_argument("--version", type=int, default=0)
+    show.add_argument("domain", help="the domain to show")
+    show.add_argument("--at", type=int, default=0, help="checkpoint version (0: the newest)")
     show.set_defaults(fn=cmd_checkpoint)
     rb = ck_sub.add_parser(
         "rollback",
         help="restore a domain's state from an older version "
         "(effective at the next start; run it with the service stopped)",
     )
-    rb.add_argument("domain")
-    rb.add_argument("version", type=int)
+    rb.add_argument("domain", help="the domain to restore")
+    rb.add_argument("version", type=int, help="the checkpoint version to restore it from")
     rb.set_defaults(fn=cmd_checkpoint)
     rp = sub.add_parser("replay", help="policies off-policy on a joined log (RL_JOINED_LOG)")
     rp.add_argument("log", help="a JSONL joined log")
-    rp.add_argument("--policies", default="doubly_robust,offset_tree,linucb,linear_ts,squarecb")
-    rp.add_argument("--out", default="replay-out")
+    rp.add_argument(
+        "--policies",
+        default="doubly_robust,offset_tree,linucb,linear_ts,squarecb",
+        help="comma list of policies to replay",
+    )
+    rp.add_argument("--out", default="replay-out", help="directory for replay.json, .md, .png")
     rp.set_defaults(fn=cmd_replay)
     tn = sub.add_parser("tune", help="optuna search of a policy's settings")
     from stream.offline.tune import SPACES
 
-    tn.add_argument("--policy", choices=sorted(SPACES), required=True)
-    tn.add_argument("--trials", type=int, default=30)
+    tn.add_argument("--policy", choices=sorted(SPACES), required=True, help="policy to tune")
+    tn.add_argument("--trials", type=int, default=30, help="optuna trials")
     tn.add_argument("--log", help="a joined log: maximise the DR estimate on its held-out tail")
     tn.add_argument("--holdout", type=float, default=0.2, help="share of the log held out")
     tn.add_argument("--sim", choices=["seed", "linear", "digits"], help="or a simulator")
     tn.add_argument("--seeds", type=int, default=2, help="simulator seeds per trial")
     tn.add_argument("--seed", type=int, default=0, help="sampler seed")
-    tn.add_argument("--out", default="tune-out")
+    tn.add_argument("--out", default="tune-out", help="directory for the study (tune.db)")
     tn.set_defaults(fn=cmd_tune)
     add_bench_commands(sub, _settings)
     return p

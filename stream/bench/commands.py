@@ -12,14 +12,16 @@ from typing import Any
 from stream.bench.simulators import SIMULATORS
 from stream.config import Settings
 
+OUT = "directory for the results (JSON, Markdown, PNG)"
+
 
 def _broker_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--broker",
         choices=["embedded", "kafka"],
         default="embedded",
-        help="the broker started for the run (default embedded); RL_KAFKA_BOOTSTRAP_SERVERS "
-        "names a running cluster instead",
+        help="the broker started for the run; RL_KAFKA_BOOTSTRAP_SERVERS names a running "
+        "cluster instead",
     )
 
 
@@ -144,41 +146,37 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bench.set_defaults(load_settings=load_settings)
     conv = bench_sub.add_parser("convergence", help="policies on simulated bandits (no broker)")
-    conv.add_argument("--policies", default="", help="comma list (default: every policy)")
-    conv.add_argument(
-        "--sims",
-        default=",".join(SIMULATORS),
-        help="comma list of simulators (default: %(default)s)",
-    )
+    conv.add_argument("--policies", default="", help="comma list (empty: every policy)")
+    conv.add_argument("--sims", default=",".join(SIMULATORS), help="comma list of simulators")
     conv.add_argument(
         "--features",
         choices=("product", "raw", "both"),
         default="product",
         help="product: contexts through the service's feature pipeline at RL_FEATURE_DIM; "
-        "raw: the simulator's feature matrix; both (default: %(default)s)",
+        "raw: the simulator's feature matrix; both",
     )
-    conv.add_argument("--seeds", type=int, default=3)
+    conv.add_argument("--seeds", type=int, default=3, help="seeds per simulator")
     conv.add_argument("--delay", type=int, default=0, help="reward delay in events")
-    conv.add_argument("--out", default="bench-out")
+    conv.add_argument("--out", default="bench-out", help=OUT)
     conv.set_defaults(fn=cmd_bench_convergence)
     hot = bench_sub.add_parser(
         "hotpath", help="the batch processor's µs per context by stage, in process (no broker)"
     )
     hot.add_argument("--domains", default="100,1000", help="comma list of domain counts")
     hot.add_argument("--batch", type=int, default=1000, help="contexts per batch")
-    hot.add_argument("--batches", type=int, default=100)
-    hot.add_argument("--out", default="bench-out")
+    hot.add_argument("--batches", type=int, default=100, help="batches timed per domain count")
+    hot.add_argument("--out", default="bench-out", help=OUT)
     hot.set_defaults(fn=cmd_bench_hotpath)
     soak = bench_sub.add_parser(
         "soak", help="a long run through a real broker with garbage (the service as a process)"
     )
-    soak.add_argument("--events", type=int, default=1_000_000)
+    soak.add_argument("--events", type=int, default=1_000_000, help="events to send")
     soak.add_argument("--garbage", type=float, default=0.01, help="share of garbage contexts")
-    soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument("--seed", type=int, default=0, help="traffic seed")
     soak.add_argument(
         "--rate", type=float, default=10_000.0, help="events offered per second (0: unpaced)"
     )
-    soak.add_argument("--out", default="bench-out")
+    soak.add_argument("--out", default="bench-out", help=OUT)
     _broker_option(soak)
     soak.set_defaults(fn=cmd_bench_soak)
     for name, events, help_text in (
@@ -187,21 +185,23 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
         ("memory", 1_000_000, "the service's RSS over many events and domains"),
     ):
         b = bench_sub.add_parser(name, help=help_text)
-        b.add_argument("--events", type=int, default=events)
-        b.add_argument("--domains", type=int, default=1000 if name == "memory" else 100)
+        b.add_argument("--events", type=int, default=events, help="contexts to send")
+        b.add_argument(
+            "--domains", type=int, default=1000 if name == "memory" else 100, help="domains"
+        )
         if name != "throughput":
             b.add_argument(
                 "--rate",
                 type=float,
                 default=0.0,
-                help="offered contexts/s (latency default: half the measured maximum; "
-                "memory default 10000)",
+                help="offered contexts/s (0: latency at half the measured maximum, memory "
+                "at 10000)",
             )
-        b.add_argument("--out", default="bench-out")
+        b.add_argument("--out", default="bench-out", help=OUT)
         _broker_option(b)
         b.set_defaults(fn=cmd_bench_e2e)
     ball = bench_sub.add_parser("all", help="every benchmark, one report (all.md)")
     ball.add_argument("--scale", type=float, default=1.0, help="event counts x this")
-    ball.add_argument("--out", default="bench-out")
+    ball.add_argument("--out", default="bench-out", help=OUT)
     _broker_option(ball)
     ball.set_defaults(fn=cmd_bench_all)

@@ -124,6 +124,8 @@ def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys
     assert main(["checkpoint", "show", "shop"]) == 0
     out = capsys.readouterr().out
     assert "epsilon_greedy" in out and f"learned {later.n_learned}" in out
+    assert main(["checkpoint", "show", "shop", "--at", str(v1)]) == 0
+    assert f"learned {early.n_learned}" in capsys.readouterr().out
     assert main(["checkpoint", "rollback", "shop", str(v1)]) == 0
     snap = CheckpointStore(tmp_path / "checkpoints.sqlite").latest()
     assert (
@@ -333,3 +335,16 @@ def test_a_domains_feature_index_is_saved_and_restored(tmp_path):
     assert restored(decode_domain(record, ("ctx", "rew")).snapshot).tokens() == ["b", "a=x"]
     del snap.meta["domains"]["d"]["feature_index"]  # as a checkpoint of before
     assert restored(snap) is None
+
+
+def test_checkpoint_cli_on_a_missing_state_dir_says_so_and_creates_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from stream.cli import main
+
+    missing = tmp_path / "typo"
+    monkeypatch.setenv("RL_STATE_DIR", str(missing))
+    assert main(["checkpoint", "list"]) == 1
+    assert main(["checkpoint", "show", "shop"]) == 1
+    assert "no checkpoints in" in capsys.readouterr().err
+    assert not missing.exists()

@@ -1,0 +1,41 @@
+"""The command line's manners: every flag explained with its default, a version."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from stream.cli import build_parser, main
+
+
+def _parsers(p: argparse.ArgumentParser, path: str = "bandit-stream"):
+    yield path, p
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    missing, undefaulted = [], []
+    for path, p in _parsers(build_parser()):
+        shown = p._get_formatter()._get_help_string  # the help text as --help shows it
+        for a in p._actions:
+            if not a.option_strings or isinstance(
+                a, argparse._HelpAction | argparse._VersionAction
+            ):
+                continue
+            if not a.help:
+                missing.append(f"{path} {a.option_strings[0]}")
+            elif a.default is not None and "%(default)" not in (shown(a) or ""):
+                undefaulted.append(f"{path} {a.option_strings[0]}")
+    assert not missing and not undefaulted, (missing, undefaulted)
+
+
+def test_version_and_a_description_of_what_the_tool_is(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("bandit-stream ")
+    assert "contextual-bandit decisions on Kafka" in build_parser().format_help()

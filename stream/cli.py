@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -137,7 +138,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.offline.demo import run_demo
 
-    settings = _settings(log_level=args.log_level)
+    # RL_LOG_LEVEL, as everywhere; unset, the demo keeps the service's INFO lines out of
+    # its live table.
+    settings = _settings(log_level=os.environ.get("RL_LOG_LEVEL", "WARNING"))
     return run_demo(args.events, args.rate, args.seed, settings)
 
 
@@ -145,6 +148,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from policies import POLICIES
     from stream.offline.replay import replay_file
 
+    if str(args.log).startswith("kafka:"):  # a form RL_JOINED_LOG takes, not replay
+        print(
+            f"replay reads a joined-log file, not {args.log}: consume the topic to a JSONL file",
+            file=sys.stderr,
+        )
+        return 2
     policies = args.policies.split(",")
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
@@ -284,7 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=20_000, help="contexts to send")
     demo.add_argument("--rate", type=float, default=2_000.0, help="contexts per second")
     demo.add_argument("--seed", type=int, default=7, help="traffic seed")
-    demo.add_argument("--log-level", default="WARNING", help="the service's log level")
     demo.set_defaults(fn=cmd_demo)
     ck = sub.add_parser("checkpoint", help="inspect checkpoints under RL_STATE_DIR, roll back")
     ck_sub = ck.add_subparsers(dest="action", required=True)

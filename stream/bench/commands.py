@@ -121,7 +121,7 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
         return 2
     features = convergence.FEATURES if args.features == "both" else (args.features,)
     results, peers = convergence.run(
-        policies, sims, args.seeds, args.delay, Path(args.out), settings, features
+        policies, sims, args.seeds, args.delay, Path(args.out), settings, features, args.rounds
     )
     print(convergence.print_table(results, peers))
     print(f"results in {args.out}/convergence.json, .md, .png")
@@ -156,6 +156,9 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
         "raw: the simulator's feature matrix; both",
     )
     conv.add_argument("--seeds", type=int, default=3, help="seeds per simulator")
+    conv.add_argument(
+        "--rounds", type=int, default=None, help="rounds per run (default: each simulator's own)"
+    )
     conv.add_argument("--delay", type=int, default=0, help="reward delay in events")
     conv.add_argument("--out", default="bench-out", help=OUT)
     conv.set_defaults(fn=cmd_bench_convergence)

@@ -27,7 +27,14 @@ from policies import ContextBatch, Feedback, create_policy
 from policies.features import FeatureHasher, FeatureIndex
 from policies.kernels import warm_up
 from stream.bench.peers import measure_peers
-from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
+from stream.bench.report import (
+    machine,
+    markdown_table,
+    progress_bar,
+    pyplot,
+    write_json,
+    write_markdown,
+)
 from stream.bench.simulators import SIMULATORS, Simulation
 from stream.config import Settings
 from stream.policy_config import build_policy, policy_params
@@ -186,19 +193,29 @@ def run(
     out: Path,
     settings: Settings,
     features: tuple[str, ...] = ("product",),
+    rounds: int | None = None,
 ) -> tuple[list[RunResult], dict[str, Any]]:
+    """Every policy on every simulator and seed (``rounds`` per run: each simulator's own
+    when None)."""
+
+    def make(sim_name: str, seed: int) -> Simulation:
+        build = SIMULATORS[sim_name]
+        return build(seed) if rounds is None else build(seed, rounds=rounds)
+
     interval = settings.update_interval
     plans = [(p, s, sd, f) for s in sims for sd in range(seeds) for p in policies for f in features]
-    total = sum(SIMULATORS[s](0).rounds for _p, s, _sd, _f in plans) * (2 if delay else 1)
+    total = sum(make(s, 0).rounds for _p, s, _sd, _f in plans) * (2 if delay else 1)
     results: list[RunResult] = []
     cache: dict[tuple[str, int], Simulation] = {}
     # Compile (or load from cache) the numba kernels outside the timed runs.
     warm_up()
     for name in policies:
         run_one(name, SIMULATORS[sims[0]](0), 0, settings, interval, 0, rounds=2 * interval)
-    with tqdm(total=total, unit="ev", desc="convergence", smoothing=0.05) as bar:
+    with progress_bar(total=total, unit="ev", desc="convergence", smoothing=0.05) as bar:
         for name, sim_name, seed, feats in plans:
-            sim = cache.setdefault((sim_name, seed), SIMULATORS[sim_name](seed))
+            if (sim_name, seed) not in cache:
+                cache[sim_name, seed] = make(sim_name, seed)
+            sim = cache[sim_name, seed]
             bar.set_postfix_str(f"{name} on {sim_name} seed {seed} ({feats})")
             result = run_one(name, sim, seed, settings, interval, delay, bar, features=feats)
             if delay:

@@ -24,12 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from stream.bench import harness
 from stream.bench.harness import ServiceProcess
 from stream.bench.load import DecisionReader, passthrough, produce
-from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
+from stream.bench.report import (
+    machine,
+    markdown_table,
+    progress_bar,
+    pyplot,
+    write_json,
+    write_markdown,
+)
 from stream.config import Settings
 
 WARM_EVENTS = 20_000
@@ -103,7 +109,7 @@ def _run_passthrough(
     src = (s.topic_contexts, s.topic_rewards)
     pt = _spawn(passthrough, bootstrap, src, s.topic_decisions, events, batch)
     prod = _spawn(produce, bootstrap, *src, events, domains, rate, reward_delay, seed)
-    with tqdm(total=events, desc=desc, unit="msg", file=sys.stderr) as bar:
+    with progress_bar(total=events, desc=desc, unit="msg", file=sys.stderr) as bar:
         reader.read(events, timeout=timeout, bar=bar)
     prod.join(60)
     pt.join(60)
@@ -128,7 +134,9 @@ def throughput(
             0,
         )
         timeout = max(120.0, events / 1000)
-        with tqdm(total=events, desc="throughput: service", unit="ctx", file=sys.stderr) as bar:
+        with progress_bar(
+            total=events, desc="throughput: service", unit="ctx", file=sys.stderr
+        ) as bar:
             reader.read(events, timeout=timeout, bar=bar)
         prod.join(60)
         decided = len(reader.times)
@@ -202,7 +210,7 @@ def latency(
             produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 1
         )
         timeout = events / rate + 120
-        with tqdm(
+        with progress_bar(
             total=events, desc=f"latency at {rate:.0f}/s", unit="ctx", file=sys.stderr
         ) as bar:
             reader.read(events, timeout=timeout, bar=bar)
@@ -289,7 +297,7 @@ def memory(
         )
         samples: list[list[float]] = []
         start = time.monotonic()
-        with tqdm(total=events, desc="memory", unit="ctx", file=sys.stderr) as bar:
+        with progress_bar(total=events, desc="memory", unit="ctx", file=sys.stderr) as bar:
             deadline = start + events / max(rate, 1.0) * 3 + 120
             while len(reader.times) < events and time.monotonic() < deadline:
                 reader.read(len(reader.times) + 1, timeout=1.0, bar=bar)

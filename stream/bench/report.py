@@ -51,3 +51,11 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def progress_bar(**kwargs: Any) -> Any:
+    """A tqdm bar on a terminal, none where the output is redirected: its carriage-return
+    frames would fill a log."""
+    from tqdm import tqdm
+
+    return tqdm(disable=None, **kwargs)

@@ -21,11 +21,17 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Producer
-from tqdm import tqdm
 
 from stream.bench import harness
 from stream.bench.load import send_waiting
-from stream.bench.report import machine, markdown_table, pyplot, write_json, write_markdown
+from stream.bench.report import (
+    machine,
+    markdown_table,
+    progress_bar,
+    pyplot,
+    write_json,
+    write_markdown,
+)
 
 GARBAGE: list[bytes] = [
     b"\xff\xfe\x00 not utf-8",
@@ -99,7 +105,7 @@ def run_soak(
                 last_sample = now
                 rss.append([round(now - start, 2), round(svc.rss_mb(), 1)])
 
-        with tqdm(total=events, desc="soak: producing", unit="ev", file=sys.stderr) as bar:
+        with progress_bar(total=events, desc="soak: producing", unit="ev", file=sys.stderr) as bar:
             t0 = time.monotonic()
             for i in range(events):
                 if rate > 0 and i % 100 == 0:
@@ -140,7 +146,7 @@ def run_soak(
 
         decisions = dead = 0
         deadline = time.monotonic() + max(120.0, events / 2000)
-        with tqdm(
+        with progress_bar(
             total=events, desc="soak: service catching up", unit="ev", file=sys.stderr
         ) as bar:
             while time.monotonic() < deadline and svc.alive:

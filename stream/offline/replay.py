@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from policies import Feedback, Policy
 from policies.estimators import Z95, OnlineEstimate
@@ -169,10 +168,11 @@ def write_report(res: Result, out: Path, log_path: str) -> dict[str, Any]:
 def replay_file(
     log_path: Path, policies: Sequence[str], settings: Settings, out: Path
 ) -> dict[str, Any]:
+    from stream.bench.report import progress_bar
     from stream.joinedlog import read
 
     records = read(log_path)
     rep = Replayer(policies, settings)
-    with tqdm(total=len(records), desc="replay", unit="ev") as bar:
+    with progress_bar(total=len(records), desc="replay", unit="ev") as bar:
         rep.run(records, learn=True, bar=bar)
     return write_report(rep.result(), out, str(log_path))

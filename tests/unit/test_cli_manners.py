@@ -39,3 +39,23 @@ def test_version_and_a_description_of_what_the_tool_is(capsys):
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("bandit-stream ")
     assert "contextual-bandit decisions on Kafka" in build_parser().format_help()
+
+
+def test_replay_says_in_one_line_that_it_reads_files_not_topics(capsys):
+    assert main(["replay", "kafka:bandit.joined"]) == 2
+    err = capsys.readouterr().err
+    assert "replay reads a joined-log file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_demo_takes_its_log_level_from_rl_log_level(monkeypatch):
+    import stream.offline.demo as demo
+
+    levels = []
+    monkeypatch.setattr(demo, "run_demo", lambda *a: levels.append(a[-1].log_level) or 0)
+    monkeypatch.delenv("RL_LOG_LEVEL", raising=False)
+    assert main(["demo", "--events", "1"]) == 0  # unset: the live table stays readable
+    monkeypatch.setenv("RL_LOG_LEVEL", "debug")
+    assert main(["demo", "--events", "1"]) == 0
+    assert levels == ["WARNING", "DEBUG"]
+    with pytest.raises(SystemExit):
+        main(["demo", "--log-level", "INFO"])  # one way to set it: RL_LOG_LEVEL

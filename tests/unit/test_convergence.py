@@ -10,7 +10,7 @@ import pytest
 from policies import POLICIES
 from stream.bench.convergence import run_one
 from stream.bench.simulators import SIMULATORS, digits_sim, linear_sim, seed_sim
-from stream.cli import main
+from stream.cli import build_parser, main
 from stream.config import load_settings
 
 
@@ -194,3 +194,21 @@ def test_peers_are_measured_per_simulator_and_reported(monkeypatch, tmp_path):
     assert data["peers"] == got
     assert "## Fake peer" in (tmp_path / "convergence.md").read_text()
     assert "Fake peer on seed: 0.550" in convergence.print_table(results, got)
+
+
+def test_rounds_sets_every_runs_length_and_no_bar_is_drawn_off_a_terminal(
+    tmp_path, monkeypatch, capsys
+):
+    from stream.bench import convergence
+    from stream.bench.report import progress_bar
+
+    monkeypatch.setattr(convergence, "measure_peers", lambda sims, delay: {})
+    results, _ = convergence.run(
+        ["linucb"], ["linear", "items"], 1, 0, tmp_path, load_settings(), rounds=200
+    )
+    assert [len(r.regret_curve) for r in results] == [200, 200]  # one point per round
+    assert "\r" not in capsys.readouterr().err  # pytest's stderr is not a terminal
+    with progress_bar(total=3) as bar:
+        assert bar.disable
+    args = build_parser().parse_args(["bench", "convergence", "--rounds", "50"])
+    assert args.rounds == 50

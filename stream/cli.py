@@ -319,13 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="replay-out", help="directory for replay.json, .md, .png")
     rp.set_defaults(fn=cmd_replay)
     tn = sub.add_parser("tune", help="optuna search of a policy's settings")
+    from stream.bench.simulators import SIMULATORS
     from stream.offline.tune import SPACES
 
     tn.add_argument("--policy", choices=sorted(SPACES), required=True, help="policy to tune")
     tn.add_argument("--trials", type=int, default=30, help="optuna trials")
     tn.add_argument("--log", help="a joined log: maximise the DR estimate on its held-out tail")
     tn.add_argument("--holdout", type=float, default=0.2, help="share of the log held out")
-    tn.add_argument("--sim", choices=["seed", "linear", "digits"], help="or a simulator")
+    tn.add_argument("--sim", choices=sorted(SIMULATORS), help="or a simulator")
     tn.add_argument("--seeds", type=int, default=2, help="simulator seeds per trial")
     tn.add_argument("--seed", type=int, default=0, help="sampler seed")
     tn.add_argument("--out", default="tune-out", help="directory for the study (tune.db)")

@@ -82,7 +82,7 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
     k = args.scale
     settings = args.load_settings()
     results, peers = convergence.run(
-        sorted(__import__("policies").POLICIES), ["seed", "linear", "digits"], 3, 0, out, settings
+        sorted(__import__("policies").POLICIES), ["fixed", "linear", "digits"], 3, 0, out, settings
     )
     on = args.broker
     tp = e2e.throughput(int(200_000 * k), 100, out, engine=on)

@@ -95,13 +95,13 @@ class Simulation:
         return (rng.random(len(t)) < mean).astype(np.float64)
 
 
-def seed_sim(seed: int, rounds: int = 5_000) -> Simulation:
+def fixed_sim(seed: int, rounds: int = 5_000) -> Simulation:
     """4 actions with fixed means, Gaussian noise sd 0.1, 5 irrelevant U(0,1) features."""
     rng = np.random.default_rng(seed)
     means = np.array([0.3, 0.8, 0.5, 0.4])
     X = rng.random((rounds, 5))
     return Simulation(
-        "seed",
+        "fixed",
         ["option1", "option2", "option3", "option4"],
         X,
         np.tile(means, (rounds, 1)),
@@ -257,7 +257,7 @@ def described_sim(
 
 
 SIMULATORS = {
-    "seed": seed_sim,
+    "fixed": fixed_sim,
     "linear": linear_sim,
     "digits": digits_sim,
     "wine": wine_sim,

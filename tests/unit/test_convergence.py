@@ -9,14 +9,14 @@ import pytest
 
 from policies import POLICIES
 from stream.bench.convergence import run_one
-from stream.bench.simulators import SIMULATORS, digits_sim, linear_sim, seed_sim
+from stream.bench.simulators import SIMULATORS, digits_sim, fixed_sim, linear_sim
 from stream.cli import build_parser, main
 from stream.config import load_settings
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
-def test_every_policy_converges_on_the_seed_simulator(name):
-    r = run_one(name, seed_sim(0), 0, load_settings(), update_interval=10, delay=0)
+def test_every_policy_converges_on_the_fixed_arms_simulator(name):
+    r = run_one(name, fixed_sim(0), 0, load_settings(), update_interval=10, delay=0)
     # Best arm pays 0.8, uniform 0.5; the floor for every policy is 0.77.
     assert r.avg_reward >= 0.77
     assert r.optimal_share_last20 >= 0.9
@@ -59,7 +59,7 @@ def test_bench_convergence_writes_json_markdown_and_png(tmp_path, monkeypatch):
             "--policies",
             "epsilon_greedy,offset_tree",
             "--sims",
-            "seed",
+            "fixed",
             "--seeds",
             "2",
             "--features",
@@ -85,20 +85,20 @@ def test_bench_convergence_writes_json_markdown_and_png(tmp_path, monkeypatch):
             "decisions_per_s",
         }
     md = (out / "convergence.md").read_text()
-    assert "| epsilon_greedy | seed | product |" in md and "| offset_tree | seed | raw |" in md
+    assert "| epsilon_greedy | fixed | product |" in md and "| offset_tree | fixed | raw |" in md
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_convergence_with_a_delay_reports_its_cost(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    argv = ["bench", "convergence", "--policies", "linucb", "--sims", "seed", "--seeds", "1"]
+    argv = ["bench", "convergence", "--policies", "linucb", "--sims", "fixed", "--seeds", "1"]
     assert main([*argv, "--delay", "500", "--out", str(out)]) == 0
     assert "delay_cost" in capsys.readouterr().out
     data = json.loads((out / "convergence.json").read_text())
     (row,) = data["rows"]
     assert data["delay"] == 500
     # The cost is the same policy and seed without the delay minus with it.
-    prompt = run_one("linucb", seed_sim(0), 0, load_settings(), update_interval=10, delay=0)
+    prompt = run_one("linucb", fixed_sim(0), 0, load_settings(), update_interval=10, delay=0)
     assert row["delay_cost"] == pytest.approx(prompt.avg_reward - row["avg_reward"])
     assert row["delay_cost"] > 0  # 500 events of 5,000 decided before any learning
     assert "delay cost" in (out / "convergence.md").read_text()
@@ -188,12 +188,12 @@ def test_peers_are_measured_per_simulator_and_reported(monkeypatch, tmp_path):
         return 0.5 + 0.1 * seed, 1000.0
 
     monkeypatch.setattr(peers, "PEERS", {"Fake peer": fake, "Absent": lambda *a: None})
-    results, got = convergence.run(["epsilon_greedy"], ["seed"], 2, 0, tmp_path, load_settings())
-    assert got == {"Fake peer": {"seed": {"avg_reward": 0.55, "decisions_per_s": 1000.0}}}
+    results, got = convergence.run(["epsilon_greedy"], ["fixed"], 2, 0, tmp_path, load_settings())
+    assert got == {"Fake peer": {"fixed": {"avg_reward": 0.55, "decisions_per_s": 1000.0}}}
     data = json.loads((tmp_path / "convergence.json").read_text())
     assert data["peers"] == got
     assert "## Fake peer" in (tmp_path / "convergence.md").read_text()
-    assert "Fake peer on seed: 0.550" in convergence.print_table(results, got)
+    assert "Fake peer on fixed: 0.550" in convergence.print_table(results, got)
 
 
 def test_rounds_sets_every_runs_length_and_no_bar_is_drawn_off_a_terminal(

@@ -33,6 +33,9 @@ pytestmark = [
 ]
 
 READY_WITHIN_S = 30.0
+# Longer than the broker's own failure detection (broker.session.timeout.ms, 9 s) plus
+# an election: losing the group coordinator's node must not expire the member's session.
+SESSION_TIMEOUT_MS = 15_000
 
 
 def _busiest_node(admin: AdminClient, topics: list[str], among: set[int]) -> int:
@@ -86,6 +89,8 @@ def test_killing_the_busiest_node_twice_loses_nothing(start_service, tmp_path):
             topic_partitions=6,
             checkpoint_interval_s=2.0,
             state_dir=tmp_path / "failover",
+            kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
+            kafka_heartbeat_interval_ms=1_000,
         )
         admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
         res = ConfigResource("topic", settings.topic_contexts)

@@ -33,6 +33,7 @@ CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
 }
 
 
@@ -51,7 +52,7 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def test_the_value_sets_cover_the_required_modes():
-    assert set(VALUES) >= {"defaults", "deployment", "keda", "sasl", "servicemonitor"}
+    assert set(VALUES) >= {"defaults", "deployment", "keda", "sasl", "servicemonitor", "extras"}
 
 
 @pytest.mark.parametrize("name", sorted(VALUES))
@@ -106,14 +107,50 @@ def test_deployment_mode_without_persistence():
     assert {"name": "state", "emptyDir": {}} in vols
 
 
-def test_keda_scales_on_lag_never_past_the_partitions():
+def test_keda_scales_on_both_inputs_lag_never_past_the_partitions():
     docs = render(VALUES["keda"])
     (so,) = by_kind(docs, "ScaledObject")
-    assert so["spec"]["maxReplicaCount"] <= VALUES["keda"]["keda"]["partitions"]
-    assert so["spec"]["triggers"][0]["type"] == "kafka"
-    assert "replicas" not in by_kind(docs, "StatefulSet")[0]["spec"]  # KEDA owns it
+    spec = so["spec"]
+    assert spec["maxReplicaCount"] <= VALUES["keda"]["keda"]["partitions"]
+    assert (spec["minReplicaCount"], spec["pollingInterval"], spec["cooldownPeriod"]) == (
+        1,
+        30,
+        300,
+    )
+    assert [t["metadata"]["topic"] for t in spec["triggers"]] == [
+        "bandit.contexts",
+        "bandit.rewards",
+    ]
+    assert all(t["type"] == "kafka" and "authenticationRef" not in t for t in spec["triggers"])
+    assert not by_kind(docs, "TriggerAuthentication")
+    assert "replicas" not in by_kind(docs, "Deployment")[0]["spec"]  # KEDA owns it
     with pytest.raises(helm_python.HelmError, match="partitions"):
-        render({"keda": {"enabled": True, "maxReplicas": 8, "partitions": 4}})
+        render({"keda": {"enabled": True, "maxReplicaCount": 8, "partitions": 4}})
+
+
+@pytest.mark.parametrize("existing", ["", "kafka-creds"])
+def test_keda_on_a_sasl_cluster_authenticates_as_the_service(existing):
+    values = {
+        **VALUES["sasl"],
+        "keda": {"enabled": True, "partitions": 4, "pollingInterval": 10},
+        "sasl": {**VALUES["sasl"]["sasl"], "existingSecret": existing},
+    }
+    docs = render(values)
+    (so,) = by_kind(docs, "ScaledObject")
+    (auth,) = by_kind(docs, "TriggerAuthentication")
+    assert so["spec"]["pollingInterval"] == 10
+    for t in so["spec"]["triggers"]:
+        assert t["authenticationRef"]["name"] == auth["metadata"]["name"]
+        assert (t["metadata"]["sasl"], t["metadata"]["tls"]) == ("scram_sha512", "enable")
+    env = {e["name"]: e for e in container(docs, "StatefulSet")["env"]}
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    # The password from the Secret the pod reads it from, the user name from the pod's env.
+    pod_ref = env["RL_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (refs["password"]["name"], refs["password"]["key"]) == (pod_ref["name"], pod_ref["key"])
+    assert refs["ca"] == {"parameter": "ca", "name": "kafka-ca", "key": "ca.crt"}
+    (user,) = auth["spec"]["env"]
+    assert user["name"] == "RL_KAFKA_SASL_USERNAME" and user["containerName"] == "bandit-stream"
+    assert user["name"] in env
 
 
 def test_sasl_password_lives_in_a_secret_only():

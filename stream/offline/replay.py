@@ -32,7 +32,9 @@ from stream.records import encoded_from_record
 class Result:
     estimates: dict[str, OnlineEstimate]
     logged: list[float]
-    curve: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # per policy: (events replayed, DR estimate, 95% low, 95% high)
+    curve: dict[str, list[tuple[int, float, float, float]]] = field(default_factory=dict)
+    domains: int = 0
 
     def summary(self) -> dict[str, Any]:
         r = np.asarray(self.logged)
@@ -66,7 +68,7 @@ class Replayer:
         self._models: dict[str, Policy] = {}
         self._hashers: dict[int, FeatureHasher] = {}
         self.logged: list[float] = []
-        self.curve: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.curve: dict[str, list[tuple[int, float, float, float]]] = defaultdict(list)
 
     def _policy(self, domain: str, name: str, n_features: int) -> Policy:
         key = (domain, name)
@@ -124,16 +126,19 @@ class Replayer:
         self.logged.extend(rewards.tolist())
         n = len(self.logged)
         for name in self.names:
-            self.curve[name].append((n, self.estimates[name].result()["dr"].value))
+            dr = self.estimates[name].result()["dr"]
+            self.curve[name].append((n, dr.value, dr.low, dr.high))
 
     def result(self) -> Result:
-        return Result(self.estimates, self.logged, dict(self.curve))
+        return Result(self.estimates, self.logged, dict(self.curve), len(self._models))
 
 
 def write_report(res: Result, out: Path, log_path: str) -> dict[str, Any]:
     from stream.bench.report import markdown_table, pyplot, write_json, write_markdown
 
     summary = {"log": log_path, **res.summary()}
+    if not summary["events"]:
+        return summary  # nothing to estimate: no table of nan, no empty plot
     write_json(out, "replay", {**summary, "curve": res.curve})
     lp = summary["logging_policy"]
     rows = [
@@ -151,18 +156,35 @@ def write_report(res: Result, out: Path, log_path: str) -> dict[str, Any]:
         "replay",
         f"# Replay of {log_path}\n\n{summary['events']} events, 95% intervals.\n\n{table}\n",
     )
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, pts in res.curve.items():
-        ax.plot([n for n, _ in pts], [v for _, v in pts], label=f"{name} (DR)")
-    ax.axhline(lp["mean"], color="black", linestyle="--", label="logging policy (actual)")
-    ax.set_xlabel("events replayed")
-    ax.set_ylabel("estimated value")
-    ax.legend()
-    fig.tight_layout()
+    fig = figure(res, summary)
     fig.savefig(out / "replay.png", dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return summary
+
+
+def figure(res: Result, summary: dict[str, Any]) -> Any:
+    """Each policy's doubly robust estimate as the replay goes, with its 95% interval."""
+    from stream.bench.report import pyplot
+
+    lp = summary["logging_policy"]
+    fig, ax = pyplot().subplots(figsize=(7, 4.4))
+    for name, pts in res.curve.items():
+        n, value, low, high = (np.asarray(c, dtype=float) for c in zip(*pts, strict=True))
+        (line,) = ax.plot(n, value, label=f"{name} (DR)")
+        ok = np.isfinite(low) & np.isfinite(high)  # a single event has no interval
+        ax.fill_between(n[ok], low[ok], high[ok], color=line.get_color(), alpha=0.15, lw=0)
+    ax.axhline(lp["mean"], color="black", linestyle="--", label="logging policy (actual)")
+    ax.set_title(
+        f"Policies replayed off-policy on {Path(summary['log']).name}: {summary['events']:,} "
+        f"events, {res.domains} domain{'s' if res.domains != 1 else ''}\n"
+        "doubly robust estimate as the replay goes, bands: 95% intervals",
+        fontsize=10,
+    )
+    ax.set_xlabel("events replayed")
+    ax.set_ylabel("estimated value (mean reward)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def replay_file(

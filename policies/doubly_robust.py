@@ -20,7 +20,7 @@ from policies.base import (
 )
 from policies.history import RowRing
 from policies.ridge import RidgeArms
-from policies.shared import ModelRows, load_shared
+from policies.shared import ModelRows
 
 
 class DoublyRobust(Policy):
@@ -127,9 +127,9 @@ class DoublyRobust(Policy):
         self.refit_every = int(refit_every)
         self.l2 = float(l2)
         self.floor = check_floor(floor)
-        self._inputs = ModelRows(n_features, shared, shared_dim, seed)
-        self._arms = RidgeArms(self._inputs.width, l2, forgetting)
-        self._history = RowRing(self._inputs.width, max_history)
+        self.forgetting = float(forgetting)
+        self._inputs = ModelRows(n_features, shared, shared_dim, seed, self._new_models)
+        self._new_models(self._inputs.width)
         self._since_refit = 0
 
     def params(self) -> dict[str, Any]:
@@ -148,12 +148,14 @@ class DoublyRobust(Policy):
             "shared_dim": self._inputs.dim,
         }
 
+    def _new_models(self, width: int) -> None:
+        """The reward models and the refit ring of their rows, for rows ``width`` wide."""
+        self._arms = RidgeArms(width, self.l2, self.forgetting)
+        self._history = RowRing(width, self.max_history)
+
     def _rows(self, batch: ContextBatch) -> tuple[IntArray, FloatArray]:
         """Each row's model slot and features (per action, or one shared model)."""
-        if self._inputs.resolve(batch):  # turned on before anything was learned
-            self._arms = RidgeArms(self._inputs.width, self.l2, self._arms.forgetting)
-            self._history = RowRing(self._inputs.width, self.max_history)
-        return self._inputs.rows(batch, self._arms.indices)
+        return self._inputs.rows(batch, lambda: self._arms)
 
     def _distribution(self, batch: ContextBatch) -> FloatArray:
         idx, X = self._rows(batch)
@@ -220,9 +222,7 @@ class DoublyRobust(Policy):
         return extra, {**arrays, **ha}
 
     def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
-        if load_shared(self._inputs, extra):
-            self._arms = RidgeArms(self._inputs.width, self.l2, self._arms.forgetting)
-            self._history = RowRing(self._inputs.width, self.max_history)
+        self._inputs.load(extra)
         self._arms.load(extra, arrays)
         self._history.load(extra, arrays, "hist_")
         if (

@@ -250,6 +250,19 @@ def sample_segments(pmf, offsets, u):
 
 
 @njit(cache=True, nogil=True)
+def _best_score(scores, s, e):
+    """The largest of ``scores[s:e]``; a nan among them (it wins, as in np.max) raises:
+    there is no distribution to log a probability from."""
+    m = scores[s]
+    for r in range(s + 1, e):
+        if scores[r] > m or scores[r] != scores[r]:
+            m = scores[r]
+    if m != m:
+        raise ValueError("a candidate's score is nan")
+    return m
+
+
+@njit(cache=True, nogil=True)
 def greedy_floor(scores, offsets, floor):
     """Per event: its best-scoring rows (within 1e-12) share ``1 - floor`` evenly and every
     row gets ``floor / K`` more; the same arithmetic as the numpy expression it replaces."""
@@ -258,16 +271,11 @@ def greedy_floor(scores, offsets, floor):
         s, e = offsets[i], offsets[i + 1]
         if e == s:
             continue
-        m = scores[s]
-        for r in range(s + 1, e):
-            if scores[r] > m or scores[r] != scores[r]:  # a nan wins, as in np.max
-                m = scores[r]
+        m = _best_score(scores, s, e)
         n_best = 0.0
         for r in range(s, e):
             if scores[r] >= m - 1e-12:
                 n_best += 1.0
-        if n_best == 0.0:  # a nan score: no distribution to log a probability from
-            raise ValueError("a candidate's score is nan")
         k = e - s
         for r in range(s, e):
             best = 1.0 if scores[r] >= m - 1e-12 else 0.0
@@ -284,12 +292,7 @@ def inverse_gap(scores, offsets, gamma):
         s, e = offsets[i], offsets[i + 1]
         if e == s:
             continue
-        m = scores[s]
-        for r in range(s + 1, e):
-            if scores[r] > m or scores[r] != scores[r]:  # a nan wins, as in np.max
-                m = scores[r]
-        if m != m:
-            raise ValueError("a candidate's score is nan")
+        m = _best_score(scores, s, e)
         k = e - s
         rest = 0.0
         n_best = 0.0

@@ -21,7 +21,7 @@ from policies.base import (
 from policies.kernels import ot_advantages, ot_leaf_probs, ot_learn_least_squares
 from policies.node_models import LinearBank, LogisticBank, TreeBank
 from policies.ridge import RidgeArms, chosen_rows
-from policies.shared import ModelRows, load_shared
+from policies.shared import ModelRows
 from policies.tree_routing import leaf_probs, train_nodes
 
 
@@ -179,12 +179,22 @@ class OffsetTree(Policy):
         self.baseline = 0.0 if node_model == "tree" else float(baseline)
         self.alpha = float(alpha)
         # The baseline's reward model: one ridge regression per action, keyed by name.
-        self._inputs = ModelRows(n_features, shared, shared_dim, seed)
-        self._model = RidgeArms(self._inputs.width) if self.baseline else None
+        self._inputs = ModelRows(n_features, shared, shared_dim, seed, self._new_model)
+        self._model: RidgeArms | None = None
+        if self.baseline:
+            self._new_model(self._inputs.width)
         self._slots: dict[str, int] = {}
         self._names: list[str] = []
         self._cap = 2  # leaves; internal nodes are heap ids 1 .. cap-1
         self._bank: LinearBank | LogisticBank | TreeBank = self._new_bank()
+
+    def _new_model(self, width: int) -> None:
+        if self.baseline:
+            self._model = RidgeArms(width)
+
+    def _baseline_model(self) -> RidgeArms:
+        assert self._model is not None, "the tree has no baseline"
+        return self._model
 
     def _new_bank(self) -> LinearBank | LogisticBank | TreeBank:
         if self.node_model == "logistic":
@@ -256,10 +266,8 @@ class OffsetTree(Policy):
         """``[rows, depth]``: each row's node's score shift per level (None: no baseline)."""
         if self._model is None:
             return None
-        if self._inputs.resolve(batch):  # turned on before anything was learned
-            self._model = RidgeArms(self._inputs.width)
-        model = self._model
-        idx, X = self._inputs.rows(batch, model.indices)
+        idx, X = self._inputs.rows(batch, self._baseline_model)
+        model = self._baseline_model()
         score = model.predict(idx, X)
         if self.alpha:
             score = score + self.alpha * model.widths(idx, X, batch.uniform_layout())
@@ -317,8 +325,8 @@ class OffsetTree(Policy):
         beat = r > self.offset
         self._train_nodes(heap, batch.offsets, leaf, xe, gain, beat, shift)
         if self._model is not None:
-            model = self._model
-            model.update(*self._inputs.rows(chosen_rows(feedback), model.indices), r)
+            idx, X = self._inputs.rows(chosen_rows(feedback), self._baseline_model)
+            self._baseline_model().update(idx, X, r)
 
     def _train_nodes(
         self,
@@ -375,8 +383,7 @@ class OffsetTree(Policy):
             # Saved before the tree had a reward model: it keeps deciding as it learned to.
             self.baseline, self._model = 0.0, None
         elif self._model is not None:
-            if load_shared(self._inputs, extra):
-                self._model = RidgeArms(self._inputs.width)
+            self._inputs.load(extra)
             self._model.load(extra, arrays, prefix="model_")
         else:
             raise PolicyError("offset tree state has a reward model but no baseline")

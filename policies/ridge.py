@@ -25,7 +25,7 @@ from policies.base import (
     expect_array,
 )
 from policies.kernels import rls_update
-from policies.shared import ModelRows, load_shared
+from policies.shared import ModelRows
 
 
 class RidgeArms:
@@ -207,8 +207,12 @@ class RidgePolicy(Policy):
     ) -> None:
         super().__init__(n_features, seed)
         self.l2 = float(l2)
-        self._inputs = ModelRows(n_features, shared, shared_dim, seed)
-        self._arms = RidgeArms(self._inputs.width, l2, forgetting)
+        self.forgetting = float(forgetting)
+        self._inputs = ModelRows(n_features, shared, shared_dim, seed, self._new_models)
+        self._new_models(self._inputs.width)
+
+    def _new_models(self, width: int) -> None:
+        self._arms = RidgeArms(width, self.l2, self.forgetting)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -221,9 +225,7 @@ class RidgePolicy(Policy):
 
     def _rows(self, batch: ContextBatch) -> tuple[IntArray, FloatArray]:
         """Each row's model slot and features (per action, or one shared model)."""
-        if self._inputs.resolve(batch):  # turned on before anything was learned
-            self._arms = RidgeArms(self._inputs.width, self.l2, self._arms.forgetting)
-        return self._inputs.rows(batch, self._arms.indices)
+        return self._inputs.rows(batch, lambda: self._arms)
 
     def _learn(self, feedback: Feedback) -> None:
         idx, X = self._rows(chosen_rows(feedback))
@@ -231,7 +233,7 @@ class RidgePolicy(Policy):
 
     def predict_rewards(self, batch: ContextBatch) -> FloatArray:
         """The ridge estimate of every row's reward (0 for actions never learned)."""
-        idx, X = self._rows(batch)  # first: it may replace the models
+        idx, X = self._rows(batch)
         return self._arms.predict(idx, X)
 
     def _arrays(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
@@ -239,6 +241,5 @@ class RidgePolicy(Policy):
         return {**extra, "shared_on": self._inputs.on}, arrays
 
     def _load_arrays(self, extra: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> None:
-        if load_shared(self._inputs, extra):
-            self._arms = RidgeArms(self._inputs.width, self.l2, self._arms.forgetting)
+        self._inputs.load(extra)
         self._arms.load(extra, arrays)

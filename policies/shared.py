@@ -11,7 +11,7 @@ one candidate to every candidate with similar features, one never seen before in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from mmh3 import hash as murmur3
@@ -86,12 +86,26 @@ class SharedRows:
         )
 
 
+class Models(Protocol):
+    def indices(self, actions: list[str]) -> IntArray: ...
+
+
 class ModelRows:
     """Which rows a policy's reward model learns from: one ridge model per action over
     ``X`` (off), or one shared model over shared rows (on). ``"auto"`` turns it on at the
-    first batch whose events carry candidate features, and decides then for good."""
+    first batch whose events carry candidate features, and decides then for good.
 
-    def __init__(self, n_features: int, mode: str = "false", dim: int = 256, seed: int = 0) -> None:
+    ``rebuild(width)`` replaces the policy's models whenever their width changes: when
+    ``auto`` turns on, or a saved state says otherwise."""
+
+    def __init__(
+        self,
+        n_features: int,
+        mode: str = "false",
+        dim: int = 256,
+        seed: int = 0,
+        rebuild: Callable[[int], None] | None = None,
+    ) -> None:
         if mode not in MODES:
             raise PolicyError(f"shared must be one of {', '.join(MODES)}, not {mode!r}")
         if mode != "false" and dim < 2 * n_features + 2:
@@ -100,6 +114,7 @@ class ModelRows:
             )
         self.n_features, self.mode, self.dim = n_features, mode, int(dim)
         self.seed = seed
+        self._rebuild = rebuild
         self.on: bool | None = {"true": True, "false": False}.get(mode)
         self._shared: SharedRows | None = SharedRows(n_features, dim, seed) if self.on else None
 
@@ -108,37 +123,32 @@ class ModelRows:
         """The reward model's feature dimension."""
         return self.dim if self.on else self.n_features
 
-    def resolve(self, batch: ContextBatch) -> bool:
-        """Decide ``auto`` on this batch; True when the shared model was turned on now."""
-        if self.on is not None:
-            return False
-        self.set(batch.C is not None)
-        return bool(self.on)
-
-    def set(self, on: bool) -> None:
+    def _set(self, on: bool) -> None:
+        before = self.width
         self.on = on
         if on and self._shared is None:
             self._shared = SharedRows(self.n_features, self.dim, self.seed)
+        if self.width != before and self._rebuild is not None:
+            self._rebuild(self.width)
 
     def rows(
-        self, batch: ContextBatch, indices: Callable[[list[str]], IntArray]
+        self, batch: ContextBatch, models: Callable[[], Models]
     ) -> tuple[IntArray, FloatArray]:
-        """Each row's model (``indices`` maps action names to a ridge model's slots) and
-        its features."""
+        """Each row's model slot in ``models()`` (read after ``auto`` is decided on this
+        batch, which may rebuild them) and its features."""
+        if self.on is None:
+            self._set(batch.C is not None)
+        indices = models().indices
         if self._shared is None or not self.on:
             return indices(batch.actions), batch.X
         arm = indices([SHARED_ARM])
         return np.repeat(arm, len(batch.actions)), self._shared.rows(batch)
 
-
-def load_shared(inputs: ModelRows, extra: dict[str, Any]) -> bool:
-    """Apply a saved state's shared-model decision to ``inputs``; True when the model's
-    width changed (the caller rebuilds it). States saved before shared models: per action."""
-    on = extra.get("shared_on", False)
-    if on is None:
-        return False
-    if not isinstance(on, bool) or (inputs.mode != "auto" and on != (inputs.mode == "true")):
-        raise PolicyError("policy state's shared model does not match its settings")
-    before = inputs.width
-    inputs.set(on)
-    return inputs.width != before
+    def load(self, extra: dict[str, Any]) -> None:
+        """Apply a saved state's decision (states saved before shared models: per action)."""
+        on = extra.get("shared_on", False)
+        if on is None:
+            return
+        if not isinstance(on, bool) or (self.mode != "auto" and on != (self.mode == "true")):
+            raise PolicyError("policy state's shared model does not match its settings")
+        self._set(on)

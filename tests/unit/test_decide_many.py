@@ -1,6 +1,7 @@
 """Deciding many domains in one policy call gives exactly each domain's own decisions."""
 
 import numpy as np
+import pytest
 
 from policies.base import Feedback
 from policies.epsilon_greedy import EpsilonGreedy
@@ -167,3 +168,15 @@ def test_a_domain_whose_rewards_cannot_be_assembled_fails_alone(tmp_path):
     assert errors == ["dom7"]
     assert all(st.baseline.n_learned > 0 for name, st in doms.states.items() if name != "dom7")
     assert doms.states["dom7"].baseline.n_learned == 0
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_both_exploration_kernels_refuse_a_nan_anywhere(where: int) -> None:
+    from policies.kernels import greedy_floor, inverse_gap
+
+    scores = np.array([0.1, 0.2, 0.3])
+    scores[where] = np.nan
+    offsets = np.array([0, 3], dtype=np.int64)
+    for kernel, arg in ((greedy_floor, 0.1), (inverse_gap, 10.0)):
+        with pytest.raises(ValueError, match="nan"):
+            kernel(scores, offsets, arg)

@@ -143,7 +143,7 @@ class DoublyRobust(Policy):
             "refit_every": self.refit_every,
             "l2": self.l2,
             "floor": self.floor,
-            "forgetting": self._arms.forgetting,
+            "forgetting": self.forgetting,
             "shared": self._inputs.mode,
             "shared_dim": self._inputs.dim,
         }

@@ -218,7 +218,7 @@ class RidgePolicy(Policy):
         return {
             **super().params(),
             "l2": self.l2,
-            "forgetting": self._arms.forgetting,
+            "forgetting": self.forgetting,
             "shared": self._inputs.mode,
             "shared_dim": self._inputs.dim,
         }

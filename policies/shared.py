@@ -49,10 +49,7 @@ class SharedRows:
     """Turns a batch into shared rows of ``dim`` features for contexts of ``n_features``."""
 
     def __init__(self, n_features: int, dim: int, seed: int = 0) -> None:
-        if dim < 2 * n_features + 2:
-            raise PolicyError(
-                f"a shared model of {n_features} features needs dim > {2 * n_features + 1}"
-            )
+        # dim > 2 * n_features + 1: checked by ModelRows, which builds these
         self.n_features, self.dim = n_features, dim
         self.seed = seed & 0x7FFFFFFF
         m = dim - 2 * n_features

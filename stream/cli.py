@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = args.fn.__name__.removeprefix("cmd_").split("_")[0]
+    command = args.command
     for extra in extras.needed(command, getattr(args, "engine", None)):
         if gone := extras.missing(extra):
             print(extras.message(command, extra, gone), file=sys.stderr)

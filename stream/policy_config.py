@@ -18,12 +18,19 @@ REWARD_MODEL_POLICY = "epsilon_greedy"
 
 
 def policy_params(name: str, settings: Settings) -> dict[str, Any]:
-    """The settings knobs that configure policy ``name`` (constructor keyword arguments)."""
-    shared = {"shared": settings.shared_model, "shared_dim": settings.shared_dim}
+    """The settings knobs that configure policy ``name`` (constructor keyword arguments):
+    its own, and the shared reward model's, which every policy takes."""
+    own = _own_params(name, settings)
+    if own is None:
+        return {}
+    return {**own, "shared": settings.shared_model, "shared_dim": settings.shared_dim}
+
+
+def _own_params(name: str, settings: Settings) -> dict[str, Any] | None:
     if name == "epsilon_greedy":
-        return {"epsilon": settings.epsilon, **shared}
+        return {"epsilon": settings.epsilon}
     if name == "linucb":
-        return {"alpha": settings.linucb_alpha, "floor": settings.exploration_floor, **shared}
+        return {"alpha": settings.linucb_alpha, "floor": settings.exploration_floor}
     if name == "doubly_robust":
         return {
             "alpha": settings.dr_alpha,
@@ -33,7 +40,6 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "max_history": settings.dr_max_history,
             "floor": settings.exploration_floor,
             "forgetting": settings.dr_forgetting,
-            **shared,
         }
     if name == "offset_tree":
         return {
@@ -45,18 +51,16 @@ def policy_params(name: str, settings: Settings) -> dict[str, Any]:
             "floor": settings.exploration_floor,
             "baseline": settings.ot_baseline,
             "alpha": settings.ot_alpha,
-            **shared,
         }
     if name == "squarecb":
         return {
             "gamma_scale": settings.squarecb_gamma_scale,
             "gamma_exponent": settings.squarecb_gamma_exponent,
             "floor": settings.exploration_floor,
-            **shared,
         }
     if name == "linear_ts":
-        return {"v": settings.ts_scale, "floor": settings.exploration_floor, **shared}
-    return {}
+        return {"v": settings.ts_scale, "floor": settings.exploration_floor}
+    return None
 
 
 def policy_seed(domain: str, name: str, settings: Settings) -> int:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from tqdm import tqdm
 
 from policies import ContextBatch, Feedback, create_policy
 from policies.features import FeatureHasher, FeatureIndex
@@ -114,7 +113,7 @@ def run_one(
     settings: Settings,
     update_interval: int,
     delay: int,
-    progress: tqdm | None = None,
+    progress: Any = None,  # a progress_bar
     rounds: int | None = None,
     features: str = "product",
 ) -> RunResult:
@@ -210,17 +209,15 @@ def run(
 
     interval = settings.update_interval
     plans = [(p, s, sd, f) for s in sims for sd in range(seeds) for p in policies for f in features]
-    total = sum(make(s, 0).rounds for _p, s, _sd, _f in plans) * (2 if delay else 1)
+    cache = {(s, sd): make(s, sd) for s in sims for sd in range(seeds)}  # each built once
+    total = sum(cache[s, sd].rounds for _p, s, sd, _f in plans) * (2 if delay else 1)
     results: list[RunResult] = []
-    cache: dict[tuple[str, int], Simulation] = {}
     # Compile (or load from cache) the numba kernels outside the timed runs.
     warm_up()
     for name in policies:
-        run_one(name, SIMULATORS[sims[0]](0), 0, settings, interval, 0, rounds=2 * interval)
+        run_one(name, cache[sims[0], 0], 0, settings, interval, 0, rounds=2 * interval)
     with progress_bar(total=total, unit="ev", desc="convergence", smoothing=0.05) as bar:
         for name, sim_name, seed, feats in plans:
-            if (sim_name, seed) not in cache:
-                cache[sim_name, seed] = make(sim_name, seed)
             sim = cache[sim_name, seed]
             bar.set_postfix_str(f"{name} on {sim_name} seed {seed} ({feats})")
             result = run_one(name, sim, seed, settings, interval, delay, bar, features=feats)

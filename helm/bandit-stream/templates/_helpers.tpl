@@ -81,6 +81,10 @@ RL_MEMORY_THRESHOLD_MB: {{ mulf (float64 $mib) 0.75 | floor | int | toString | q
 {{- toString (get $ctx.Values.config $name | default (get $derived $name) | default (get $defaults $name)) -}}
 {{- end -}}
 
+{{- define "bandit-stream.saslSecretKey" -}}
+{{- ternary .Values.sasl.existingSecretKey "password" (ne .Values.sasl.existingSecret "") -}}
+{{- end -}}
+
 {{- define "bandit-stream.saslSecret" -}}
 {{- default (printf "%s-sasl" (include "bandit-stream.fullname" .)) .Values.sasl.existingSecret -}}
 {{- end -}}
@@ -169,7 +173,7 @@ spec:
           valueFrom:
             secretKeyRef:
               name: {{ include "bandit-stream.saslSecret" . }}
-              key: {{ ternary .Values.sasl.existingSecretKey "password" (ne .Values.sasl.existingSecret "") }}
+              key: {{ include "bandit-stream.saslSecretKey" . }}
         {{- else if .Values.tls.enabled }}
         - name: RL_KAFKA_SECURITY_PROTOCOL
           value: "SSL"

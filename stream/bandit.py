@@ -41,7 +41,7 @@ from stream.config import load_settings
 from stream.domains import Domains, DomainState
 from stream.join import Outcome, Pending, PendingJoins
 from stream.kafka.codec import Limits, decode_context, decode_reward
-from stream.state.snapshot import encode_pending, restore, take_snapshot
+from stream.state.snapshot import encode_pending, finished_by_domain, restore, take_snapshot
 from stream.state.topic import decode_domain, encode_domain
 
 
@@ -157,7 +157,8 @@ class Bandit:
         self.domains.write_in_flight = False  # nothing is written in the background here
         snap = encode_pending(snap)
         offsets = (OFFSET_BEGINNING, OFFSET_BEGINNING)
-        return encode_domain(snap, self.domain, 0, offsets, snap.pending)
+        finished = finished_by_domain(snap).get(self.domain, [])
+        return encode_domain(snap, self.domain, 0, offsets, snap.pending, finished=finished)
 
     @classmethod
     def from_state(cls, data: bytes, **overrides: Any) -> Bandit:

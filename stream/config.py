@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # How long a reward whose decision is not (yet) known waits for its context: covers a
     # reward read before its context, e.g. when a restart replays both topics.
     reward_early_wait_s: float = Field(60.0, ge=0)
+    # Windows close in stream time (record timestamps): this much later than a deadline,
+    # for rewards that arrive out of timestamp order (several producers' clocks, records
+    # in flight).
+    reward_grace_s: float = Field(5.0, ge=0)
 
     # --- Domains and policies ------------------------------------------------------------
     max_domains: int = Field(1000, ge=1)

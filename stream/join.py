@@ -1,28 +1,36 @@
-"""Decisions awaiting their reward: bounded, windowed, first reward wins.
+"""Decisions awaiting their reward: bounded, windowed in stream time, first reward wins.
 
-Pending decisions are kept in insertion order, which is deadline order because every
-decision waits the same ``wait_s``; expiry and eviction therefore pop from the front in
-O(1). A bounded memory of recently finished keys tells a duplicate reward (already
-joined) and a late one (already expired) apart from one for an event never seen.
+Time here is the records' time (Kafka's record timestamps, epoch seconds): a decision is
+stamped with its context's time and waits ``wait_s`` of it for a reward stamped no later
+than its deadline. Whether a window has closed is for the caller to say, per input
+partition (:meth:`PendingJoins.expire` takes the time up to which each partition's
+decisions may expire): the stream time of its rewards, or the wall clock once those are
+read to their end (see :mod:`stream.streamtime`).
+
+Pending decisions are kept per partition in insertion order, which is deadline order as
+long as a partition's contexts come in time order; expiry pops from the front in O(1) (a
+decision stamped earlier than one before it waits for that one: late, never early).
+Beside them: the rewards read before their context (:mod:`stream.early`) and the memory
+of finished joins (:mod:`stream.finished`), both checkpointed with the decisions.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 import msgspec
-import numpy as np
 
 from policies.features import EncodedContext
+from stream.early import EarlyRewards
+from stream.finished import FinishedJoins
+from stream.windows import Changes, Key, Until, until_of
 
 
 class Outcome(Enum):
     JOINED = "joined"
     DUPLICATE = "duplicate"  # the decision already got its reward
-    LATE = "late"  # the decision expired before this reward came
+    LATE = "late"  # the decision expired before this reward came, or it is stamped too late
     UNKNOWN = "unknown"  # no decision with this (domain, event_id) is remembered
 
 
@@ -37,32 +45,17 @@ class Pending(msgspec.Struct, gc=False):
     probability: float
     policy: str
     variant: str
-    decided_at: float  # epoch seconds
-    deadline: float  # epoch seconds
+    decided_at: float  # its context's record time, epoch seconds
+    deadline: float  # decided_at + the window: a reward stamped later is late
     # Kept only for the joined log (RL_JOINED_LOG): the full distribution and the
     # policy's version when it decided.
     distribution: tuple[float, ...] | None = None
     policy_version: int = 0
 
 
-Key = tuple[str, str]
-
-
-@dataclass(slots=True)
-class EarlyReward:
-    """A reward that came before its decision, held until ``deadline`` for its context."""
-
-    domain: str
-    event_id: str
-    reward: float
-    deadline: float  # epoch seconds
-    partition: int = -1  # the input partition it was read from
-    source: Any = None  # its message, dead-lettered if the context never comes
-
-
 class PendingJoins:
     """At most ``max_pending`` decisions (``max_per_domain`` of one domain), each waiting
-    at most ``wait_s`` for a reward.
+    at most ``wait_s`` of stream time for a reward.
 
     When full, a domain's new decision pushes out its own oldest; when the total is full,
     the oldest of the domain holding the most: a busy domain never evicts a quiet one's.
@@ -79,209 +72,174 @@ class PendingJoins:
         self.max_pending = max_pending
         self.max_per_domain = max_per_domain or max_pending
         self.wait_s = wait_s
-        self.early_wait_s = early_wait_s
-        self._remember = remember if remember is not None else max_pending
-        # OrderedDicts pop their oldest in O(1); a plain dict leaves deleted slots at its
-        # front that every next(iter()) scans again (docs/design.md, "Pending joins").
-        self._pending: OrderedDict[Key, Pending] = OrderedDict()
+        # Per domain, bumped by every change a checkpoint of the domain must carry.
+        self._changes: Changes = {}
+        self.early = EarlyRewards(max_pending, early_wait_s, self._changes)
+        self.finished = FinishedJoins(
+            remember if remember is not None else max_pending, self._changes
+        )
+        # Per input partition, in insertion order. OrderedDicts pop their oldest in O(1); a
+        # plain dict leaves deleted slots at its front that every next(iter()) scans again
+        # (docs/design.md, "Pending joins").
+        self._queues: dict[int, OrderedDict[Key, Pending]] = {}
+        self._partition: dict[str, int] = {}  # domain -> its partition
+        self._n = 0
         self._by_domain: dict[str, OrderedDict[str, None]] = {}  # event ids, oldest first
-        # Finished joins, "domain NUL event_id" -> (sequence number << 1 | joined), the
-        # last ``remember`` in the ring in finishing order. str keys and int values keep
-        # the dict out of the cyclic collector's sight, and it does not traverse a numpy
-        # array: a full collection no longer visits every remembered key.
-        self._finished: dict[str, int] = {}
-        self._ring: np.ndarray[Any, np.dtype[np.object_]] = np.full(self._remember, None)
-        self._finishes = 0
-        # Rewards that arrived before their context was decided (another partition was
-        # read first, or a replay after a restart reads the topics in another order).
-        # Insertion order is deadline order.
-        self._early: OrderedDict[Key, EarlyReward] = OrderedDict()
-        self._early_per_domain: dict[str, int] = {}  # held early rewards by domain
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self._n
 
     def __contains__(self, key: Key) -> bool:
-        return key in self._pending
+        p = self._partition.get(key[0])
+        return p is not None and key in self._queues[p]
 
-    def add(self, p: Pending) -> list[Pending]:
-        """Register a decision; returns the oldest decisions evicted to stay in bounds."""
+    def changes(self, domain: str) -> int:
+        """A number that changes whenever the domain's joins do (its state-topic record
+        is then out of date)."""
+        return self._changes.get(domain, 0)
+
+    def add(self, p: Pending, partition: int = -1) -> list[Pending]:
+        """Register a decision of ``partition``; returns the oldest decisions evicted to
+        stay in bounds."""
         key = (p.domain, p.event_id)
-        if key in self._pending:
+        if key in self:
             raise KeyError(f"{key} is already pending")
-        if self._finished:  # a reused event id starts afresh
-            self._finished.pop(f"{p.domain}\x00{p.event_id}", None)
+        if self.finished:  # a reused event id starts afresh
+            self.finished.discard(f"{p.domain}\x00{p.event_id}")
         evicted = []
         own = self._by_domain.get(p.domain)
         if own is None:  # not setdefault(OrderedDict()): one allocation per decision
             own = self._by_domain[p.domain] = OrderedDict()
         while len(own) >= self.max_per_domain:
             evicted.append(self._pop_of(p.domain))
-        while len(self._pending) >= self.max_pending:
+        while self._n >= self.max_pending:
             fullest = max(self._by_domain, key=lambda d: len(self._by_domain[d]))
             evicted.append(self._pop_of(fullest))
-        self._pending[key] = p
+        known = self._partition.get(p.domain)
+        if known is None:
+            known = self._partition[p.domain] = partition
+        queue = self._queues.get(known)
+        if queue is None:
+            queue = self._queues[known] = OrderedDict()
+        queue[key] = p
+        self._n += 1
         self._by_domain.setdefault(p.domain, own)[p.event_id] = None
+        self._changes[p.domain] = self._changes.get(p.domain, 0) + 1
         return evicted
 
-    def take(self, domain: str, event_id: str) -> tuple[Outcome, Pending | None]:
-        """Claim the pending decision for a reward; only the first claim joins."""
+    def take(
+        self, domain: str, event_id: str, at: float | None = None
+    ) -> tuple[Outcome, Pending | None]:
+        """Claim the pending decision for a reward stamped ``at`` (None: in time); only
+        the first claim in time joins. A reward stamped past the deadline is late and
+        leaves the decision to expire."""
         key = (domain, event_id)
-        p = self._pending.pop(key, None)
-        if p is not None:
-            self._unindex(domain, event_id)
-            self._finish(key, Outcome.DUPLICATE)
-            return Outcome.JOINED, p
-        return _outcome(self._finished.get(_name(key))), None
+        part = self._partition.get(domain)
+        if part is not None:
+            queue = self._queues[part]
+            p = queue.get(key)
+            if p is not None:
+                if at is not None and at > p.deadline:
+                    return Outcome.LATE, None
+                del queue[key]
+                self._n -= 1
+                self._unindex(domain, event_id)
+                self.finished.add(key, True, p.deadline)
+                return Outcome.JOINED, p
+        joined = self.finished.get(f"{domain}\x00{event_id}")
+        if joined is None:
+            return Outcome.UNKNOWN, None
+        return (Outcome.DUPLICATE if joined else Outcome.LATE), None
 
     def was_joined(self, domain: str, event_id: str) -> bool:
         """Whether this event's decision got its reward (remembered for the last
         ``remember`` finished joins): its id must not be decided again, or a replayed
         reward could join the new decision."""
-        finished = self._finished.get(f"{domain}\x00{event_id}")
-        return finished is not None and finished & 1 == 1
+        return self.finished.get(f"{domain}\x00{event_id}") is True
 
     def discard(self, domain: str, event_id: str) -> Pending | None:
         """Forget a pending decision that never reached its consumers (no reward can
         come for it); it leaves no memory of a finished join."""
-        p = self._pending.pop((domain, event_id), None)
+        part = self._partition.get(domain)
+        if part is None:
+            return None
+        p = self._queues[part].pop((domain, event_id), None)
         if p is not None:
+            self._n -= 1
             self._unindex(domain, event_id)
+            self._changes[domain] = self._changes.get(domain, 0) + 1
         return p
 
-    def expire(self, now: float) -> list[Pending]:
-        """Remove and return every decision whose window has closed."""
-        out = []
-        pending = self._pending
-        while pending:
-            first = next(iter(pending.values()))
-            if first.deadline > now:
-                break
-            out.append(self._pop_oldest())
+    def expire(self, until: Until) -> list[Pending]:
+        """Remove and return every decision whose deadline is before its partition's
+        ``until`` (its window has closed)."""
+        out: list[Pending] = []
+        for part, queue in self._queues.items():
+            t = until_of(until, part)
+            while queue:
+                first = next(iter(queue.values()))
+                if first.deadline >= t:
+                    break
+                out.append(self._pop_front(queue))
         return out
 
-    def forget_finished(self) -> int:
-        """Drop the memory of finished joins (memory pressure); returns how many."""
-        n = len(self._finished)
-        self._finished.clear()
-        self._ring[:] = None
-        return n
+    def shed(self, share: float) -> list[Pending]:
+        """Evict the oldest ``share`` of each partition's pending decisions (memory
+        pressure)."""
+        out: list[Pending] = []
+        for queue in self._queues.values():
+            n = int(len(queue) * share)
+            out.extend(self._pop_front(queue) for _ in range(n))
+        return out
 
     def count_by_domain(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for d, _ in self._pending:
-            out[d] = out.get(d, 0) + 1
-        return out
+        return {d: len(own) for d, own in self._by_domain.items()}
+
+    def count_of(self, domain: str) -> int:
+        own = self._by_domain.get(domain)
+        return 0 if own is None else len(own)
 
     def items(self) -> list[Pending]:
-        return list(self._pending.values())
+        return [p for queue in self._queues.values() for p in queue.values()]
 
-    # -- rewards that came before their decision ------------------------------------------
-    def hold_early(
-        self,
-        domain: str,
-        event_id: str,
-        reward: float,
-        now: float,
-        partition: int = -1,
-        source: Any = None,
-    ) -> tuple[bool, list[EarlyReward]]:
-        """Keep an unknown reward for ``early_wait_s`` in case its context is yet to come.
-
-        Returns whether it is held, and the oldest held rewards pushed out to stay within
-        ``max_pending``: they are given up on.
-        """
-        key = (domain, event_id)
-        if self.early_wait_s <= 0 or key in self._early or _name(key) in self._finished:
-            return False, []
-        dropped = []
-        while len(self._early) >= self.max_pending:
-            _, old = self._early.popitem(last=False)
-            self._early_gone(old.domain)
-            dropped.append(old)
-        self._early[key] = EarlyReward(
-            domain, event_id, reward, now + self.early_wait_s, partition, source
-        )
-        self._early_per_domain[domain] = self._early_per_domain.get(domain, 0) + 1
-        return True, dropped
-
-    def restore_early(self, early: EarlyReward) -> None:
-        """Re-hold an early reward from a checkpoint (keeps its original deadline)."""
-        key = (early.domain, early.event_id)
-        if key not in self._early:
-            self._early_per_domain[early.domain] = self._early_per_domain.get(early.domain, 0) + 1
-        self._early[key] = early
-
-    def claim_early(self, domain: str, event_id: str) -> float | None:
-        if not self._early:  # the common case: skip building the key
-            return None
-        held = self._early.pop((domain, event_id), None)
-        if held is None:
-            return None
-        self._early_gone(domain)
-        return held.reward
-
-    def expire_early(self, now: float) -> list[EarlyReward]:
-        """Remove the early rewards whose context never came."""
-        out = []
-        while self._early:
-            first = next(iter(self._early.values()))
-            if first.deadline > now:
-                break
-            out.append(self._early.pop((first.domain, first.event_id)))
-            self._early_gone(first.domain)
-        return out
-
-    def early_domains(self) -> set[str]:
-        """Domains with early rewards held (a reward-only domain counts as a domain)."""
-        return set(self._early_per_domain)
-
-    def _early_gone(self, domain: str) -> None:
-        n = self._early_per_domain[domain] - 1
-        if n:
-            self._early_per_domain[domain] = n
-        else:
-            del self._early_per_domain[domain]
-
-    @property
-    def n_early(self) -> int:
-        """Rewards held for contexts not read yet."""
-        return len(self._early)
-
-    def early_items(self) -> list[EarlyReward]:
-        return list(self._early.values())
+    def partitions(self) -> set[int]:
+        """Partitions with decisions pending."""
+        return {p for p, q in self._queues.items() if q}
 
     def drop(self, domains: set[str], partitions: set[int]) -> int:
-        """Forget the pending decisions of ``domains`` and the early rewards of those
-        domains or ``partitions`` (released to another instance, which restores them from
-        the checkpoint); returns how many."""
-        keys = [k for k in self._pending if k[0] in domains]
-        for k in keys:
-            del self._pending[k]
-            self._unindex(*k)
-        # The memory of finished joins goes too: it describes state that is being thrown
-        # away. Kept, a reward replayed after a restore (before its replayed context)
-        # would be taken for a duplicate and lost.
-        for name in [k for k in self._finished if k.split("\x00", 1)[0] in domains]:
-            del self._finished[name]
-        early = [k for k, v in self._early.items() if k[0] in domains or v.partition in partitions]
-        for k in early:
-            del self._early[k]
-            self._early_gone(k[0])
-        return len(keys) + len(early)
+        """Forget the pending decisions and finished joins of ``domains`` and the early
+        rewards of those domains or ``partitions`` (released to another instance, which
+        restores them from the checkpoint); returns how many decisions and rewards."""
+        n = 0
+        for queue in self._queues.values():
+            keys = [k for k in queue if k[0] in domains]
+            for k in keys:
+                del queue[k]
+                self._unindex(*k)
+            self._n -= len(keys)
+            n += len(keys)
+        n += self.early.drop(domains, partitions)
+        self.finished.drop(domains)
+        for d in domains:
+            self._partition.pop(d, None)
+            self._changes.pop(d, None)
+        return n
 
-    def _pop_oldest(self) -> Pending:
-        key, p = self._pending.popitem(last=False)
+    def _pop_front(self, queue: OrderedDict[Key, Pending]) -> Pending:
+        key, p = queue.popitem(last=False)
+        self._n -= 1
         self._unindex(*key)
-        self._finish(key, Outcome.LATE)
+        self.finished.add(key, False, p.deadline)
         return p
 
     def _pop_of(self, domain: str) -> Pending:
         """Evict ``domain``'s oldest pending decision."""
         event_id = next(iter(self._by_domain[domain]))
-        p = self._pending.pop((domain, event_id))
+        key = (domain, event_id)
+        p = self._queues[self._partition[domain]].pop(key)
+        self._n -= 1
         self._unindex(domain, event_id)
-        self._finish((domain, event_id), Outcome.LATE)
+        self.finished.add(key, False, p.deadline)
         return p
 
     def _unindex(self, domain: str, event_id: str) -> None:
@@ -289,36 +247,3 @@ class PendingJoins:
         del own[event_id]
         if not own:
             del self._by_domain[domain]
-
-    def shed(self, share: float) -> list[Pending]:
-        """Evict the oldest ``share`` of the pending decisions (memory pressure)."""
-        n = int(len(self._pending) * share)
-        return [self._pop_oldest() for _ in range(n)]
-
-    def count_of(self, domain: str) -> int:
-        own = self._by_domain.get(domain)
-        return 0 if own is None else len(own)
-
-    def _finish(self, key: Key, outcome: Outcome) -> None:
-        if not self._remember:
-            return
-        n, ring, finished = self._finishes, self._ring, self._finished
-        name = f"{key[0]}\x00{key[1]}"  # as _name(key), inline: once per decision
-        slot = n % self._remember
-        old = ring[slot]  # finished ``remember`` finishes ago: forgotten, unless since renewed
-        if old is not None and finished.get(old, -1) >> 1 == n - self._remember:
-            del finished[old]
-        ring[slot] = name
-        finished[name] = n << 1 | (outcome is Outcome.DUPLICATE)
-        self._finishes = n + 1
-
-
-def _name(key: Key) -> str:
-    """A finished join's key: domains never hold a NUL, so the first one splits it."""
-    return f"{key[0]}\x00{key[1]}"
-
-
-def _outcome(finished: int | None) -> Outcome:
-    if finished is None:
-        return Outcome.UNKNOWN
-    return Outcome.DUPLICATE if finished & 1 else Outcome.LATE

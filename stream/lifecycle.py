@@ -24,3 +24,52 @@ class Stopping(threading.Event):
         is left of it once stopping, a short while for a periodic one."""
         budget = self.shutdown_timeout_s if wait else periodic_s
         return max(0.0, min(budget, self.by - time.monotonic()))
+
+
+class Paused(Exception):  # noqa: N818 - a state, not a failure of the code
+    """The process was frozen for longer than its group session allows: another member
+    may own its partitions, so it must not publish anything for them."""
+
+
+class PauseWatch:
+    """Tells a frozen process (SIGSTOP, a suspended VM) from a running one.
+
+    A thread ticks every ``TICK_S``; a gap of ``limit_s`` between ticks, or since the last
+    one when the loop asks, means the whole process stood still that long. The loop asks
+    before each decision leaves (:meth:`check`), so whichever thread wakes first sees it.
+    """
+
+    TICK_S = 0.1
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.last = time.monotonic()
+        self.frozen_s = 0.0  # the longest gap seen and not yet acknowledged
+        self.pauses = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pause-watch", daemon=True)
+
+    def start(self) -> None:
+        self.last = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.TICK_S):
+            now = time.monotonic()
+            if now - self.last > self.limit_s:
+                self.frozen_s = max(self.frozen_s, now - self.last)
+            self.last = now
+
+    def check(self) -> None:
+        """Raise :class:`Paused` once after the process stood still past the limit."""
+        gap = time.monotonic() - self.last
+        if gap > self.limit_s:
+            self.frozen_s = max(self.frozen_s, gap)
+            self.last = time.monotonic()
+        if self.frozen_s:
+            frozen, self.frozen_s = self.frozen_s, 0.0
+            self.pauses += 1
+            raise Paused(f"the process stood still for {frozen:.1f} s")

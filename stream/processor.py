@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from functools import partial
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, Producer
 
 from stream.admission import Admission
 from stream.config import Settings
-from stream.domains import Domains, DomainState, Served
+from stream.domains import DomainState, Served
+from stream.errors import KafkaClientError
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
-from stream.join import Outcome, Pending, PendingJoins
-from stream.joinedlog import JoinedLog
+from stream.join import Pending
+from stream.joiner import Joiner
 from stream.kafka.balance import TopicBalance
 from stream.kafka.clients import is_benign, producer_max_record_bytes
 from stream.kafka.codec import (
@@ -33,12 +35,13 @@ from stream.kafka.codec import (
     decode_reward,
     encode_decision,
 )
-from stream.kafka.deadletter import DeadLetters, Source
+from stream.kafka.deadletter import DeadLetters
 from stream.kafka.delivery import Delivery
 from stream.observe.metrics import Metrics
 from stream.observe.stats import Stats
 from stream.rejections import Rejections
 from stream.state.ownership import Ownership
+from stream.streamtime import StreamTime
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +51,33 @@ class BatchProcessor:
         self,
         settings: Settings,
         stats: Stats,
-        domains: Domains,
-        joins: PendingJoins,
         ownership: Ownership,
         balance: TopicBalance,
         metrics: Metrics,
         failpoints: Failpoints | None,
+        clock: StreamTime,
     ) -> None:
+        """Processes batches for the partitions ``ownership`` holds (its domains, joins
+        and decision log)."""
         self.settings = settings
         self.stats = stats
-        self.domains = domains
-        self.joins = joins
+        domains, joins = self.domains, self.joins = ownership.domains, ownership.joins
         self.ownership = ownership
         self.balance = balance
         self.metrics = metrics
         self.failpoints = failpoints
+        self.clock = clock
+        assert ownership.decision_log is not None
+        self.decision_log = ownership.decision_log
         self.limits = Limits.of(settings)
         self.rejections = Rejections(settings, stats, joins, metrics)
         self.admission = Admission(settings, domains, joins, self.rejections)
+        self.joiner = Joiner(settings, stats, domains, joins, metrics, self.rejections, clock)
         # Set while the service runs.
         self.delivery: Delivery | None = None
-        self.joined_log: JoinedLog | None = None
+        # Checked before a batch's decisions leave: raises when the process must not
+        # publish any more (it was paused past its group session), see Service.
+        self.may_publish: Callable[[], None] | None = None
 
     def attach(self, producer: Producer) -> Delivery:
         """Start producing decisions and dead letters with ``producer``."""
@@ -82,38 +91,50 @@ class BatchProcessor:
     def detach(self) -> None:
         self.delivery = self.rejections.dead_letters = None
 
-    def handle(self, msgs: list[Message], now: float, consumed_at: float) -> None:
+    def handle(self, msgs: list[Message], now: float, consumed_at: float) -> int:
         """A turn's work on what it fetched: decide and join it, expire what is due, learn
-        the buffers that are due, hand deliveries their reports."""
+        the buffers that are due, hand deliveries their reports. Returns how many records
+        it read (end-of-partition events aside)."""
         delivery = self.delivery
         assert delivery is not None
+        self.joiner.now = now
+        read = 0
         if msgs:
-            self.process(msgs, now, consumed_at)
+            read = self.process(msgs, now, consumed_at)
             self.metrics.end_turn()
-        self.expire(now)
+        self.joiner.expire(now)
         self.stats.rewards_learned += self.domains.flush_due(now)
         delivery.poll()
+        return read
 
-    def process(self, msgs: list[Message], now: float, consumed_at: float) -> None:
+    def process(self, msgs: list[Message], now: float, consumed_at: float) -> int:
         contexts_topic = self.settings.topic_contexts
         contexts: dict[str, list[ContextEvent]] = defaultdict(list)
         partition_of: dict[str, int] = {}
         rewards: list[tuple[RewardEvent, int]] = []
         applied = self.ownership.already_applied if self.ownership.valid_from else None
-        fp, limits, stats = self.failpoints, self.limits, self.stats
-        self.metrics.consumed += len(msgs)
+        fp, limits, stats, clock = self.failpoints, self.limits, self.stats, self.clock
         last_context = last_reward = None
+        read = 0
         for m in msgs:
             err = m.error()
             if err is not None:
-                if is_benign(err):
+                if err.code() == KafkaError._PARTITION_EOF:
+                    clock.at_end(m.topic() == contexts_topic, m.partition() or 0)
+                elif err.fatal():
+                    raise KafkaClientError(f"fatal consumer error: {err.str()}", err.code())
+                elif is_benign(err):
                     log.debug("consumer: %s", err.str())
                 else:
                     log.error("consumer error: %s", err.str())
                 continue
-            stats.consumed += 1
+            read += 1
             topic = m.topic() or ""
             is_context = topic == contexts_topic
+            part = m.partition() or 0
+            kind, stamp = m.timestamp()
+            at = now if kind == TIMESTAMP_NOT_AVAILABLE else stamp / 1000.0
+            clock.read(is_context, part, at)
             if is_context:
                 last_context = m
             else:
@@ -123,11 +144,11 @@ class BatchProcessor:
                     fp.check("decode")
                 decode = decode_context if is_context else decode_reward
                 ev = decode(m.value(), m.key(), limits)
-                part = m.partition() or 0
                 if applied is not None and applied(topic, part, ev.domain, m.offset() or 0):
                     stats.replay_skipped += 1
                     continue
                 ev.source = m
+                ev.record_time = at
                 if isinstance(ev, ContextEvent):
                     contexts[ev.domain].append(ev)
                     partition_of[ev.domain] = part
@@ -137,22 +158,72 @@ class BatchProcessor:
                 self.rejections.reject(exc.code, exc.reason, m)
             except Exception as exc:
                 self.rejections.internal_error(exc, m)
+        stats.consumed += read
+        self.metrics.consumed += read
         self.balance.observe(last_context, last_reward)
         admitted = []
         for domain, events in contexts.items():
             item = self.admission.admit(domain, events, partition_of[domain])
-            if item is not None:
-                admitted.append(item)
-        for (state, _), served in zip(admitted, self._decide(admitted), strict=True):
+            if item is None:
+                continue
+            state, fresh = item
+            if self.ownership.replays:  # after a restore: contexts decided before it
+                fresh = self._published(state, fresh)
+            if fresh:
+                admitted.append((state, fresh))
+        decided = self._decide(admitted)
+        if decided and self.may_publish is not None:
+            self.may_publish()
+        for (state, _), served in zip(admitted, decided, strict=True):
             for share in served:
-                self._emit(state, share, now, consumed_at)
+                self._emit(state, share, consumed_at)
         for r, partition in rewards:
             try:
                 if fp is not None:
                     fp.check("join")
-                self._join(r, now, partition)
+                self.joiner.join(r, partition)
             except Exception as exc:
                 self.rejections.internal_error(exc, r.source)
+        return read
+
+    def _published(self, state: DomainState, events: list[ContextEvent]) -> list[ContextEvent]:
+        """Contexts whose decision is already on the decisions topic (a replay after a
+        restore) await their reward with that decision, exactly as it was served; the
+        others are returned, to be decided."""
+        fresh = []
+        for ev in events:
+            dec = self.ownership.published_decision(state.partition, state.name, ev.event_id)
+            if dec is None or not self._served_again(state, ev, dec):
+                fresh.append(ev)
+        return fresh
+
+    def _served_again(self, state: DomainState, ev: ContextEvent, dec: Decision) -> bool:
+        """Await ``ev``'s reward with its published decision ``dec``; False when ``dec``
+        does not fit ``ev`` (another context under a reused event id): decide it anew."""
+        cands = ev.candidates
+        if dec.action not in cands or list(dec.probabilities) != cands:
+            return False
+        encoded = self.domains.hasher.encode(ev.context, cands, ev.candidate_features, state.index)
+        dist = tuple(dec.probabilities.values())
+        at = ev.record_time
+        pending = Pending(
+            state.name,
+            ev.event_id,
+            encoded,
+            cands.index(dec.action),
+            dec.probability,
+            dec.policy,
+            dec.variant,
+            at,
+            at + self.settings.reward_wait_s,
+            dist if self.joiner.joined_log is not None else None,
+            dec.policy_version,
+        )
+        state.decisions += 1
+        self.stats.republished += 1
+        self.joiner.awaiting(state, pending)
+        self.joiner.claim_early(state, ev.event_id)
+        return True
 
     def _decide(self, admitted: list[tuple[DomainState, list[ContextEvent]]]) -> list[list[Served]]:
         """Every domain's decisions, in one call per policy class; a domain whose decide
@@ -203,18 +274,19 @@ class BatchProcessor:
                 self.rejections.internal_error(again, ev.source)
         return out
 
-    def _emit(self, state: DomainState, served: Served, now: float, consumed_at: float) -> None:
+    def _emit(self, state: DomainState, served: Served, consumed_at: float) -> None:
         delivery = self.delivery
         assert delivery is not None
         events, encoded, dec = served.events, served.encoded, served.decisions
         variant, policy = served.variant, served.policy
         name, policy_name, version = state.name, policy.name, policy.n_learned
         pmf, rows, probs = dec.pmf.tolist(), dec.row.tolist(), dec.probability.tolist()
-        keep_dist = self.joined_log is not None
-        deadline = now + self.settings.reward_wait_s
+        keep_dist = self.joiner.joined_log is not None
+        wait = self.settings.reward_wait_s
         key = name.encode()
         fp = self.failpoints
-        joins, produce, encode = self.joins, delivery.produce, encode_decision
+        partition = self.decision_log.partition_of(state.partition)
+        produce, encode = delivery.produce, encode_decision
         refused = self.rejections.decision_refused
         # The batch was decided at once: one latency and one timestamp for its decisions.
         latency = (time.perf_counter() - consumed_at) * 1000.0
@@ -247,125 +319,28 @@ class BatchProcessor:
                 self.rejections.internal_error(exc, ev.source)
                 continue
             emitted.append(ev.event_id)
-            evicted = joins.add(
-                Pending(
-                    name,
-                    ev.event_id,
-                    encoded[i],
-                    chosen,
-                    probs[i],
-                    policy_name,
-                    variant,
-                    now,
-                    deadline,
-                    tuple(dist) if keep_dist else None,
-                    version,
-                )
+            at = ev.record_time
+            pending = Pending(
+                name,
+                ev.event_id,
+                encoded[i],
+                chosen,
+                probs[i],
+                policy_name,
+                variant,
+                at,
+                at + wait,
+                tuple(dist) if keep_dist else None,
+                version,
             )
             # Pending first: a decision refused at once (too large) is discarded again.
-            produce(value, key, on_refused=partial(refused, ev.source, name, ev.event_id))
-            early = joins.claim_early(name, ev.event_id)
-            if early is not None:  # its reward came first: join it now
-                self._join(RewardEvent(ev.event_id, name, early), now, state.partition)
-            if evicted:
-                self.stats.evicted += len(evicted)
-                self._learn_default(evicted, now)
+            self.joiner.awaiting(state, pending)
+            produce(
+                value,
+                key,
+                partition=partition,
+                on_refused=partial(refused, ev.source, name, ev.event_id),
+            )
+            self.joiner.claim_early(state, ev.event_id)
         self.stats.decisions += len(emitted)
         self.metrics.decided(name, variant, [latency] * len(emitted), emitted)
-
-    def _join(self, r: RewardEvent, now: float, partition: int) -> None:
-        outcome, pending = self.joins.take(r.domain, r.event_id)
-        if outcome is Outcome.JOINED:
-            assert pending is not None
-            state = self.domains.states[pending.domain]
-            state.rewards_joined += 1
-            state.reward_sum += r.reward
-            self.domains.add_feedback(state, pending, r.reward, now)
-            self.stats.rewards_joined += 1
-            self.metrics.reward(state.name, "joined", pending.variant, r.reward)
-            if self.joined_log is not None:
-                self.joined_log.write(pending, r.reward, default=False)
-            return
-        known = r.domain in self.domains.states  # metrics labels: held domains only
-        if outcome is Outcome.DUPLICATE:
-            self.stats.duplicate_rewards += 1
-            self.rejections.reject(
-                "duplicate_reward", f"event {r.event_id!r} already has its reward", r.source
-            )
-        elif outcome is Outcome.LATE:
-            self.stats.late_rewards += 1
-            self.rejections.reject(
-                "expired_event", f"event {r.event_id!r}'s reward window closed", r.source
-            )
-        else:
-            src = Source.of_reward(r.source, r.event_id, r.domain, r.reward)
-            if self._domain_limit_reached(r.domain):
-                self.rejections.reject(
-                    "domain_limit",
-                    f"a reward for {r.domain!r}, a domain without decisions, would exceed "
-                    f"RL_MAX_DOMAINS={self.settings.max_domains}",
-                    src,
-                )
-                return
-            held, dropped = self.joins.hold_early(
-                r.domain, r.event_id, r.reward, now, partition, src
-            )
-            for old in dropped:
-                self._unknown(old.domain, old.event_id, old.source)
-            if held:
-                self.stats.early_rewards += 1
-                return
-            self._unknown(r.domain, r.event_id, src)
-            return
-        if known:
-            self.metrics.reward(r.domain, outcome.value)
-
-    def _domain_limit_reached(self, domain: str) -> bool:
-        """Whether holding a reward for ``domain`` (no policy yet) would take the domains
-        held, with decisions or rewards only, past RL_MAX_DOMAINS."""
-        states = self.domains.states
-        if domain in states:
-            return False
-        early = self.joins.early_domains()
-        if domain in early:
-            return False
-        return len(states) + len(early - states.keys()) >= self.settings.max_domains
-
-    def _unknown(self, domain: str, event_id: str, src: Source | None) -> None:
-        """A reward no decision claimed (within RL_REWARD_EARLY_WAIT_S): dead-lettered."""
-        self.stats.unknown_rewards += 1
-        if domain in self.domains.states:
-            self.metrics.reward(domain, "unmatched")
-        self.rejections.reject(
-            "unknown_event", f"no decision for event {event_id!r} in {domain!r}", src
-        )
-
-    def expire(self, now: float) -> None:
-        for early in self.joins.expire_early(now):
-            self._unknown(early.domain, early.event_id, early.source)
-        expired = self.joins.expire(now)
-        if expired:
-            self.stats.expired += len(expired)
-            self._learn_default(expired, now)
-
-    def shed_pending(self, share: float) -> int:
-        """Memory pressure: the oldest ``share`` of the pending decisions expire now,
-        learned with RL_DEFAULT_REWARD as if their window had closed."""
-        shed = self.joins.shed(share)
-        self.stats.evicted += len(shed)
-        self._learn_default(shed, time.time())
-        return len(shed)
-
-    def _learn_default(self, items: list[Pending], now: float) -> None:
-        """Decisions whose window closed: learn the default reward, or drop them if 'none'."""
-        default = self.settings.default_reward
-        for p in items:
-            state = self.domains.states.get(p.domain)
-            if state is None:
-                continue
-            state.expired += 1
-            self.metrics.expired(p.domain, default is not None)
-            if self.joined_log is not None:
-                self.joined_log.write(p, default, default=True)
-            if default is not None:
-                self.domains.add_feedback(state, p, default, now)

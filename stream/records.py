@@ -10,7 +10,8 @@ import math
 from typing import Any
 
 from policies.features import EncodedContext, Sparse
-from stream.join import EarlyReward, Pending
+from stream.early import EarlyReward
+from stream.join import Pending
 from stream.kafka.deadletter import Source
 
 
@@ -129,12 +130,14 @@ def pending_from_record(d: dict[str, Any], n_features: int) -> Pending:
 def early_record(e: EarlyReward) -> list[Any]:
     """A held early reward, as a checkpoint keeps it."""
     src = e.source.to_json() if isinstance(e.source, Source) else None
-    return [e.domain, e.event_id, e.reward, e.deadline, e.partition, src]
+    return [e.domain, e.event_id, e.reward, e.deadline, e.partition, src, e.timestamp]
 
 
 def early_from_record(item: Any) -> EarlyReward:
     try:
-        domain, event_id, reward, deadline, partition, src = item
+        domain, event_id, reward, deadline, partition, src, *rest = item
+        # Format 1 kept no record time: counted in time, as it was then.
+        stamp = float(rest[0]) if rest else 0.0
         return EarlyReward(
             str(domain),
             str(event_id),
@@ -142,6 +145,7 @@ def early_from_record(item: Any) -> EarlyReward:
             float(deadline),
             int(partition),
             None if src is None else Source.from_json(src),
+            stamp,
         )
     except (TypeError, ValueError) as exc:
         raise MalformedRecord(f"an early reward is malformed: {exc}") from exc

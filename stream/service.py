@@ -28,7 +28,8 @@ from stream.joinedlog import JoinedLog
 from stream.kafka.balance import TopicBalance
 from stream.kafka.brokerwatch import BrokerWatch
 from stream.kafka.clients import consumer_config, producer_config
-from stream.lifecycle import Stopping
+from stream.kafka.decisionlog import DecisionLog
+from stream.lifecycle import Paused, Stopping
 from stream.observe.memory import MemoryGuard, trim
 from stream.observe.metrics import Metrics
 from stream.observe.probes import Probes
@@ -36,10 +37,12 @@ from stream.observe.reporter import MetricsReporter
 from stream.observe.stats import Stats
 from stream.processor import BatchProcessor
 from stream.state.checkpointer import Checkpointer, Clients, Outcome, Skipped, Written
+from stream.state.membership import Membership
 from stream.state.ownership import Ownership
 from stream.state.publisher import StatePublisher
 from stream.state.rebalance import Rebalance
 from stream.state.snapshot import open_store
+from stream.streamtime import StreamTime
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +76,17 @@ class Service:
         self._producer: Producer | None = None
         self._store = open_store(s.state_dir, s.checkpoint_keep)
         self.metrics = Metrics(s)
-        self.ownership = Ownership(
-            s, self.domains, self.joins, self.hasher, self._store, self.metrics.forget
-        )
-        self.processor = BatchProcessor(
-            s, self.stats, self.domains, self.joins, self.ownership, self.balance, self.metrics, fp
-        )
-        self.checkpointer = Checkpointer(
-            self.domains, self.joins, self.hasher, self.ownership, self._store, fp, self._learned
-        )
+        self.clock = StreamTime(s.reward_grace_s)
+        self.decision_log = DecisionLog(s)
+        parts = (self.domains, self.joins, self.hasher, self._store)
+        self.ownership = Ownership(s, *parts, self._released, self.decision_log)
+        own, clock = self.ownership, self.clock
+        self.processor = BatchProcessor(s, self.stats, own, self.balance, self.metrics, fp, clock)
+        self.checkpointer = Checkpointer(own, fp, self._learned, clock)
         self.rebalance = Rebalance(s, self.ownership, self.balance, self.checkpoint, self.ready, fp)
+        self.membership = Membership(
+            s, self.rebalance, self.ownership, self.checkpointer, self.ready
+        )
         self.probes = Probes(
             s.poll_timeout_s, self.ready, self._stopping, self.checkpointer, self.ownership
         )
@@ -93,7 +97,7 @@ class Service:
             s.memory_limit_mb,
             s.memory_cleanup_interval,
             partial(trim, self.hasher, self.joins, self.domains),
-            self.processor.shed_pending,
+            self.processor.joiner.shed,
         )
         self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
         self._http: Any = None
@@ -105,6 +109,10 @@ class Service:
 
     def _learned(self, n: int) -> None:
         self.stats.rewards_learned += n
+
+    def _released(self, names: set[str], partitions: set[int]) -> None:
+        self.metrics.forget(names)
+        self.clock.forget(partitions)
 
     def stop(self) -> None:
         self._stopping.stop()
@@ -126,24 +134,14 @@ class Service:
             s.metrics_host, s.metrics_port, self.metrics.registry
         )
         delivery = self.processor.attach(self._producer)
+        self.decision_log.connect(self._producer)
         if s.joined_log:
             self.joined_log = JoinedLog(s.joined_log, s.feature_dim, delivery)
-            self.processor.joined_log = self.checkpointer.joined_log = self.joined_log
+            self.processor.joiner.joined_log = self.checkpointer.joined_log = self.joined_log
         self._consumer = Consumer(consumer_config(s))
         self.checkpointer.clients = Clients(self._consumer, delivery, StatePublisher(s))
-        self._consumer.subscribe(
-            [s.topic_contexts, s.topic_rewards],
-            on_assign=self.rebalance.on_assign,
-            on_revoke=self.rebalance.on_revoke,
-            on_lost=self.rebalance.on_lost,
-        )
-        log.info(
-            "consuming %s and %s as group %s from %s",
-            s.topic_contexts,
-            s.topic_rewards,
-            s.kafka_group_id,
-            s.kafka_bootstrap_servers,
-        )
+        self.membership.start(self._consumer, delivery)
+        self.processor.may_publish = self.membership.watch.check
         try:
             while not self._stopping.is_set():
                 self.turn()
@@ -154,9 +152,16 @@ class Service:
 
     def turn(self) -> None:
         """One pass: consume a batch, process it, expire, learn, deliver, checkpoint when due."""
+        try:
+            self._turn()
+        except Paused as exc:
+            self.membership.rejoin(exc)
+
+    def _turn(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         s = self.settings
+        self.membership.watch.check()
         # Whatever is already fetched, without waiting to fill a batch; only when
         # nothing is there, wait for the first message.
         msgs = consumer.consume(num_messages=s.batch_size, timeout=0)
@@ -165,8 +170,8 @@ class Service:
             if msgs:
                 msgs += consumer.consume(num_messages=s.batch_size - 1, timeout=0)
         consumed_at = time.perf_counter()
-        self.processor.handle(msgs, time.time(), consumed_at)
-        paused = self.balance.update(consumer, len(self.joins), self.joins.n_early, len(msgs))
+        read = self.processor.handle(msgs, time.time(), consumed_at)
+        paused = self.balance.update(consumer, len(self.joins), len(self.joins.early), read)
         if paused is not None:
             self.metrics.p_topic_pauses.labels(paused).inc()
         self.checkpointer.finish(block=False)
@@ -236,6 +241,7 @@ class Service:
             self.joined_log.close()
         if self.broker is not None:
             self.broker.stop()
+        self.membership.stop()
         self._store.close()
         # librdkafka's clients close when their objects go: drop them now, or a caller
         # that keeps the stopped service holds their connections until it exits.

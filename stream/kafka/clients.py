@@ -44,7 +44,9 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
             "session.timeout.ms": settings.kafka_session_timeout_ms,
             "heartbeat.interval.ms": settings.kafka_heartbeat_interval_ms,
             "fetch.wait.max.ms": settings.kafka_fetch_wait_max_ms,
-            "enable.partition.eof": False,
+            # Each partition read to its end says so: its stream time may then follow the
+            # wall clock (stream/streamtime.py).
+            "enable.partition.eof": True,
         }
     )
     if settings.instance_id:

@@ -54,6 +54,9 @@ class ContextEvent(msgspec.Struct):
     # The consumed message (or its Source), for a dead letter: set by the processor after
     # decoding, over anything a message's own "source" key held.
     source: Any = None
+    # Its record's time (Kafka's timestamp, epoch seconds): set by whoever read it, over
+    # anything a message's own "record_time" key held. Windows are judged by it.
+    record_time: float = 0.0
 
 
 class RewardEvent(msgspec.Struct):
@@ -62,6 +65,7 @@ class RewardEvent(msgspec.Struct):
     reward: float
     timestamp: float | None = None
     source: Any = None  # as ContextEvent.source
+    record_time: float = 0.0  # as ContextEvent.record_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +119,19 @@ def _typed_decoders(limits: Limits) -> tuple[Any, Any]:
             ("unit_id", _text(1, MAX_STRING) | None, None),
             ("timestamp", stamp, None),
             ("source", None, None),  # a message's own "source" key: the checked path's
+            ("record_time", None, 0.0),  # likewise
         ],
         bases=(ContextEvent,),
     )
     rewards = msgspec.defstruct(
         "TypedReward",
-        [*ids, ("reward", reward), ("timestamp", stamp, None), ("source", None, None)],
+        [
+            *ids,
+            ("reward", reward),
+            ("timestamp", stamp, None),
+            ("source", None, None),
+            ("record_time", None, 0.0),
+        ],
         bases=(RewardEvent,),
     )
     return msgspec.json.Decoder(context), msgspec.json.Decoder(rewards)

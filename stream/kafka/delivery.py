@@ -57,12 +57,18 @@ FATAL = frozenset(
 )
 
 
+# Withdrawn by :meth:`Delivery.purge`: not to be delivered, so never produced again.
+PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+
 def classify(err: KafkaError) -> str:
-    """``"fatal"``, ``"refused"`` (this record) or ``"transient"``."""
+    """``"fatal"``, ``"refused"`` (this record), ``"purged"`` or ``"transient"``."""
     if err.fatal() or err.code() in FATAL:
         return "fatal"
     if err.code() in RECORD_REFUSED:
         return "refused"
+    if err.code() in PURGED:
+        return "purged"
     return "transient"
 
 
@@ -81,8 +87,9 @@ class Delivery:
         self.retries = 0  # records produced again after librdkafka gave up on them
         self._default_refused = on_refused
         self._on_retry = on_retry
-        self._again: list[tuple[str, bytes | None, bytes | None, Headers | None, Refused | None]]
-        self._again = []
+        self._again: list[
+            tuple[str, bytes | None, bytes | None, Headers | None, Refused | None, int]
+        ] = []
         self._refused: list[tuple[KafkaError, Refused | None]] = []
         self._fatal: KafkaError | None = None
 
@@ -93,15 +100,19 @@ class Delivery:
         topic: str | None = None,
         headers: Headers | None = None,
         on_refused: Refused | None = None,
+        partition: int = -1,
     ) -> None:
-        """Produce to ``topic`` (default: the decisions topic), waiting while the local
-        queue is full (backpressure: poll and wait, never drop). ``on_refused`` is told if
-        this record can never be delivered (too large, invalid)."""
+        """Produce to ``topic`` (default: the decisions topic) and ``partition`` (-1: the
+        partitioner's choice), waiting while the local queue is full (backpressure: poll
+        and wait, never drop). ``on_refused`` is told if this record can never be
+        delivered (too large, invalid)."""
         target = topic or self.topic
         report = self._report if on_refused is None else partial(self._report_to, on_refused)
         while True:
             try:
-                self.producer.produce(target, value, key, headers=headers, on_delivery=report)
+                self.producer.produce(
+                    target, value, key, partition=partition, headers=headers, on_delivery=report
+                )
                 return
             except BufferError:
                 self.producer.poll(0.05)
@@ -121,9 +132,9 @@ class Delivery:
             raise DeliveryError(f"producer failed: {err.str()}", err.code())
         if self._again:
             again, self._again = self._again, []
-            for topic, value, key, headers, on_refused in again:
+            for topic, value, key, headers, on_refused, partition in again:
                 self.retries += 1
-                self.produce(value, key, topic, headers, on_refused)
+                self.produce(value, key, topic, headers, on_refused, partition)
         if self._refused:
             refused, self._refused = self._refused, []
             for err, on_refused in refused:
@@ -147,6 +158,15 @@ class Delivery:
         self.producer.poll(0)
         self.service()
 
+    def purge(self) -> int:
+        """Withdraw every record not yet sent (this instance may no longer publish for
+        the partitions it held); returns how many were queued."""
+        queued = len(self.producer)
+        self.producer.purge(in_queue=True, in_flight=False, blocking=True)
+        self.producer.poll(0)  # their reports: purged, so never produced again
+        self._again.clear()
+        return queued
+
     # -- inside librdkafka's callbacks: record only ----------------------------------------
     def _report(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -162,6 +182,8 @@ class Delivery:
             self._fatal = self._fatal or err
         elif kind == "refused":
             self._refused.append((err, on_refused))
+        elif kind == "purged":
+            return
         else:
             if self._on_retry is not None:
                 self._on_retry(err)
@@ -173,6 +195,7 @@ class Delivery:
                     msg.key(),
                     list(headers.items()) if isinstance(headers, dict) else headers,
                     on_refused,
+                    -1 if (q := msg.partition()) is None else int(q),
                 )
             )
 

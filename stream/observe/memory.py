@@ -99,7 +99,7 @@ class MemoryGuard:
 def trim(hasher: FeatureHasher, joins: PendingJoins, domains: Domains) -> dict[str, int]:
     """Drop rebuildable structures; pending decisions are kept."""
     freed = {"hash_cache": hasher.clear_cache()}
-    freed["finished_joins"] = joins.forget_finished()
+    freed["finished_joins"] = joins.finished.clear()
     rows = 0
     for state in domains.states.values():
         rows += state.baseline.trim()

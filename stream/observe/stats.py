@@ -19,6 +19,7 @@ class Stats:
     early_rewards: int = 0  # held until their context came (or counted unknown later)
     unknown_rewards: int = 0
     replay_skipped: int = 0  # replayed messages already in a restored domain's state
+    republished: int = 0  # replayed contexts served their decision already published
     expired: int = 0
     evicted: int = 0
     delivery_retries: int = 0

@@ -17,26 +17,24 @@ A checkpoint, in order (Quix Streams' ``Checkpoint.commit`` is the model):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from policies.features import FeatureHasher
-from stream.domains import Domains
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
-from stream.join import PendingJoins
 from stream.joinedlog import JoinedLog
 from stream.kafka.delivery import Delivery
 from stream.observe.memory import release_free_memory
 from stream.state.delta import Chain
 from stream.state.ownership import Ownership
-from stream.state.publisher import StatePublisher
-from stream.state.snapshot import encode_pending, take_snapshot
-from stream.state.store import CheckpointStore
+from stream.state.publisher import Abandoned, PartitionMark, StatePublisher
+from stream.state.snapshot import encode_pending, finished_by_domain, take_snapshot
+from stream.streamtime import StreamTime
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +69,16 @@ class PendingWrite:
 
     future: Future[int]
     commit: list[TopicPartition]  # offsets to commit to Kafka once SQLite holds them
-    signatures: dict[
-        str, tuple[int, int, int, int]
-    ]  # per domain published, so unchanged ones are not resent
+    # per domain published, so unchanged ones are not resent
+    signatures: dict[str, tuple[int, ...]]
     sync: bool  # commit synchronously (revoke, shutdown)
     started: float  # perf_counter at the start of the checkpoint
     # per domain published, its chain on the state topic now (None: unknown, start anew)
     chains: dict[str, Chain | None] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)  # of the domains published
+    gone: set[str] = field(default_factory=set)  # domains whose records it deletes
+    # Set when its partitions are lost: it stops, purges what it queued, commits nothing.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -92,19 +93,20 @@ class Clients:
 class Checkpointer:
     def __init__(
         self,
-        domains: Domains,
-        joins: PendingJoins,
-        hasher: FeatureHasher,
         ownership: Ownership,
-        store: CheckpointStore,
         failpoints: Failpoints | None,
         on_learned: Callable[[int], None],
+        clock: StreamTime | None = None,
     ) -> None:
-        self.domains = domains
-        self.joins = joins
-        self.hasher = hasher
+        """Checkpoints the state ``ownership`` holds (its domains, joins, feature hasher,
+        store and decision log)."""
+        self.decision_log = ownership.decision_log
+        self.clock = clock
+        self.domains = ownership.domains
+        self.joins = ownership.joins
+        self.hasher = ownership.hasher
         self.ownership = ownership
-        self.store = store
+        self.store = ownership.store
         self.failpoints = failpoints
         self.on_learned = on_learned
         self.clients: Clients | None = None
@@ -166,15 +168,27 @@ class Checkpointer:
         self, positions: list[TopicPartition], sync: bool, timeout_s: float, started: float
     ) -> PendingWrite:
         own = self.ownership
-        own.advance({(tp.topic, tp.partition): tp.offset for tp in positions})
-        changed, markers, ahead = own.publish_plan()
-        signatures = {
-            d: self.domains.signature(self.domains.states[d])
-            for d in changed
-            if d in self.domains.states
-        }
-        snap = take_snapshot(self.domains, self.joins, self.hasher, own.offsets)
+        consumer = self.clients.consumer if self.clients else None
+        ends: dict[int, int | None] = {}  # decisions partition -> its end, read once
+
+        def decisions_end(p: int) -> int | None:
+            if consumer is None or self.decision_log is None:
+                return None
+            q = self.decision_log.partition_of(p)
+            if q not in ends:
+                ends[q] = self.decision_log.end(consumer, p)
+            return ends[q]
+
+        own.advance({(tp.topic, tp.partition): tp.offset for tp in positions}, decisions_end)
+        changed, parts, ahead, gone = own.publish_plan()
+        signatures = {d: own.signature(d) for d in changed}
+        until = None
+        if self.clock is not None:
+            until = self.clock.rewards_until(time.time(), set(own.held))
+        snap = take_snapshot(self.domains, self.joins, self.hasher, own.offsets, until)
         snap.meta["valid_from"] = own.valid_from_meta()
+        snap.meta["epochs"] = {str(p): e for p, e in own.epochs.items()}
+        snap.meta["marks"] = {str(p): m for p, m in own.marks.items()}
         commit = [
             TopicPartition(tp.topic, tp.partition, own.offsets[(tp.topic, tp.partition)])
             for tp in positions
@@ -182,25 +196,61 @@ class Checkpointer:
         ]
         records = {d: (p, ahead[d]) for d, p in changed.items() if d in ahead}
         chains = {d: c for d in records if (c := own.chains.get(d)) is not None}
+        markers = {
+            p: PartitionMark(
+                offs,
+                own.epochs.get(p, 0),
+                own.marks.get(p, OFFSET_BEGINNING),
+                own.heads_of(p, gone),
+            )
+            for p, offs in parts.items()
+        }
+        deleted = {d: own.heads[d] for d in gone}
+        partitions = {d: p for d, (p, _) in records.items()}
         published: dict[str, Chain | None] = {}
         store, fp = self.store, self.failpoints
         publisher = self.clients.publisher if self.clients else None
+        cancel = threading.Event()
 
         def write() -> int:
             failpoint(fp, "checkpoint_write")
-            version = store.write(encode_pending(snap))
+            encoded = encode_pending(snap)
+            if cancel.is_set():
+                raise Abandoned("checkpoint abandoned: its partitions were lost")
+            version = store.write(encoded)
             if publisher is not None and markers:
                 try:
                     failpoint(fp, "state_publish")
-                    published.update(publisher.publish(snap, records, markers, timeout_s, chains))
+                    made = publisher.publish(
+                        snap,
+                        records,
+                        markers,
+                        timeout_s,
+                        chains,
+                        finished_by_domain(snap),
+                        cancel,
+                        deleted,
+                    )
+                    published.update(made)
+                except Abandoned:
+                    raise
                 except Exception:  # the local checkpoint stands; republished next time
                     log.exception("state topic publish of checkpoint %d failed", version)
                     signatures.clear()
+                    gone.clear()
                     published.update(dict.fromkeys(records))  # what the topic holds is unknown
             return version
 
         return PendingWrite(
-            self._writer.submit(write), commit, signatures, sync, started, published
+            self._writer.submit(write),
+            commit,
+            signatures,
+            sync,
+            started,
+            published,
+            partitions,
+            gone,
+            cancel,
         )
 
     def finish(self, block: bool) -> Written | Skipped | None:
@@ -213,6 +263,8 @@ class Checkpointer:
         self.domains.write_in_flight = False
         try:
             version = w.future.result()
+        except Abandoned as exc:
+            return Skipped(str(exc))
         except Exception as exc:
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -220,12 +272,14 @@ class Checkpointer:
                 "checkpoint write failed (%d in a row); offsets stay uncommitted", self.failures
             )
             return Skipped(f"write failed: {self.last_error}")
+        if w.cancel.is_set():  # lost meanwhile: the next owner has the partitions now
+            return Skipped("abandoned: the partitions were lost")
         self.failures = 0
         self.written += 1
         release_free_memory()  # the snapshot's clones and buffers are gone now
         self.last_at = time.time()
         self.last_duration_s = time.perf_counter() - w.started
-        self.ownership.mark_published(w.signatures, w.chains)
+        self.ownership.mark_published(w.signatures, w.chains, w.partitions, w.gone)
         if w.commit and self.clients is not None:
             self._commit(self.clients.consumer, w, version)
         return Written(version)
@@ -247,8 +301,18 @@ class Checkpointer:
         if self.writing is not None:
             self.writing.future.exception()
             # Its publish may have moved the domains' chains: the next record is a base.
-            self.ownership.mark_published({}, dict.fromkeys(self.writing.chains))
+            self.ownership.mark_published({}, dict.fromkeys(self.writing.chains), {})
             self.writing = None
+            self.domains.write_in_flight = False
+
+    def lost(self) -> None:
+        """The partitions are another member's now: a write in flight stops where it is,
+        withdraws what it queued, and its offsets are never committed."""
+        w = self.writing
+        if w is not None:
+            w.cancel.set()
+            if self.clients is not None and self.clients.publisher is not None:
+                self.clients.publisher.purge()
 
     def close(self, publish_timeout_s: float) -> None:
         self._writer.shutdown(wait=True)

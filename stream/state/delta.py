@@ -2,8 +2,8 @@
 changed domain whole.
 
 A domain's state on the topic is a chain: a full record under the domain's key (a *base*,
-with a random id) and up to :data:`MAX_DELTAS` delta records under ``<domain>#<k>``, each
-naming its base and its place ``k``. A delta carries the domain's small state whole (policy
+with a random id) and up to :data:`MAX_DELTAS` delta records under ``<domain>#<base>#<k>``,
+each naming its base and its place ``k``. A delta carries the domain's small state whole (policy
 metadata, pending decisions, early rewards, offsets) and, of each array, only the chunks
 of rows whose bytes changed since the previous link: equal bytes, equal state, so a
 restore is exact whatever changed them. The chain is followed from the base while each
@@ -37,7 +37,14 @@ CHUNK_BYTES = 4096
 ArrayKey = tuple[str, str]  # (role, array name)
 
 
-def delta_key(domain: str, k: int) -> str:
+def delta_key(domain: str, base: str, k: int) -> str:
+    """Link ``k`` of base ``base``: named by its base, so another chain's tombstones (an
+    earlier owner's, landing late) can never delete it."""
+    return f"{domain}{SEPARATOR}{base}{SEPARATOR}{k}"
+
+
+def legacy_delta_key(domain: str, k: int) -> str:
+    """Link ``k`` as format 1 named it (still read)."""
     return f"{domain}{SEPARATOR}{k}"
 
 

@@ -2,10 +2,15 @@
 
 Contexts and rewards are co-partitioned by domain, so partition number ``p`` of both
 topics carries a fixed set of domains; this instance holds that state while the group
-assigns it ``p``. On assignment each newly held partition is restored from the newest of
+assigns it ``p``. On assignment each newly held partition is restored from the newer of
 two sources: the local SQLite checkpoints, or the compacted state topic (another instance
-held it since, or this machine lost its disk); each topic partition is then read from the
-offsets that state reflects. Partitions assigned elsewhere are released.
+held it since, or this machine lost its disk) — newer by the writer's epoch, then by
+offsets; each topic partition is then read from the offsets that state reflects, and the
+decisions already published since it (:mod:`stream.kafka.decisionlog`) are kept to serve
+the replayed contexts again. Partitions assigned elsewhere are released.
+
+Each held partition has an *epoch*, raised above every one seen on each assignment: the
+state written under it is this instance's, and a reader prefers it to an older owner's.
 
 After a restore from the topic, domains can be ahead of their partition's restart offset
 (see :mod:`stream.state.topic`): ``valid_from`` records, per domain, the offset from which
@@ -19,20 +24,24 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING
 
 from policies.features import FeatureHasher
 from stream.config import Settings
 from stream.domains import Domains
 from stream.join import PendingJoins
+from stream.kafka.codec import Decision
+from stream.kafka.decisionlog import DecisionLog
 from stream.state.delta import Chain
 from stream.state.snapshot import restore
 from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
-from stream.state.topic import Offsets, StateRecords, read_state_topic
+from stream.state.topic import Head, Offsets
+from stream.state.topicreader import PartitionPlan, StateRecords, read_state_topic
 
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
+Signature = tuple[int, ...]
 
 
 class Ownership:
@@ -45,7 +54,8 @@ class Ownership:
         joins: PendingJoins,
         hasher: FeatureHasher,
         store: CheckpointStore,
-        on_release: Callable[[set[str]], None] | None = None,
+        on_release: Callable[[set[str], set[int]], None] | None = None,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self.settings = settings
         self.domains = domains
@@ -53,6 +63,7 @@ class Ownership:
         self.hasher = hasher
         self.store = store
         self.on_release = on_release
+        self.decision_log = decision_log
         self.topics = (settings.topic_contexts, settings.topic_rewards)
         self.held: set[int] = set()
         # Next offset to read per input partition as of the state in memory: set by a
@@ -60,10 +71,20 @@ class Ownership:
         self.offsets: dict[TP, int] = {}
         # (topic, partition) -> domain -> offset from which its messages are still to apply.
         self.valid_from: dict[TP, dict[str, int]] = {}
-        # domain -> Domains.signature() as of its last record on the state topic.
-        self.published: dict[str, tuple[int, ...]] = {}
+        # Per held partition: its epoch, and its decisions-topic mark (every decision made
+        # after ``offsets`` is at or after it).
+        self.epochs: dict[int, int] = {}
+        self.marks: dict[int, int] = {}
+        # Per partition being replayed after a restore: the decisions published for it
+        # since its mark, and the contexts offset up to which a context may have one.
+        self.replays: dict[int, dict[tuple[str, str], Decision]] = {}
+        self.replay_end: dict[int, int] = {}
+        # domain -> signature() as of its last record on the state topic.
+        self.published: dict[str, Signature] = {}
         # domain -> its chain of records on the state topic, as this instance wrote it
         self.chains: dict[str, Chain] = {}
+        # domain -> (its partition, its newest record on the state topic, as far as known)
+        self.heads: dict[str, tuple[int, Head]] = {}
         self.restored_from_topic = 0
         self.restored_from_local = 0
         self.restore_s = 0.0  # duration of the last restore
@@ -84,16 +105,20 @@ class Ownership:
     def release(self, partitions: set[int]) -> None:
         """Forget the state of ``partitions`` (checkpointed first by the caller)."""
         names = self.domains.release(partitions)
+        early = {e.domain for e in self.joins.early.items() if e.partition in partitions}
         dropped = self.joins.drop(names, partitions)
         for p in partitions:
             for t in self.topics:
                 self.offsets.pop((t, p), None)
                 self.valid_from.pop((t, p), None)
-        for n in names:
+            for table in (self.epochs, self.marks, self.replays, self.replay_end):
+                table.pop(p, None)
+        for n in names | early | {d for d, (p, _) in self.heads.items() if p in partitions}:
             self.published.pop(n, None)
             self.chains.pop(n, None)
+            self.heads.pop(n, None)
         if self.on_release is not None:
-            self.on_release(names)
+            self.on_release(names, partitions)
         self.held -= partitions
         log.info(
             "released partitions %s: %d domains, %d pending joins and early rewards",
@@ -113,22 +138,14 @@ class Ownership:
         for p in sorted(partitions):
             snap = local.get(p)
             mine = self._snap_offsets(snap, p) if snap is not None else None
+            mine_epoch = _int_key(snap.meta.get("epochs", {}), p, 0) if snap is not None else 0
             plan = records.plan(p) if records is not None else None
+            seen = max(mine_epoch, plan.epoch if plan is not None else 0)
+            self.epochs[p] = max(seen + 1, int(time.time() * 1000))
             if plan is not None and (
-                mine is None or plan.newest[0] > mine[0] or plan.newest[1] > mine[1]
+                mine is None or (plan.complete and _newer(plan, mine_epoch, mine))
             ):
-                for rec in plan.records:
-                    restore(rec.snapshot, self.domains, self.joins, self.hasher)
-                self.offsets[(ctx, p)], self.offsets[(rew, p)] = plan.start
-                self.valid_from[(ctx, p)] = {d: v[0] for d, v in plan.valid_from.items()}
-                self.valid_from[(rew, p)] = {d: v[1] for d, v in plan.valid_from.items()}
-                self.restored_from_topic += 1
-                log.info(
-                    "partition %d restored from the state topic: %d domains, from offsets %s",
-                    p,
-                    len(plan.records),
-                    plan.start,
-                )
+                self._from_topic(p, plan)
             elif snap is not None and mine is not None:
                 names = restore(snap, self.domains, self.joins, self.hasher, partitions={p})
                 self.offsets[(ctx, p)], self.offsets[(rew, p)] = mine
@@ -136,6 +153,7 @@ class Ownership:
                     table = snap.meta.get("valid_from", {}).get(f"{t}|{p}")
                     if table:
                         self.valid_from[(t, p)] = {str(d): int(o) for d, o in table.items()}
+                self.marks[p] = _int_key(snap.meta.get("marks", {}), p, OFFSET_BEGINNING)
                 self.restored_from_local += 1
                 log.info(
                     "partition %d restored from local checkpoint %d: %d domains, offsets %s",
@@ -144,6 +162,46 @@ class Ownership:
                     len(names),
                     mine,
                 )
+            else:
+                self.marks[p] = OFFSET_BEGINNING  # nothing held: any decision may be replayed
+            self._load_replay(p)
+
+    def _from_topic(self, p: int, plan: PartitionPlan) -> None:
+        ctx, rew = self.topics
+        for rec in plan.records:
+            restore(rec.snapshot, self.domains, self.joins, self.hasher)
+            self.heads[rec.domain] = (p, rec.head)
+        self.offsets[(ctx, p)], self.offsets[(rew, p)] = plan.start
+        self.valid_from[(ctx, p)] = {d: v[0] for d, v in plan.valid_from.items()}
+        self.valid_from[(rew, p)] = {d: v[1] for d, v in plan.valid_from.items()}
+        self.marks[p] = plan.mark
+        self.restored_from_topic += 1
+        log.info(
+            "partition %d restored from the state topic: %d domains, from offsets %s",
+            p,
+            len(plan.records),
+            plan.start,
+        )
+
+    def _load_replay(self, p: int) -> None:
+        """The decisions published since the restored state's mark, to serve again."""
+        if self.decision_log is None:
+            return
+        try:
+            decisions, end = self.decision_log.replay(
+                p, self.marks.get(p, OFFSET_BEGINNING), self.settings.max_pending
+            )
+        except Exception as exc:  # noqa: BLE001 - the partition cannot be held without them
+            raise CheckpointError(f"cannot read the decisions of partition {p}: {exc}") from exc
+        if decisions:
+            self.replays[p] = decisions
+            self.replay_end[p] = end
+            log.info(
+                "partition %d: %d decisions published since its checkpoint are served again "
+                "to their replayed contexts",
+                p,
+                len(decisions),
+            )
 
     def _snap_offsets(self, snap: Snapshot, p: int) -> Offsets:
         ctx, rew = self.topics
@@ -198,9 +256,16 @@ class Ownership:
         start = table.get(domain)
         return start is not None and offset < start
 
+    def published_decision(self, partition: int, domain: str, event_id: str) -> Decision | None:
+        """The decision already published for a replayed context, taken (None: none)."""
+        table = self.replays.get(partition)
+        return None if table is None else table.pop((domain, event_id), None)
+
     # -- checkpoints --------------------------------------------------------------------
-    def advance(self, positions: dict[TP, int]) -> None:
-        """Record the consumer's positions (next offsets) as the state's offsets.
+    def advance(self, positions: dict[TP, int], decisions_end: Callable[[int], int | None]) -> None:
+        """Record the consumer's positions (next offsets) as the state's offsets, and each
+        partition's decisions mark: ``decisions_end(p)`` (the decisions partition's end,
+        read before any later decision is made) once no replay is still to come.
 
         A held partition not read yet keeps its restored offset, or "from the beginning"
         when it never had one: its state holds nothing of it.
@@ -215,22 +280,50 @@ class Ownership:
             pos = self.offsets.get(tp, OFFSET_BEGINNING)
             if all(pos >= o for o in table.values()):
                 del self.valid_from[tp]  # the replay is past every restored domain
+        ctx = self.topics[0]
+        for p in self.held:
+            end = self.replay_end.get(p)
+            if end is not None and self.offsets.get((ctx, p), OFFSET_BEGINNING) < end:
+                continue  # contexts decided before the restore are still to come: keep
+            self.replays.pop(p, None)
+            self.replay_end.pop(p, None)
+            mark = decisions_end(p)
+            if mark is not None:  # else the older mark stands: still at or below
+                self.marks[p] = mark
 
     def valid_from_meta(self) -> dict[str, dict[str, int]]:
         return {f"{t}|{p}": dict(table) for (t, p), table in self.valid_from.items()}
 
-    def publish_plan(self) -> tuple[dict[str, int], dict[int, Offsets], dict[str, Offsets]]:
+    def signature(self, name: str) -> Signature:
+        """Changes whenever anything a record of the domain holds does."""
+        st = self.domains.states.get(name)
+        own = () if st is None else self.domains.signature(st)
+        return (*own, self.joins.changes(name))
+
+    def publish_plan(
+        self,
+    ) -> tuple[dict[str, int], dict[int, Offsets], dict[str, Offsets], set[str]]:
         """What the state topic needs now: changed domains (-> partition), each held
-        partition's offsets, and domains whose state is ahead of those (mid-replay)."""
+        partition's offsets, the offsets of each changed domain's state (ahead of its
+        partition's mid-replay), and domains gone from this instance's state whose
+        records are to be deleted (early rewards only, all settled)."""
         ctx, rew = self.topics
         changed = {
             name: st.partition
             for name, st in self.domains.states.items()
-            if self.published.get(name) != self.domains.signature(st)
+            if st.partition in self.held and self.published.get(name) != self.signature(name)
         }
-        for early in self.joins.early_items():
-            if early.domain not in self.domains.states and early.partition in self.held:
-                changed[early.domain] = early.partition
+        early = {
+            e.domain: e.partition for e in self.joins.early.items() if e.partition in self.held
+        }
+        for name, p in early.items():
+            if name not in self.domains.states and self.published.get(name) != self.signature(name):
+                changed[name] = p
+        gone = {
+            name
+            for name, (p, _) in self.heads.items()
+            if p in self.held and name not in self.domains.states and name not in early
+        }
         parts = {
             p: (
                 self.offsets.get((ctx, p), OFFSET_BEGINNING),
@@ -244,63 +337,50 @@ class Ownership:
                 c = self.valid_from.get((ctx, p), {}).get(name, parts[p][0])
                 r = self.valid_from.get((rew, p), {}).get(name, parts[p][1])
                 ahead[name] = (max(c, parts[p][0]), max(r, parts[p][1]))
-        return changed, parts, ahead
+        return changed, parts, ahead, gone
+
+    def heads_of(self, partition: int, without: set[str] | None = None) -> dict[str, Head]:
+        """The newest record of every domain of ``partition`` on the topic, as known."""
+        skip = without or set()
+        return {d: h for d, (p, h) in self.heads.items() if p == partition and d not in skip}
 
     def mark_published(
-        self, signatures: Mapping[str, tuple[int, ...]], chains: Mapping[str, Chain | None]
+        self,
+        signatures: Mapping[str, Signature],
+        chains: Mapping[str, Chain | None],
+        partitions: Mapping[str, int],
+        gone: set[str] | None = None,
     ) -> None:
+        """A publish is over: ``signatures`` of the domains it holds for sure, ``chains``
+        of every domain it sent (None: what the topic holds is unknown)."""
         self.published.update(signatures)
+        early = self.joins.early.domains()
         for name, chain in chains.items():
-            if chain is None or name not in self.domains.states:
+            if chain is None or (name not in self.domains.states and name not in early):
+                # Unknown on the topic (its signature was not updated: it goes again), or
+                # released meanwhile.
                 self.chains.pop(name, None)
+                self.heads.pop(name, None)
             else:
                 self.chains[name] = chain
+                self.heads[name] = (partitions[name], (chain.base, chain.seq))
+        for name in gone or ():
+            self.heads.pop(name, None)
+            self.published.pop(name, None)
+            self.chains.pop(name, None)
 
 
-def check_resume_points(
-    consumer: Consumer,
-    partitions: list[TopicPartition],
-    offsets: dict[TP, int],
-    state_topic: str,
-) -> None:
-    """Warn about an assignment whose state does not match its topics: a checkpoint that
-    resumes past a partition's end (the topic was emptied or recreated; the embedded
-    broker keeps nothing across its restarts), or partitions the group committed offsets
-    for while no checkpoint (local or ``state_topic``) holds them (their state was lost)."""
-    fresh = []
-    for tp in partitions:
-        off = offsets.get((tp.topic, tp.partition))
-        if off is None:
-            fresh.append(TopicPartition(tp.topic, tp.partition))
-            continue
-        try:
-            _low, high = consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=5.0, cached=False
-            )
-        except KafkaException as exc:
-            log.debug("no watermarks for %s[%d]: %s", tp.topic, tp.partition, exc)
-            continue
-        if 0 <= high < off:
-            log.warning(
-                "%s[%d]: the checkpoint resumes at offset %d but the partition ends at %d: "
-                "the topic was emptied or recreated since; reading it from its start",
-                tp.topic,
-                tp.partition,
-                off,
-                high,
-            )
-    if not fresh:
-        return
-    try:
-        committed = consumer.committed(fresh, timeout=5.0)
-    except KafkaException as exc:
-        log.debug("committed offsets unavailable: %s", exc)
-        return
-    lost = [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed if tp.offset > 0]
-    if lost:
-        log.warning(
-            "state lost: the group committed offsets for %s but neither the local store "
-            "nor %s holds their state; their domains start afresh from those offsets",
-            ", ".join(lost),
-            state_topic,
-        )
+def _int_key(table: object, p: int, default: int) -> int:
+    """``table[str(p)]`` of a checkpoint's JSON, or ``default``."""
+    if not isinstance(table, dict):
+        return default
+    v = table.get(str(p), table.get(p))
+    return int(v) if isinstance(v, int) else default
+
+
+def _newer(plan: PartitionPlan, epoch: int, offsets: Offsets) -> bool:
+    """Whether the topic's state is newer than a local checkpoint's: a later owner's, or
+    the same owner's further on."""
+    if plan.epoch != epoch:
+        return plan.epoch > epoch
+    return plan.newest[0] > offsets[0] or plan.newest[1] > offsets[1]

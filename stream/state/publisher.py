@@ -5,18 +5,35 @@ for the format and :mod:`stream.state.delta` for the chains)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Producer
 
 from stream.config import Settings
+from stream.errors import CheckpointError
 from stream.kafka.clients import common_config
-from stream.state.delta import MAX_DELTAS, Chain, changes, delta_key, digest_domain
+from stream.state.delta import (
+    MAX_DELTAS,
+    Chain,
+    changes,
+    delta_key,
+    digest_domain,
+)
 from stream.state.store import Snapshot
-from stream.state.topic import MAX_RECORD_BYTES, Offsets, encode_domain, encode_marker, marker_key
+from stream.state.topic import (
+    EPOCH_HEADER,
+    MAX_RECORD_BYTES,
+    Head,
+    Offsets,
+    encode_domain,
+    encode_marker,
+    marker_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +41,24 @@ log = logging.getLogger(__name__)
 # Serialised state records queued in the producer at most (one larger record still goes
 # alone): bounds the publish's memory whatever the number of domains.
 INFLIGHT_BYTES = 16 << 20
+
+
+class PublishFailed(CheckpointError):
+    """The state topic did not take a checkpoint's records (nothing of it is left queued)."""
+
+
+class Abandoned(CheckpointError):
+    """A publish stopped because its partitions were lost (nothing of it is left queued)."""
+
+
+@dataclass(frozen=True)
+class PartitionMark:
+    """What a partition's marker says besides its offsets."""
+
+    offsets: Offsets
+    epoch: int
+    mark: int  # decisions-topic offset
+    heads: dict[str, Head]  # every domain of the partition -> its newest record, before
 
 
 class StatePublisher:
@@ -52,57 +87,104 @@ class StatePublisher:
         if err is not None:
             self._failed.append(f"{msg.key()!r}: {err}")
 
-    def _send(self, items: Iterable[tuple[str, bytes | None]], deadline: float) -> None:
+    def _send(
+        self,
+        items: Iterable[tuple[str, bytes | None]],
+        epoch: Mapping[str, int],
+        deadline: float,
+        cancel: threading.Event | None,
+    ) -> None:
+        """Produce ``items``, each with its writer's epoch (``epoch[key]``) in a header,
+        and wait for their acknowledgements."""
         self._failed = []
         topic = self.settings.topic_state
         timeout_s = deadline - time.monotonic()
+
+        def check() -> None:
+            if cancel is not None and cancel.is_set():
+                raise Abandoned(f"state topic {topic}: publish abandoned (partitions lost)")
+            if time.monotonic() > deadline:
+                raise PublishFailed(
+                    f"state topic {topic}: {self._inflight} bytes unacknowledged "
+                    f"after {timeout_s:.0f} s"
+                )
+
         for key, value in items:
             # librdkafka keeps a copy of each record until the broker acknowledges it: bound
             # the bytes in flight so a checkpoint's records never sit in memory all at once.
             while self._inflight > INFLIGHT_BYTES:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"state topic {topic}: {self._inflight} bytes unacknowledged "
-                        f"after {timeout_s:.0f} s"
-                    )
+                check()
                 self._producer.poll(0.05)
+            check()
             self._inflight += len(value or b"")
             self.sent_bytes += len(value or b"")
             while True:
                 try:
                     self._producer.produce(
-                        topic, value, key.encode(), on_delivery=self._on_delivery
+                        topic,
+                        value,
+                        key.encode(),
+                        headers=[(EPOCH_HEADER, str(epoch.get(key, 0)).encode())],
+                        on_delivery=self._on_delivery,
                     )
                     break
                 except BufferError:  # queue full: let deliveries drain, then retry
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"state topic {topic}: local queue full") from None
+                    check()
                     self._producer.poll(0.1)
-        left = self._producer.flush(max(0.0, deadline - time.monotonic()))
-        if left or self._failed:
-            raise RuntimeError(
-                f"state topic {topic}: {left} records unacknowledged, "
-                f"{len(self._failed)} failed ({'; '.join(self._failed[:3])})"
+        while len(self._producer):
+            check()
+            self._producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+        if self._failed:
+            raise PublishFailed(
+                f"state topic {topic}: {len(self._failed)} records failed "
+                f"({'; '.join(self._failed[:3])})"
             )
+
+    def purge(self) -> None:
+        """Withdraw everything queued: none of it may land after another owner restored."""
+        self._producer.purge(in_queue=True, in_flight=False, blocking=True)
+        self._producer.poll(0)
+        self._inflight = 0
 
     def publish(
         self,
         snap: Snapshot,
         domains: dict[str, tuple[int, Offsets]],
-        markers: dict[int, Offsets],
+        markers: dict[int, PartitionMark],
         timeout_s: float,
         chains: Mapping[str, Chain] | None = None,
+        finished: Mapping[str, list[Any]] | None = None,
+        cancel: threading.Event | None = None,
+        deleted: Mapping[str, tuple[int, Head]] | None = None,
     ) -> dict[str, Chain]:
         """Records of ``domains`` (domain -> partition, offsets its state reflects): a
         delta on the domain's chain in ``chains`` where one is worth it, else a new base;
         then, once every record is acknowledged, tombstones of the chains that new bases
-        replace and the partitions' markers. Returns each published domain's chain."""
+        replace and of the ``deleted`` domains' records, and the partitions' markers.
+        Returns each published domain's chain. On any failure nothing of it stays queued
+        (:class:`PublishFailed`, :class:`Abandoned`)."""
         chains = chains or {}
+        finished = finished or {}
         by_domain: dict[str, list[Any]] = {}
-        for p in snap.pending:
-            by_domain.setdefault(p["domain"], []).append(p)
+        for item in snap.pending:
+            by_domain.setdefault(item["domain"], []).append(item)
+        early_of: dict[str, list[Any]] = {}
+        for e in snap.meta.get("early_rewards", []):
+            early_of.setdefault(e[0], []).append(e)
         made: dict[str, Chain] = {}
         retired: list[tuple[str, bytes | None]] = []
+        epochs: dict[str, int] = {}  # key -> its writer's epoch
+        before = {d: h for m in markers.values() for d, h in m.heads.items()}
+
+        def epoch_of(part: int) -> int:
+            m = markers.get(part)
+            return 0 if m is None else m.epoch
+
+        def retire(d: str, part: int, base: str, n: int) -> None:
+            for k in range(1, n + 1):
+                key = delta_key(d, base, k)
+                retired.append((key, None))
+                epochs[key] = epoch_of(part)
 
         # A generator, not a list: each record is encoded, handed to librdkafka (which
         # copies it) and released before the next, so a checkpoint of 1,000 domains never
@@ -114,26 +196,57 @@ class StatePublisher:
                 pending = by_domain.get(d, [])
                 chain = chains.get(d)
                 delta = None if chain is None else changes(chain, now)
+                m = markers.get(part)
+                fields: dict[str, Any] = {
+                    "epoch": epoch_of(part),
+                    "mark": OFFSET_BEGINNING if m is None else m.mark,
+                    "finished": finished.get(d, ()),
+                    "early": early_of.get(d, []),
+                }
                 if chain is not None and delta is not None:
                     parts, size = delta
                     k = chain.seq + 1
                     made[d] = Chain(chain.base, k, chain.base_bytes, chain.delta_bytes + size, now)
+                    key = delta_key(d, chain.base, k)
+                    epochs[key] = epoch_of(part)
                     yield (
-                        delta_key(d, k),
-                        encode_domain(snap, d, part, offs, pending, chain.base, k, parts),
+                        key,
+                        encode_domain(snap, d, part, offs, pending, chain.base, k, parts, **fields),
                     )
                     continue
                 base = uuid.uuid4().hex[:16]
                 made[d] = Chain(base, 0, sum(a.nbytes for a in now.values()), 0, now)
-                old = MAX_DELTAS if chain is None else chain.seq
-                retired.extend((delta_key(d, k), None) for k in range(1, old + 1))
-                yield d, encode_domain(snap, d, part, offs, pending, base)
+                # The links of the chain this base replaces (as far as a restore saw it,
+                # every place a link may have).
+                if chain is not None:
+                    retire(d, part, chain.base, chain.seq)
+                elif d in before:
+                    retire(d, part, before[d][0], MAX_DELTAS)
+                epochs[d] = epoch_of(part)
+                yield d, encode_domain(snap, d, part, offs, pending, base, **fields)
 
+        for d, (part, (base, _)) in (deleted or {}).items():
+            retired.append((d, None))
+            epochs[d] = epoch_of(part)
+            if base:
+                retire(d, part, base, MAX_DELTAS)
         deadline = time.monotonic() + timeout_s  # records and markers share the timeout
         self.sent_bytes = 0
-        self._send(records(), deadline)
-        markers_out = [(marker_key(p), encode_marker(p, o)) for p, o in markers.items()]
-        self._send([*retired, *markers_out], deadline)
+        try:
+            self._send(records(), epochs, deadline, cancel)
+            markers_out = []
+            for part, m in markers.items():
+                heads = dict(m.heads)
+                heads.update(
+                    (d, (c.base, c.seq)) for d, c in made.items() if domains[d][0] == part
+                )
+                key = marker_key(part)
+                epochs[key] = m.epoch
+                markers_out.append((key, encode_marker(part, m.offsets, m.epoch, m.mark, heads)))
+            self._send([*retired, *markers_out], epochs, deadline, cancel)
+        except BaseException:
+            self.purge()
+            raise
         log.debug(
             "state topic: %d records (%d deltas), %.2f MB, %d tombstones",
             len(made),
@@ -144,4 +257,5 @@ class StatePublisher:
         return made
 
     def close(self, timeout_s: float = 5.0) -> None:
-        self._producer.flush(timeout_s)
+        if self._producer.flush(timeout_s):
+            self.purge()

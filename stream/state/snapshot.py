@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from policies.features import FeatureHasher, FeatureIndex
 from policies.registry import policy_class
 from stream.domains import BASELINE_ROLE, Domains, DomainState
 from stream.errors import ConfigError
+from stream.finished import Finished
 from stream.join import PendingJoins
 from stream.records import (
     MalformedRecord,
@@ -32,8 +34,10 @@ def take_snapshot(
     joins: PendingJoins,
     hasher: FeatureHasher,
     offsets: dict[tuple[str, int], int],
+    finished_until: Mapping[int, float] | None = None,
 ) -> Snapshot:
-    """A consistent copy of the state (call between turns, buffers learned)."""
+    """A consistent copy of the state (call between turns, buffers learned). Finished
+    joins whose window closed before ``finished_until`` (per partition) are left out."""
     states = {}
     info = {}
     domains.freeze_all()  # the arrays are referenced, not copied: copy-on-write from here
@@ -52,7 +56,9 @@ def take_snapshot(
     meta = {
         "features": {"n_features": hasher.n_features, "seed": hasher.seed},
         "domains": info,
-        "early_rewards": [early_record(e) for e in joins.early_items()],
+        "early_rewards": [early_record(e) for e in joins.early.items()],
+        # Listed by encode_pending, off the loop thread.
+        "finished": (joins.finished.copy(), dict(finished_until or {})),
     }
     # Pending decisions are never mutated once made: the snapshot keeps references and
     # `encode_pending` turns them into JSON later, off the loop thread. Joined rewards not
@@ -65,7 +71,8 @@ def take_snapshot(
 
 def encode_pending(snap: Snapshot) -> Snapshot:
     """Replace the snapshot's pending decisions by their JSON form (for the writer); a
-    joined reward awaiting its learn is its decision's JSON plus ``"reward"``."""
+    joined reward awaiting its learn is its decision's JSON plus ``"reward"``. The
+    finished joins are listed likewise."""
     out: list[dict[str, Any]] = []
     for p in snap.pending:
         if isinstance(p, dict):
@@ -75,7 +82,24 @@ def encode_pending(snap: Snapshot) -> Snapshot:
         else:
             out.append(decision_record(p))
     snap.pending = out
+    finished = snap.meta.get("finished")
+    if isinstance(finished, tuple):
+        copy, until = finished
+        parts = {d: i.get("partition", -1) for d, i in snap.meta["domains"].items()}
+        snap.meta["finished"] = [
+            [f.domain, f.event_id, f.joined, f.deadline]
+            for f in copy.items()
+            if f.deadline >= until.get(parts.get(f.domain, -1), float("-inf"))
+        ]
     return snap
+
+
+def finished_by_domain(snap: Snapshot) -> dict[str, list[list[Any]]]:
+    """The encoded snapshot's finished joins per domain, without the domain."""
+    out: dict[str, list[list[Any]]] = {}
+    for d, *rest in snap.meta.get("finished", []):
+        out.setdefault(d, []).append(rest)
+    return out
 
 
 def partition_of(snap: Snapshot, domain: str) -> int:
@@ -150,14 +174,24 @@ def restore(
                 domains.add_feedback(domains.states[p.domain], p, float(reward), now)
             continue
         if (partitions is None or p.domain in loaded) and (p.domain, p.event_id) not in joins:
-            joins.add(p)
+            joins.add(p, partition_of(snap, p.domain))
     for item in snap.meta.get("early_rewards", []):
         try:
             early = early_from_record(item)
         except MalformedRecord as exc:
             raise CorruptCheckpoint(str(exc)) from exc
         if partitions is None or early.partition in partitions:
-            joins.restore_early(early)
+            joins.early.restore(early)
+    finished = []
+    for item in snap.meta.get("finished", []):
+        try:
+            domain, event_id, joined, deadline = item
+            f = Finished(str(domain), str(event_id), bool(joined), float(deadline))
+        except (TypeError, ValueError) as exc:
+            raise CorruptCheckpoint(f"a finished join is malformed: {exc}") from exc
+        if partitions is None or f.domain in loaded:
+            finished.append(f)
+    joins.finished.restore(finished)
     return loaded
 
 

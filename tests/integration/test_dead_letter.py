@@ -305,4 +305,4 @@ def test_reward_only_domains_count_against_the_domain_limit(
     dead = read_dead_letters(settings, 281)
     assert len(dead) == 281 and {d["error_code"] for d in dead} == {"domain_limit"}
     svc = running.service
-    assert len(svc.domains.states) + len(svc.joins.early_domains()) == 20
+    assert len(svc.domains.states) + len(svc.joins.early.domains()) == 20

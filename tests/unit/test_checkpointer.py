@@ -59,7 +59,7 @@ class FakePublisher:
         self.published: list[Any] = []
 
     def publish(
-        self, snap: Any, records: Any, markers: Any, timeout: float, chains: Any = None
+        self, snap: Any, records: Any, markers: Any, timeout: float, *rest: Any
     ) -> dict[str, Chain]:
         if self.fail:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
@@ -67,6 +67,9 @@ class FakePublisher:
         return {d: Chain("base", 0, 1, 0, {}) for d in records}
 
     def close(self, timeout_s: float) -> None:
+        pass
+
+    def purge(self) -> None:
         pass
 
 
@@ -90,7 +93,7 @@ def _parts(
     own = Ownership(settings, domains, joins, hasher, store)
     own.held = {0}  # as an assignment leaves it, without restoring through Kafka
     assert domains.get_or_create("d", 0) is not None
-    return Checkpointer(domains, joins, hasher, own, store, None, lambda n: None), own
+    return Checkpointer(own, None, lambda n: None), own
 
 
 def _attach(

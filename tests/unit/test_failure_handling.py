@@ -34,6 +34,9 @@ class FakeMessage:
     def headers(self) -> Any:
         return self._h
 
+    def partition(self) -> int | None:
+        return None
+
     def __len__(self) -> int:
         return len(self._v or b"")
 
@@ -49,7 +52,7 @@ class FakeProducer:
         self.delivered: list[FakeMessage] = []
         self.in_callback = False
 
-    def produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
+    def produce(self, topic, value, key, partition=-1, headers=None, on_delivery=None) -> None:
         assert not self.in_callback, "produce() called from inside a delivery callback"
         if self.limit is not None and len(value or b"") + len(key or b"") > self.limit:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))

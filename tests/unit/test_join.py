@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from policies.features import EncodedContext
-from stream.join import EarlyReward, Outcome, Pending, PendingJoins
+from stream.early import EarlyReward
+from stream.join import Outcome, Pending, PendingJoins
 
 
 def pend(eid: str, t: float, wait: float = 10.0, domain: str = "d") -> Pending:
@@ -23,7 +24,7 @@ def test_expiry_in_deadline_order_then_late():
     j = PendingJoins(10, 10.0)
     for i in range(5):
         j.add(pend(f"e{i}", float(i)))
-    expired = j.expire(12.5)
+    expired = j.expire(12.5)  # deadlines 10, 11, 12 are before it
     assert [p.event_id for p in expired] == ["e0", "e1", "e2"]
     assert len(j) == 2
     assert j.take("d", "e0") == (Outcome.LATE, None)
@@ -60,24 +61,101 @@ def test_duplicate_pending_key_refused():
 
 def test_early_rewards_wait_for_their_context_then_expire():
     j = PendingJoins(3, 10.0, early_wait_s=5.0)
+    early = j.early
     assert j.take("d", "x")[0] is Outcome.UNKNOWN
-    assert j.hold_early("d", "x", 0.7, now=0.0) == (True, [])
-    assert not j.hold_early("d", "x", 0.1, now=1.0)[0]  # first reward wins
-    assert j.claim_early("d", "x") == 0.7 and j.claim_early("d", "x") is None
-    j.hold_early("d", "y", 1.0, now=0.0, source="src-y")
-    j.hold_early("d", "z", 1.0, now=4.0)
-    assert j.expire_early(4.5) == []
-    assert j.expire_early(5.0) == [EarlyReward("d", "y", 1.0, 5.0, -1, "src-y")]  # given up on
-    assert [e.event_id for e in j.early_items()] == ["z"]
+    assert early.hold("d", "x", 0.7, at=0.0) == (True, [])
+    assert not early.hold("d", "x", 0.1, at=1.0)[0]  # first reward wins
+    claimed = early.claim("d", "x")
+    assert claimed is not None and claimed.reward == 0.7 and claimed.timestamp == 0.0
+    assert early.claim("d", "x") is None
+    early.hold("d", "y", 1.0, at=0.0, source="src-y")
+    early.hold("d", "z", 1.0, at=4.0)
+    assert early.expire(4.5) == []
+    assert early.expire(5.5) == [EarlyReward("d", "y", 1.0, 5.0, -1, "src-y", 0.0)]  # given up
+    assert [e.event_id for e in early.items()] == ["z"]
     pushed = []
     for i in range(10):  # bounded like the pending joins; the oldest are given up on
-        pushed += j.hold_early("d", f"n{i}", 0.0, now=4.0)[1]
-    assert len(j.early_items()) == 3
+        pushed += early.hold("d", f"n{i}", 0.0, at=4.0)[1]
+    assert len(early.items()) == 3
     assert [p.event_id for p in pushed] == ["z"] + [f"n{i}" for i in range(7)]
 
 
+def test_early_rewards_wait_in_their_own_partitions_time():
+    j = PendingJoins(10, 10.0, early_wait_s=5.0)
+    j.early.hold("d", "p0", 1.0, at=0.0, partition=0)
+    j.early.hold("e", "p1", 1.0, at=0.0, partition=1)
+    # Partition 1's contexts are read past the deadline, partition 0's are not.
+    gone = j.early.expire({0: 3.0, 1: 6.0})
+    assert [e.event_id for e in gone] == ["p1"]
+    assert [e.event_id for e in j.early.items()] == ["p0"]
+
+
 def test_early_rewards_off_by_default():
-    assert PendingJoins(3, 10.0).hold_early("d", "x", 1.0, now=0.0) == (False, [])
+    assert PendingJoins(3, 10.0).early.hold("d", "x", 1.0, at=0.0) == (False, [])
+
+
+def test_a_reward_stamped_after_the_deadline_is_late_and_the_decision_expires():
+    j = PendingJoins(10, 10.0)
+    j.add(pend("e", 100.0))  # deadline 110
+    assert j.take("d", "e", at=110.5) == (Outcome.LATE, None)
+    assert ("d", "e") in j  # still waiting: a reward stamped in time may follow
+    outcome, p = j.take("d", "e", at=109.0)
+    assert outcome is Outcome.JOINED and p is not None
+
+
+def test_windows_close_per_partition_in_its_own_time():
+    """A partition whose rewards are read up to t closes the windows before t; another,
+    behind, keeps its decisions waiting however late the wall clock is."""
+    j = PendingJoins(10, 10.0)
+    j.add(pend("a", 0.0, domain="d0"), partition=0)  # deadline 10
+    j.add(pend("b", 0.0, domain="d1"), partition=1)  # deadline 10
+    assert [p.event_id for p in j.expire({0: 11.0, 1: 5.0})] == ["a"]
+    assert j.expire({0: 1e12}) == []  # partition 1 has no time yet: nothing closes
+    assert [p.event_id for p in j.expire({1: 10.5})] == ["b"]
+
+
+def test_the_finished_memory_round_trips_and_stays_a_duplicate():
+    j = PendingJoins(10, 10.0)
+    for i in range(3):
+        j.add(pend(f"e{i}", float(i)))
+    j.take("d", "e0")
+    j.expire(11.5)  # e1 (deadline 11) expires; e2 (12) is still pending
+    items = j.finished.copy().items()
+    assert [(f.event_id, f.joined, f.deadline) for f in items] == [
+        ("e0", True, 10.0),
+        ("e1", False, 11.0),
+    ]
+    again = PendingJoins(10, 10.0)
+    again.finished.restore(items)
+    assert again.take("d", "e0") == (Outcome.DUPLICATE, None)
+    assert again.take("d", "e1") == (Outcome.LATE, None)
+    assert again.was_joined("d", "e0") and not again.was_joined("d", "e1")
+
+
+def test_every_change_of_a_domains_joins_is_counted():
+    j = PendingJoins(10, 10.0, early_wait_s=5.0)
+    seen = [j.changes("d")]
+
+    def changed() -> bool:
+        seen.append(j.changes("d"))
+        return seen[-1] != seen[-2]
+
+    j.add(pend("a", 0.0))
+    assert changed()
+    j.take("d", "a")
+    assert changed()
+    j.early.hold("d", "x", 1.0, at=0.0)
+    assert changed()
+    j.early.expire(100.0)
+    assert changed()
+    j.add(pend("b", 0.0))
+    j.discard("d", "b")
+    assert changed()
+    j.add(pend("c", 0.0))
+    j.expire(100.0)
+    assert changed()
+    j.finished.clear()
+    assert changed()
 
 
 def test_dropping_domains_forgets_their_finished_joins_too():
@@ -128,4 +206,4 @@ def test_what_pending_joins_hold_is_out_of_the_collectors_sight():
     gc.collect()  # the first pass untracks the inner tuples, the next one the pairs
     gc.collect()
     assert not gc.is_tracked(p.encoded.context) and not gc.is_tracked(p.encoded.candidates)
-    assert not gc.is_tracked(j._finished)
+    assert not gc.is_tracked(j.finished._names)

@@ -55,19 +55,21 @@ def test_a_held_reward_keeps_what_it_says_not_its_raw_bytes():
 
 def test_reward_only_domains_are_tracked_as_their_holds_come_and_go():
     joins = PendingJoins(max_pending=3, wait_s=60.0, early_wait_s=10.0)
-    joins.hold_early("g1", "e1", 1.0, now=0.0)
-    joins.hold_early("g1", "e2", 1.0, now=0.0)
-    joins.hold_early("g2", "e1", 1.0, now=1.0)
-    assert joins.early_domains() == {"g1", "g2"}
-    assert joins.claim_early("g1", "e1") == 1.0
-    assert joins.early_domains() == {"g1", "g2"}
-    joins.hold_early("g3", "e1", 1.0, now=2.0)
-    joins.hold_early("g4", "e1", 1.0, now=3.0)  # pushes g1's last hold out (bound 3)
-    assert joins.early_domains() == {"g2", "g3", "g4"}
-    joins.expire_early(now=11.5)  # g2 (held at 1.0) expires
-    assert joins.early_domains() == {"g3", "g4"}
+    early = joins.early
+    early.hold("g1", "e1", 1.0, at=0.0)
+    early.hold("g1", "e2", 1.0, at=0.0)
+    early.hold("g2", "e1", 1.0, at=1.0)
+    assert early.domains() == {"g1", "g2"}
+    claimed = early.claim("g1", "e1")
+    assert claimed is not None and claimed.reward == 1.0
+    assert early.domains() == {"g1", "g2"}
+    early.hold("g3", "e1", 1.0, at=2.0)
+    early.hold("g4", "e1", 1.0, at=3.0)  # pushes g1's last hold out (bound 3)
+    assert early.domains() == {"g2", "g3", "g4"}
+    early.expire(11.5)  # g2 (held at 1.0, deadline 11.0) expires
+    assert early.domains() == {"g3", "g4"}
     joins.drop({"g3"}, set())
-    assert joins.early_domains() == {"g4"}
+    assert early.domains() == {"g4"}
 
 
 def _pending(domain: str, eid: str):
@@ -118,7 +120,7 @@ def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
         limit_mb=50,
         interval_s=10,
         trim=lambda: {},
-        shed=svc.processor.shed_pending,
+        shed=svc.processor.joiner.shed,
         rss_mb=lambda: 100.0,  # never goes down
     )
     assert guard.check(now=10.0 + time.monotonic())  # an interval later

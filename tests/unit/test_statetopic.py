@@ -12,16 +12,17 @@ from policies.base import ContextBatch, Feedback, Policy
 from policies.registry import create_policy
 from stream.config import load_settings
 from stream.state.delta import MAX_DELTAS, Chain, apply_parts, changes, delta_key, digest_domain
-from stream.state.publisher import StatePublisher
+from stream.state.publisher import PartitionMark, StatePublisher
 from stream.state.store import CorruptCheckpoint, Snapshot
 from stream.state.topic import (
-    StateRecords,
+    Marker,
     decode_domain,
     decode_marker,
     encode_domain,
     encode_marker,
     marker_key,
 )
+from stream.state.topicreader import StateRecords
 from tests.builders import trained
 
 TOPICS = ("ctx", "rew")
@@ -73,7 +74,9 @@ def test_a_truncated_record_is_detected():
 
 
 def test_marker_round_trip_and_garbage():
-    assert decode_marker(encode_marker(3, (10, 4))) == (3, (10, 4))
+    assert decode_marker(encode_marker(3, (10, 4), 7, 55, {"d": ("b1", 2)})) == Marker(
+        3, (10, 4), 7, 55, {"d": ("b1", 2)}
+    )
     for bad in (b"", b"{}", b"[1]", b'{"schema": 1, "kind": "partition", "partition": 1}'):
         with pytest.raises(CorruptCheckpoint):
             decode_marker(bad)
@@ -85,7 +88,7 @@ def test_plan_counts_each_domain_from_the_newer_of_its_record_and_the_marker():
         "d0": record(s, "d0", 0, (10, 5)),  # unchanged since: valid up to the marker
         "d2": record(s, "d2", 0, (30, 8)),  # newer than the marker (its publish was cut)
         "d1": record(s, "d1", 1, (99, 99)),  # another partition
-        marker_key(0): encode_marker(0, (20, 7)),
+        marker_key(0): encode_marker(0, (20, 7), heads={"d0": ("", 0)}),
         "d9": b"garbage",  # reported and ignored
     }
     plan = StateRecords(values, TOPICS).plan(0)
@@ -157,7 +160,11 @@ def test_a_delta_carries_the_changed_rows_and_restores_exactly():
     assert parts[("served", "A_inv")] == [3, 17]  # one chunk per 32 KB inverse
     d1 = encode_domain(s1, "d", 0, (20, 9), [{"domain": "d", "event_id": "p"}], "b1", 1, parts)
     assert len(d1) < len(base) / 8
-    values = {"d": base, delta_key("d", 1): d1, marker_key(0): encode_marker(0, (20, 9))}
+    values = {
+        "d": base,
+        delta_key("d", "b1", 1): d1,
+        marker_key(0): encode_marker(0, (20, 9), heads={"d": ("b1", 1)}),
+    }
     plan = StateRecords(values, TOPICS).plan(0)
     assert plan is not None and len(plan.records) == 1
     rec = plan.records[0]
@@ -171,7 +178,7 @@ def test_a_delta_carries_the_changed_rows_and_restores_exactly():
     s2 = one(p)
     got2 = changes(chain2, digest_domain(s2.domains["d"]))
     assert got2 is not None
-    values[delta_key("d", 2)] = encode_domain(s2, "d", 0, (30, 9), [], "b1", 2, got2[0])
+    values[delta_key("d", "b1", 2)] = encode_domain(s2, "d", 0, (30, 9), [], "b1", 2, got2[0])
     rec2 = StateRecords(values, TOPICS).plan(0).records[0]  # type: ignore[union-attr]
     same_state(rec2, s2)
     assert rec2.offsets == (30, 9)
@@ -192,14 +199,14 @@ def test_a_chain_stops_at_a_stale_missing_or_damaged_link():
         return plan.records[0]
 
     stale = encode_domain(s1, "d", 0, (20, 5), [], "b0", 1, parts)  # an older chain's link
-    same_state(restored({delta_key("d", 1): stale}), s0)
+    same_state(restored({delta_key("d", "b1", 1): stale}), s0)
     second = encode_domain(s1, "d", 0, (20, 5), [], "b1", 2, parts)  # link 1 is missing
-    same_state(restored({delta_key("d", 2): second}), s0)
+    same_state(restored({delta_key("d", "b1", 2): second}), s0)
     good = encode_domain(s1, "d", 0, (20, 5), [], "b1", 1, parts)
     bad = bytearray(good)
     bad[-3] ^= 1
-    same_state(restored({delta_key("d", 1): bytes(bad)}), s0)
-    rec = restored({delta_key("d", 1): good})
+    same_state(restored({delta_key("d", "b1", 1): bytes(bad)}), s0)
+    rec = restored({delta_key("d", "b1", 1): good})
     same_state(rec, s1)
     assert rec.offsets == (20, 5)
 
@@ -234,12 +241,14 @@ def test_a_new_base_when_a_delta_would_not_save_half_or_the_chain_is_long():
 def test_the_publisher_extends_its_chain_and_retires_it_with_a_new_base(monkeypatch):
     publisher = StatePublisher(load_settings())
     sent: list[list[tuple[str, bytes | None]]] = []
-    monkeypatch.setattr(publisher, "_send", lambda items, deadline: sent.append(list(items)))
+    monkeypatch.setattr(publisher, "_send", lambda items, *rest: sent.append(list(items)))
     topic: dict[str, bytes] = {}
 
     def publish(s: Snapshot, offsets: tuple[int, int], chains: dict[str, Chain]) -> Any:
         sent.clear()
-        made = publisher.publish(s, {"d": (0, offsets)}, {0: offsets}, 1.0, chains)
+        heads = {d: (c.base, c.seq) for d, c in chains.items()}
+        mark = PartitionMark(offsets, 1, 0, heads)
+        made = publisher.publish(s, {"d": (0, offsets)}, {0: mark}, 1.0, chains)
         for key, value in sent[0] + sent[1]:
             if value is None:
                 topic.pop(key, None)
@@ -249,16 +258,70 @@ def test_the_publisher_extends_its_chain_and_retires_it_with_a_new_base(monkeypa
 
     p = ranker()
     made, keys, tombs = publish(one(p), (10, 1), {})
-    assert keys == ["d"] and made["d"].seq == 0
-    assert tombs == [delta_key("d", k) for k in range(1, MAX_DELTAS + 1)]  # whatever was there
+    assert keys == ["d"] and made["d"].seq == 0 and tombs == []
+    first = made["d"].base
     for k in range(1, 4):
         learn(p, [f"a{k}"], seed=k)
         made, keys, tombs = publish(one(p), (10 + k, 1), made)
-        assert keys == [delta_key("d", k)] and tombs == [] and made["d"].seq == k
+        assert keys == [delta_key("d", first, k)] and tombs == [] and made["d"].seq == k
         same_state(StateRecords(topic, TOPICS).plan(0).records[0], one(p))  # type: ignore[union-attr]
     learn(p, [f"a{i}" for i in range(20)], seed=9)
     made, keys, tombs = publish(one(p), (20, 1), made)
     assert keys == ["d"] and made["d"].seq == 0
-    assert tombs == [delta_key("d", k) for k in (1, 2, 3)]
+    assert tombs == [delta_key("d", first, k) for k in (1, 2, 3)]
     assert sorted(topic) == sorted(["d", marker_key(0)])
-    same_state(StateRecords(topic, TOPICS).plan(0).records[0], one(p))  # type: ignore[union-attr]
+    plan = StateRecords(topic, TOPICS).plan(0)
+    assert plan is not None and plan.complete and plan.valid_from == {"d": (20, 1)}
+    same_state(plan.records[0], one(p))
+    assert decode_marker(topic[marker_key(0)]).heads == {"d": (made["d"].base, 0)}
+
+
+# -- exactness: a restore never reads past what its state holds ---------------------------
+def test_a_marker_vouches_only_for_the_heads_it_lists():
+    p = ranker()
+    s0 = one(p)
+    chain = chain_after(p, "b1")
+    learn(p, ["a1"], seed=1)
+    parts = changes(chain, digest_domain(one(p).domains["d"]))[0]  # type: ignore[index]
+    base = encode_domain(s0, "d", 0, (10, 4), [], "b1")
+    link = encode_domain(one(p), "d", 0, (15, 6), [], "b1", 1, parts)
+    marker = encode_marker(0, (20, 9), heads={"d": ("b1", 2)})  # link 2 never arrived
+    for links in ({}, {delta_key("d", "b1", 1): link}):
+        plan = StateRecords({"d": base, **links, marker_key(0): marker}, TOPICS).plan(0)
+        assert plan is not None and not plan.complete
+        rec = plan.records[0]
+        assert plan.valid_from == {"d": rec.offsets}  # its own point, not the marker's
+        assert plan.start == rec.offsets  # read on from exactly there
+
+
+def test_a_domain_the_marker_lists_without_a_record_is_read_from_the_beginning():
+    s = snap()
+    values = {
+        "d0": record(s, "d0", 0, (10, 5)),
+        marker_key(0): encode_marker(0, (20, 7), 3, 40, {"d0": ("", 0), "d2": ("x", 0)}),
+    }
+    plan = StateRecords(values, TOPICS).plan(0)
+    assert plan is not None and not plan.complete
+    assert plan.start == (OFFSET_BEGINNING, OFFSET_BEGINNING)
+    assert plan.mark == OFFSET_BEGINNING  # every decision of the partition may be replayed
+    assert plan.valid_from == {"d0": (20, 7)}
+
+
+def test_an_older_owners_late_write_never_replaces_a_newer_ones():
+    records = StateRecords({}, TOPICS)
+    records.read("d", b"new", 5)
+    records.read("d", b"zombie", 4)  # written later, by a deposed owner
+    records.read("d#b#1", b"link", 4)
+    records.read("d#b#1", None, 3)  # its late tombstone
+    assert records.values == {"d": b"new", "d#b#1": b"link"}
+    records.read("d", None, 6)
+    assert "d" not in records.values
+
+
+def test_a_records_epoch_and_mark_travel_with_it():
+    rec = decode_domain(
+        encode_domain(snap(), "d0", 0, (1, 2), [], epoch=9, mark=33, finished=[["e", True, 5.0]]),
+        TOPICS,
+    )
+    assert (rec.epoch, rec.mark) == (9, 33)
+    assert rec.snapshot.meta["finished"] == [["d0", "e", True, 5.0]]

@@ -120,7 +120,10 @@ class BatchProcessor:
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    clock.at_end(m.topic() == contexts_topic, m.partition() or 0)
+                    is_context, part = m.topic() == contexts_topic, m.partition() or 0
+                    clock.at_end(is_context, part)
+                    if is_context and self.ownership.replays:
+                        self.ownership.contexts_read_to_end(part)
                 elif err.fatal():
                     raise KafkaClientError(f"fatal consumer error: {err.str()}", err.code())
                 elif is_benign(err):

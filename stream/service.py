@@ -66,7 +66,7 @@ class Service:
             early_wait_s=s.reward_early_wait_s,
             max_per_domain=s.max_pending_per_domain,
         )
-        self.balance = TopicBalance(s.topic_contexts, s.topic_rewards, s.max_pending)
+        self.balance = TopicBalance(s.topic_contexts, s.topic_rewards, s.max_pending, s.batch_size)
         self.ready = threading.Event()
         self._stopping = Stopping(s.shutdown_timeout_s)
         # Set when a turn raised: nothing is checkpointed or committed from then on.

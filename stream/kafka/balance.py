@@ -40,8 +40,11 @@ class _Side:
 class TopicBalance:
     """Pauses and resumes one consumer's context or reward partitions (module doc)."""
 
-    def __init__(self, contexts_topic: str, rewards_topic: str, bound: int) -> None:
-        self.high = max(1, int(bound * HIGH))
+    def __init__(
+        self, contexts_topic: str, rewards_topic: str, bound: int, batch: int = 0
+    ) -> None:
+        # A turn of ``batch`` messages after the one that crossed it still fits the bound.
+        self.high = max(1, min(int(bound * HIGH), bound - batch))
         self.low = int(bound * LOW)
         self.contexts = _Side(contexts_topic, "decisions pending")
         self.rewards = _Side(rewards_topic, "rewards held for their contexts")
@@ -67,16 +70,18 @@ class TopicBalance:
             held = pending if ahead is self.contexts else early
             if fetched == 0:
                 ahead.armed = False  # the other topic has no backlog: the bound decides
-            if fetched == 0 or held <= self.low or not self._behind(ahead):
-                try:
-                    consumer.resume(self.paused)
-                except KafkaException as exc:  # e.g. no longer assigned
-                    log.warning("resuming %s failed: %s", ahead.topic, exc)
-                log.info("%s resumed: %d %s", ahead.topic, held, ahead.held)
-                self.paused, self._ahead = [], None
-            return None
+            if not (fetched == 0 or held <= self.low or not self._behind(ahead)):
+                return None
+            try:
+                consumer.resume(self.paused)
+            except KafkaException as exc:  # e.g. no longer assigned
+                log.warning("resuming %s failed: %s", ahead.topic, exc)
+            log.info("%s resumed: %d %s", ahead.topic, held, ahead.held)
+            self.paused, self._ahead = [], None
+        # The other side may have run ahead meanwhile (it reads what it prefetched while
+        # the resumed one fetches again): it waits now.
         for side, held in ((self.contexts, pending), (self.rewards, early)):
-            if side.armed and held >= self.high and self._behind(side):
+            if side is not ahead and side.armed and held >= self.high and self._behind(side):
                 return side.topic if self._pause(consumer, side, held) else None
         return None
 

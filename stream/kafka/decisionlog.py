@@ -17,7 +17,14 @@ import time
 import uuid
 
 import msgspec
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from stream.config import Settings
 from stream.errors import KafkaClientError
@@ -69,64 +76,59 @@ class DecisionLog:
 
     def replay(
         self, input_partition: int, start: int, limit: int, timeout_s: float = 60.0
-    ) -> tuple[dict[Key, Decision], int]:
-        """What a restored partition's replay needs: the decisions on its decisions
-        partition from offset ``start`` to the end (the newest ``limit`` at most), and the
-        contexts partition's end now (no context past it was decided before)."""
+    ) -> dict[Key, Decision]:
+        """The decisions on ``input_partition``'s decisions partition from offset ``start``
+        (< 0: its beginning) to its end, the newest ``limit`` at most: what the replay of a
+        restored partition serves again. The end is where the consumer is told it reached
+        it (the embedded broker answers ListOffsets with the last batch's first offset)."""
         q = self.partition_of(input_partition)
         out: dict[Key, Decision] = {}
         if q < 0:
-            return out, 0
+            return out
         conf = common_config(self.settings)
         conf.update(
             {
                 "group.id": f"bandit-stream-decisions-{uuid.uuid4().hex[:12]}",  # assign only
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",  # a mark below the retained log
             }
         )
         conf.update(self.settings.kafka_extra)
         consumer = Consumer(conf)
+        bad = 0
         try:
-            contexts = TopicPartition(self.settings.topic_contexts, input_partition)
-            _, contexts_end = consumer.get_watermark_offsets(
-                contexts, timeout=timeout_s, cached=False
+            consumer.assign(
+                [TopicPartition(self.topic, q, start if start >= 0 else OFFSET_BEGINNING)]
             )
-            tp = TopicPartition(self.topic, q)
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
-            first = max(low, start) if start >= 0 else low
-            if high <= first:
-                return out, contexts_end
-            consumer.assign([TopicPartition(self.topic, q, first)])
             deadline = time.monotonic() + timeout_s
-            bad = 0
-            done = False
-            while not done:
+            while True:
                 if time.monotonic() > deadline:
                     raise KafkaClientError(f"reading {self.topic}[{q}] took over {timeout_s} s")
-                for m in consumer.consume(1000, timeout=0.5):
+                msgs = consumer.consume(1000, timeout=0.5)
+                for m in msgs:
                     err = m.error()
                     if err is not None:
-                        if err.code() == -191 and (m.offset() or 0) >= high:  # _PARTITION_EOF
-                            done = True
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("reading %s[%d]: %s", self.topic, q, err.str())
                         continue
                     try:
                         d = _DECODER.decode(m.value() or b"")
                     except msgspec.MsgspecError:
                         bad += 1
-                    else:
-                        key = (d.domain, d.event_id)
-                        if key not in out:  # the first copy is the one consumers saw first
-                            out[key] = d
-                    if (m.offset() or 0) + 1 >= high:
-                        done = True
-            if bad:
-                log.warning("%s[%d]: %d records are not decisions (ignored)", self.topic, q, bad)
+                        continue
+                    key = (d.domain, d.event_id)
+                    if key not in out:  # the first copy is the one consumers saw first
+                        out[key] = d
+                last = msgs[-1].error() if msgs else None
+                if last is not None and last.code() == KafkaError._PARTITION_EOF:
+                    break
         finally:
             consumer.close()
+        if bad:
+            log.warning("%s[%d]: %d records are not decisions (ignored)", self.topic, q, bad)
         if len(out) > limit:
-            keys = list(out)[: len(out) - limit]
-            for k in keys:
+            for k in list(out)[: len(out) - limit]:
                 del out[k]
             log.warning(
                 "%s[%d]: over %d decisions since the checkpoint; the oldest may be decided "
@@ -135,4 +137,4 @@ class DecisionLog:
                 q,
                 limit,
             )
-        return out, contexts_end
+        return out

@@ -76,9 +76,10 @@ class Ownership:
         self.epochs: dict[int, int] = {}
         self.marks: dict[int, int] = {}
         # Per partition being replayed after a restore: the decisions published for it
-        # since its mark, and the contexts offset up to which a context may have one.
+        # since its mark; and the partitions whose contexts have since been read to their
+        # end (no context decided before the restore is still to come).
         self.replays: dict[int, dict[tuple[str, str], Decision]] = {}
-        self.replay_end: dict[int, int] = {}
+        self.replayed: set[int] = set()
         # domain -> signature() as of its last record on the state topic.
         self.published: dict[str, Signature] = {}
         # domain -> its chain of records on the state topic, as this instance wrote it
@@ -111,8 +112,9 @@ class Ownership:
             for t in self.topics:
                 self.offsets.pop((t, p), None)
                 self.valid_from.pop((t, p), None)
-            for table in (self.epochs, self.marks, self.replays, self.replay_end):
+            for table in (self.epochs, self.marks, self.replays):
                 table.pop(p, None)
+            self.replayed.discard(p)
         for n in names | early | {d for d, (p, _) in self.heads.items() if p in partitions}:
             self.published.pop(n, None)
             self.chains.pop(n, None)
@@ -188,14 +190,14 @@ class Ownership:
         if self.decision_log is None:
             return
         try:
-            decisions, end = self.decision_log.replay(
+            decisions = self.decision_log.replay(
                 p, self.marks.get(p, OFFSET_BEGINNING), self.settings.max_pending
             )
         except Exception as exc:  # noqa: BLE001 - the partition cannot be held without them
             raise CheckpointError(f"cannot read the decisions of partition {p}: {exc}") from exc
+        self.replayed.discard(p)
         if decisions:
             self.replays[p] = decisions
-            self.replay_end[p] = end
             log.info(
                 "partition %d: %d decisions published since its checkpoint are served again "
                 "to their replayed contexts",
@@ -256,6 +258,11 @@ class Ownership:
         start = table.get(domain)
         return start is not None and offset < start
 
+    def contexts_read_to_end(self, partition: int) -> None:
+        """Every context of ``partition`` there was at its restore has been processed."""
+        if partition in self.replays:
+            self.replayed.add(partition)
+
     def published_decision(self, partition: int, domain: str, event_id: str) -> Decision | None:
         """The decision already published for a replayed context, taken (None: none)."""
         table = self.replays.get(partition)
@@ -280,13 +287,11 @@ class Ownership:
             pos = self.offsets.get(tp, OFFSET_BEGINNING)
             if all(pos >= o for o in table.values()):
                 del self.valid_from[tp]  # the replay is past every restored domain
-        ctx = self.topics[0]
         for p in self.held:
-            end = self.replay_end.get(p)
-            if end is not None and self.offsets.get((ctx, p), OFFSET_BEGINNING) < end:
+            if p in self.replays and p not in self.replayed:
                 continue  # contexts decided before the restore are still to come: keep
             self.replays.pop(p, None)
-            self.replay_end.pop(p, None)
+            self.replayed.discard(p)
             mark = decisions_end(p)
             if mark is not None:  # else the older mark stands: still at or below
                 self.marks[p] = mark

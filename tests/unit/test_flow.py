@@ -103,3 +103,21 @@ def test_a_new_assignment_forgets_the_pause():
     b.reset()
     assert b.update(c, pending=100, early=0, fetched=10) == CTX
     assert c.paused == {CTX}
+
+
+def test_the_side_that_ran_ahead_while_the_other_waited_pauses_as_it_resumes():
+    """The contexts waited for the rewards; the rewards, read from what the consumer had
+    fetched, overtook them and fill the early holds: the contexts resume and the rewards
+    pause in the same turn (both read at once, the holds would overflow their bound)."""
+    now = int(time.time() * 1000)
+    b, c = TopicBalance(CTX, REW, bound=100), Recorder()
+    b.observe(Msg(CTX, now - 10_000), Msg(REW, now - 30_000))
+    assert b.update(c, pending=85, early=0, fetched=50) == CTX
+    b.observe(None, Msg(REW, now - 2_000))  # now 8 s ahead of the contexts
+    assert b.update(c, pending=10, early=85, fetched=50) == REW
+    assert c.paused == {REW}
+
+
+def test_the_bound_leaves_room_for_one_more_batch():
+    assert TopicBalance(CTX, REW, bound=200, batch=50).high == 150
+    assert TopicBalance(CTX, REW, bound=100_000, batch=10_000).high == 80_000

@@ -43,9 +43,11 @@ class Admission:
                     "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.source
                 )
                 continue
-            if self.joins.was_joined(domain, ev.event_id):
+            if self.joins.finished and self.joins.was_decided(
+                domain, ev.event_id, ev.record_time
+            ):
                 self.rejections.reject(
-                    "duplicate_event", f"event_id {ev.event_id!r} was already joined", ev.source
+                    "duplicate_event", f"event_id {ev.event_id!r} was already decided", ev.source
                 )
                 continue
             if actions.issuperset(ev.candidates):  # the common case: no new action

@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     # for rewards that arrive out of timestamp order (several producers' clocks, records
     # in flight).
     reward_grace_s: float = Field(5.0, ge=0)
+    # A window of a partition read to its end closes on the wall clock this much after its
+    # deadline: longer than a cluster may take to acknowledge a record (a lost follower
+    # holds the high watermark until replica.lag.time.max.ms, 30 s by default).
+    reward_quiet_grace_s: float = Field(60.0, ge=0)
 
     # --- Domains and policies ------------------------------------------------------------
     max_domains: int = Field(1000, ge=1)

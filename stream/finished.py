@@ -76,6 +76,11 @@ class FinishedJoins:
         v = self._names.get(name)
         return None if v is None else bool(v & 1)
 
+    def deadline(self, name: str) -> float | None:
+        """The remembered decision's deadline (None: not remembered)."""
+        v = self._names.get(name)
+        return None if v is None else float(self._deadlines[(v >> 1) % self.remember])
+
     def add(self, key: Key, joined: bool, deadline: float) -> None:
         self._changes[key[0]] = self._changes.get(key[0], 0) + 1
         if not self.remember:

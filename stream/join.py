@@ -151,11 +151,17 @@ class PendingJoins:
             return Outcome.UNKNOWN, None
         return (Outcome.DUPLICATE if joined else Outcome.LATE), None
 
-    def was_joined(self, domain: str, event_id: str) -> bool:
-        """Whether this event's decision got its reward (remembered for the last
-        ``remember`` finished joins): its id must not be decided again, or a replayed
-        reward could join the new decision."""
-        return self.finished.get(f"{domain}\x00{event_id}") is True
+    def was_decided(self, domain: str, event_id: str, at: float) -> bool:
+        """Whether a context stamped ``at`` repeats a finished decision (remembered for
+        the last ``remember`` finished joins): one that got its reward, or one whose
+        window it falls in (an application re-sending it). Deciding it again would let a
+        replayed reward join the new decision. An id reused after the window is new."""
+        name = f"{domain}\x00{event_id}"
+        joined = self.finished.get(name)
+        if joined is None:
+            return False
+        deadline = self.finished.deadline(name)
+        return joined or (deadline is not None and at <= deadline)
 
     def discard(self, domain: str, event_id: str) -> Pending | None:
         """Forget a pending decision that never reached its consumers (no reward can

@@ -132,11 +132,11 @@ class Joiner:
         dead-lettered, decisions without a reward learn the default."""
         joins, clock = self.joins, self.clock
         if len(joins.early):
-            until = clock.contexts_until(now, joins.early.partitions())
+            until = clock.contexts_until(joins.early.partitions())
             for early in joins.early.expire(until):
                 self._unknown(early.domain, early.event_id, early.source)
         if len(joins):
-            expired = joins.expire(clock.rewards_until(now, joins.partitions()))
+            expired = joins.expire(clock.rewards_until(joins.partitions()))
             if expired:
                 self.stats.expired += len(expired)
                 self._learn_default(expired)

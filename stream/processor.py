@@ -121,7 +121,7 @@ class BatchProcessor:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     is_context, part = m.topic() == contexts_topic, m.partition() or 0
-                    clock.at_end(is_context, part)
+                    clock.seen_end(is_context, part, now)
                     if is_context and self.ownership.replays:
                         self.ownership.contexts_read_to_end(part)
                 elif err.fatal():

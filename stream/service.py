@@ -29,6 +29,7 @@ from stream.kafka.balance import TopicBalance
 from stream.kafka.brokerwatch import BrokerWatch
 from stream.kafka.clients import consumer_config, producer_config
 from stream.kafka.decisionlog import DecisionLog
+from stream.kafka.endwatch import EndWatch
 from stream.lifecycle import Paused, Stopping
 from stream.observe.memory import MemoryGuard, trim
 from stream.observe.metrics import Metrics
@@ -60,12 +61,8 @@ class Service:
         seed = s.seed if s.failpoint_seed is None else s.failpoint_seed
         fp = self.failpoints = Failpoints.from_spec(s.failpoints, seed)
         self.domains = Domains(s, self.hasher, fp, self._learn_failed)
-        self.joins = PendingJoins(
-            s.max_pending,
-            s.reward_wait_s,
-            early_wait_s=s.reward_early_wait_s,
-            max_per_domain=s.max_pending_per_domain,
-        )
+        waits = (s.reward_wait_s, None, s.reward_early_wait_s, s.max_pending_per_domain)
+        self.joins = PendingJoins(s.max_pending, *waits)
         self.balance = TopicBalance(s.topic_contexts, s.topic_rewards, s.max_pending, s.batch_size)
         self.ready = threading.Event()
         self._stopping = Stopping(s.shutdown_timeout_s)
@@ -76,7 +73,7 @@ class Service:
         self._producer: Producer | None = None
         self._store = open_store(s.state_dir, s.checkpoint_keep)
         self.metrics = Metrics(s)
-        self.clock = StreamTime(s.reward_grace_s)
+        self.clock = StreamTime(s.reward_grace_s, s.reward_quiet_grace_s)
         self.decision_log = DecisionLog(s)
         parts = (self.domains, self.joins, self.hasher, self._store)
         self.ownership = Ownership(s, *parts, self._released, self.decision_log)
@@ -99,6 +96,7 @@ class Service:
             partial(trim, self.hasher, self.joins, self.domains),
             self.processor.joiner.shed,
         )
+        self.ends = EndWatch(s)
         self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
         self._http: Any = None
         self.broker: BrokerWatch | None = None
@@ -116,10 +114,6 @@ class Service:
 
     def stop(self) -> None:
         self._stopping.stop()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
 
     def run(self) -> None:
         s = self.settings
@@ -141,6 +135,7 @@ class Service:
         self._consumer = Consumer(consumer_config(s))
         self.checkpointer.clients = Clients(self._consumer, delivery, StatePublisher(s))
         self.membership.start(self._consumer, delivery)
+        self.ends.start()
         self.processor.may_publish = self.membership.watch.check
         try:
             while not self._stopping.is_set():
@@ -171,6 +166,7 @@ class Service:
                 msgs += consumer.consume(num_messages=s.batch_size - 1, timeout=0)
         consumed_at = time.perf_counter()
         read = self.processor.handle(msgs, time.time(), consumed_at)
+        self.ends.observe(consumer, self.clock)
         paused = self.balance.update(consumer, len(self.joins), len(self.joins.early), read)
         if paused is not None:
             self.metrics.p_topic_pauses.labels(paused).inc()
@@ -242,6 +238,7 @@ class Service:
         if self.broker is not None:
             self.broker.stop()
         self.membership.stop()
+        self.ends.stop()
         self._store.close()
         # librdkafka's clients close when their objects go: drop them now, or a caller
         # that keeps the stopped service holds their connections until it exits.

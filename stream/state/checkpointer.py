@@ -184,7 +184,7 @@ class Checkpointer:
         signatures = {d: own.signature(d) for d in changed}
         until = None
         if self.clock is not None:
-            until = self.clock.rewards_until(time.time(), set(own.held))
+            until = self.clock.rewards_until(set(own.held))
         snap = take_snapshot(self.domains, self.joins, self.hasher, own.offsets, until)
         snap.meta["valid_from"] = own.valid_from_meta()
         snap.meta["epochs"] = {str(p): e for p, e in own.epochs.items()}

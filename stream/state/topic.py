@@ -147,18 +147,22 @@ def encode_marker(
     mark: int = OFFSET_BEGINNING,
     heads: dict[str, Head] | None = None,
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "schema": SCHEMA,
-            "kind": "partition",
-            "partition": partition,
-            "offsets": list(offsets),
-            "epoch": epoch,
-            "mark": mark,
-            "heads": {d: list(h) for d, h in sorted((heads or {}).items())},
-            "created": time.time(),
-        }
-    )
+    body = {
+        "schema": SCHEMA,
+        "kind": "partition",
+        "partition": partition,
+        "offsets": list(offsets),
+        "epoch": epoch,
+        "mark": mark,
+        "heads": {d: list(h) for d, h in sorted((heads or {}).items())},
+        "created": time.time(),
+    }
+    # It decides what a restore skips: a flipped digit must not read as another marker.
+    return orjson.dumps({**body, "sha256": _marker_digest(body)}, option=orjson.OPT_SORT_KEYS)
+
+
+def _marker_digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass
@@ -311,6 +315,8 @@ def decode_marker(value: bytes) -> Marker:
         h = orjson.loads(value)
         if h.get("kind") != "partition" or h.get("schema") not in SCHEMAS:
             raise CorruptCheckpoint("not a partition marker")
+        if h["schema"] > 1 and h.pop("sha256", None) != _marker_digest(h):
+            raise CorruptCheckpoint("partition marker fails its digest check")
         heads = h.get("heads")
         if heads is not None:
             heads = {str(d): (str(b), int(k)) for d, (b, k) in heads.items()}

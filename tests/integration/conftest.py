@@ -113,6 +113,9 @@ def settings_on(bootstrap: str, state_root: Any, **overrides: Any) -> Settings:
         "topic_partitions": 2,
         "state_dir": state_root / f"state-{tag}",
         "update_interval": 1,
+        # Windows close a second after their deadline: one broker, nothing in failover.
+        "reward_grace_s": 1.0,
+        "reward_quiet_grace_s": 1.0,
         "poll_timeout_s": 0.05,
         "metrics_port": 0,  # several services per process: each on a free port
     }

@@ -211,3 +211,102 @@ def test_lost_partitions_are_dropped_without_a_checkpoint(settings):
     rb.on_lost(FakeConsumer(), [TopicPartition(CTX, 0)])  # type: ignore[arg-type]
     assert calls == [] and not ready.is_set() and own.held == set()
     assert "d" not in own.domains.states
+
+
+class BlockingPublisher(FakePublisher):
+    """Holds its publish until ``go`` is set, then honours the write's cancel event, as
+    StatePublisher does between records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go, self.purged = threading.Event(), 0
+
+    def publish(
+        self, snap: Any, records: Any, markers: Any, timeout: float, *rest: Any
+    ) -> dict[str, Chain]:
+        self.go.wait(5)
+        cancel = rest[2]
+        if cancel.is_set():
+            from stream.state.publisher import Abandoned
+
+            raise Abandoned("cancelled")
+        return super().publish(snap, records, markers, timeout)
+
+    def purge(self) -> None:
+        self.purged += 1
+
+
+def test_a_write_in_flight_when_the_partitions_are_lost_publishes_and_commits_nothing(settings):
+    ck, own = _parts(settings)
+    consumer, publisher = FakeConsumer(), BlockingPublisher()
+    _attach(ck, consumer, FakeDelivery(), publisher)
+    assert isinstance(_checkpoint(ck, wait=False), Started)
+    ck.lost()  # on_lost, while the write waits on the state topic
+    publisher.go.set()
+    out = ck.finish(block=True)
+    assert isinstance(out, Skipped) and "lost" in out.reason
+    assert consumer.committed == [] and publisher.published == [] and publisher.purged == 1
+    assert own.published == {}  # nothing is believed published
+
+
+def test_losing_partitions_tells_who_must_stop_publishing_for_them(settings):
+    _, own = _parts(settings)
+    rb, _ = _rebalance(settings, own, Written(1))
+    told: list[set[int]] = []
+    rb.deposed = told.append
+    rb.on_lost(FakeConsumer(), [TopicPartition(CTX, 0), TopicPartition(REW, 0)])  # type: ignore[arg-type]
+    assert told == [{0}] and own.held == set()
+
+
+def test_a_rejoin_after_a_freeze_drops_the_state_unsaved_and_joins_again(settings):
+    from stream.lifecycle import Paused
+    from stream.state.membership import Membership
+
+    ck, own = _parts(settings)
+    rb, ready = _rebalance(settings, own, Written(1))
+    calls: list[str] = []
+
+    class Group(FakeConsumer):
+        def subscribe(self, topics: Any, **callbacks: Any) -> None:
+            calls.append("subscribe")
+
+        def unsubscribe(self) -> None:
+            calls.append("unsubscribe")
+            rb.on_revoke(self, [TopicPartition(CTX, 0)])  # type: ignore[arg-type]
+
+    checkpoints: list[int] = []
+    rb.checkpoint = lambda: checkpoints.append(1) or Written(1)  # type: ignore[assignment,func-returns-value]
+    m = Membership(settings, rb, own, ck, ready)
+    m.consumer = Group()  # type: ignore[assignment]
+    m.rejoin(Paused("the process stood still for 9.0 s"))
+    assert calls == ["unsubscribe", "subscribe"] and checkpoints == []  # nothing saved
+    assert own.held == set() and "d" not in own.domains.states and not ready.is_set()
+    assert m.rejoins == 1
+
+
+def test_a_freeze_past_the_limit_is_seen_by_whichever_thread_wakes_first():
+    from stream.lifecycle import Paused, PauseWatch
+
+    watch = PauseWatch(limit_s=1.0)
+    watch.check()  # nothing yet
+    watch.last -= 5.0  # the whole process stood still for 5 s; the loop wakes first
+    with pytest.raises(Paused):
+        watch.check()
+    watch.check()  # once
+
+
+def test_every_change_a_record_carries_marks_its_domain_changed(settings):
+    """An early reward held, expired or dropped, a refused decision: each must reach the
+    state topic, or a new owner restores without it (its decision then learns the default)."""
+    ck, own = _parts(settings)
+    _attach(ck, FakeConsumer(), FakeDelivery(), FakePublisher())
+    assert isinstance(_checkpoint(ck), Written)
+    assert "d" not in own.publish_plan()[0]  # published, unchanged
+    early = own.joins.early
+    early.wait_s = 60.0
+    early.hold("d", "e1", 1.0, at=0.0, partition=0)
+    assert "d" in own.publish_plan()[0]
+    assert isinstance(_checkpoint(ck), Written)
+    assert "d" not in own.publish_plan()[0]
+    early.expire(1e9)
+    assert "d" in own.publish_plan()[0]

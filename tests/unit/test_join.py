@@ -129,7 +129,9 @@ def test_the_finished_memory_round_trips_and_stays_a_duplicate():
     again.finished.restore(items)
     assert again.take("d", "e0") == (Outcome.DUPLICATE, None)
     assert again.take("d", "e1") == (Outcome.LATE, None)
-    assert again.was_joined("d", "e0") and not again.was_joined("d", "e1")
+    assert again.was_decided("d", "e0", at=1e9)  # joined: whenever it is re-sent
+    assert again.was_decided("d", "e1", at=10.5)  # expired: re-sent within its window
+    assert not again.was_decided("d", "e1", at=11.5)  # an id reused after the window
 
 
 def test_every_change_of_a_domains_joins_is_counted():

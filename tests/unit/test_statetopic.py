@@ -325,3 +325,26 @@ def test_a_records_epoch_and_mark_travel_with_it():
     )
     assert (rec.epoch, rec.mark) == (9, 33)
     assert rec.snapshot.meta["finished"] == [["d0", "e", True, 5.0]]
+
+
+def test_a_publish_that_times_out_leaves_nothing_queued_to_land_later():
+    """Records still queued when a publish gives up could land after another owner has
+    restored the partition: they are withdrawn."""
+    from stream.state.publisher import PublishFailed
+
+    publisher = StatePublisher(
+        load_settings(kafka_bootstrap_servers="127.0.0.1:1", kafka_extra={"log_level": 0})
+    )
+    s = snap()
+    mark = PartitionMark((5, 5), 1, 0, {})
+    with pytest.raises(PublishFailed):
+        publisher.publish(s, {"d0": (0, (5, 5))}, {0: mark}, 0.5)
+    assert len(publisher._producer) == 0
+
+
+def test_a_marker_with_a_flipped_digit_is_refused_not_read_as_another():
+    raw = encode_marker(0, (10, 3), 1, 5, {"d": ("b1", 0)})
+    bad = bytearray(raw)
+    bad[raw.index(b"[10,") + 1] ^= 0x08  # 10 -> 90: it would vouch past the state
+    with pytest.raises(CorruptCheckpoint):
+        decode_marker(bytes(bad))

@@ -1,0 +1,97 @@
+"""Where each held input partition's log ends, asked of the brokers beside the loop.
+
+Once a second a thread asks for the end offsets of the partitions the loop names, noting
+the wall-clock time it asked at. When the loop has consumed a partition at or past such an
+answer, every record appended to it before that time has been read: its stream time may
+follow the wall clock up to then (:mod:`stream.streamtime`), so a quiet partition's reward
+windows still close. An answer only ever says what was there when it was asked, so a
+consumer that stopped fetching (a rebalance, a pause, a broker away) never makes a window
+close early. (The embedded broker answers with its last batch's first offset: below the
+end, but past the position of a consumer that has not read that batch.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from stream.config import Settings
+from stream.kafka.clients import admin_config
+from stream.streamtime import StreamTime
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+class EndWatch:
+    INTERVAL_S = 1.0
+    TIMEOUT_S = 5.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.contexts_topic = settings.topic_contexts
+        self._admin: AdminClient | None = AdminClient(admin_config(settings))
+        self._wanted: frozenset[TP] = frozenset()
+        self._refreshed = 0.0
+        self._answers: dict[TP, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="end-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.TIMEOUT_S + 1.0)
+        self._admin = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            admin, wanted = self._admin, self._wanted
+            if admin is None or not wanted:
+                continue
+            asked = time.time()
+            try:
+                futures = admin.list_offsets(
+                    {TopicPartition(t, p): OffsetSpec.latest() for t, p in wanted},
+                    request_timeout=self.TIMEOUT_S,
+                )
+                answers = {
+                    (tp.topic, tp.partition): (asked, f.result(self.TIMEOUT_S).offset)
+                    for tp, f in futures.items()
+                }
+            except Exception as exc:  # noqa: BLE001 - no answer: nothing is concluded
+                log.debug("end offsets unavailable: %s", exc)
+                continue
+            with self._lock:
+                self._answers.update(answers)
+
+    def observe(self, consumer: Consumer, clock: StreamTime) -> None:
+        """Tell ``clock`` which partitions the loop has consumed past their last answer;
+        ask about the partitions assigned now (call every turn: it acts once a second)."""
+        now = time.monotonic()
+        if now >= self._refreshed + self.INTERVAL_S:
+            self._refreshed = now
+            try:
+                self._wanted = frozenset((tp.topic, tp.partition) for tp in consumer.assignment())
+            except Exception as exc:  # noqa: BLE001 - e.g. closing
+                log.debug("assignment unavailable: %s", exc)
+        with self._lock:
+            answers, self._answers = self._answers, {}
+        if not answers:
+            return
+        try:
+            positions = consumer.position([TopicPartition(t, p) for t, p in answers])
+        except Exception as exc:  # noqa: BLE001 - e.g. mid-rebalance: ask again later
+            log.debug("positions unavailable: %s", exc)
+            return
+        for tp in positions:
+            asked, end = answers[(tp.topic, tp.partition)]
+            if 0 <= end <= tp.offset:
+                clock.seen_end(tp.topic == self.contexts_topic, tp.partition, asked)

@@ -1,0 +1,153 @@
+"""Windows run in stream time (the records' timestamps), judged through the processor the
+service runs: downtime or lag never turns a reward produced in time into a default."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
+
+from stream.bench.hotpath import _service
+from stream.config import load_settings
+from stream.errors import KafkaClientError
+from stream.kafka.codec import Decision
+from stream.streamtime import StreamTime
+
+CTX, REW = "bandit.contexts", "bandit.rewards"
+HOUR_AGO = time.time() - 3600.0  # a backlog read an hour after it was produced
+
+
+def context(eid: str, at: float, offset: int = 0) -> Message:
+    doc = {"event_id": eid, "domain": "d", "context": {"x": 1.0}, "candidates": ["a", "b"]}
+    return Message(
+        topic=CTX,
+        partition=0,
+        offset=offset,
+        key=b"d",
+        value=orjson.dumps(doc),
+        timestamp=(TIMESTAMP_CREATE_TIME, int(at * 1000)),
+    )
+
+
+def reward(eid: str, at: float, offset: int = 0) -> Message:
+    doc = {"event_id": eid, "domain": "d", "reward": 1.0}
+    return Message(
+        topic=REW,
+        partition=0,
+        offset=offset,
+        key=b"d",
+        value=orjson.dumps(doc),
+        timestamp=(TIMESTAMP_CREATE_TIME, int(at * 1000)),
+    )
+
+
+def end_of(topic: str) -> Message:
+    return Message(topic=topic, partition=0, error=KafkaError(KafkaError._PARTITION_EOF))
+
+
+@pytest.fixture
+def svc(tmp_path: Any) -> Any:
+    s = load_settings(state_dir=tmp_path, reward_wait_s=10.0, reward_grace_s=1.0)
+    service, _ = _service(s)
+    return service
+
+
+def turn(svc: Any, *msgs: Message) -> None:
+    svc.processor.handle(list(msgs), time.time(), time.perf_counter())
+
+
+def test_a_reward_stamped_in_time_joins_however_late_it_is_read(svc):
+    turn(svc, context("e", HOUR_AGO))
+    turn(svc, reward("e", HOUR_AGO + 9.0))  # read an hour later: in time by its stamp
+    assert svc.stats.rewards_joined == 1 and svc.stats.expired == 0
+
+
+def test_a_reward_stamped_past_the_window_is_late_and_the_default_is_learned(svc):
+    turn(svc, context("e", HOUR_AGO))
+    turn(svc, reward("e", HOUR_AGO + 10.5))
+    assert svc.stats.rewards_joined == 0 and svc.stats.late_rewards == 1
+    assert len(svc.joins) == 1  # stream time (deadline + 0.5 s) is within the grace
+    turn(svc, reward("other", HOUR_AGO + 11.5, 1))  # stream time passes deadline + grace
+    assert svc.stats.expired == 1 and len(svc.joins) == 0
+
+
+def test_a_lagging_rewards_partition_keeps_its_decisions_waiting(svc):
+    turn(svc, context("e", HOUR_AGO))
+    for _ in range(3):  # the wall clock is an hour past the deadline: it does not count
+        turn(svc, reward("x", HOUR_AGO - 5.0))
+    assert svc.stats.expired == 0 and len(svc.joins) == 1
+    turn(svc, end_of(REW))  # read to its end: nothing stamped in time can still come
+    assert svc.stats.expired == 1 and len(svc.joins) == 0
+
+
+def test_an_early_reward_waits_in_its_contexts_partitions_time(svc):
+    turn(svc, reward("e", HOUR_AGO + 5.0))
+    assert svc.stats.early_rewards == 1
+    turn(svc, context("other", HOUR_AGO + 30.0))  # contexts' time: the early wait is 60 s
+    turn(svc, context("e", HOUR_AGO, 1))  # its context, read after a later one
+    assert svc.stats.rewards_joined == 1
+
+
+def test_the_clock_follows_the_wall_only_as_far_as_a_partition_was_seen_read():
+    clock = StreamTime(grace_s=2.0)
+    clock.read(False, 0, 100.0)
+    assert clock.rewards_until({0}) == {0: 98.0}
+    clock.seen_end(False, 0, at=500.0)  # read to its end at 500: nothing before it waits
+    assert clock.rewards_until({0}) == {0: 498.0}
+    clock.read(False, 0, 101.0)  # what was read since changes nothing of that
+    clock.seen_end(False, 0, at=400.0)  # an older observation neither
+    assert clock.rewards_until({0, 1}) == {0: 498.0, 1: float("-inf")}
+
+
+def test_a_partition_is_at_its_end_only_as_of_an_answer_the_loop_consumed_past():
+    """A quiet partition's windows close as the end watch's answers come; a partition the
+    loop has not consumed to an answer's end (paused, rebalancing, behind) stays put."""
+    from confluent_kafka import TopicPartition
+
+    from stream.kafka.endwatch import EndWatch
+
+    class Positions:
+        def __init__(self, at: dict[tuple[str, int], int]) -> None:
+            self.at = at
+
+        def assignment(self) -> list[TopicPartition]:
+            return [TopicPartition(t, p) for t, p in self.at]
+
+        def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+            return [
+                TopicPartition(tp.topic, tp.partition, self.at[tp.topic, tp.partition])
+                for tp in tps
+            ]
+
+    watch = EndWatch(load_settings(topic_contexts=CTX, topic_rewards=REW))
+    clock = StreamTime(grace_s=0.0)
+    watch._answers = {(REW, 0): (500.0, 40), (REW, 1): (500.0, 40), (CTX, 0): (500.0, 7)}
+    watch.observe(Positions({(REW, 0): 40, (REW, 1): 39, (CTX, 0): 9}), clock)  # type: ignore[arg-type]
+    assert clock.rewards_until({0, 1}) == {0: 500.0, 1: float("-inf")}
+    assert clock.contexts_until({0}) == {0: 500.0}
+    watch.stop()
+
+
+def test_a_fatal_consumer_error_stops_the_loop(svc):
+    fenced = Message(
+        topic=CTX, partition=0, error=KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    )
+    with pytest.raises(KafkaClientError):
+        turn(svc, fenced)
+
+
+def test_a_replayed_context_is_served_the_decision_already_published(svc):
+    published = Decision("e", "d", "b", 0.25, {"a": 0.75, "b": 0.25}, "linucb", 7, "control", 0, 0)
+    svc.ownership.replays[0] = {("d", "e"): published}
+    produced = svc.processor.delivery.producer.produced
+    turn(svc, context("e", HOUR_AGO))
+    assert svc.processor.delivery.producer.produced == produced  # nothing published again
+    (p,) = svc.joins.items()
+    assert (p.encoded.candidates[p.chosen], p.probability, p.policy) == ("b", 0.25, "linucb")
+    assert svc.stats.republished == 1 and svc.stats.decisions == 0
+    turn(svc, reward("e", HOUR_AGO + 1.0))
+    st = svc.domains.states["d"]
+    assert st.rewards_joined == 1 and st.buffer[0][0].chosen == p.chosen

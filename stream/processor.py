@@ -36,6 +36,7 @@ from stream.kafka.codec import (
     encode_decision,
 )
 from stream.kafka.deadletter import DeadLetters
+from stream.kafka.decisionlog import context_header
 from stream.kafka.delivery import Delivery
 from stream.observe.metrics import Metrics
 from stream.observe.stats import Stats
@@ -91,39 +92,51 @@ class BatchProcessor:
     def detach(self) -> None:
         self.delivery = self.rejections.dead_letters = None
 
-    def handle(self, msgs: list[Message], now: float, consumed_at: float) -> int:
-        """A turn's work on what it fetched: decide and join it, expire what is due, learn
-        the buffers that are due, hand deliveries their reports. Returns how many records
-        it read (end-of-partition events aside)."""
+    def handle(
+        self, msgs: list[Message], now: float, consumed_at: float, fetched_at: float | None = None
+    ) -> int:
+        """A turn's work on what it fetched (asked for at wall-clock ``fetched_at``): decide
+        and join it, expire what is due, learn the buffers that are due, hand deliveries
+        their reports. Returns how many records it read (end-of-partition events aside)."""
         delivery = self.delivery
         assert delivery is not None
+        self._may_publish()
         self.joiner.now = now
         read = 0
         if msgs:
-            read = self.process(msgs, now, consumed_at)
+            read = self.process(msgs, now, consumed_at, now if fetched_at is None else fetched_at)
             self.metrics.end_turn()
         self.joiner.expire(now)
         self.stats.rewards_learned += self.domains.flush_due(now)
+        self._may_publish()  # records given up on by librdkafka are produced again here
         delivery.poll()
         return read
 
-    def process(self, msgs: list[Message], now: float, consumed_at: float) -> int:
+    def _may_publish(self) -> None:
+        if self.may_publish is not None:
+            self.may_publish()
+
+    def process(
+        self, msgs: list[Message], now: float, consumed_at: float, fetched_at: float
+    ) -> int:
         contexts_topic = self.settings.topic_contexts
         contexts: dict[str, list[ContextEvent]] = defaultdict(list)
         partition_of: dict[str, int] = {}
         rewards: list[tuple[RewardEvent, int]] = []
         applied = self.ownership.already_applied if self.ownership.valid_from else None
         fp, limits, stats, clock = self.failpoints, self.limits, self.stats, self.clock
+        grace = clock.grace_s
         last_context = last_reward = None
+        ctx_last: dict[int, Message] = {}  # each partition's last record read
+        rew_last: dict[int, Message] = {}
         read = 0
         for m in msgs:
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     is_context, part = m.topic() == contexts_topic, m.partition() or 0
-                    clock.seen_end(is_context, part, now)
-                    if is_context and self.ownership.replays:
-                        self.ownership.contexts_read_to_end(part)
+                    clock.consumed(is_context, part, m.offset() or 0)
+                    clock.seen_end(is_context, part, fetched_at)
                 elif err.fatal():
                     raise KafkaClientError(f"fatal consumer error: {err.str()}", err.code())
                 elif is_benign(err):
@@ -136,12 +149,13 @@ class BatchProcessor:
             is_context = topic == contexts_topic
             part = m.partition() or 0
             kind, stamp = m.timestamp()
-            at = now if kind == TIMESTAMP_NOT_AVAILABLE else stamp / 1000.0
+            # A clock ahead counts as now: one bad record must not close every window.
+            at = now if kind == TIMESTAMP_NOT_AVAILABLE else min(stamp / 1000.0, now + grace)
             clock.read(is_context, part, at)
             if is_context:
-                last_context = m
+                last_context = ctx_last[part] = m
             else:
-                last_reward = m
+                last_reward = rew_last[part] = m
             try:
                 if fp is not None:
                     fp.check("decode")
@@ -161,6 +175,9 @@ class BatchProcessor:
                 self.rejections.reject(exc.code, exc.reason, m)
             except Exception as exc:
                 self.rejections.internal_error(exc, m)
+        for is_context, last in ((True, ctx_last), (False, rew_last)):
+            for part, m in last.items():
+                clock.consumed(is_context, part, (m.offset() or 0) + 1)
         stats.consumed += read
         self.metrics.consumed += read
         self.balance.observe(last_context, last_reward)
@@ -175,8 +192,6 @@ class BatchProcessor:
             if fresh:
                 admitted.append((state, fresh))
         decided = self._decide(admitted)
-        if decided and self.may_publish is not None:
-            self.may_publish()
         for (state, _), served in zip(admitted, decided, strict=True):
             for share in served:
                 self._emit(state, share, consumed_at)
@@ -195,7 +210,7 @@ class BatchProcessor:
         others are returned, to be decided."""
         fresh = []
         for ev in events:
-            dec = self.ownership.published_decision(state.partition, state.name, ev.event_id)
+            dec = self.ownership.published_decision(state.partition, ev.source.offset() or 0)
             if dec is None or not self._served_again(state, ev, dec):
                 fresh.append(ev)
         return fresh
@@ -204,7 +219,9 @@ class BatchProcessor:
         """Await ``ev``'s reward with its published decision ``dec``; False when ``dec``
         does not fit ``ev`` (another context under a reused event id): decide it anew."""
         cands = ev.candidates
-        if dec.action not in cands or list(dec.probabilities) != cands:
+        if (dec.domain, dec.event_id) != (state.name, ev.event_id) or (
+            dec.action not in cands or list(dec.probabilities) != cands
+        ):
             return False
         encoded = self.domains.hasher.encode(ev.context, cands, ev.candidate_features, state.index)
         dist = tuple(dec.probabilities.values())
@@ -287,8 +304,9 @@ class BatchProcessor:
         keep_dist = self.joiner.joined_log is not None
         wait = self.settings.reward_wait_s
         key = name.encode()
-        fp = self.failpoints
-        partition = self.decision_log.partition_of(state.partition)
+        fp, may_publish = self.failpoints, self._may_publish
+        part = state.partition
+        partition = self.decision_log.partition_of(part)
         produce, encode = delivery.produce, encode_decision
         refused = self.rejections.decision_refused
         # The batch was decided at once: one latency and one timestamp for its decisions.
@@ -338,9 +356,11 @@ class BatchProcessor:
             )
             # Pending first: a decision refused at once (too large) is discarded again.
             self.joiner.awaiting(state, pending)
+            may_publish()  # a freeze past the session may have ended anywhere before here
             produce(
                 value,
                 key,
+                headers=context_header(part, ev.source.offset() or 0),
                 partition=partition,
                 on_refused=partial(refused, ev.source, name, ev.event_id),
             )

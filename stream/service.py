@@ -140,8 +140,8 @@ class Service:
         try:
             while not self._stopping.is_set():
                 self.turn()
-        except BaseException:
-            self._abort()
+        except BaseException as exc:
+            self._abort(exc)
             raise
         self._shutdown()
 
@@ -159,13 +159,14 @@ class Service:
         self.membership.watch.check()
         # Whatever is already fetched, without waiting to fill a batch; only when
         # nothing is there, wait for the first message.
+        fetched_at = time.time()  # an end of partition seen now holds what came before
         msgs = consumer.consume(num_messages=s.batch_size, timeout=0)
         if not msgs:
             msgs = consumer.consume(num_messages=1, timeout=s.poll_timeout_s)
             if msgs:
                 msgs += consumer.consume(num_messages=s.batch_size - 1, timeout=0)
         consumed_at = time.perf_counter()
-        read = self.processor.handle(msgs, time.time(), consumed_at)
+        read = self.processor.handle(msgs, time.time(), consumed_at, fetched_at)
         self.ends.observe(consumer, self.clock)
         paused = self.balance.update(consumer, len(self.joins), len(self.joins.early), read)
         if paused is not None:
@@ -210,13 +211,14 @@ class Service:
             self.stats.rewards_joined,
         )
 
-    def _abort(self) -> None:
+    def _abort(self, why: BaseException) -> None:
         """After an unexpected exception: close without a checkpoint or a commit.
 
         The turn that raised may have processed part of its batch, so the state in memory
         is ahead of any offset that could be committed for it: the last checkpoint stands
         and a restart replays from it exactly once, as after kill -9."""
         self.failed = self.rebalance.failed = True
+        self.probes.failed = f"{type(why).__name__}: {why}"  # /healthz says so from now
         log.error("stopping after an unexpected error: the last checkpoint stands")
         self.checkpointer.abandon()
         if self._producer is not None:  # decisions already made reach their consumers

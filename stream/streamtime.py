@@ -17,6 +17,8 @@ Early rewards wait the same way, in the contexts partition's time.
 
 from __future__ import annotations
 
+from typing import Any
+
 NEVER = float("-inf")
 
 
@@ -29,12 +31,22 @@ class StreamTime:
         # partition -> the latest wall-clock time it was seen read to its end
         self._contexts_end: dict[int, float] = {}
         self._rewards_end: dict[int, float] = {}
+        # partition -> the next offset to read (what has been consumed)
+        self._contexts_at: dict[int, int] = {}
+        self._rewards_at: dict[int, int] = {}
 
     def read(self, is_context: bool, partition: int, t: float) -> None:
         """A record stamped ``t`` was read from ``partition``."""
         times = self.contexts if is_context else self.rewards
         if t > times.get(partition, NEVER):
             times[partition] = t
+
+    def consumed(self, is_context: bool, partition: int, next_offset: int) -> None:
+        """Everything of ``partition`` before ``next_offset`` has been read."""
+        (self._contexts_at if is_context else self._rewards_at)[partition] = next_offset
+
+    def position(self, is_context: bool, partition: int) -> int | None:
+        return (self._contexts_at if is_context else self._rewards_at).get(partition)
 
     def seen_end(self, is_context: bool, partition: int, at: float) -> None:
         """Every record appended to ``partition`` before wall-clock time ``at`` is read."""
@@ -44,7 +56,15 @@ class StreamTime:
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions no longer held (their time starts again when they come back)."""
-        for table in (self.contexts, self.rewards, self._contexts_end, self._rewards_end):
+        tables: tuple[dict[int, Any], ...] = (
+            self.contexts,
+            self.rewards,
+            self._contexts_end,
+            self._rewards_end,
+            self._contexts_at,
+            self._rewards_at,
+        )
+        for table in tables:
             for p in partitions:
                 table.pop(p, None)
 

@@ -86,9 +86,11 @@ class TopicBalance:
         return None
 
     def reset(self) -> None:
-        """The assignment changed: librdkafka forgets pauses with the partitions."""
+        """The assignment changed: librdkafka forgets pauses with the partitions, and what
+        was read before says nothing of where the new assignment's partitions stand."""
         self.paused, self._ahead = [], None
-        self.contexts.armed = self.rewards.armed = True
+        for side in (self.contexts, self.rewards):
+            side.armed, side.newest_ms = True, 0
 
     def _other(self, side: _Side) -> _Side:
         return self.rewards if side is self.contexts else self.contexts

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 
 import msgspec
 from confluent_kafka import (
@@ -33,8 +34,10 @@ from stream.kafka.codec import Decision
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (domain, event_id)
 _DECODER = msgspec.json.Decoder(Decision)
+# Every decision names the context it answers: a replay matches decisions to contexts by
+# position, so a reused event id or a producer's second copy is never taken for another.
+CONTEXT_HEADER = "context"
 
 
 class DecisionLog:
@@ -75,14 +78,15 @@ class DecisionLog:
         return int(high) if high >= 0 else None
 
     def replay(
-        self, input_partition: int, start: int, limit: int, timeout_s: float = 60.0
-    ) -> dict[Key, Decision]:
-        """The decisions on ``input_partition``'s decisions partition from offset ``start``
-        (< 0: its beginning) to its end, the newest ``limit`` at most: what the replay of a
-        restored partition serves again. The end is where the consumer is told it reached
-        it (the embedded broker answers ListOffsets with the last batch's first offset)."""
+        self, input_partition: int, start: int, first: int, limit: int, stall_s: float = 30.0
+    ) -> dict[int, Decision]:
+        """The decisions of ``input_partition``'s contexts at offset ``first`` or later, by
+        their context's offset, read from offset ``start`` of its decisions partition (< 0:
+        its beginning) to its end; the newest ``limit`` at most. The end is where the
+        consumer is told it reached it (the embedded broker answers ListOffsets with its
+        last batch's first offset); a read that makes no progress for ``stall_s`` raises."""
         q = self.partition_of(input_partition)
-        out: dict[Key, Decision] = {}
+        out: dict[int, Decision] = {}
         if q < 0:
             return out
         conf = common_config(self.settings)
@@ -96,45 +100,64 @@ class DecisionLog:
         )
         conf.update(self.settings.kafka_extra)
         consumer = Consumer(conf)
-        bad = 0
+        dropped = unmarked = 0
         try:
-            consumer.assign(
-                [TopicPartition(self.topic, q, start if start >= 0 else OFFSET_BEGINNING)]
-            )
-            deadline = time.monotonic() + timeout_s
+            at = start if start >= 0 else OFFSET_BEGINNING
+            consumer.assign([TopicPartition(self.topic, q, at)])
+            progress = time.monotonic()
             while True:
-                if time.monotonic() > deadline:
-                    raise KafkaClientError(f"reading {self.topic}[{q}] took over {timeout_s} s")
                 msgs = consumer.consume(1000, timeout=0.5)
+                if msgs:
+                    progress = time.monotonic()
+                elif time.monotonic() - progress > stall_s:
+                    raise KafkaClientError(f"reading {self.topic}[{q}] stalled for {stall_s} s")
                 for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("reading %s[%d]: %s", self.topic, q, err.str())
+                    if m.error() is not None:
                         continue
+                    where = context_of(m.headers())
+                    if where is None:
+                        unmarked += 1  # a decision of before this header: decided again
+                        continue
+                    if where[0] != input_partition or where[1] < first or where[1] in out:
+                        continue  # another partition's, before the replay, or a copy
                     try:
-                        d = _DECODER.decode(m.value() or b"")
+                        out[where[1]] = _DECODER.decode(m.value() or b"")
                     except msgspec.MsgspecError:
-                        bad += 1
                         continue
-                    key = (d.domain, d.event_id)
-                    if key not in out:  # the first copy is the one consumers saw first
-                        out[key] = d
+                    if len(out) > limit:  # the oldest go: decided again, in bounded memory
+                        del out[next(iter(out))]
+                        dropped += 1
                 last = msgs[-1].error() if msgs else None
                 if last is not None and last.code() == KafkaError._PARTITION_EOF:
                     break
         finally:
             consumer.close()
-        if bad:
-            log.warning("%s[%d]: %d records are not decisions (ignored)", self.topic, q, bad)
-        if len(out) > limit:
-            for k in list(out)[: len(out) - limit]:
-                del out[k]
-            log.warning(
-                "%s[%d]: over %d decisions since the checkpoint; the oldest may be decided "
-                "again on replay",
+        if dropped:
+            log.error(
+                "%s[%d]: over %d decisions since the checkpoint (RL_MAX_PENDING): the %d "
+                "oldest are decided again on replay, and may differ from what was served",
                 self.topic,
                 q,
                 limit,
+                dropped,
             )
+        if unmarked:
+            log.info("%s[%d]: %d decisions without a context position", self.topic, q, unmarked)
         return out
+
+
+def context_header(partition: int, offset: int) -> list[tuple[str, str | bytes | None]]:
+    """The header naming the context a decision answers (its input partition, offset)."""
+    return [(CONTEXT_HEADER, b"%d:%d" % (partition, offset))]
+
+
+def context_of(headers: Any) -> tuple[int, int] | None:
+    """The context position a decision record's headers name (None: none)."""
+    for k, v in headers or ():
+        if k == CONTEXT_HEADER and isinstance(v, bytes):
+            try:
+                p, _, off = v.partition(b":")
+                return int(p), int(off)
+            except ValueError:
+                return None
+    return None

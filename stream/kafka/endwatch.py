@@ -73,8 +73,9 @@ class EndWatch:
                 self._answers.update(answers)
 
     def observe(self, consumer: Consumer, clock: StreamTime) -> None:
-        """Tell ``clock`` which partitions the loop has consumed past their last answer;
-        ask about the partitions assigned now (call every turn: it acts once a second)."""
+        """Tell ``clock`` which partitions the loop has consumed past their last answer
+        (as far as ``clock`` knows what it consumed); ask about the partitions assigned
+        now (call every turn: it acts once a second)."""
         now = time.monotonic()
         if now >= self._refreshed + self.INTERVAL_S:
             self._refreshed = now
@@ -84,14 +85,8 @@ class EndWatch:
                 log.debug("assignment unavailable: %s", exc)
         with self._lock:
             answers, self._answers = self._answers, {}
-        if not answers:
-            return
-        try:
-            positions = consumer.position([TopicPartition(t, p) for t, p in answers])
-        except Exception as exc:  # noqa: BLE001 - e.g. mid-rebalance: ask again later
-            log.debug("positions unavailable: %s", exc)
-            return
-        for tp in positions:
-            asked, end = answers[(tp.topic, tp.partition)]
-            if 0 <= end <= tp.offset:
-                clock.seen_end(tp.topic == self.contexts_topic, tp.partition, asked)
+        for (topic, p), (asked, end) in answers.items():
+            is_context = topic == self.contexts_topic
+            at = clock.position(is_context, p)
+            if at is not None and 0 <= end <= at:
+                clock.seen_end(is_context, p, asked)

@@ -1,8 +1,9 @@
 """RSS guard (`RL_MEMORY_LIMIT_MB`, checked every `RL_MEMORY_CLEANUP_INTERVAL` seconds).
 
-Over the limit it trims what can be rebuilt or is only an aid — the feature-hash cache,
-the memory of finished joins (duplicate vs. unknown reward counting), and the policies'
-refit histories — and never a pending decision still inside its reward window.
+Over the limit it trims what can be rebuilt or is only an aid — the feature-hash cache and
+the policies' refit histories — and never a pending decision still inside its reward
+window, nor the memory of finished joins (bounded by count; without it a re-sent context
+would be decided twice and a re-sent reward learned twice).
 """
 
 from __future__ import annotations
@@ -99,7 +100,6 @@ class MemoryGuard:
 def trim(hasher: FeatureHasher, joins: PendingJoins, domains: Domains) -> dict[str, int]:
     """Drop rebuildable structures; pending decisions are kept."""
     freed = {"hash_cache": hasher.clear_cache()}
-    freed["finished_joins"] = joins.finished.clear()
     rows = 0
     for state in domains.states.values():
         rows += state.baseline.trim()

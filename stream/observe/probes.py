@@ -33,11 +33,14 @@ class Probes:
         self.ownership = ownership
         self.broker: BrokerWatch | None = None
         self.last_turn = time.monotonic()
+        self.failed = ""  # why the service is stopping after an error (healthz fails)
 
     def turned(self) -> None:
         self.last_turn = time.monotonic()
 
     def healthy(self) -> tuple[bool, str]:
+        if self.failed:
+            return False, f"stopping after an error: {self.failed}\n"
         quiet = time.monotonic() - self.last_turn
         if quiet > self.limit_s:
             return False, f"the loop has not turned for {quiet:.1f} s\n"

@@ -183,8 +183,10 @@ class Checkpointer:
         changed, parts, ahead, gone = own.publish_plan()
         signatures = {d: own.signature(d) for d in changed}
         until = None
-        if self.clock is not None:
-            until = self.clock.rewards_until(set(own.held))
+        if self.clock is not None:  # a re-sent reward or context may still come till both pass
+            rewards = self.clock.rewards_until(set(own.held))
+            contexts = self.clock.contexts_until(set(own.held))
+            until = {p: min(rewards[p], contexts[p]) for p in own.held}
         snap = take_snapshot(self.domains, self.joins, self.hasher, own.offsets, until)
         snap.meta["valid_from"] = own.valid_from_meta()
         snap.meta["epochs"] = {str(p): e for p, e in own.epochs.items()}
@@ -205,7 +207,7 @@ class Checkpointer:
             )
             for p, offs in parts.items()
         }
-        deleted = {d: own.heads[d] for d in gone}
+        deleted = {d: own.heads[d] for d in gone}  # (partition, head or None)
         partitions = {d: p for d, (p, _) in records.items()}
         published: dict[str, Chain | None] = {}
         store, fp = self.store, self.failpoints

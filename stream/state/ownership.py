@@ -1,21 +1,17 @@
 """Which input partitions this instance holds, and where their state comes from.
 
-Contexts and rewards are co-partitioned by domain, so partition number ``p`` of both
-topics carries a fixed set of domains; this instance holds that state while the group
-assigns it ``p``. On assignment each newly held partition is restored from the newer of
-two sources: the local SQLite checkpoints, or the compacted state topic (another instance
-held it since, or this machine lost its disk) — newer by the writer's epoch, then by
-offsets; each topic partition is then read from the offsets that state reflects, and the
-decisions already published since it (:mod:`stream.kafka.decisionlog`) are kept to serve
-the replayed contexts again. Partitions assigned elsewhere are released.
-
-Each held partition has an *epoch*, raised above every one seen on each assignment: the
-state written under it is this instance's, and a reader prefers it to an older owner's.
+Contexts and rewards are co-partitioned by domain, so partition ``p`` of both topics
+carries a fixed set of domains, held here while the group assigns ``p``. A newly held
+partition is restored from the local SQLite checkpoints or the compacted state topic
+(another instance held it since, or this machine lost its disk), whichever is newer (by
+the writer's epoch, then by offsets); its topics are read on from the offsets that state
+reflects, and the decisions published since (:mod:`stream.kafka.decisionlog`) are served
+again to the replayed contexts. Each held partition gets an *epoch* above every one seen:
+a reader prefers its writes to an older owner's.
 
 After a restore from the topic, domains can be ahead of their partition's restart offset
 (see :mod:`stream.state.topic`): ``valid_from`` records, per domain, the offset from which
-its messages are not yet in its state, and earlier ones are skipped. It is checkpointed
-too, so a checkpoint taken during such a replay is just as exact.
+its messages are not yet in its state; earlier ones are skipped (checkpointed too).
 """
 
 from __future__ import annotations
@@ -75,17 +71,16 @@ class Ownership:
         # after ``offsets`` is at or after it).
         self.epochs: dict[int, int] = {}
         self.marks: dict[int, int] = {}
-        # Per partition being replayed after a restore: the decisions published for it
-        # since its mark; and the partitions whose contexts have since been read to their
-        # end (no context decided before the restore is still to come).
-        self.replays: dict[int, dict[tuple[str, str], Decision]] = {}
-        self.replayed: set[int] = set()
+        # Per partition being replayed after a restore: the decisions published for its
+        # contexts since its mark, by context offset (kept until the last is passed).
+        self.replays: dict[int, dict[int, Decision]] = {}
         # domain -> signature() as of its last record on the state topic.
         self.published: dict[str, Signature] = {}
         # domain -> its chain of records on the state topic, as this instance wrote it
         self.chains: dict[str, Chain] = {}
-        # domain -> (its partition, its newest record on the state topic, as far as known)
-        self.heads: dict[str, tuple[int, Head]] = {}
+        # domain -> (its partition, its newest record on the state topic; None: it has one,
+        # which one is unknown after a failed publish)
+        self.heads: dict[str, tuple[int, Head | None]] = {}
         self.restored_from_topic = 0
         self.restored_from_local = 0
         self.restore_s = 0.0  # duration of the last restore
@@ -114,7 +109,6 @@ class Ownership:
                 self.valid_from.pop((t, p), None)
             for table in (self.epochs, self.marks, self.replays):
                 table.pop(p, None)
-            self.replayed.discard(p)
         for n in names | early | {d for d, (p, _) in self.heads.items() if p in partitions}:
             self.published.pop(n, None)
             self.chains.pop(n, None)
@@ -141,15 +135,17 @@ class Ownership:
             snap = local.get(p)
             mine = self._snap_offsets(snap, p) if snap is not None else None
             mine_epoch = _int_key(snap.meta.get("epochs", {}), p, 0) if snap is not None else 0
-            plan = records.plan(p) if records is not None else None
+            plan = records.plan(p)
             seen = max(mine_epoch, plan.epoch if plan is not None else 0)
             self.epochs[p] = max(seen + 1, int(time.time() * 1000))
-            if plan is not None and (
-                mine is None or (plan.complete and _newer(plan, mine_epoch, mine))
-            ):
+            if plan is not None and (mine is None or _better(plan, mine_epoch, mine)):
                 self._from_topic(p, plan)
             elif snap is not None and mine is not None:
                 names = restore(snap, self.domains, self.joins, self.hasher, partitions={p})
+                # The topic's records of the partition are another lineage's: the next
+                # checkpoint replaces them (their links retired) or deletes them.
+                for rec in plan.records if plan is not None else []:
+                    self.heads[rec.domain] = (p, rec.head)
                 self.offsets[(ctx, p)], self.offsets[(rew, p)] = mine
                 for t in self.topics:
                     table = snap.meta.get("valid_from", {}).get(f"{t}|{p}")
@@ -189,13 +185,13 @@ class Ownership:
         """The decisions published since the restored state's mark, to serve again."""
         if self.decision_log is None:
             return
+        first = max(0, self.offsets.get((self.topics[0], p), OFFSET_BEGINNING))
         try:
             decisions = self.decision_log.replay(
-                p, self.marks.get(p, OFFSET_BEGINNING), self.settings.max_pending
+                p, self.marks.get(p, OFFSET_BEGINNING), first, self.settings.max_pending
             )
         except Exception as exc:  # noqa: BLE001 - the partition cannot be held without them
             raise CheckpointError(f"cannot read the decisions of partition {p}: {exc}") from exc
-        self.replayed.discard(p)
         if decisions:
             self.replays[p] = decisions
             log.info(
@@ -235,19 +231,23 @@ class Ownership:
                     found[p] = snap
         return found
 
-    def _read_topic(self) -> StateRecords | None:
+    def _read_topic(self) -> StateRecords:
+        """The state topic, read whole; raises when it cannot be: a partition restored
+        without it could be behind another owner's state, and would then overwrite it."""
         for attempt in range(3):
             try:
                 return read_state_topic(self.settings)
-            except Exception as exc:  # noqa: BLE001 - any failure: retry, then local only
+            except Exception as exc:  # noqa: BLE001 - any failure: retry, then stop
                 log.error(
                     "cannot read the state topic %s (attempt %d of 3): %s",
                     self.settings.topic_state,
                     attempt + 1,
                     exc,
                 )
-        log.error("restoring from local checkpoints only: they may be older than the topic's")
-        return None
+        raise CheckpointError(
+            f"the state topic {self.settings.topic_state} cannot be read: the assigned "
+            "partitions cannot be restored safely"
+        )
 
     # -- the message path ---------------------------------------------------------------
     def already_applied(self, topic: str, partition: int, domain: str, offset: int) -> bool:
@@ -258,15 +258,11 @@ class Ownership:
         start = table.get(domain)
         return start is not None and offset < start
 
-    def contexts_read_to_end(self, partition: int) -> None:
-        """Every context of ``partition`` there was at its restore has been processed."""
-        if partition in self.replays:
-            self.replayed.add(partition)
-
-    def published_decision(self, partition: int, domain: str, event_id: str) -> Decision | None:
-        """The decision already published for a replayed context, taken (None: none)."""
+    def published_decision(self, partition: int, offset: int) -> Decision | None:
+        """The decision already published for the replayed context at ``offset``, taken
+        (None: none was)."""
         table = self.replays.get(partition)
-        return None if table is None else table.pop((domain, event_id), None)
+        return None if table is None else table.pop(offset, None)
 
     # -- checkpoints --------------------------------------------------------------------
     def advance(self, positions: dict[TP, int], decisions_end: Callable[[int], int | None]) -> None:
@@ -287,11 +283,12 @@ class Ownership:
             pos = self.offsets.get(tp, OFFSET_BEGINNING)
             if all(pos >= o for o in table.values()):
                 del self.valid_from[tp]  # the replay is past every restored domain
+        ctx = self.topics[0]
         for p in self.held:
-            if p in self.replays and p not in self.replayed:
+            replay = self.replays.get(p)
+            if replay and self.offsets.get((ctx, p), OFFSET_BEGINNING) <= max(replay):
                 continue  # contexts decided before the restore are still to come: keep
             self.replays.pop(p, None)
-            self.replayed.discard(p)
             mark = decisions_end(p)
             if mark is not None:  # else the older mark stands: still at or below
                 self.marks[p] = mark
@@ -345,9 +342,13 @@ class Ownership:
         return changed, parts, ahead, gone
 
     def heads_of(self, partition: int, without: set[str] | None = None) -> dict[str, Head]:
-        """The newest record of every domain of ``partition`` on the topic, as known."""
+        """The newest record of every domain of ``partition`` on the topic, where known."""
         skip = without or set()
-        return {d: h for d, (p, h) in self.heads.items() if p == partition and d not in skip}
+        return {
+            d: h
+            for d, (p, h) in self.heads.items()
+            if p == partition and h is not None and d not in skip
+        }
 
     def mark_published(
         self,
@@ -361,11 +362,14 @@ class Ownership:
         self.published.update(signatures)
         early = self.joins.early.domains()
         for name, chain in chains.items():
-            if chain is None or (name not in self.domains.states and name not in early):
-                # Unknown on the topic (its signature was not updated: it goes again), or
-                # released meanwhile.
-                self.chains.pop(name, None)
+            if name not in self.domains.states and name not in early:
+                self.chains.pop(name, None)  # released meanwhile
                 self.heads.pop(name, None)
+            elif chain is None:
+                # What the topic holds of it is unknown: its signature was not updated, so
+                # it goes again; until then a marker does not vouch for it.
+                self.chains.pop(name, None)
+                self.heads[name] = (partitions[name], None)
             else:
                 self.chains[name] = chain
                 self.heads[name] = (partitions[name], (chain.base, chain.seq))
@@ -383,9 +387,12 @@ def _int_key(table: object, p: int, default: int) -> int:
     return int(v) if isinstance(v, int) else default
 
 
-def _newer(plan: PartitionPlan, epoch: int, offsets: Offsets) -> bool:
-    """Whether the topic's state is newer than a local checkpoint's: a later owner's, or
-    the same owner's further on."""
+def _better(plan: PartitionPlan, epoch: int, offsets: Offsets) -> bool:
+    """Whether to restore from the topic rather than a local checkpoint. Both are exact;
+    a complete plan when it is newer (a later owner's, or the same owner's further on),
+    an incomplete one when it still replays less than the local checkpoint would."""
+    if not plan.complete:
+        return plan.start[0] >= offsets[0] and plan.start[1] >= offsets[1]
     if plan.epoch != epoch:
         return plan.epoch > epoch
     return plan.newest[0] > offsets[0] or plan.newest[1] > offsets[1]

@@ -155,7 +155,7 @@ class StatePublisher:
         chains: Mapping[str, Chain] | None = None,
         finished: Mapping[str, list[Any]] | None = None,
         cancel: threading.Event | None = None,
-        deleted: Mapping[str, tuple[int, Head]] | None = None,
+        deleted: Mapping[str, tuple[int, Head | None]] | None = None,
     ) -> dict[str, Chain]:
         """Records of ``domains`` (domain -> partition, offsets its state reflects): a
         delta on the domain's chain in ``chains`` where one is worth it, else a new base;
@@ -225,11 +225,11 @@ class StatePublisher:
                 epochs[d] = epoch_of(part)
                 yield d, encode_domain(snap, d, part, offs, pending, base, **fields)
 
-        for d, (part, (base, _)) in (deleted or {}).items():
+        for d, (part, head) in (deleted or {}).items():
             retired.append((d, None))
             epochs[d] = epoch_of(part)
-            if base:
-                retire(d, part, base, MAX_DELTAS)
+            if head is not None and head[0]:
+                retire(d, part, head[0], MAX_DELTAS)
         deadline = time.monotonic() + timeout_s  # records and markers share the timeout
         self.sent_bytes = 0
         try:

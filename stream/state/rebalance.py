@@ -96,6 +96,8 @@ class Rebalance:
             return
         if not isinstance(self.checkpoint(), Written) and self.ownership.held:
             log.error("checkpoint on revoke failed: releasing every partition's state")
+            if self.deposed is not None:  # its unsent decisions must not land later
+                self.deposed(set(self.ownership.held))
             self.ownership.release_all()
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

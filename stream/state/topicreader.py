@@ -121,8 +121,13 @@ class StateRecords:
             return None
         heads = marker.heads if marker is not None else None
         valid_from: dict[str, Offsets] = {}
+        # Where decisions of replayed contexts may start: a vouched domain is read on from
+        # the marker's offsets (its mark), any other from its own record's.
+        marks = [marker.mark] if marker is not None else []
         for r in records:
             vouched = marker is not None and (heads is None or heads.get(r.domain) == r.head)
+            if not vouched:
+                marks.append(r.mark)
             valid_from[r.domain] = (
                 (max(r.offsets[0], marker.offsets[0]), max(r.offsets[1], marker.offsets[1]))
                 if vouched and marker is not None
@@ -155,7 +160,6 @@ class StateRecords:
                     if x
                 ),
             )
-        marks = [r.mark for r in records] + ([marker.mark] if marker else [])
         if marker is None or lost:
             # The first publish of this partition never completed, or a domain it held is
             # gone: a domain without a record may have earlier messages.

@@ -126,8 +126,9 @@ def test_the_state_topic_compacts_and_restores(
         probe.produce(topic, None, b"#compaction-probe", partition=p)
     assert probe.flush(10) == 0
 
-    # One live record per key: each domain's base, the deltas of its current chain (the
-    # replaced chains' are tombstoned) and each held partition's marker.
+    # One live record per key: each domain's base, the deltas of its current chain
+    # (<domain>#<base>#<k>; the replaced chains' are tombstoned) and each held
+    # partition's marker.
     want = {d: 1 for d in DOMAINS} | {marker_key(p): 1 for p in held}
     seen: list[Counter[str]] = []
 
@@ -135,8 +136,13 @@ def test_the_state_topic_compacts_and_restores(
         seen.append(_state_keys(settings.kafka_bootstrap_servers, topic, parts))
         keys = seen[-1]
         links = {k: n for k, n in keys.items() if k not in want}
+        bases = {k.split("#")[0]: k.split("#")[1] for k in links if k.count("#") == 2}
         return {k: keys[k] for k in want} == want and all(
-            n == 1 and k.split("#")[0] in DOMAINS and k.split("#")[1].isdigit()
+            n == 1
+            and k.count("#") == 2
+            and k.split("#")[0] in DOMAINS
+            and k.split("#")[2].isdigit()
+            and bases[k.split("#")[0]] == k.split("#")[1]  # one chain per domain
             for k, n in links.items()
         )
 

@@ -310,3 +310,28 @@ def test_every_change_a_record_carries_marks_its_domain_changed(settings):
     assert "d" not in own.publish_plan()[0]
     early.expire(1e9)
     assert "d" in own.publish_plan()[0]
+
+
+def test_a_revoke_whose_checkpoint_fails_withdraws_what_it_queued(settings):
+    _, own = _parts(settings)
+    rb, _ = _rebalance(settings, own, Skipped("flush timed out"))
+    told: list[set[int]] = []
+    rb.deposed = told.append
+    rb.on_revoke(FakeConsumer(), [TopicPartition(CTX, 0)])  # type: ignore[arg-type]
+    assert told == [{0}] and own.held == set()
+
+
+def test_a_state_topic_that_cannot_be_read_stops_the_restore(settings, monkeypatch):
+    """Restored without it, a partition could start behind another owner's state (or
+    empty) under a newer epoch, and overwrite that state on the topic."""
+    from stream.errors import CheckpointError
+    from stream.state import ownership as ownership_module
+
+    def unreadable(*a: Any) -> Any:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    monkeypatch.setattr(ownership_module, "read_state_topic", unreadable)
+    _, own = _parts(settings)
+    own.held = set()
+    with pytest.raises(CheckpointError):
+        own.assign({0})

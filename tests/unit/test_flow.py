@@ -101,8 +101,21 @@ def test_a_new_assignment_forgets_the_pause():
     assert b.update(c, pending=100, early=0, fetched=10) == CTX
     c.paused.clear()  # the new assignment starts unpaused
     b.reset()
+    assert b.update(c, pending=100, early=0, fetched=10) is None  # nothing read of it yet
+    b.observe(Msg(CTX, now), Msg(REW, now - 10_000))
     assert b.update(c, pending=100, early=0, fetched=10) == CTX
     assert c.paused == {CTX}
+
+
+def test_what_was_read_before_an_assignment_says_nothing_of_the_new_one():
+    """A live instance takes a partition restored from an hour-old checkpoint: its rewards
+    run ahead of its contexts, and the times read before must not hide that."""
+    now = int(time.time() * 1000)
+    b, c = TopicBalance(CTX, REW, bound=100), Recorder()
+    b.observe(Msg(CTX, now), Msg(REW, now))
+    b.reset()
+    b.observe(Msg(CTX, now - 3_600_000), Msg(REW, now - 3_500_000))
+    assert b.update(c, pending=0, early=85, fetched=50) == REW
 
 
 def test_the_side_that_ran_ahead_while_the_other_waited_pauses_as_it_resumes():

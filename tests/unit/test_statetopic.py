@@ -348,3 +348,14 @@ def test_a_marker_with_a_flipped_digit_is_refused_not_read_as_another():
     bad[raw.index(b"[10,") + 1] ^= 0x08  # 10 -> 90: it would vouch past the state
     with pytest.raises(CorruptCheckpoint):
         decode_marker(bytes(bad))
+
+
+def test_a_quiet_vouched_domain_does_not_pull_the_decisions_mark_back():
+    """Decisions of replayed contexts start at the marker's mark for a domain it vouches
+    for, whatever mark its own (old) record carries; an unvouched record's own counts."""
+    s = snap()
+    old = encode_domain(s, "d0", 0, (10, 5), [], mark=100)
+    new = encode_domain(s, "d2", 0, (30, 8), [], mark=900)
+    marker = encode_marker(0, (20, 7), 1, 700, {"d0": ("", 0)})
+    plan = StateRecords({"d0": old, "d2": new, marker_key(0): marker}, TOPICS).plan(0)
+    assert plan is not None and plan.start == (20, 7) and plan.mark == 700

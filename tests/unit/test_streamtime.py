@@ -105,27 +105,19 @@ def test_the_clock_follows_the_wall_only_as_far_as_a_partition_was_seen_read():
 def test_a_partition_is_at_its_end_only_as_of_an_answer_the_loop_consumed_past():
     """A quiet partition's windows close as the end watch's answers come; a partition the
     loop has not consumed to an answer's end (paused, rebalancing, behind) stays put."""
-    from confluent_kafka import TopicPartition
-
     from stream.kafka.endwatch import EndWatch
 
-    class Positions:
-        def __init__(self, at: dict[tuple[str, int], int]) -> None:
-            self.at = at
-
-        def assignment(self) -> list[TopicPartition]:
-            return [TopicPartition(t, p) for t, p in self.at]
-
-        def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-            return [
-                TopicPartition(tp.topic, tp.partition, self.at[tp.topic, tp.partition])
-                for tp in tps
-            ]
+    class Positions:  # the consumer, as the end watch sees it: only its assignment
+        def assignment(self) -> list[Any]:
+            return []
 
     watch = EndWatch(load_settings(topic_contexts=CTX, topic_rewards=REW))
     clock = StreamTime(grace_s=0.0)
+    clock.consumed(False, 0, 40)  # consumed up to its answer's end
+    clock.consumed(False, 1, 39)  # one short of it
+    clock.consumed(True, 0, 9)
     watch._answers = {(REW, 0): (500.0, 40), (REW, 1): (500.0, 40), (CTX, 0): (500.0, 7)}
-    watch.observe(Positions({(REW, 0): 40, (REW, 1): 39, (CTX, 0): 9}), clock)  # type: ignore[arg-type]
+    watch.observe(Positions(), clock)  # type: ignore[arg-type]
     assert clock.rewards_until({0, 1}) == {0: 500.0, 1: float("-inf")}
     assert clock.contexts_until({0}) == {0: 500.0}
     watch.stop()
@@ -141,9 +133,9 @@ def test_a_fatal_consumer_error_stops_the_loop(svc):
 
 def test_a_replayed_context_is_served_the_decision_already_published(svc):
     published = Decision("e", "d", "b", 0.25, {"a": 0.75, "b": 0.25}, "linucb", 7, "control", 0, 0)
-    svc.ownership.replays[0] = {("d", "e"): published}
+    svc.ownership.replays[0] = {5: published}  # the decision of the context at offset 5
     produced = svc.processor.delivery.producer.produced
-    turn(svc, context("e", HOUR_AGO))
+    turn(svc, context("e", HOUR_AGO, offset=5))
     assert svc.processor.delivery.producer.produced == produced  # nothing published again
     (p,) = svc.joins.items()
     assert (p.encoded.candidates[p.chosen], p.probability, p.policy) == ("b", 0.25, "linucb")
@@ -151,3 +143,19 @@ def test_a_replayed_context_is_served_the_decision_already_published(svc):
     turn(svc, reward("e", HOUR_AGO + 1.0))
     st = svc.domains.states["d"]
     assert st.rewards_joined == 1 and st.buffer[0][0].chosen == p.chosen
+
+
+def test_a_record_stamped_in_the_future_counts_as_now(svc):
+    """One producer's clock a year ahead must not close every window of its partition."""
+    turn(svc, context("e", time.time()))
+    turn(svc, reward("x", time.time() + 365 * 86400.0))
+    assert svc.stats.expired == 0 and len(svc.joins) == 1
+
+
+def test_a_context_is_served_only_the_decision_published_for_that_very_record(svc):
+    """Matched by position, not by event id: an id reused after its window (another
+    record) is decided anew."""
+    published = Decision("e", "d", "b", 0.25, {"a": 0.75, "b": 0.25}, "linucb", 7, "control", 0, 0)
+    svc.ownership.replays[0] = {5: published}
+    turn(svc, context("e", HOUR_AGO, offset=9))
+    assert svc.stats.republished == 0 and svc.stats.decisions == 1

@@ -354,9 +354,10 @@ def _uncredited(s: Settings, in_time: set[str], instances: list[Instance]) -> li
     ]
 
 
-def _settle(app: App, instances: list[Instance], s: Settings) -> None:
-    """Contexts stop; every one is decided, every reward produced and read, every window
-    closed; then both instances stop cleanly (their final checkpoints)."""
+def _settle(app: App, instances: list[Instance]) -> None:
+    """Contexts stop; every one is decided, every reward produced and read; then both
+    instances stop cleanly (their final checkpoints learn what is buffered). Windows
+    still open then change nothing checked: a decision without a reward learns nothing."""
     app.producing.clear()
     wait_for(
         lambda: all(e in app.copies for e in list(app.sent)),
@@ -364,7 +365,7 @@ def _settle(app: App, instances: list[Instance], s: Settings) -> None:
         what="every context decided",
     )
     wait_for(lambda: app.pending_rewards == 0, timeout=30, what="every reward produced")
-    time.sleep(WAIT_S + s.reward_quiet_grace_s + 4.0)  # the last windows close on the wall clock
+    time.sleep(3.0)  # the last rewards are read
     stop_all(instances)
 
 
@@ -408,7 +409,7 @@ def run_faults(
             done[fault] += 1
             print(f"fault {fault} of {victim.name} until {time.time():.3f}", flush=True)
         time.sleep(3.0)
-        _settle(app, instances, s)
+        _settle(app, instances)
     except BaseException:
         for inst in instances:
             if inst.alive:

@@ -38,8 +38,8 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from policies.features import FeatureHasher, Scalar
 from stream.config import load_settings
-from stream.domains import Domains, DomainState
-from stream.join import Outcome, Pending, PendingJoins
+from stream.core.domains import Domains, DomainState
+from stream.core.join import Outcome, Pending, PendingJoins
 from stream.kafka.codec import Limits, decode_context, decode_reward
 from stream.state.snapshot import encode_pending, finished_by_domain, restore, take_snapshot
 from stream.state.topic import decode_domain, encode_domain

@@ -21,7 +21,7 @@ from stream.config import Settings, closest_env_name, load_settings, unknown_env
 from stream.errors import ConfigError, StreamError
 from stream.kafka.clients import admin_config, check_client_configs
 from stream.kafka.topics import ensure_topics
-from stream.observe.logs import JsonFormatter, setup_logging
+from stream.logs import JsonFormatter, setup_logging
 from stream.signals import stop_on_signals
 
 log = logging.getLogger("stream.cli")

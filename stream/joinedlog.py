@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import orjson
 
-from stream.join import Pending
+from stream.core.join import Pending
 from stream.kafka.delivery import Delivery
 from stream.records import joined_record
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import time
 
 from stream.config import Settings
-from stream.domains import Domains, DomainState
-from stream.join import Outcome, Pending, PendingJoins
+from stream.core.domains import Domains, DomainState
+from stream.core.join import Outcome, Pending, PendingJoins
+from stream.core.streamtime import StreamTime
 from stream.joinedlog import JoinedLog
 from stream.kafka.codec import RewardEvent
 from stream.kafka.deadletter import Source
 from stream.observe.metrics import Metrics
 from stream.observe.stats import Stats
 from stream.rejections import Rejections
-from stream.streamtime import StreamTime
 
 
 class Joiner:

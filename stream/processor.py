@@ -15,13 +15,14 @@ from functools import partial
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, Producer
 
-from stream.admission import Admission
 from stream.config import Settings
-from stream.domains import DomainState, Served
+from stream.core.admission import Admission
+from stream.core.domains import DomainState, Served
+from stream.core.join import Pending
+from stream.core.streamtime import StreamTime
 from stream.errors import KafkaClientError
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
-from stream.join import Pending
 from stream.joiner import Joiner
 from stream.kafka.balance import TopicBalance
 from stream.kafka.clients import is_benign, producer_max_record_bytes
@@ -42,7 +43,6 @@ from stream.observe.metrics import Metrics
 from stream.observe.stats import Stats
 from stream.rejections import Rejections
 from stream.state.ownership import Ownership
-from stream.streamtime import StreamTime
 
 log = logging.getLogger(__name__)
 

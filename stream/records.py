@@ -10,8 +10,8 @@ import math
 from typing import Any
 
 from policies.features import EncodedContext, Sparse
-from stream.early import EarlyReward
-from stream.join import Pending
+from stream.core.early import EarlyReward
+from stream.core.join import Pending
 from stream.kafka.deadletter import Source
 
 

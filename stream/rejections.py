@@ -10,11 +10,11 @@ import orjson
 from confluent_kafka import KafkaError, Message
 
 from stream.config import Settings
-from stream.domains import DomainState
+from stream.core.domains import DomainState
+from stream.core.join import Pending, PendingJoins
 from stream.errorpolicy import ProcessingErrors
-from stream.join import Pending, PendingJoins
 from stream.kafka.deadletter import DeadLetters, Source, exception_headers
-from stream.observe.logs import RateLimitedLog
+from stream.logs import RateLimitedLog
 from stream.observe.metrics import Metrics
 from stream.observe.stats import Stats
 

@@ -21,9 +21,10 @@ from confluent_kafka import Consumer, Producer
 from policies.features import FeatureHasher
 from policies.kernels import warm_up
 from stream.config import Settings
-from stream.domains import Domains
+from stream.core.domains import Domains
+from stream.core.join import PendingJoins
+from stream.core.streamtime import StreamTime
 from stream.failpoints import Failpoints
-from stream.join import PendingJoins
 from stream.joinedlog import JoinedLog
 from stream.kafka.balance import TopicBalance
 from stream.kafka.brokerwatch import BrokerWatch
@@ -43,7 +44,6 @@ from stream.state.ownership import Ownership
 from stream.state.publisher import StatePublisher
 from stream.state.rebalance import Rebalance
 from stream.state.snapshot import open_store
-from stream.streamtime import StreamTime
 
 log = logging.getLogger(__name__)
 

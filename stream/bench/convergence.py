@@ -36,7 +36,7 @@ from stream.bench.report import (
 )
 from stream.bench.simulators import SIMULATORS, Simulation
 from stream.config import Settings
-from stream.policy_config import build_policy, policy_params
+from stream.core.policy_config import build_policy, policy_params
 
 FEATURES = ("product", "raw")
 COLD_IMPRESSIONS = 10  # an action's first impressions, whose reward is reported as cold start

@@ -33,8 +33,8 @@ from policies.kernels import warm_up
 from stream.bench.load import messages
 from stream.bench.report import machine, markdown_table, write_json, write_markdown
 from stream.config import Settings
-from stream.domains import Served
-from stream.join import Pending, PendingJoins
+from stream.core.domains import Served
+from stream.core.join import Pending, PendingJoins
 from stream.kafka.clients import producer_config
 from stream.kafka.codec import (
     ContextEvent,

@@ -9,7 +9,7 @@ from confluent_kafka.admin import AdminClient
 
 from stream.config import Settings
 from stream.errors import ConfigError
-from stream.observe.logs import KAFKA_LOG
+from stream.logs import KAFKA_LOG
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
             "heartbeat.interval.ms": settings.kafka_heartbeat_interval_ms,
             "fetch.wait.max.ms": settings.kafka_fetch_wait_max_ms,
             # Each partition read to its end says so: its stream time may then follow the
-            # wall clock (stream/streamtime.py).
+            # wall clock (stream/core/streamtime.py).
             "enable.partition.eof": True,
         }
     )

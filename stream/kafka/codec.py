@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 import orjson
 
+from stream.core.events import ContextEvent, Decision, RewardEvent, Scalar
 from stream.errors import StreamError
 
 if TYPE_CHECKING:
@@ -38,34 +39,6 @@ class DecodeError(StreamError):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
-
-
-Scalar = float | int | bool | str | None
-
-
-class ContextEvent(msgspec.Struct):
-    event_id: str
-    domain: str
-    context: dict[str, Scalar]
-    candidates: list[str]
-    candidate_features: dict[str, dict[str, Scalar]] | None = None
-    unit_id: str | None = None
-    timestamp: float | None = None
-    # The consumed message (or its Source), for a dead letter: set by the processor after
-    # decoding, over anything a message's own "source" key held.
-    source: Any = None
-    # Its record's time (Kafka's timestamp, epoch seconds): set by whoever read it, over
-    # anything a message's own "record_time" key held. Windows are judged by it.
-    record_time: float = 0.0
-
-
-class RewardEvent(msgspec.Struct):
-    event_id: str
-    domain: str
-    reward: float
-    timestamp: float | None = None
-    source: Any = None  # as ContextEvent.source
-    record_time: float = 0.0  # as ContextEvent.record_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,21 +307,6 @@ def _checked_reward(value: bytes | None, key: bytes | None, limits: Limits) -> R
             "reward_out_of_range", f"reward {r} is outside {limits.reward_min}..{limits.reward_max}"
         )
     return RewardEvent(event_id, domain, float(r), _timestamp(obj))
-
-
-class Decision(msgspec.Struct, gc=False):
-    """A decision as the decisions topic carries it (fields in docs/events.md)."""
-
-    event_id: str
-    domain: str
-    action: str
-    probability: float
-    probabilities: dict[str, float]
-    policy: str
-    policy_version: int
-    variant: str
-    timestamp: float
-    latency_ms: float
 
 
 _DECISIONS = msgspec.json.Encoder()

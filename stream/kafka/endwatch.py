@@ -3,7 +3,7 @@
 Once a second a thread asks for the end offsets of the partitions the loop names, noting
 the wall-clock time it asked at. When the loop has consumed a partition at or past such an
 answer, every record appended to it before that time has been read: its stream time may
-follow the wall clock up to then (:mod:`stream.streamtime`), so a quiet partition's reward
+follow the wall clock up to then (:mod:`stream.core.streamtime`), so a quiet partition's reward
 windows still close. An answer only ever says what was there when it was asked, so a
 consumer that stopped fetching (a rebalance, a pause, a broker away) never makes a window
 close early. (The embedded broker answers with its last batch's first offset: below the
@@ -20,8 +20,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stream.config import Settings
+from stream.core.streamtime import StreamTime
 from stream.kafka.clients import admin_config
-from stream.streamtime import StreamTime
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import psutil
 
 if TYPE_CHECKING:
     from policies.features import FeatureHasher
-    from stream.domains import Domains
-    from stream.join import PendingJoins
+    from stream.core.domains import Domains
+    from stream.core.join import PendingJoins
 
 log = logging.getLogger(__name__)
 

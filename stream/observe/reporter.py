@@ -10,8 +10,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from stream.config import Settings
-from stream.domains import Domains
-from stream.join import PendingJoins
+from stream.core.domains import Domains
+from stream.core.join import PendingJoins
 from stream.observe.memory import process_rss_mb
 from stream.observe.metrics import Metrics
 from stream.state.checkpointer import Checkpointer

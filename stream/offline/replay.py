@@ -24,7 +24,7 @@ from policies.estimators import Z95, OnlineEstimate
 from policies.features import FeatureHasher
 from policies.ridge import RidgePolicy
 from stream.config import Settings
-from stream.policy_config import REWARD_MODEL_POLICY, build_policy
+from stream.core.policy_config import REWARD_MODEL_POLICY, build_policy
 from stream.records import encoded_from_record
 
 

@@ -51,8 +51,8 @@ def _suggest(trial: Any, policy: str) -> dict[str, Any]:
 def log_objective(
     records: list[dict[str, Any]], policy: str, base: Settings, holdout: float
 ) -> Callable[[Any], float]:
+    from stream.core.policy_config import policy_params
     from stream.offline.replay import Replayer
-    from stream.policy_config import policy_params
 
     cut = int(len(records) * (1.0 - holdout))
     head, tail = records[:cut], records[cut:]

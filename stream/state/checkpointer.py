@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from stream.core.streamtime import StreamTime
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
 from stream.joinedlog import JoinedLog
@@ -34,7 +35,6 @@ from stream.state.delta import Chain
 from stream.state.ownership import Ownership
 from stream.state.publisher import Abandoned, PartitionMark, StatePublisher
 from stream.state.snapshot import encode_pending, finished_by_domain, take_snapshot
-from stream.streamtime import StreamTime
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from policies.features import FeatureHasher
 from stream.config import Settings
-from stream.domains import Domains
-from stream.join import PendingJoins
+from stream.core.domains import Domains
+from stream.core.join import PendingJoins
 from stream.kafka.codec import Decision
 from stream.kafka.decisionlog import DecisionLog
 from stream.state.delta import Chain

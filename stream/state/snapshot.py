@@ -13,10 +13,10 @@ from policies.base import PolicyError
 from policies.estimators import OnlineEstimate
 from policies.features import FeatureHasher, FeatureIndex
 from policies.registry import policy_class
-from stream.domains import BASELINE_ROLE, Domains, DomainState
+from stream.core.domains import BASELINE_ROLE, Domains, DomainState
+from stream.core.finished import Finished
+from stream.core.join import PendingJoins
 from stream.errors import ConfigError
-from stream.finished import Finished
-from stream.join import PendingJoins
 from stream.records import (
     MalformedRecord,
     decision_record,

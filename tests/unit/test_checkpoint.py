@@ -110,7 +110,7 @@ def test_object_arrays_are_never_stored_or_read(tmp_path):
 
 def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys):
     from stream.cli import main
-    from stream.domains import BASELINE_ROLE
+    from stream.core.domains import BASELINE_ROLE
 
     monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
     store = CheckpointStore(tmp_path / "checkpoints.sqlite")
@@ -142,8 +142,8 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     """Copy-on-write: learning during an in-flight write never changes the snapshot."""
     from policies.features import FeatureHasher
     from stream.config import load_settings
-    from stream.domains import BASELINE_ROLE, Domains
-    from stream.join import Pending, PendingJoins
+    from stream.core.domains import BASELINE_ROLE, Domains
+    from stream.core.join import Pending, PendingJoins
     from stream.state.snapshot import take_snapshot
 
     settings = load_settings(state_dir=tmp_path)
@@ -171,8 +171,8 @@ def test_a_domain_being_written_learns_after_the_write_without_a_clone(tmp_path)
     objects and learn once it is written (a forced learn still clones, as above)."""
     from policies.features import FeatureHasher
     from stream.config import load_settings
-    from stream.domains import BASELINE_ROLE, WRITE_WAIT_S, Domains
-    from stream.join import Pending, PendingJoins
+    from stream.core.domains import BASELINE_ROLE, WRITE_WAIT_S, Domains
+    from stream.core.join import Pending, PendingJoins
     from stream.kafka.codec import ContextEvent
     from stream.state.snapshot import take_snapshot
 
@@ -211,7 +211,7 @@ def test_a_domain_being_written_learns_after_the_write_without_a_clone(tmp_path)
 def _domains(tmp_path, monkeypatch):
     from policies.features import FeatureHasher
     from stream.config import load_settings
-    from stream.domains import Domains
+    from stream.core.domains import Domains
 
     settings = load_settings(state_dir=tmp_path, update_interval=100)
     h = FeatureHasher(settings.feature_dim)
@@ -220,7 +220,7 @@ def _domains(tmp_path, monkeypatch):
 
 def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path, monkeypatch):
     """A periodic checkpoint stores the reward buffers; a restore learns them later."""
-    from stream.join import Pending, PendingJoins
+    from stream.core.join import Pending, PendingJoins
     from stream.state.snapshot import encode_pending, open_store, restore, take_snapshot
 
     settings, h, doms = _domains(tmp_path, monkeypatch)
@@ -250,7 +250,7 @@ def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path,
 
 
 def test_learning_is_spread_over_turns_by_a_time_budget(tmp_path, monkeypatch):
-    from stream.join import Pending
+    from stream.core.join import Pending
 
     settings, h, doms = _domains(tmp_path, monkeypatch)
     enc = h.encode({"x": 1.0}, ["a", "b"])
@@ -266,7 +266,7 @@ def test_learning_is_spread_over_turns_by_a_time_budget(tmp_path, monkeypatch):
 
 
 def test_learning_keeps_pace_with_joining_whatever_the_budget(tmp_path, monkeypatch):
-    from stream.join import Pending
+    from stream.core.join import Pending
 
     settings, h, doms = _domains(tmp_path, monkeypatch)
     enc = h.encode({"x": 1.0}, ["a", "b"])
@@ -282,7 +282,7 @@ def test_learning_keeps_pace_with_joining_whatever_the_budget(tmp_path, monkeypa
 
 
 def test_a_full_buffer_is_learned_before_older_ones_are_due(tmp_path, monkeypatch):
-    from stream.join import Pending
+    from stream.core.join import Pending
 
     settings, h, doms = _domains(tmp_path, monkeypatch)
     enc = h.encode({"x": 1.0}, ["a", "b"])
@@ -308,8 +308,8 @@ def test_a_domains_feature_index_is_saved_and_restored(tmp_path):
     domain checkpointed before the index existed keeps hashing."""
     from policies.features import FeatureHasher
     from stream.config import load_settings
-    from stream.domains import Domains
-    from stream.join import PendingJoins
+    from stream.core.domains import Domains
+    from stream.core.join import PendingJoins
     from stream.kafka.codec import ContextEvent
     from stream.state.snapshot import encode_pending, restore, take_snapshot
     from stream.state.store import CheckpointStore

@@ -12,8 +12,8 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from policies.features import FeatureHasher
 from stream.config import Settings, load_settings
-from stream.domains import Domains
-from stream.join import PendingJoins
+from stream.core.domains import Domains
+from stream.core.join import PendingJoins
 from stream.kafka.balance import TopicBalance
 from stream.state.checkpointer import Checkpointer, Clients, Skipped, Started, Written
 from stream.state.delta import Chain

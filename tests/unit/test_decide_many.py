@@ -7,7 +7,7 @@ from policies.base import Feedback
 from policies.epsilon_greedy import EpsilonGreedy
 from policies.features import FeatureHasher
 from stream.config import load_settings
-from stream.domains import MANY_DOMAINS, Domains
+from stream.core.domains import MANY_DOMAINS, Domains
 from stream.kafka.codec import ContextEvent
 
 ACTIONS = ["a", "b", "c", "d", "e"]
@@ -118,7 +118,7 @@ def _feedback_domains(tmp_path, rng: np.random.Generator, broken: str | None = N
     """Domains with buffered rewards (every policy kind that learns, shadows included);
     ``broken``'s first reward holds a candidate feature slot past the dimension."""
     from policies.features import EncodedContext
-    from stream.join import Pending
+    from stream.core.join import Pending
 
     s = load_settings(
         state_dir=tmp_path,
@@ -146,11 +146,11 @@ def _feedback_domains(tmp_path, rng: np.random.Generator, broken: str | None = N
 
 
 def test_learning_many_domains_in_one_chunk_equals_learning_each_alone(tmp_path, monkeypatch):
-    import stream.domains
+    import stream.core.domains
 
     together, _ = _feedback_domains(tmp_path / "a", np.random.default_rng(5))
     assert together.flush_due(0.0, force=True) > 0
-    monkeypatch.setattr(stream.domains, "LEARN_CHUNK", 0)  # every domain its own call
+    monkeypatch.setattr(stream.core.domains, "LEARN_CHUNK", 0)  # every domain its own call
     alone, _ = _feedback_domains(tmp_path / "b", np.random.default_rng(5))
     alone.flush_due(0.0, force=True)
     for name, st in together.states.items():

@@ -15,7 +15,7 @@ from stream.errors import ConfigError, DeliveryError, TooManyProcessingErrors
 from stream.failpoints import POINTS, Failpoints, InjectedFault, parse
 from stream.kafka.deadletter import DeadLetters, Source
 from stream.kafka.delivery import Delivery, classify
-from stream.observe.logs import RepeatFilter
+from stream.logs import RepeatFilter
 
 
 class FakeMessage:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from policies.features import EncodedContext
-from stream.early import EarlyReward
-from stream.join import Outcome, Pending, PendingJoins
+from stream.core.early import EarlyReward
+from stream.core.join import Outcome, Pending, PendingJoins
 
 
 def pend(eid: str, t: float, wait: float = 10.0, domain: str = "d") -> Pending:

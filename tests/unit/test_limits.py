@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from policies.features import FeatureHasher
-from stream.join import PendingJoins
+from stream.core.join import PendingJoins
 from stream.kafka.codec import DecodeError, Limits, decode_context
 from stream.kafka.deadletter import Source
 
@@ -73,7 +73,7 @@ def test_reward_only_domains_are_tracked_as_their_holds_come_and_go():
 
 
 def _pending(domain: str, eid: str):
-    from stream.join import Pending
+    from stream.core.join import Pending
 
     return Pending(domain, eid, None, 0, 0.5, "p", "control", 0.0, 1e12)  # type: ignore[arg-type]
 
@@ -112,7 +112,7 @@ def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
     st = svc.domains.get_or_create("d")
     assert st is not None
     enc = svc.hasher.encode({"x": 1.0}, ["a", "b"])
-    from stream.join import Pending
+    from stream.core.join import Pending
 
     for i in range(20):
         svc.joins.add(Pending("d", f"e{i}", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))

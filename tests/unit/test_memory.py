@@ -7,8 +7,8 @@ import numpy as np
 from policies import ContextBatch, Feedback
 from policies.features import FeatureHasher
 from stream.config import load_settings
-from stream.domains import Domains
-from stream.join import Pending, PendingJoins
+from stream.core.domains import Domains
+from stream.core.join import Pending, PendingJoins
 from stream.observe.memory import MemoryGuard, trim
 
 

@@ -391,7 +391,7 @@ def test_no_forgetting_is_bit_identical_and_bad_values_are_refused():
 def test_rl_dr_forgetting_configures_doubly_robust_and_survives_its_state(monkeypatch):
     from policies.doubly_robust import DoublyRobust
     from stream.config import ConfigError, load_settings
-    from stream.policy_config import build_policy
+    from stream.core.policy_config import build_policy
 
     monkeypatch.setenv("RL_DR_FORGETTING", "0.999")
     p = build_policy("doubly_robust", "shop", load_settings())

@@ -7,8 +7,8 @@ import pytest
 
 from policies.features import FeatureHasher
 from stream.config import load_settings
-from stream.domains import Domains
-from stream.join import Pending
+from stream.core.domains import Domains
+from stream.core.join import Pending
 from stream.kafka.codec import ContextEvent
 from stream.observe.metrics import Metrics
 

@@ -8,8 +8,8 @@ import pytest
 from policies import ContextBatch, Feedback, PolicyError, create_policy
 from policies.features import FeatureHasher
 from stream.config import load_settings
+from stream.core.policy_config import build_policy
 from stream.errors import ConfigError
-from stream.policy_config import build_policy
 
 H = FeatureHasher(16)
 

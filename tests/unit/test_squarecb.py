@@ -7,7 +7,7 @@ import numpy as np
 from policies import ContextBatch, Feedback
 from policies.squarecb import SquareCB
 from stream.config import load_settings
-from stream.policy_config import build_policy
+from stream.core.policy_config import build_policy
 
 
 def _batch(n: int, actions: list[str], tag: str) -> ContextBatch:

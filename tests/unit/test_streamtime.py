@@ -12,9 +12,9 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
 
 from stream.bench.hotpath import _service
 from stream.config import load_settings
+from stream.core.streamtime import StreamTime
 from stream.errors import KafkaClientError
 from stream.kafka.codec import Decision
-from stream.streamtime import StreamTime
 
 CTX, REW = "bandit.contexts", "bandit.rewards"
 HOUR_AGO = time.time() - 3600.0  # a backlog read an hour after it was produced

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.windows import Changes, Key
+from stream.core.windows import Changes, Key
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,11 @@ from policies.estimators import OnlineEstimate
 from policies.features import EncodedContext, FeatureHasher, FeatureIndex
 from policies.ridge import RidgePolicy
 from stream.config import Settings
+from stream.core.events import ContextEvent
+from stream.core.join import Pending
+from stream.core.policy_config import REWARD_MODEL_POLICY, build_policy, rollout_unit
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
-from stream.join import Pending
-from stream.kafka.codec import ContextEvent
-from stream.policy_config import REWARD_MODEL_POLICY, build_policy, rollout_unit
 
 LearnError = Callable[[Exception, "DomainState", list[tuple[Pending, float]]], None]
 

@@ -4,7 +4,7 @@ A reward may be read before the context it answers (the rewards partition was re
 first, or a replay after a restore reads the topics in another order). It is held until
 its context is decided, or until its deadline (its record time + the early wait) is
 before its partition's ``until`` (the contexts partition's stream time, see
-:mod:`stream.streamtime`): then its context can no longer come, and it is given up on.
+:mod:`stream.core.streamtime`): then its context can no longer come, and it is given up on.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from stream.windows import Changes, Key, Until, until_of
+from stream.core.windows import Changes, Key, Until, until_of
 
 
 @dataclass(slots=True)

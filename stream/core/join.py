@@ -5,13 +5,13 @@ stamped with its context's time and waits ``wait_s`` of it for a reward stamped 
 than its deadline. Whether a window has closed is for the caller to say, per input
 partition (:meth:`PendingJoins.expire` takes the time up to which each partition's
 decisions may expire): the stream time of its rewards, or the wall clock once those are
-read to their end (see :mod:`stream.streamtime`).
+read to their end (see :mod:`stream.core.streamtime`).
 
 Pending decisions are kept per partition in insertion order, which is deadline order as
 long as a partition's contexts come in time order; expiry pops from the front in O(1) (a
 decision stamped earlier than one before it waits for that one: late, never early).
-Beside them: the rewards read before their context (:mod:`stream.early`) and the memory
-of finished joins (:mod:`stream.finished`), both checkpointed with the decisions.
+Beside them: the rewards read before their context (:mod:`stream.core.early`) and the memory
+of finished joins (:mod:`stream.core.finished`), both checkpointed with the decisions.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from enum import Enum
 import msgspec
 
 from policies.features import EncodedContext
-from stream.early import EarlyRewards
-from stream.finished import FinishedJoins
-from stream.windows import Changes, Key, Until, until_of
+from stream.core.early import EarlyRewards
+from stream.core.finished import FinishedJoins
+from stream.core.windows import Changes, Key, Until, until_of
 
 
 class Outcome(Enum):

@@ -5,9 +5,9 @@ The others are rejected with their reason."""
 from __future__ import annotations
 
 from stream.config import Settings
-from stream.domains import Domains, DomainState
-from stream.join import PendingJoins
-from stream.kafka.codec import ContextEvent
+from stream.core.domains import Domains, DomainState
+from stream.core.events import ContextEvent
+from stream.core.join import PendingJoins
 from stream.rejections import Rejections
 
 

@@ -38,7 +38,8 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from policies.features import FeatureHasher, Scalar
 from stream.config import load_settings
-from stream.core.domains import Domains, DomainState
+from stream.core.domain import DomainState
+from stream.core.domains import Domains
 from stream.core.join import Outcome, Pending, PendingJoins
 from stream.kafka.codec import Limits, decode_context, decode_reward
 from stream.state.snapshot import encode_pending, finished_by_domain, restore, take_snapshot
@@ -131,13 +132,13 @@ class Bandit:
         if outcome is Outcome.JOINED and pending is not None:
             self._state.rewards_joined += 1
             self._state.reward_sum += r.reward
-            self.domains.add_feedback(self._state, pending, r.reward, now)
-        self.domains.flush_due(now)
+            self.domains.learner.add(self._state, pending, r.reward, now)
+        self.domains.learner.learn(now)
         return outcome.value
 
     def flush(self) -> int:
         """Learn every joined reward now, whatever the cadence; returns how many."""
-        return self.domains.flush_due(time.time(), force=True)
+        return self.domains.learner.learn(time.time(), force=True)
 
     def _expire(self, now: float) -> None:
         self._learn_default(self.joins.expire(now), now)
@@ -147,14 +148,14 @@ class Bandit:
         for p in items:
             self._state.expired += 1
             if default is not None:
-                self.domains.add_feedback(self._state, p, default, now)
+                self.domains.learner.add(self._state, p, default, now)
 
     # -- state --------------------------------------------------------------------------
     def state(self) -> bytes:
         """The domain's policies, pending decisions and unlearned rewards, in the state
         topic's record format (the checkpoint's arrays, exact)."""
         snap = take_snapshot(self.domains, self.joins, self.hasher, {})
-        self.domains.write_in_flight = False  # nothing is written in the background here
+        self.domains.learner.end_write()  # nothing is written in the background here
         snap = encode_pending(snap)
         offsets = (OFFSET_BEGINNING, OFFSET_BEGINNING)
         finished = finished_by_domain(snap).get(self.domain, [])

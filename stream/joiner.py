@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 from stream.config import Settings
-from stream.core.domains import Domains, DomainState
+from stream.core.domain import DomainState
+from stream.core.domains import Domains
 from stream.core.join import Outcome, Pending, PendingJoins
 from stream.core.streamtime import StreamTime
 from stream.joinedlog import JoinedLog
@@ -60,7 +61,7 @@ class Joiner:
     def _joined(self, state: DomainState, pending: Pending, reward: float) -> None:
         state.rewards_joined += 1
         state.reward_sum += reward
-        self.domains.add_feedback(state, pending, reward, self.now)
+        self.domains.learner.add(state, pending, reward, self.now)
         self.stats.rewards_joined += 1
         self.metrics.reward(state.name, "joined", pending.variant, reward)
         if self.joined_log is not None:
@@ -162,4 +163,4 @@ class Joiner:
             if self.joined_log is not None:
                 self.joined_log.write(p, default, default=True)
             if default is not None:
-                self.domains.add_feedback(state, p, default, self.now)
+                self.domains.learner.add(state, p, default, self.now)

@@ -17,7 +17,8 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, Produc
 
 from stream.config import Settings
 from stream.core.admission import Admission
-from stream.core.domains import DomainState, Served
+from stream.core.domain import DomainState
+from stream.core.domains import Served
 from stream.core.join import Pending
 from stream.core.streamtime import StreamTime
 from stream.errors import KafkaClientError
@@ -107,7 +108,7 @@ class BatchProcessor:
             read = self.process(msgs, now, consumed_at, now if fetched_at is None else fetched_at)
             self.metrics.end_turn()
         self.joiner.expire(now)
-        self.stats.rewards_learned += self.domains.flush_due(now)
+        self.stats.rewards_learned += self.domains.learner.learn(now)
         self._may_publish()  # records given up on by librdkafka are produced again here
         delivery.poll()
         return read

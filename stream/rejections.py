@@ -10,7 +10,7 @@ import orjson
 from confluent_kafka import KafkaError, Message
 
 from stream.config import Settings
-from stream.core.domains import DomainState
+from stream.core.domain import DomainState
 from stream.core.join import Pending, PendingJoins
 from stream.errorpolicy import ProcessingErrors
 from stream.kafka.deadletter import DeadLetters, Source, exception_headers

@@ -161,10 +161,10 @@ def stage_us(s: Settings, batches: list[list[Any]], warm: int) -> dict[str, floa
         for r in rewards:
             _, pending = joins.take(r.domain, r.event_id)
             if pending is not None:
-                doms.add_feedback(doms.states[r.domain], pending, r.reward, now)
+                doms.learner.add(doms.states[r.domain], pending, r.reward, now)
         lap["join"] += clock() - t
         t = clock()
-        doms.flush_due(now)
+        doms.learner.learn(now)
         lap["learn"] = clock() - t
         if i >= warm:
             contexts += sum(len(v) for v in by_domain.values())

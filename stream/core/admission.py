@@ -5,7 +5,8 @@ The others are rejected with their reason."""
 from __future__ import annotations
 
 from stream.config import Settings
-from stream.core.domains import Domains, DomainState
+from stream.core.domain import DomainState
+from stream.core.domains import Domains
 from stream.core.events import ContextEvent
 from stream.core.join import PendingJoins
 from stream.rejections import Rejections
@@ -43,9 +44,7 @@ class Admission:
                     "duplicate_event", f"event_id {ev.event_id!r} is already pending", ev.source
                 )
                 continue
-            if self.joins.finished and self.joins.was_decided(
-                domain, ev.event_id, ev.record_time
-            ):
+            if self.joins.finished and self.joins.was_decided(domain, ev.event_id, ev.record_time):
                 self.rejections.reject(
                     "duplicate_event", f"event_id {ev.event_id!r} was already decided", ev.source
                 )

@@ -40,9 +40,7 @@ class _Side:
 class TopicBalance:
     """Pauses and resumes one consumer's context or reward partitions (module doc)."""
 
-    def __init__(
-        self, contexts_topic: str, rewards_topic: str, bound: int, batch: int = 0
-    ) -> None:
+    def __init__(self, contexts_topic: str, rewards_topic: str, bound: int, batch: int = 0) -> None:
         # A turn of ``batch`` messages after the one that crossed it still fits the bound.
         self.high = max(1, min(int(bound * HIGH), bound - batch))
         self.low = int(bound * LOW)

@@ -144,7 +144,7 @@ class Checkpointer:
         if self.joined_log is not None:
             self.joined_log.flush()
         if wait:
-            self.on_learned(self.domains.flush_due(time.time(), force=True))
+            self.on_learned(self.domains.learner.learn(time.time(), force=True))
         remaining = self.clients.delivery.flush(timeout_s, stop_by)
         if remaining:
             log.error(
@@ -262,7 +262,7 @@ class Checkpointer:
             return None
         self.writing = None
         w.future.exception()  # wait: until the write is over its arrays must stay untouched
-        self.domains.write_in_flight = False
+        self.domains.learner.end_write()
         try:
             version = w.future.result()
         except Abandoned as exc:
@@ -305,7 +305,7 @@ class Checkpointer:
             # Its publish may have moved the domains' chains: the next record is a base.
             self.ownership.mark_published({}, dict.fromkeys(self.writing.chains), {})
             self.writing = None
-            self.domains.write_in_flight = False
+            self.domains.learner.end_write()
 
     def lost(self) -> None:
         """The partitions are another member's now: a write in flight stops where it is,

@@ -237,9 +237,7 @@ class StatePublisher:
             markers_out = []
             for part, m in markers.items():
                 heads = dict(m.heads)
-                heads.update(
-                    (d, (c.base, c.seq)) for d, c in made.items() if domains[d][0] == part
-                )
+                heads.update((d, (c.base, c.seq)) for d, c in made.items() if domains[d][0] == part)
                 key = marker_key(part)
                 epochs[key] = m.epoch
                 markers_out.append((key, encode_marker(part, m.offsets, m.epoch, m.mark, heads)))

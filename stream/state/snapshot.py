@@ -13,7 +13,8 @@ from policies.base import PolicyError
 from policies.estimators import OnlineEstimate
 from policies.features import FeatureHasher, FeatureIndex
 from policies.registry import policy_class
-from stream.core.domains import BASELINE_ROLE, Domains, DomainState
+from stream.core.domain import BASELINE_ROLE, DomainState
+from stream.core.domains import Domains
 from stream.core.finished import Finished
 from stream.core.join import PendingJoins
 from stream.errors import ConfigError
@@ -40,7 +41,8 @@ def take_snapshot(
     joins whose window closed before ``finished_until`` (per partition) are left out."""
     states = {}
     info = {}
-    domains.freeze_all()  # the arrays are referenced, not copied: copy-on-write from here
+    # The arrays are referenced, not copied: copy-on-write from here.
+    domains.learner.begin_write(domains.states.values())
     for name, st in domains.states.items():
         states[name] = {role: pol.state_dict() for role, pol in st.roles().items()}
         info[name] = {
@@ -171,7 +173,7 @@ def restore(
                 reward = item["reward"]
                 if not isinstance(reward, int | float) or not math.isfinite(reward):
                     raise CorruptCheckpoint(f"a buffered reward is malformed: {reward!r}")
-                domains.add_feedback(domains.states[p.domain], p, float(reward), now)
+                domains.learner.add(domains.states[p.domain], p, float(reward), now)
             continue
         if (partitions is None or p.domain in loaded) and (p.domain, p.event_id) not in joins:
             joins.add(p, partition_of(snap, p.domain))

@@ -110,7 +110,7 @@ def test_object_arrays_are_never_stored_or_read(tmp_path):
 
 def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys):
     from stream.cli import main
-    from stream.core.domains import BASELINE_ROLE
+    from stream.core.domain import BASELINE_ROLE
 
     monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
     store = CheckpointStore(tmp_path / "checkpoints.sqlite")
@@ -142,7 +142,8 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     """Copy-on-write: learning during an in-flight write never changes the snapshot."""
     from policies.features import FeatureHasher
     from stream.config import load_settings
-    from stream.core.domains import BASELINE_ROLE, Domains
+    from stream.core.domain import BASELINE_ROLE
+    from stream.core.domains import Domains
     from stream.core.join import Pending, PendingJoins
     from stream.state.snapshot import take_snapshot
 
@@ -153,13 +154,13 @@ def test_snapshot_arrays_stay_frozen_while_the_domain_keeps_learning(tmp_path, m
     enc = h.encode({"x": 1.0}, ["a", "b"])
     joins = PendingJoins(10, 3600)
     first = Pending("d", "e0", enc, 1, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
-    doms.add_feedback(st, first, 1.0, 0.0)
-    doms.flush_due(0.0, force=True)  # arrays are non-empty before the snapshot
+    doms.learner.add(st, first, 1.0, 0.0)
+    doms.learner.learn(0.0, force=True)  # arrays are non-empty before the snapshot
     snap = take_snapshot(doms, joins, h, {})
     frozen = {k: v.copy() for k, v in snap.domains["d"][BASELINE_ROLE][1].items()}
     p = Pending("d", "e", enc, 1, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
-    doms.add_feedback(st, p, 1.0, 0.0)
-    doms.flush_due(0.0, force=True)  # learns while the write is "in flight"
+    doms.learner.add(st, p, 1.0, 0.0)
+    doms.learner.learn(0.0, force=True)  # learns while the write is "in flight"
     assert st.baseline.n_learned == 2
     for k, v in snap.domains["d"][BASELINE_ROLE][1].items():
         assert np.array_equal(v, frozen[k]), k
@@ -171,8 +172,10 @@ def test_a_domain_being_written_learns_after_the_write_without_a_clone(tmp_path)
     objects and learn once it is written (a forced learn still clones, as above)."""
     from policies.features import FeatureHasher
     from stream.config import load_settings
-    from stream.core.domains import BASELINE_ROLE, WRITE_WAIT_S, Domains
+    from stream.core.domain import BASELINE_ROLE
+    from stream.core.domains import Domains
     from stream.core.join import Pending, PendingJoins
+    from stream.core.learner import WRITE_WAIT_S
     from stream.kafka.codec import ContextEvent
     from stream.state.snapshot import take_snapshot
 
@@ -186,23 +189,23 @@ def test_a_domain_being_written_learns_after_the_write_without_a_clone(tmp_path)
     frozen = {k: v.copy() for k, v in arrays.items()}
     doms.decide(st, [ContextEvent("e1", "d", {"x": 2.0}, ["a", "b", "new"])])
     p = Pending("d", "e", enc, 1, 0.5, "epsilon_greedy", "control", 0.0, 1e12)
-    doms.add_feedback(st, p, 1.0, 0.0)  # full (update_interval 1) and old enough
-    assert doms.flush_due(100.0) == 0 and st.buffer  # waits for the write
+    doms.learner.add(st, p, 1.0, 0.0)  # full (update_interval 1) and old enough
+    assert doms.learner.learn(100.0) == 0 and st.buffer  # waits for the write
     assert st.baseline is policy and st.baseline.n_learned == 0
     for k, v in arrays.items():
         assert np.array_equal(v, frozen[k]), k
-    doms.write_in_flight = False  # the checkpointer's finish()
-    assert doms.flush_due(100.0) == 1 and not st.buffer
+    doms.learner.end_write()  # the checkpointer's finish()
+    assert doms.learner.learn(100.0) == 1 and not st.buffer
     assert st.baseline is policy and policy.n_learned == 1
 
     # A stalled write holds learning back WRITE_WAIT_S at most; then the domain clones.
     snap = take_snapshot(doms, PendingJoins(10, 3600), h, {})
     arrays = snap.domains["d"][BASELINE_ROLE][1]
     frozen = {k: v.copy() for k, v in arrays.items()}
-    doms.add_feedback(st, p, 0.0, 0.0)
-    assert doms.flush_due(100.0) == 0
-    doms._frozen_since -= WRITE_WAIT_S
-    assert doms.flush_due(100.0) == 1 and st.baseline is not policy
+    doms.learner.add(st, p, 0.0, 0.0)
+    assert doms.learner.learn(100.0) == 0
+    doms.learner._frozen_since -= WRITE_WAIT_S
+    assert doms.learner.learn(100.0) == 1 and st.baseline is not policy
     assert st.baseline.n_learned == 2 and policy.n_learned == 1
     for k, v in arrays.items():
         assert np.array_equal(v, frozen[k]), k
@@ -230,7 +233,7 @@ def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path,
     joins.add(Pending("d", "waiting", enc, 0, 0.5, "epsilon_greedy", "control", 0.0, 1e12))
     for i in range(3):
         p = Pending("d", f"e{i}", enc, 1, 0.25, "epsilon_greedy", "control", 0.0, 1e12)
-        doms.add_feedback(st, p, 0.75, 0.0)
+        doms.learner.add(st, p, 0.75, 0.0)
     store = open_store(tmp_path, 5)
     store.write(encode_pending(take_snapshot(doms, joins, h, {("c", 0): 9})))
     snap = store.latest()
@@ -245,7 +248,7 @@ def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path,
     ]
     assert [p.event_id for p in joins2.items()] == ["waiting"]
     assert got.baseline.n_learned == 0
-    assert fresh.flush_due(0.0, force=True) == 3
+    assert fresh.learner.learn(0.0, force=True) == 3
     assert got.baseline.n_learned == 3
 
 
@@ -256,12 +259,12 @@ def test_learning_is_spread_over_turns_by_a_time_budget(tmp_path, monkeypatch):
     enc = h.encode({"x": 1.0}, ["a", "b"])
     for i in range(50):
         st = doms.get_or_create(f"d{i}")
-        doms.add_feedback(st, Pending(st.name, "e", enc, 1, 0.5, "eg", "control", 0, 1), 1.0, 0.0)
-    assert doms.flush_due(0.0) == 0  # one reward each, not yet due
+        doms.learner.add(st, Pending(st.name, "e", enc, 1, 0.5, "eg", "control", 0, 1), 1.0, 0.0)
+    assert doms.learner.learn(0.0) == 0  # one reward each, not yet due
     now = 10.0  # every buffer is now older than RL_UPDATE_MAX_DELAY_S, all at once
-    assert doms.flush_due(now, budget_s=0.0) == 1  # the oldest, then the budget is spent
+    assert doms.learner.learn(now, budget_s=0.0) == 1  # the oldest, then the budget is spent
     assert doms.states["d0"].baseline.n_learned == 1
-    assert doms.flush_due(now) == 49  # the rest, oldest first
+    assert doms.learner.learn(now) == 49  # the rest, oldest first
     assert all(st.baseline.n_learned == 1 for st in doms.states.values())
 
 
@@ -276,8 +279,8 @@ def test_learning_keeps_pace_with_joining_whatever_the_budget(tmp_path, monkeypa
             st = doms.get_or_create(f"d{i}")
             for j in range(k):
                 p = Pending(st.name, f"{turn}-{j}", enc, 1, 0.5, "eg", "control", 0, 1)
-                doms.add_feedback(st, p, 1.0, 0.0)
-        assert doms.flush_due(0.0, budget_s=0.0) == 30 * k  # all of this turn's joins
+                doms.learner.add(st, p, 1.0, 0.0)
+        assert doms.learner.learn(0.0, budget_s=0.0) == 30 * k  # all of this turn's joins
     assert sum(len(st.buffer) for st in doms.states.values()) == 0
 
 
@@ -288,18 +291,18 @@ def test_a_full_buffer_is_learned_before_older_ones_are_due(tmp_path, monkeypatc
     enc = h.encode({"x": 1.0}, ["a", "b"])
     k = settings.update_interval
     old = doms.get_or_create("old")  # one reward: due only by age
-    doms.add_feedback(old, Pending("old", "e", enc, 1, 0.5, "eg", "control", 0, 1), 1.0, 0.0)
+    doms.learner.add(old, Pending("old", "e", enc, 1, 0.5, "eg", "control", 0, 1), 1.0, 0.0)
     busy = [doms.get_or_create(f"busy{i}") for i in range(3)]
     for st in busy:
         for j in range(k):
             p = Pending(st.name, f"e{j}", enc, 1, 0.5, "eg", "control", 0, 1)
-            doms.add_feedback(st, p, 1.0, 0.0)
-    doms._arrived = 0  # no joining floor: the budget alone decides
-    assert doms.flush_due(0.0, budget_s=0.0) == k  # the first full one, then over budget
-    assert doms.flush_due(0.0, budget_s=0.0) == k  # the next full one was kept listed
-    assert doms.flush_due(0.0) == k
+            doms.learner.add(st, p, 1.0, 0.0)
+    doms.learner._arrived = 0  # no joining floor: the budget alone decides
+    assert doms.learner.learn(0.0, budget_s=0.0) == k  # the first full one, then over budget
+    assert doms.learner.learn(0.0, budget_s=0.0) == k  # the next full one was kept listed
+    assert doms.learner.learn(0.0) == k
     assert old.baseline.n_learned == 0 and len(old.buffer) == 1  # not due yet
-    assert doms.flush_due(10.0) == 1  # now old enough
+    assert doms.learner.learn(10.0) == 1  # now old enough
     assert all(st.baseline.n_learned == k for st in busy)
 
 
@@ -322,7 +325,7 @@ def test_a_domains_feature_index_is_saved_and_restored(tmp_path):
     doms.decide(st, [ContextEvent("e1", "d", {"b": 1.0, "a": "x"}, ["p", "q"])])
     assert st.index is not None and st.index.tokens() == ["b", "a=x"]
     snap = encode_pending(take_snapshot(doms, joins, h, {("ctx", 0): 5}))
-    doms.write_in_flight = False
+    doms.learner.end_write()
 
     def restored(s):
         fresh = Domains(settings, h)

@@ -141,18 +141,18 @@ def _feedback_domains(tmp_path, rng: np.random.Generator, broken: str | None = N
                 enc = EncodedContext(enc.context, enc.candidates, bad)
             chosen = int(rng.integers(len(cands)))
             p = Pending(st.name, f"e{i}", enc, chosen, 0.25, "eg", "control", 0, 1)
-            doms.add_feedback(st, p, float(rng.random()), 0.0)
+            doms.learner.add(st, p, float(rng.random()), 0.0)
     return doms, errors
 
 
 def test_learning_many_domains_in_one_chunk_equals_learning_each_alone(tmp_path, monkeypatch):
-    import stream.core.domains
+    import stream.core.learner
 
     together, _ = _feedback_domains(tmp_path / "a", np.random.default_rng(5))
-    assert together.flush_due(0.0, force=True) > 0
-    monkeypatch.setattr(stream.core.domains, "LEARN_CHUNK", 0)  # every domain its own call
+    assert together.learner.learn(0.0, force=True) > 0
+    monkeypatch.setattr(stream.core.learner, "LEARN_CHUNK", 0)  # every domain its own call
     alone, _ = _feedback_domains(tmp_path / "b", np.random.default_rng(5))
-    alone.flush_due(0.0, force=True)
+    alone.learner.learn(0.0, force=True)
     for name, st in together.states.items():
         for role, pol in st.roles().items():
             mine = alone.states[name].roles()[role].state_dict()[1]
@@ -164,7 +164,7 @@ def test_a_domain_whose_rewards_cannot_be_assembled_fails_alone(tmp_path):
     doms, errors = _feedback_domains(tmp_path, np.random.default_rng(6), broken="dom7")
     n = sum(len(st.buffer) for st in doms.states.values())
     lost = len(doms.states["dom7"].buffer)
-    assert doms.flush_due(0.0, force=True) == n - lost
+    assert doms.learner.learn(0.0, force=True) == n - lost
     assert errors == ["dom7"]
     assert all(st.baseline.n_learned > 0 for name, st in doms.states.items() if name != "dom7")
     assert doms.states["dom7"].baseline.n_learned == 0

@@ -49,8 +49,8 @@ def test_rollout_serves_each_variant_by_its_own_policy_and_both_learn():
     for s in served.values():
         for i, e in enumerate(s.events):
             p = Pending("shop", e.event_id, s.encoded[i], 0, 0.5, s.policy.name, s.variant, 0, 1)
-            doms.add_feedback(st, p, 1.0, 0.0)
-    doms.flush_due(0.0, force=True)
+            doms.learner.add(st, p, 1.0, 0.0)
+    doms.learner.learn(0.0, force=True)
     assert st.baseline.n_learned == st.treatment.n_learned == 200  # every reward, off-policy
 
 
@@ -83,8 +83,8 @@ def test_a_shadow_identical_to_the_logging_policy_is_estimated_at_the_on_policy_
                 0,
                 1,
             )
-            doms.add_feedback(st, p, r, 0.0)
-        doms.flush_due(0.0, force=True)
+            doms.learner.add(st, p, r, 0.0)
+        doms.learner.learn(0.0, force=True)
     on_policy = float(np.mean(rewards))
     shadow = st.estimates["shadow:epsilon_greedy"].result()
     served = st.estimates["served"].result()

@@ -39,9 +39,10 @@ from confluent_kafka import OFFSET_BEGINNING
 from policies.features import FeatureHasher, Scalar
 from stream.config import load_settings
 from stream.core.domain import DomainState
-from stream.core.domains import Domains
-from stream.core.join import Outcome, Pending, PendingJoins
-from stream.kafka.codec import Limits, decode_context, decode_reward
+from stream.core.engine import Engine
+from stream.core.outcomes import DUPLICATE_REWARD, EXPIRED_EVENT, Decided, Failed, Joined, Refused
+from stream.core.streamtime import StreamTime
+from stream.kafka.codec import DecodeError, Limits, decode_context, decode_reward
 from stream.state.snapshot import encode_pending, finished_by_domain, restore, take_snapshot
 from stream.state.topic import decode_domain, encode_domain
 
@@ -66,8 +67,12 @@ class Bandit:
         s = self.settings = load_settings(**overrides)
         self.domain = domain
         self.hasher = FeatureHasher(s.feature_dim, seed=s.seed)
-        self.domains = Domains(s, self.hasher)
-        self.joins = PendingJoins(s.max_pending, s.reward_wait_s, max_per_domain=s.max_pending)
+        # In process the caller's clock is the stream's: a window closes at its deadline,
+        # and a reward for an unknown decision is unknown at once (nothing is in flight).
+        clock = StreamTime(0.0, 0.0)
+        quiet = s.model_copy(update={"reward_early_wait_s": 0.0, "max_pending_per_domain": None})
+        self.engine = Engine(quiet, self.hasher, clock=clock)
+        self.domains, self.joins = self.engine.domains, self.engine.joins
         self.limits = Limits.of(s)
         state = self.domains.get_or_create(domain, 0)
         if state is None:  # RL_MAX_DOMAINS < 1 cannot be configured; kept for the type
@@ -83,9 +88,9 @@ class Bandit:
         candidate_features: Mapping[str, Mapping[str, Scalar]] | None = None,
     ) -> Choice:
         """Choose one of ``candidates`` for ``context``; raises ``DecodeError`` (with the
-        service's reason) for an event the service would dead-letter."""
-        now = time.time()
-        self._expire(now)
+        service's code and reason) for an event the service would dead-letter: a malformed
+        one, or an event id already decided within its window."""
+        now = self._tick()
         event = {
             "event_id": event_id if event_id is not None else uuid.uuid4().hex,
             "domain": self.domain,
@@ -95,60 +100,47 @@ class Bandit:
         if candidate_features is not None:
             event["candidate_features"] = {str(a): dict(f) for a, f in candidate_features.items()}
         ev = decode_context(orjson.dumps(event), self.domain.encode(), self.limits)
-        (served,) = self.domains.decide(self._state, [ev])
-        d = served.decisions
-        row = int(d.row[0])
-        dist = dict(zip(ev.candidates, d.pmf.tolist(), strict=True))
-        pending = Pending(
-            self.domain,
-            ev.event_id,
-            served.encoded[0],
-            row,
-            float(d.probability[0]),
-            served.policy.name,
-            served.variant,
-            now,
-            now + self.settings.reward_wait_s,
-        )
-        self.joins.discard(self.domain, ev.event_id)  # an id decided again starts afresh
-        self._learn_default(self.joins.add(pending), now)
+        ev.record_time = now
+        decided = None
+        for o in self.engine.decide([(self.domain, [ev], 0)]):
+            if isinstance(o, Refused):
+                raise DecodeError(o.code, o.reason)
+            if isinstance(o, Failed):
+                raise o.error
+            if isinstance(o, Decided):
+                decided = o
+        assert decided is not None
+        self.engine.claim_early(decided)
+        d = decided.decision
         return Choice(
-            ev.event_id,
-            ev.candidates[row],
-            float(d.probability[0]),
-            dist,
-            served.policy.name,
-            served.variant,
+            ev.event_id, d.action, d.probability, d.probabilities, d.policy, d.variant
         )
 
     def learn(self, event_id: str, reward: float) -> str:
         """Join ``reward`` to the decision of ``event_id`` and learn on the service's
         cadence; returns the join's outcome: joined, duplicate, late or unknown."""
-        now = time.time()
-        self._expire(now)
+        now = self._tick()
         value = orjson.dumps({"event_id": event_id, "domain": self.domain, "reward": reward})
         r = decode_reward(value, self.domain.encode(), self.limits)
-        outcome, pending = self.joins.take(self.domain, r.event_id)
-        if outcome is Outcome.JOINED and pending is not None:
-            self._state.rewards_joined += 1
-            self._state.reward_sum += r.reward
-            self.domains.learner.add(self._state, pending, r.reward, now)
-        self.domains.learner.learn(now)
-        return outcome.value
+        r.record_time = now
+        (outcome,) = self.engine.reward(r, 0)
+        self.engine.learn(now)
+        if isinstance(outcome, Joined):
+            return "joined"
+        code = outcome.code if isinstance(outcome, Refused) else ""
+        return {DUPLICATE_REWARD: "duplicate", EXPIRED_EVENT: "late"}.get(code, "unknown")
 
     def flush(self) -> int:
         """Learn every joined reward now, whatever the cadence; returns how many."""
-        return self.domains.learner.learn(time.time(), force=True)
+        return self.engine.learn(time.time(), force=True)
 
-    def _expire(self, now: float) -> None:
-        self._learn_default(self.joins.expire(now), now)
-
-    def _learn_default(self, items: list[Pending], now: float) -> None:
-        default = self.settings.default_reward
-        for p in items:
-            self._state.expired += 1
-            if default is not None:
-                self.domains.learner.add(self._state, p, default, now)
+    def _tick(self) -> float:
+        """The stream's time is now: windows before it close."""
+        now = self.engine.now = time.time()
+        self.engine.clock.read(True, 0, now)
+        self.engine.clock.read(False, 0, now)
+        self.engine.expire()
+        return now
 
     # -- state --------------------------------------------------------------------------
     def state(self) -> bytes:

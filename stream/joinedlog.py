@@ -26,7 +26,7 @@ import orjson
 
 from stream.core.join import Pending
 from stream.kafka.delivery import Delivery
-from stream.records import joined_record
+from stream.state.records import joined_record
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,10 @@
-"""One fetched batch: decode -> decide and emit -> join -> expire -> dead-letter.
+"""One fetched batch, in Kafka's terms: decode its records, hand the contexts and rewards to
+the core (:class:`~stream.core.engine.Engine`), publish the decisions it makes, and
+translate its other outcomes into dead letters, joined-log lines and counts.
 
-Contexts are grouped by domain and decided in one batch per domain; rewards are joined to
-the decisions they answer. Nothing here logs per message: it counts, and dead-letters bad
-input with its reason (rate-limited warnings aside).
+Nothing here decides, joins or changes a domain: that is the core's. Nothing here logs per
+message either: it counts, and dead-letters bad input with its reason (rate-limited
+warnings aside).
 """
 
 from __future__ import annotations
@@ -16,32 +18,20 @@ from functools import partial
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, Producer
 
 from stream.config import Settings
-from stream.core.admission import Admission
 from stream.core.domain import DomainState
-from stream.core.domains import Served
-from stream.core.join import Pending
-from stream.core.streamtime import StreamTime
+from stream.core.engine import Engine
+from stream.core.events import ContextEvent, Decision, RewardEvent
+from stream.core.outcomes import Decided, Expired, Failed, Joined, Outcome, Refused
 from stream.errors import KafkaClientError
 from stream.failpoints import Failpoints
-from stream.failpoints import check as failpoint
-from stream.joiner import Joiner
+from stream.joinedlog import JoinedLog
 from stream.kafka.balance import TopicBalance
 from stream.kafka.clients import is_benign, producer_max_record_bytes
-from stream.kafka.codec import (
-    ContextEvent,
-    Decision,
-    DecodeError,
-    Limits,
-    RewardEvent,
-    decode_context,
-    decode_reward,
-    encode_decision,
-)
-from stream.kafka.deadletter import DeadLetters
+from stream.kafka.codec import DecodeError, Limits, decode_context, decode_reward, encode_decision
+from stream.kafka.deadletter import DeadLetters, Source
 from stream.kafka.decisionlog import context_header
 from stream.kafka.delivery import Delivery
-from stream.observe.metrics import Metrics
-from stream.observe.stats import Stats
+from stream.observe.tally import Tally
 from stream.rejections import Rejections
 from stream.state.ownership import Ownership
 
@@ -52,33 +42,30 @@ class BatchProcessor:
     def __init__(
         self,
         settings: Settings,
-        stats: Stats,
+        engine: Engine,
         ownership: Ownership,
         balance: TopicBalance,
-        metrics: Metrics,
+        tally: Tally,
         failpoints: Failpoints | None,
-        clock: StreamTime,
     ) -> None:
-        """Processes batches for the partitions ``ownership`` holds (its domains, joins
-        and decision log)."""
         self.settings = settings
-        self.stats = stats
-        domains, joins = self.domains, self.joins = ownership.domains, ownership.joins
+        self.engine = engine
         self.ownership = ownership
         self.balance = balance
-        self.metrics = metrics
+        self.tally = tally
         self.failpoints = failpoints
-        self.clock = clock
         assert ownership.decision_log is not None
         self.decision_log = ownership.decision_log
         self.limits = Limits.of(settings)
-        self.rejections = Rejections(settings, stats, joins, metrics)
-        self.admission = Admission(settings, domains, joins, self.rejections)
-        self.joiner = Joiner(settings, stats, domains, joins, metrics, self.rejections, clock)
+        engine.keep = self.keep  # a held reward keeps a small re-encoding, not its message
+        self.rejections = Rejections(
+            settings, tally.stats, tally.metrics, engine.errors, engine.undeliverable
+        )
         # Set while the service runs.
         self.delivery: Delivery | None = None
-        # Checked before a batch's decisions leave: raises when the process must not
-        # publish any more (it was paused past its group session), see Service.
+        self.joined_log: JoinedLog | None = None
+        # Checked before each decision leaves: raises when the process must not publish
+        # any more (it was paused past its group session), see Service.
         self.may_publish: Callable[[], None] | None = None
 
     def attach(self, producer: Producer) -> Delivery:
@@ -102,13 +89,13 @@ class BatchProcessor:
         delivery = self.delivery
         assert delivery is not None
         self._may_publish()
-        self.joiner.now = now
+        self.engine.now = now
         read = 0
         if msgs:
             read = self.process(msgs, now, consumed_at, now if fetched_at is None else fetched_at)
-            self.metrics.end_turn()
-        self.joiner.expire(now)
-        self.stats.rewards_learned += self.domains.learner.learn(now)
+            self.tally.metrics.end_turn()
+        self.translate(self.engine.expire())
+        self.tally.learned(self.engine.learn(now))
         self._may_publish()  # records given up on by librdkafka are produced again here
         delivery.poll()
         return read
@@ -125,7 +112,8 @@ class BatchProcessor:
         partition_of: dict[str, int] = {}
         rewards: list[tuple[RewardEvent, int]] = []
         applied = self.ownership.already_applied if self.ownership.valid_from else None
-        fp, limits, stats, clock = self.failpoints, self.limits, self.stats, self.clock
+        fp, limits, stats = self.failpoints, self.limits, self.tally.stats
+        clock = self.engine.clock
         grace = clock.grace_s
         last_context = last_reward = None
         ctx_last: dict[int, Message] = {}  # each partition's last record read
@@ -180,191 +168,81 @@ class BatchProcessor:
             for part, m in last.items():
                 clock.consumed(is_context, part, (m.offset() or 0) + 1)
         stats.consumed += read
-        self.metrics.consumed += read
+        self.tally.metrics.consumed += read
         self.balance.observe(last_context, last_reward)
-        admitted = []
-        for domain, events in contexts.items():
-            item = self.admission.admit(domain, events, partition_of[domain])
-            if item is None:
-                continue
-            state, fresh = item
-            if self.ownership.replays:  # after a restore: contexts decided before it
-                fresh = self._published(state, fresh)
-            if fresh:
-                admitted.append((state, fresh))
-        decided = self._decide(admitted)
-        for (state, _), served in zip(admitted, decided, strict=True):
-            for share in served:
-                self._emit(state, share, consumed_at)
+        published = self._published if self.ownership.replays else None
+        batches = [(d, evs, partition_of[d]) for d, evs in contexts.items()]
+        self._publish(self.engine.decide(batches, published), consumed_at)
         for r, partition in rewards:
             try:
                 if fp is not None:
                     fp.check("join")
-                self.joiner.join(r, partition)
+                self.translate(self.engine.reward(r, partition))
             except Exception as exc:
                 self.rejections.internal_error(exc, r.source)
         return read
 
-    def _published(self, state: DomainState, events: list[ContextEvent]) -> list[ContextEvent]:
-        """Contexts whose decision is already on the decisions topic (a replay after a
-        restore) await their reward with that decision, exactly as it was served; the
-        others are returned, to be decided."""
-        fresh = []
-        for ev in events:
-            dec = self.ownership.published_decision(state.partition, ev.source.offset() or 0)
-            if dec is None or not self._served_again(state, ev, dec):
-                fresh.append(ev)
-        return fresh
+    def _published(self, state: DomainState, ev: ContextEvent) -> Decision | None:
+        """The decision already on the decisions topic for a replayed context's record."""
+        return self.ownership.published_decision(state.partition, ev.source.offset() or 0)
 
-    def _served_again(self, state: DomainState, ev: ContextEvent, dec: Decision) -> bool:
-        """Await ``ev``'s reward with its published decision ``dec``; False when ``dec``
-        does not fit ``ev`` (another context under a reused event id): decide it anew."""
-        cands = ev.candidates
-        if (dec.domain, dec.event_id) != (state.name, ev.event_id) or (
-            dec.action not in cands or list(dec.probabilities) != cands
-        ):
-            return False
-        encoded = self.domains.hasher.encode(ev.context, cands, ev.candidate_features, state.index)
-        dist = tuple(dec.probabilities.values())
-        at = ev.record_time
-        pending = Pending(
-            state.name,
-            ev.event_id,
-            encoded,
-            cands.index(dec.action),
-            dec.probability,
-            dec.policy,
-            dec.variant,
-            at,
-            at + self.settings.reward_wait_s,
-            dist if self.joiner.joined_log is not None else None,
-            dec.policy_version,
-        )
-        state.decisions += 1
-        self.stats.republished += 1
-        self.joiner.awaiting(state, pending)
-        self.joiner.claim_early(state, ev.event_id)
-        return True
-
-    def _decide(self, admitted: list[tuple[DomainState, list[ContextEvent]]]) -> list[list[Served]]:
-        """Every domain's decisions, in one call per policy class; a domain whose decide
-        raises is decided event by event (:meth:`_decide_each`)."""
-        out: list[list[Served] | None] = [None] * len(admitted)
-        together = []
-        for i, (state, fresh) in enumerate(admitted):
-            try:
-                failpoint(self.failpoints, "decide")
-                together.append(i)
-            except Exception as exc:
-                out[i] = self._decide_each(state, fresh, exc)
-        try:
-            for i, served in zip(
-                together, self.domains.decide_many([admitted[i] for i in together]), strict=True
-            ):
-                out[i] = served
-        except Exception:
-            for i in together:  # find the domain that raised; the others decide as usual
-                state, fresh = admitted[i]
-                try:
-                    out[i] = self.domains.decide(state, fresh)
-                except Exception as exc:
-                    out[i] = self._decide_each(state, fresh, exc)
-        return [served or [] for served in out]
-
-    def _decide_each(
-        self, state: DomainState, events: list[ContextEvent], exc: Exception
-    ) -> list[Served]:
-        """A batch's decide raised: under ``dead_letter``, decide its events one by one
-        and dead-letter those that raise again (under ``fail`` the error propagates).
-        Only those count against RL_MAX_PROCESSING_ERRORS, not the batch's error too."""
-        self.rejections.errors.handle(exc, count=False)
-        self.rejections.log.warning(
-            "decide_batch",
-            "deciding %d contexts of %r failed (%s: %s): deciding them one by one",
-            len(events),
-            state.name,
-            type(exc).__name__,
-            exc,
-        )
-        out: list[Served] = []
-        for ev in events:
-            try:
-                failpoint(self.failpoints, "decide")
-                out.extend(self.domains.decide(state, [ev]))
-            except Exception as again:
-                self.rejections.internal_error(again, ev.source)
-        return out
-
-    def _emit(self, state: DomainState, served: Served, consumed_at: float) -> None:
+    def _publish(self, outcomes: list[Outcome], consumed_at: float) -> None:
+        """Publish the decisions among ``outcomes`` (a domain variant's run at a time), and
+        translate the rest."""
         delivery = self.delivery
         assert delivery is not None
-        events, encoded, dec = served.events, served.encoded, served.decisions
-        variant, policy = served.variant, served.policy
-        name, policy_name, version = state.name, policy.name, policy.n_learned
-        pmf, rows, probs = dec.pmf.tolist(), dec.row.tolist(), dec.probability.tolist()
-        keep_dist = self.joiner.joined_log is not None
-        wait = self.settings.reward_wait_s
-        key = name.encode()
-        fp, may_publish = self.failpoints, self._may_publish
-        part = state.partition
-        partition = self.decision_log.partition_of(part)
+        fp, may_publish, tally = self.failpoints, self._may_publish, self.tally
         produce, encode = delivery.produce, encode_decision
         refused = self.rejections.decision_refused
-        # The batch was decided at once: one latency and one timestamp for its decisions.
+        partition_of = self.decision_log.partition_of
+        # Decided at once: one latency for a batch's decisions.
         latency = (time.perf_counter() - consumed_at) * 1000.0
-        stamp = time.time()
-        emitted: list[str] = []
-        end = 0
-        for i, ev in enumerate(events):
-            start, cands = end, ev.candidates
-            end = start + len(cands)
-            chosen = rows[i] - start
-            dist = pmf[start:end]
+        run: list[Decided] = []
+        for o in outcomes:
+            if not isinstance(o, Decided):
+                self.translate([o])
+                continue
+            if run and (run[0].state is not o.state or run[0].pending.variant != o.pending.variant):
+                tally.decided(run, latency)
+                run = []
+            ev, name = o.event, o.state.name
             try:  # everything that may raise before the decision leaves
                 if fp is not None:
                     fp.check("emit")
-                value = encode(
-                    Decision(
-                        ev.event_id,
-                        name,
-                        cands[chosen],
-                        probs[i],
-                        dict(zip(cands, dist, strict=False)),  # equal lengths: rows start:end
-                        policy_name,
-                        version,
-                        variant,
-                        stamp,
-                        latency,
-                    )
-                )
+                o.decision.latency_ms = latency
+                value = encode(o.decision)
             except Exception as exc:
+                self.engine.withdraw(o)
                 self.rejections.internal_error(exc, ev.source)
                 continue
-            emitted.append(ev.event_id)
-            at = ev.record_time
-            pending = Pending(
-                name,
-                ev.event_id,
-                encoded[i],
-                chosen,
-                probs[i],
-                policy_name,
-                variant,
-                at,
-                at + wait,
-                tuple(dist) if keep_dist else None,
-                version,
-            )
-            # Pending first: a decision refused at once (too large) is discarded again.
-            self.joiner.awaiting(state, pending)
             may_publish()  # a freeze past the session may have ended anywhere before here
+            part = o.state.partition
             produce(
                 value,
-                key,
+                name.encode(),
                 headers=context_header(part, ev.source.offset() or 0),
-                partition=partition,
+                partition=partition_of(part),
                 on_refused=partial(refused, ev.source, name, ev.event_id),
             )
-            self.joiner.claim_early(state, ev.event_id)
-        self.stats.decisions += len(emitted)
-        self.metrics.decided(name, variant, [latency] * len(emitted), emitted)
+            run.append(o)
+            self.translate(self.engine.claim_early(o))
+        tally.decided(run, latency)
+
+    def translate(self, outcomes: list[Outcome]) -> None:
+        """Count every outcome; dead-letter refusals and failures; log finished joins."""
+        for o in outcomes:
+            self.tally.count(o)
+            if isinstance(o, Refused):
+                self.rejections.reject(o.code, o.reason, o.source)
+            elif isinstance(o, Failed):
+                self.rejections.dead_letter_failure(o.error, o.source)
+            elif self.joined_log is not None:
+                if isinstance(o, Joined):
+                    self.joined_log.write(o.pending, o.reward, default=False)
+                elif isinstance(o, Expired):
+                    self.joined_log.write(o.pending, o.reward, default=True)
+
+    def keep(self, r: RewardEvent) -> Source:
+        """What a held early reward keeps of its message: its place and a re-encoding, not
+        its raw bytes (see Source.of_reward)."""
+        return Source.of_reward(r.source, r.event_id, r.domain, r.reward)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 from confluent_kafka import KafkaError, Message
 
 from stream.config import Settings
 from stream.core.domain import DomainState
-from stream.core.join import Pending, PendingJoins
+from stream.core.join import Pending
 from stream.errorpolicy import ProcessingErrors
 from stream.kafka.deadletter import DeadLetters, Source, exception_headers
 from stream.logs import RateLimitedLog
@@ -23,13 +24,18 @@ log = logging.getLogger("stream.processor")
 
 class Rejections:
     def __init__(
-        self, settings: Settings, stats: Stats, joins: PendingJoins, metrics: Metrics
+        self,
+        settings: Settings,
+        stats: Stats,
+        metrics: Metrics,
+        errors: ProcessingErrors,
+        undeliverable: Callable[[str, str], None],
     ) -> None:
         self.settings = settings
-        self.stats = stats
-        self.joins = joins
+        self.stats = stats  # transport's own counts: delivery retries, refused log records
         self.metrics = metrics
-        self.errors = ProcessingErrors(settings.on_processing_error, settings.max_processing_errors)
+        self.errors = errors
+        self.undeliverable = undeliverable  # (domain, event id): no reward can come for it
         self.log = RateLimitedLog(log)
         self.dead_letters: DeadLetters | None = None  # set while the service runs
 
@@ -60,6 +66,10 @@ class Rejections:
         """An unexpected exception while processing one message: re-raised under
         RL_ON_PROCESSING_ERROR=fail, else the message is dead-lettered (internal_error)."""
         self.errors.handle(exc)
+        self.dead_letter_failure(exc, src)
+
+    def dead_letter_failure(self, exc: Exception, src: Message | Source | None) -> None:
+        """A message whose processing raised, the error already handled: dead-lettered."""
         self.reject("internal_error", f"{type(exc).__name__}: {exc}", src, exc)
 
     def learn_failed(
@@ -88,7 +98,7 @@ class Rejections:
     ) -> None:
         """The decisions topic refused a decision (e.g. too large): its context is
         dead-lettered and the decision forgotten (no reward can come for it)."""
-        self.joins.discard(domain, event_id)
+        self.undeliverable(domain, event_id)
         self.reject(
             "undeliverable",
             f"{self.settings.topic_decisions} refused the decision for {event_id!r}: {err.str()}",

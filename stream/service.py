@@ -21,9 +21,7 @@ from confluent_kafka import Consumer, Producer
 from policies.features import FeatureHasher
 from policies.kernels import warm_up
 from stream.config import Settings
-from stream.core.domains import Domains
-from stream.core.join import PendingJoins
-from stream.core.streamtime import StreamTime
+from stream.core.engine import Engine
 from stream.failpoints import Failpoints
 from stream.joinedlog import JoinedLog
 from stream.kafka.balance import TopicBalance
@@ -31,12 +29,14 @@ from stream.kafka.brokerwatch import BrokerWatch
 from stream.kafka.clients import consumer_config, producer_config
 from stream.kafka.decisionlog import DecisionLog
 from stream.kafka.endwatch import EndWatch
+from stream.kafka.lag import consumer_lag, send_metrics
 from stream.lifecycle import Paused, Stopping
 from stream.observe.memory import MemoryGuard, trim
 from stream.observe.metrics import Metrics
 from stream.observe.probes import Probes
 from stream.observe.reporter import MetricsReporter
 from stream.observe.stats import Stats
+from stream.observe.tally import Tally
 from stream.processor import BatchProcessor
 from stream.state.checkpointer import Checkpointer, Clients, Outcome, Skipped, Written
 from stream.state.membership import Membership
@@ -60,9 +60,8 @@ class Service:
         self.hasher = FeatureHasher(s.feature_dim, seed=s.seed)
         seed = s.seed if s.failpoint_seed is None else s.failpoint_seed
         fp = self.failpoints = Failpoints.from_spec(s.failpoints, seed)
-        self.domains = Domains(s, self.hasher, fp, self._learn_failed)
-        waits = (s.reward_wait_s, None, s.reward_early_wait_s, s.max_pending_per_domain)
-        self.joins = PendingJoins(s.max_pending, *waits)
+        e = self.engine = Engine(s, self.hasher, fp)
+        self.domains, self.joins, self.clock = e.domains, e.joins, e.clock
         self.balance = TopicBalance(s.topic_contexts, s.topic_rewards, s.max_pending, s.batch_size)
         self.ready = threading.Event()
         self._stopping = Stopping(s.shutdown_timeout_s)
@@ -73,13 +72,13 @@ class Service:
         self._producer: Producer | None = None
         self._store = open_store(s.state_dir, s.checkpoint_keep)
         self.metrics = Metrics(s)
-        self.clock = StreamTime(s.reward_grace_s, s.reward_quiet_grace_s)
+        self.tally = Tally(self.stats, self.metrics)
         self.decision_log = DecisionLog(s)
         parts = (self.domains, self.joins, self.hasher, self._store)
         self.ownership = Ownership(s, *parts, self._released, self.decision_log)
-        own, clock = self.ownership, self.clock
-        self.processor = BatchProcessor(s, self.stats, own, self.balance, self.metrics, fp, clock)
-        self.checkpointer = Checkpointer(own, fp, self._learned, clock)
+        self.processor = BatchProcessor(s, e, self.ownership, self.balance, self.tally, fp)
+        e.learner.on_learn_error = self.processor.rejections.learn_failed
+        self.checkpointer = Checkpointer(self.ownership, fp, self.tally.learned, self.clock)
         self.rebalance = Rebalance(s, self.ownership, self.balance, self.checkpoint, self.ready, fp)
         self.membership = Membership(
             s, self.rebalance, self.ownership, self.checkpointer, self.ready
@@ -94,7 +93,7 @@ class Service:
             s.memory_limit_mb,
             s.memory_cleanup_interval,
             partial(trim, self.hasher, self.joins, self.domains),
-            self.processor.joiner.shed,
+            self._shed,
         )
         self.ends = EndWatch(s)
         self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
@@ -102,11 +101,10 @@ class Service:
         self.broker: BrokerWatch | None = None
         self.joined_log: JoinedLog | None = None
 
-    def _learn_failed(self, *args: Any) -> None:
-        self.processor.rejections.learn_failed(*args)
-
-    def _learned(self, n: int) -> None:
-        self.stats.rewards_learned += n
+    def _shed(self, share: float) -> int:
+        shed = self.engine.shed(share)
+        self.processor.translate(shed)
+        return len(shed)
 
     def _released(self, names: set[str], partitions: set[int]) -> None:
         self.metrics.forget(names)
@@ -131,7 +129,8 @@ class Service:
         self.decision_log.connect(self._producer)
         if s.joined_log:
             self.joined_log = JoinedLog(s.joined_log, s.feature_dim, delivery)
-            self.processor.joiner.joined_log = self.checkpointer.joined_log = self.joined_log
+            self.processor.joined_log = self.checkpointer.joined_log = self.joined_log
+            self.engine.keep_distribution = True
         self._consumer = Consumer(consumer_config(s))
         self.checkpointer.clients = Clients(self._consumer, delivery, StatePublisher(s))
         self.membership.start(self._consumer, delivery)
@@ -193,7 +192,9 @@ class Service:
         )
 
     def report_metrics(self) -> list[dict[str, Any]]:
-        return self.reporter.report(self._producer, self._consumer)
+        events = self.reporter.report(consumer_lag(self._consumer))
+        send_metrics(self._producer, self.settings.topic_metrics, events)
+        return events
 
     def _shutdown(self) -> None:
         """Finish: learn buffered rewards, flush decisions, checkpoint, commit offsets."""

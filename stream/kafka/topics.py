@@ -11,9 +11,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
 from stream.errors import ConfigError, KafkaClientError
-from stream.state.topic import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
+
+# Policy states with long histories and many pending decisions exceed Kafka's 1 MB
+# default; the state topic is created with this limit (and the clients configured so).
+MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 def _partition_counts(admin: AdminClient, timeout: float, bootstrap: str) -> dict[str, int]:

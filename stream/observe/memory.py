@@ -8,44 +8,19 @@ would be decided twice and a re-sent reward learned twice).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-import psutil
 
 if TYPE_CHECKING:
     from policies.features import FeatureHasher
     from stream.core.domains import Domains
     from stream.core.join import PendingJoins
 
+from stream.sysmem import process_rss_mb
+
 log = logging.getLogger(__name__)
-
-
-def process_rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
-        return None
-    return fn
-
-
-_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``): glibc keeps
-    a written checkpoint's freed pages mapped otherwise (docs/design.md, "Memory")."""
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 SHED_SHARE = 0.1  # of the pending decisions, oldest first, when trimming was not enough

@@ -5,16 +5,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from stream.kafka.brokerwatch import BrokerWatch
 from stream.observe.http import serve
-from stream.state.checkpointer import Checkpointer
-from stream.state.ownership import Ownership
 
 log = logging.getLogger(__name__)
+
+
+class Checkpoints(Protocol):
+    """What the probes read of the checkpointer."""
+
+    failures: int
+    last_error: str
+
+    @property
+    def failing(self) -> bool: ...
+
+
+class Holdings(Protocol):
+    held: set[int]  # the input partitions held
+
+
+class Broker(Protocol):
+    reachable: bool
 
 
 class Probes:
@@ -23,15 +38,15 @@ class Probes:
         poll_timeout_s: float,
         ready: threading.Event,
         stopping: threading.Event,
-        checkpointer: Checkpointer,
-        ownership: Ownership,
+        checkpointer: Checkpoints,
+        ownership: Holdings,
     ) -> None:
         self.limit_s = max(10.0, 5 * poll_timeout_s)
         self.ready = ready
         self.stopping = stopping
         self.checkpointer = checkpointer
         self.ownership = ownership
-        self.broker: BrokerWatch | None = None
+        self.broker: Broker | None = None
         self.last_turn = time.monotonic()
         self.failed = ""  # why the service is stopping after an error (healthz fails)
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-
-import orjson
-from confluent_kafka import Consumer, KafkaException, Producer
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from stream.config import Settings
 from stream.core.domains import Domains
 from stream.core.join import PendingJoins
-from stream.observe.memory import process_rss_mb
 from stream.observe.metrics import Metrics
-from stream.state.checkpointer import Checkpointer
+from stream.sysmem import process_rss_mb
 
 log = logging.getLogger(__name__)
+
+
+class Checkpoints(Protocol):
+    """What the reporter reads of the checkpointer."""
+
+    last_at: float  # epoch seconds of the last one written
+    written: int
+    last_duration_s: float
 
 
 class MetricsReporter:
@@ -26,9 +31,8 @@ class MetricsReporter:
         metrics: Metrics,
         domains: Domains,
         joins: PendingJoins,
-        checkpointer: Checkpointer,
+        checkpointer: Checkpoints,
     ) -> None:
-        self.topic = settings.topic_metrics
         self.interval_s = settings.metrics_interval_s
         self.metrics = metrics
         self.domains = domains
@@ -39,8 +43,9 @@ class MetricsReporter:
     def due(self) -> bool:
         return time.monotonic() - self.last >= self.interval_s
 
-    def report(self, producer: Producer | None, consumer: Consumer | None) -> list[dict[str, Any]]:
-        """Produce one metrics event per active domain and refresh the gauges."""
+    def report(self, lag: Mapping[tuple[str, int], int]) -> list[dict[str, Any]]:
+        """One metrics event per active domain (for the metrics topic); the gauges
+        refreshed, consumer ``lag`` (topic, partition -> messages behind) among them."""
         self.last = time.monotonic()
         m = self.metrics
         rss = process_rss_mb()
@@ -53,28 +58,12 @@ class MetricsReporter:
             if st.estimates
         }
         events = m.report(time.time(), self.joins.count_by_domain(), rss, estimates)
-        if producer is not None:
-            for ev in events:
-                try:
-                    producer.produce(self.topic, orjson.dumps(ev), ev["domain"].encode())
-                except BufferError:
-                    log.warning("producer queue full: metrics event for %s dropped", ev["domain"])
         ck = self.checkpointer
         m.p_pending.set(len(self.joins))
         m.p_rss.set(rss * 1024 * 1024)
         m.p_ckpt_age.set(time.time() - ck.last_at)
         if ck.written:
             m.p_ckpt_duration.set(ck.last_duration_s)
-        if consumer is not None:
-            self._refresh_lag(consumer)
+        for (topic, partition), behind in lag.items():
+            m.p_lag.labels(topic, str(partition)).set(behind)
         return events
-
-    def _refresh_lag(self, consumer: Consumer) -> None:
-        try:
-            for tp in consumer.position(consumer.assignment()):
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    lag = max(0, high - tp.offset)
-                    self.metrics.p_lag.labels(tp.topic, str(tp.partition)).set(lag)
-        except KafkaException as exc:
-            log.debug("consumer lag unavailable: %s", exc)

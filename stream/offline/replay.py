@@ -25,7 +25,7 @@ from policies.features import FeatureHasher
 from policies.ridge import RidgePolicy
 from stream.config import Settings
 from stream.core.policy_config import REWARD_MODEL_POLICY, build_policy
-from stream.records import encoded_from_record
+from stream.state.records import encoded_from_record
 
 
 @dataclass

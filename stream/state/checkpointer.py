@@ -22,21 +22,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from stream.core.streamtime import StreamTime
 from stream.failpoints import Failpoints
 from stream.failpoints import check as failpoint
-from stream.joinedlog import JoinedLog
 from stream.kafka.delivery import Delivery
-from stream.observe.memory import release_free_memory
 from stream.state.delta import Chain
 from stream.state.ownership import Ownership
 from stream.state.publisher import Abandoned, PartitionMark, StatePublisher
 from stream.state.snapshot import encode_pending, finished_by_domain, take_snapshot
+from stream.sysmem import release_free_memory
 
 log = logging.getLogger(__name__)
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
 
 FAILURES_NOT_READY = 3  # consecutive failed writes before /readyz says so
 
@@ -110,7 +114,7 @@ class Checkpointer:
         self.failpoints = failpoints
         self.on_learned = on_learned
         self.clients: Clients | None = None
-        self.joined_log: JoinedLog | None = None
+        self.joined_log: Flushable | None = None  # flushed before each checkpoint
         # One background writer: the loop only takes the snapshot; SQLite writes beside it.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self.writing: PendingWrite | None = None

@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Producer
 from stream.config import Settings
 from stream.errors import CheckpointError
 from stream.kafka.clients import common_config
+from stream.kafka.topics import MAX_RECORD_BYTES
 from stream.state.delta import (
     MAX_DELTAS,
     Chain,
@@ -27,7 +28,6 @@ from stream.state.delta import (
 from stream.state.store import Snapshot
 from stream.state.topic import (
     EPOCH_HEADER,
-    MAX_RECORD_BYTES,
     Head,
     Offsets,
     encode_domain,

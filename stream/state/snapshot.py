@@ -18,7 +18,7 @@ from stream.core.domains import Domains
 from stream.core.finished import Finished
 from stream.core.join import PendingJoins
 from stream.errors import ConfigError
-from stream.records import (
+from stream.state.records import (
     MalformedRecord,
     decision_record,
     early_from_record,

@@ -64,9 +64,7 @@ SCHEMA = 2
 SCHEMAS = (1, 2)  # read
 MARKER_PREFIX = "#partition/"
 EPOCH_HEADER = "epoch"  # every record's, tombstones too: its writer's epoch
-# Policy states with long histories and many pending decisions exceed Kafka's 1 MB
-# default; the state topic is created with this limit (and the clients configured so).
-MAX_RECORD_BYTES = 64 * 1024 * 1024
+
 
 Offsets = tuple[int, int]  # (next contexts offset, next rewards offset) of one partition
 Head = tuple[str, int]  # (base id, link): the newest record of a domain's chain

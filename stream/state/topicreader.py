@@ -15,11 +15,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from stream.config import Settings
 from stream.errors import CorruptCheckpoint
 from stream.kafka.clients import common_config
+from stream.kafka.topics import MAX_RECORD_BYTES
 from stream.state.delta import MAX_DELTAS, delta_key, is_delta_key, legacy_delta_key
 from stream.state.topic import (
     EPOCH_HEADER,
     MARKER_PREFIX,
-    MAX_RECORD_BYTES,
     DomainRecord,
     Marker,
     Offsets,

@@ -79,3 +79,76 @@ def test_policies_never_import_kafka_settings_or_metrics():
 
 def test_the_service_is_thin():
     assert len((ROOT / "stream" / "service.py").read_text().splitlines()) <= 250
+
+
+# The layers, each importing only those below it (docs/design.md, "Layers"). Modules
+# every layer may use sit beside them: settings, errors, logging, failpoints, the
+# lifecycle and the process's memory.
+CROSS_CUTTING = {
+    "stream.config",
+    "stream.errors",
+    "stream.errorpolicy",
+    "stream.failpoints",
+    "stream.logs",
+    "stream.lifecycle",
+    "stream.signals",
+    "stream.extras",
+    "stream.sysmem",
+}
+MAY_IMPORT = {
+    "policies": {"policies"},
+    "cross": {"cross", "policies"},
+    "core": {"core", "cross", "policies"},
+    "kafka": {"kafka", "core", "cross", "policies"},
+    "state": {"state", "kafka", "core", "cross", "policies"},
+    "observe": {"observe", "core", "cross", "policies"},
+    "wiring": {"wiring", "state", "kafka", "core", "observe", "cross", "policies"},
+}
+# Outside libraries a layer must not use (the core has no Kafka, SQLite or Prometheus).
+BANNED = {"core": {"confluent_kafka", "sqlite3", "prometheus_client"}}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "policies":
+        return "policies"
+    if module in CROSS_CUTTING:
+        return "cross"
+    if len(parts) > 1 and parts[1] in ("core", "kafka", "state", "observe"):
+        return parts[1]
+    return "wiring"  # the service, processor, CLI, Bandit, offline tools, benches
+
+
+def test_the_layers_import_only_downwards():
+    mods = _modules()
+    wrong = []
+    for name, path in mods.items():
+        mine = _layer(name)
+        for imported in _imports(path):
+            if imported.split(".")[0] in BANNED.get(mine, ()):
+                wrong.append(f"{name} ({mine}) uses {imported}")
+            elif imported in mods and _layer(imported) not in MAY_IMPORT[mine]:
+                wrong.append(f"{name} ({mine}) imports {imported} ({_layer(imported)})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_outside_the_core_changes_a_domains_counters():
+    """The core owns decide -> join -> learn; the others translate its outcomes."""
+    counters = {"decisions", "rewards_joined", "reward_sum", "expired"}
+    wrong = []
+    for name, path in _modules().items():
+        if _layer(name) == "core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AugAssign):
+                targets = [node.target]
+            for t in targets:
+                if (
+                    isinstance(t, ast.Attribute)
+                    and t.attr in counters
+                    and isinstance(t.value, ast.Name)
+                    and t.value.id in ("st", "state")
+                ):
+                    wrong.append(f"{name}:{node.lineno} {t.value.id}.{t.attr}")
+    assert not wrong, wrong

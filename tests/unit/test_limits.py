@@ -120,7 +120,7 @@ def test_the_memory_guard_sheds_the_oldest_pending_when_trimming_is_not_enough(
         limit_mb=50,
         interval_s=10,
         trim=lambda: {},
-        shed=svc.processor.joiner.shed,
+        shed=svc._shed,
         rss_mb=lambda: 100.0,  # never goes down
     )
     assert guard.check(now=10.0 + time.monotonic())  # an interval later

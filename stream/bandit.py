@@ -43,7 +43,7 @@ from stream.core.engine import Engine
 from stream.core.outcomes import DUPLICATE_REWARD, EXPIRED_EVENT, Decided, Failed, Joined, Refused
 from stream.core.streamtime import StreamTime
 from stream.kafka.codec import DecodeError, Limits, decode_context, decode_reward
-from stream.state.snapshot import encode_pending, finished_by_domain, restore, take_snapshot
+from stream.state.snapshot import restore, take_snapshot
 from stream.state.topic import decode_domain, encode_domain
 
 
@@ -146,12 +146,9 @@ class Bandit:
     def state(self) -> bytes:
         """The domain's policies, pending decisions and unlearned rewards, in the state
         topic's record format (the checkpoint's arrays, exact)."""
-        snap = take_snapshot(self.domains, self.joins, self.hasher, {})
+        snap = take_snapshot(self.domains, self.joins, self.hasher, {}).complete()
         self.domains.learner.end_write()  # nothing is written in the background here
-        snap = encode_pending(snap)
-        offsets = (OFFSET_BEGINNING, OFFSET_BEGINNING)
-        finished = finished_by_domain(snap).get(self.domain, [])
-        return encode_domain(snap, self.domain, 0, offsets, snap.pending, finished=finished)
+        return encode_domain(snap, self.domain, 0, (OFFSET_BEGINNING, OFFSET_BEGINNING))
 
     @classmethod
     def from_state(cls, data: bytes, **overrides: Any) -> Bandit:

@@ -212,13 +212,13 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
             print(f"domain {args.domain!r} is not in checkpoint {snap.version}", file=sys.stderr)
             return 1
         meta, arrays = snap.domains[args.domain][BASELINE_ROLE]
-        info = snap.meta.get("domains", {}).get(args.domain, {})
-        pending = sum(1 for p in snap.pending if p.get("domain") == args.domain)
+        info = snap.meta.domains.get(args.domain)
+        pending = sum(1 for p in snap.pending if p.domain == args.domain)
         print(f"checkpoint {snap.version}, domain {args.domain}")
         print(f"  policy {meta['policy']} ({meta['params']}), learned {meta['n_learned']}")
         print(
-            f"  decisions {info.get('decisions', 0)}, rewards joined "
-            f"{info.get('rewards_joined', 0)}, pending {pending}"
+            f"  decisions {info.decisions if info else 0}, rewards joined "
+            f"{info.rewards_joined if info else 0}, pending {pending}"
         )
         print("  arrays: " + ", ".join(f"{k} {list(a.shape)}" for k, a in sorted(arrays.items())))
         return 0

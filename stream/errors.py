@@ -38,3 +38,7 @@ class CheckpointError(StreamError):
 
 class CorruptCheckpoint(CheckpointError):
     """A stored checkpoint fails validation (digest, dtype, shape or JSON)."""
+
+
+class StateTopicError(CheckpointError):
+    """The state topic cannot be read (missing, unreachable, too slow)."""

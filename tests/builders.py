@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from policies import ContextBatch, Feedback, Policy, create_policy
+from policies.features import EncodedContext
+from stream.core.join import Pending
 
 
 def trained(name: str, seed: int = 0) -> Policy:
@@ -22,3 +24,9 @@ def trained(name: str, seed: int = 0) -> Policy:
         d = p.choose(b)
         p.learn(Feedback(b, d.row, rng.random(20), d.probability))
     return p
+
+
+def pending(domain: str, event_id: str, chosen: int = 1, probability: float = 0.5) -> Pending:
+    """A decision awaiting its reward, over candidates a, b, c and two features."""
+    enc = EncodedContext(((0, 2), (1.0, 0.5)), ("a", "b", "c"))
+    return Pending(domain, event_id, enc, chosen, probability, "eg", "control", 10.0, 20.0)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from policies.base import Policy
+import msgspec
+
+from policies.base import Policy, PolicyError
 from policies.estimators import OnlineEstimate
 from policies.features import FeatureIndex
 from stream.core.join import Pending
@@ -17,6 +20,20 @@ BASELINE_ROLE = "served"
 TREATMENT_ROLE = TREATMENT
 REWARD_MODEL = "reward_model"
 SHADOW = "shadow:"
+
+
+class DomainInfo(msgspec.Struct, kw_only=True):
+    """A domain's metadata as checkpoints keep it, beside its policies' arrays."""
+
+    estimates: dict[str, Any] = msgspec.field(default_factory=dict)  # role -> its state
+    actions: list[str] = msgspec.field(default_factory=list)
+    decisions: int = 0
+    rewards_joined: int = 0
+    reward_sum: float = 0.0
+    expired: int = 0
+    partition: int = -1
+    # Its features' own slots, in order; absent before the index: the domain keeps hashing.
+    feature_index: list[str] | None = None
 
 
 @dataclass(slots=True)
@@ -60,3 +77,30 @@ class DomainState:
             self.shadows[role[len(SHADOW) :]] = policy
         else:
             raise ValueError(f"unknown policy role {role!r}")
+
+    def info(self) -> DomainInfo:
+        return DomainInfo(
+            estimates={role: acc.state() for role, acc in self.estimates.items()},
+            actions=sorted(self.actions),
+            decisions=self.decisions,
+            rewards_joined=self.rewards_joined,
+            reward_sum=self.reward_sum,
+            expired=self.expired,
+            partition=self.partition,
+            feature_index=None if self.index is None else self.index.tokens(),
+        )
+
+    def restore(self, info: DomainInfo, n_features: int) -> None:
+        """Take the counters, actions, estimates and feature index a checkpoint kept;
+        raises ValueError for any that cannot be."""
+        try:
+            self.estimates = {r: OnlineEstimate.from_state(v) for r, v in info.estimates.items()}
+            self.index = (
+                None if info.feature_index is None else FeatureIndex(n_features, info.feature_index)
+            )
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from exc
+        self.actions = set(info.actions)
+        self.decisions, self.rewards_joined = info.decisions, info.rewards_joined
+        self.reward_sum, self.expired = info.reward_sum, info.expired
+        self.partition = info.partition

@@ -33,7 +33,7 @@ from stream.kafka.delivery import Delivery
 from stream.state.delta import Chain
 from stream.state.ownership import Ownership
 from stream.state.publisher import Abandoned, PartitionMark, StatePublisher
-from stream.state.snapshot import encode_pending, finished_by_domain, take_snapshot
+from stream.state.snapshot import take_snapshot
 from stream.sysmem import release_free_memory
 
 log = logging.getLogger(__name__)
@@ -192,9 +192,8 @@ class Checkpointer:
             contexts = self.clock.contexts_until(set(own.held))
             until = {p: min(rewards[p], contexts[p]) for p in own.held}
         snap = take_snapshot(self.domains, self.joins, self.hasher, own.offsets, until)
-        snap.meta["valid_from"] = own.valid_from_meta()
-        snap.meta["epochs"] = {str(p): e for p, e in own.epochs.items()}
-        snap.meta["marks"] = {str(p): m for p, m in own.marks.items()}
+        snap.meta.valid_from = own.valid_from_meta()
+        snap.meta.epochs, snap.meta.marks = dict(own.epochs), dict(own.marks)
         commit = [
             TopicPartition(tp.topic, tp.partition, own.offsets[(tp.topic, tp.partition)])
             for tp in positions
@@ -220,22 +219,15 @@ class Checkpointer:
 
         def write() -> int:
             failpoint(fp, "checkpoint_write")
-            encoded = encode_pending(snap)
+            snap.complete()
             if cancel.is_set():
                 raise Abandoned("checkpoint abandoned: its partitions were lost")
-            version = store.write(encoded)
+            version = store.write(snap)
             if publisher is not None and markers:
                 try:
                     failpoint(fp, "state_publish")
                     made = publisher.publish(
-                        snap,
-                        records,
-                        markers,
-                        timeout_s,
-                        chains,
-                        finished_by_domain(snap),
-                        cancel,
-                        deleted,
+                        snap, records, markers, timeout_s, chains, cancel, deleted
                     )
                     published.update(made)
                 except Abandoned:

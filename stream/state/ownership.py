@@ -29,8 +29,9 @@ from stream.core.join import PendingJoins
 from stream.kafka.codec import Decision
 from stream.kafka.decisionlog import DecisionLog
 from stream.state.delta import Chain
+from stream.state.records import Snapshot
 from stream.state.snapshot import restore
-from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
+from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint
 from stream.state.topic import Head, Offsets
 from stream.state.topicreader import PartitionPlan, StateRecords, read_state_topic
 
@@ -134,7 +135,7 @@ class Ownership:
         for p in sorted(partitions):
             snap = local.get(p)
             mine = self._snap_offsets(snap, p) if snap is not None else None
-            mine_epoch = _int_key(snap.meta.get("epochs", {}), p, 0) if snap is not None else 0
+            mine_epoch = snap.meta.epochs.get(p, 0) if snap is not None else 0
             plan = records.plan(p)
             seen = max(mine_epoch, plan.epoch if plan is not None else 0)
             self.epochs[p] = max(seen + 1, int(time.time() * 1000))
@@ -148,10 +149,10 @@ class Ownership:
                     self.heads[rec.domain] = (p, rec.head)
                 self.offsets[(ctx, p)], self.offsets[(rew, p)] = mine
                 for t in self.topics:
-                    table = snap.meta.get("valid_from", {}).get(f"{t}|{p}")
+                    table = snap.meta.valid_from.get(f"{t}|{p}")
                     if table:
-                        self.valid_from[(t, p)] = {str(d): int(o) for d, o in table.items()}
-                self.marks[p] = _int_key(snap.meta.get("marks", {}), p, OFFSET_BEGINNING)
+                        self.valid_from[(t, p)] = dict(table)
+                self.marks[p] = snap.meta.marks.get(p, OFFSET_BEGINNING)
                 self.restored_from_local += 1
                 log.info(
                     "partition %d restored from local checkpoint %d: %d domains, offsets %s",
@@ -377,14 +378,6 @@ class Ownership:
             self.heads.pop(name, None)
             self.published.pop(name, None)
             self.chains.pop(name, None)
-
-
-def _int_key(table: object, p: int, default: int) -> int:
-    """``table[str(p)]`` of a checkpoint's JSON, or ``default``."""
-    if not isinstance(table, dict):
-        return default
-    v = table.get(str(p), table.get(p))
-    return int(v) if isinstance(v, int) else default
 
 
 def _better(plan: PartitionPlan, epoch: int, offsets: Offsets) -> bool:

@@ -25,9 +25,10 @@ from stream.state.delta import (
     delta_key,
     digest_domain,
 )
-from stream.state.store import Snapshot
+from stream.state.records import Snapshot
 from stream.state.topic import (
     EPOCH_HEADER,
+    DomainShare,
     Head,
     Offsets,
     encode_domain,
@@ -153,7 +154,6 @@ class StatePublisher:
         markers: dict[int, PartitionMark],
         timeout_s: float,
         chains: Mapping[str, Chain] | None = None,
-        finished: Mapping[str, list[Any]] | None = None,
         cancel: threading.Event | None = None,
         deleted: Mapping[str, tuple[int, Head | None]] | None = None,
     ) -> dict[str, Chain]:
@@ -164,13 +164,7 @@ class StatePublisher:
         Returns each published domain's chain. On any failure nothing of it stays queued
         (:class:`PublishFailed`, :class:`Abandoned`)."""
         chains = chains or {}
-        finished = finished or {}
-        by_domain: dict[str, list[Any]] = {}
-        for item in snap.pending:
-            by_domain.setdefault(item["domain"], []).append(item)
-        early_of: dict[str, list[Any]] = {}
-        for e in snap.meta.get("early_rewards", []):
-            early_of.setdefault(e[0], []).append(e)
+        shares = DomainShare.by_domain(snap)
         made: dict[str, Chain] = {}
         retired: list[tuple[str, bytes | None]] = []
         epochs: dict[str, int] = {}  # key -> its writer's epoch
@@ -193,15 +187,13 @@ class StatePublisher:
             for d, (part, offs) in domains.items():
                 roles = snap.domains.get(d, {})
                 now = digest_domain(roles)
-                pending = by_domain.get(d, [])
                 chain = chains.get(d)
                 delta = None if chain is None else changes(chain, now)
                 m = markers.get(part)
                 fields: dict[str, Any] = {
                     "epoch": epoch_of(part),
                     "mark": OFFSET_BEGINNING if m is None else m.mark,
-                    "finished": finished.get(d, ()),
-                    "early": early_of.get(d, []),
+                    "of": shares.get(d) or DomainShare(),
                 }
                 if chain is not None and delta is not None:
                     parts, size = delta
@@ -211,7 +203,7 @@ class StatePublisher:
                     epochs[key] = epoch_of(part)
                     yield (
                         key,
-                        encode_domain(snap, d, part, offs, pending, chain.base, k, parts, **fields),
+                        encode_domain(snap, d, part, offs, chain.base, k, parts, **fields),
                     )
                     continue
                 base = uuid.uuid4().hex[:16]
@@ -223,7 +215,7 @@ class StatePublisher:
                 elif d in before:
                     retire(d, part, before[d][0], MAX_DELTAS)
                 epochs[d] = epoch_of(part)
-                yield d, encode_domain(snap, d, part, offs, pending, base, **fields)
+                yield d, encode_domain(snap, d, part, offs, base, **fields)
 
         for d, (part, head) in (deleted or {}).items():
             retired.append((d, None))

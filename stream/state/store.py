@@ -23,7 +23,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,13 @@ from numpy.typing import NDArray
 
 from stream.errors import CheckpointError, CorruptCheckpoint
 from stream.state.framing import frame, unframe
+from stream.state.records import (
+    Snapshot,
+    meta_from_record,
+    meta_record,
+    pending_from_records,
+    pending_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +62,6 @@ CREATE TABLE IF NOT EXISTS offset (
     version INTEGER NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
     next INTEGER NOT NULL, PRIMARY KEY (version, topic, partition));
 """
-
-
-@dataclass
-class Snapshot:
-    """Everything a restart needs; ``domains[domain][role]`` is a policy's state."""
-
-    domains: dict[str, dict[str, PolicyState]]
-    pending: list[dict[str, Any]] = field(default_factory=list)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to read
-    meta: dict[str, Any] = field(default_factory=dict)  # e.g. the feature pipeline's params
-    version: int = 0
-    created: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -119,9 +114,10 @@ class CheckpointStore:
             for role in sorted(snap.domains[domain]):
                 pmeta, _ = snap.domains[domain][role]
                 policies.append((domain, role, orjson.dumps(pmeta, option=orjson.OPT_SORT_KEYS)))
-        pending = orjson.dumps(snap.pending)
+        snap.complete()
+        pending = orjson.dumps(pending_records(snap.pending, snap.buffered))
         offsets = sorted(snap.offsets.items())
-        meta = orjson.dumps(snap.meta, option=orjson.OPT_SORT_KEYS)
+        meta = orjson.dumps(meta_record(snap.meta), option=orjson.OPT_SORT_KEYS)
         h = hashlib.sha256()
         _hash_head(h, meta, policies)
         db = self._db
@@ -224,11 +220,11 @@ class CheckpointStore:
                 domains.setdefault(d, {})[r] = (orjson.loads(m), {})
             for d, r, n, t, s, b in arrays:
                 domains[d][r][1][n] = unframe(t, orjson.loads(s), b, f"{d}/{r}/{n}")
-            pending = orjson.loads(pending_raw)
-            meta = orjson.loads(meta_text)
+            meta = meta_from_record(orjson.loads(meta_text))
+            pending, buffered = pending_from_records(orjson.loads(pending_raw), meta.n_features)
         except (orjson.JSONDecodeError, KeyError, ValueError) as exc:
             raise CorruptCheckpoint(f"checkpoint version {version}: {exc}") from exc
-        return Snapshot(domains, pending, dict(offsets), meta, version, created)
+        return Snapshot(domains, pending, buffered, dict(offsets), meta, version, created)
 
     def rollback(self, domain: str, version: int) -> int:
         """Write a new newest version: the latest state with ``domain`` as of ``version``.
@@ -244,9 +240,8 @@ class CheckpointStore:
         if current is None:
             raise CheckpointError("no valid checkpoint to roll back from")
         current.domains[domain] = old.domains[domain]
-        info = current.meta.setdefault("domains", {})
-        if domain in old.meta.get("domains", {}):
-            info[domain] = old.meta["domains"][domain]
+        if domain in old.meta.domains:
+            current.meta.domains[domain] = old.meta.domains[domain]
         return self.write(current)
 
     def latest(self) -> Snapshot | None:

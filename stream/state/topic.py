@@ -38,7 +38,6 @@ import hashlib
 import logging
 import struct
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,9 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING
 from numpy.typing import NDArray
 
+from stream.core.early import EarlyReward
+from stream.core.finished import Finished
+from stream.core.join import Pending
 from stream.errors import CorruptCheckpoint
 from stream.state.delta import (
     ArrayKey,
@@ -55,7 +57,18 @@ from stream.state.delta import (
     rows_of,
 )
 from stream.state.framing import frame, unframe
-from stream.state.store import Snapshot
+from stream.state.records import (
+    Snapshot,
+    SnapshotMeta,
+    early_from_record,
+    early_record,
+    finished_from_record,
+    finished_record,
+    info_from_record,
+    info_record,
+    pending_from_records,
+    pending_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +92,25 @@ def encode_domain(
     domain: str,
     partition: int,
     offsets: Offsets,
-    pending: list[Any],
     base: str = "",
     seq: int = 0,
     parts: Parts | None = None,
     *,
     epoch: int = 0,
     mark: int = OFFSET_BEGINNING,
-    finished: Iterable[Any] = (),
-    early: Iterable[Any] | None = None,
+    of: DomainShare | None = None,
 ) -> bytes:
-    """One domain's record: its policies, pending decisions, early rewards and finished
-    joins. With ``seq`` > 0 it is link ``seq`` of base ``base``'s chain, and the arrays in
-    ``parts`` carry only their listed chunks (see :mod:`stream.state.delta`)."""
+    """One domain's record: its policies, pending decisions (those joined and not learned
+    yet too), early rewards and finished joins (``of``: them, already picked out of
+    ``snap``). With ``seq`` > 0 it is link ``seq`` of base ``base``'s chain, and the
+    arrays in ``parts`` carry only their listed chunks (see :mod:`stream.state.delta`)."""
+    mine = of if of is not None else DomainShare.of(snap, domain)
     arrays: list[list[Any]] = []
     chunks: list[bytes] = []
     roles: dict[str, Any] = {}
     # A domain may have only early rewards (no policy yet): then it has no roles.
-    for role, (meta, arrs) in sorted(snap.domains.get(domain, {}).items()):
-        roles[role] = meta
+    for role, (pmeta, arrs) in sorted(snap.domains.get(domain, {}).items()):
+        roles[role] = pmeta
         for name in sorted(arrs):
             dtype, shape, b = frame(arrs[name], f"{domain}/{role}/{name}")
             sent = None if parts is None else parts.get((role, name))
@@ -111,8 +124,7 @@ def encode_domain(
             arrays.append([role, name, dtype, shape, len(part), rows, sent])
             chunks.append(part)
     meta = snap.meta
-    if early is None:
-        early = [e for e in meta.get("early_rewards", []) if e[0] == domain]
+    info = meta.domains.get(domain)
     header = {
         "schema": SCHEMA,
         "kind": "delta" if seq else "domain",
@@ -124,13 +136,13 @@ def encode_domain(
         "base": base,
         "seq": seq,
         "created": time.time(),
-        "features": meta.get("features"),
-        "info": meta.get("domains", {}).get(domain, {}),
+        "features": {"n_features": meta.n_features, "seed": meta.seed},
+        "info": {} if info is None else info_record(info),
         "policies": roles,
         "arrays": arrays,
-        "pending": pending,
-        "early": list(early),
-        "finished": [list(f) for f in finished],
+        "pending": pending_records(mine.pending, mine.buffered),
+        "early": [early_record(e) for e in mine.early],
+        "finished": [finished_record(f)[1:] for f in mine.finished],
     }
     body = b"".join(chunks)
     head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
@@ -161,6 +173,42 @@ def encode_marker(
 
 def _marker_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass
+class DomainShare:
+    """What a domain's record carries besides its policies: its pending decisions, its
+    joined rewards awaiting a learn, its early rewards and its finished joins."""
+
+    pending: list[Pending] = field(default_factory=list)
+    buffered: list[tuple[Pending, float]] = field(default_factory=list)
+    early: list[EarlyReward] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, snap: Snapshot, domain: str) -> DomainShare:
+        return cls.by_domain(snap).get(domain) or cls()
+
+    @classmethod
+    def by_domain(cls, snap: Snapshot) -> dict[str, DomainShare]:
+        """Every domain's share of ``snap``, in one pass over it."""
+        out: dict[str, DomainShare] = {}
+
+        def of(d: str) -> DomainShare:
+            share = out.get(d)
+            if share is None:
+                share = out[d] = cls()
+            return share
+
+        for p in snap.pending:
+            of(p.domain).pending.append(p)
+        for p, r in snap.buffered:
+            of(p.domain).buffered.append((p, r))
+        for e in snap.meta.early:
+            of(e.domain).early.append(e)
+        for f in snap.complete().meta.finished:
+            of(f.domain).finished.append(f)
+        return out
 
 
 @dataclass
@@ -255,20 +303,25 @@ def decode_domain(value: bytes, topics: tuple[str, str]) -> DomainRecord:
         if pos != len(body):
             raise CorruptCheckpoint("state record has trailing bytes")
         finished = h.get("finished", [])
-        if not isinstance(finished, list):
-            raise CorruptCheckpoint("bad finished joins")
-        meta = {
-            "features": h["features"],
-            "domains": {domain: h["info"]},
-            "early_rewards": h["early"],
-            "finished": [[domain, *f] for f in finished],
-        }
+        if not isinstance(finished, list) or not isinstance(h["early"], list):
+            raise CorruptCheckpoint("bad finished joins or early rewards")
+        feats = h["features"]
+        n_features, feature_seed = int(feats["n_features"]), int(feats["seed"])
+        meta = SnapshotMeta(
+            n_features,
+            feature_seed,
+            {domain: info_from_record(h["info"])} if h["info"] else {},
+            [early_from_record(e) for e in h["early"]],
+            [finished_from_record([domain, *f]) for f in finished],
+        )
+        pending, buffered = pending_from_records(h["pending"], n_features)
         ctx, rew = topics
         where_at = {(ctx, partition): offsets[0], (rew, partition): offsets[1]}
-        snap = Snapshot({domain: roles} if roles else {}, h["pending"], where_at, meta)
+        roles_of = {domain: roles} if roles else {}
+        snap = Snapshot(roles_of, pending, buffered, where_at, meta)
         base = str(h.get("base", ""))
         epoch, mark = int(h.get("epoch", 0)), int(h.get("mark", OFFSET_BEGINNING))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:  # MalformedRecord is a ValueError
         raise CorruptCheckpoint(f"malformed state record: {exc}") from exc
     return DomainRecord(
         domain, partition, offsets, snap, base, seq, parts, epoch, mark, int(schema)

@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from stream.config import Settings
-from stream.errors import CorruptCheckpoint
+from stream.errors import CorruptCheckpoint, StateTopicError
 from stream.kafka.clients import common_config
 from stream.kafka.topics import MAX_RECORD_BYTES
 from stream.state.delta import MAX_DELTAS, delta_key, is_delta_key, legacy_delta_key
@@ -208,7 +208,7 @@ def read_state_topic(settings: Settings, timeout_s: float = 30.0) -> StateRecord
     try:
         md = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if md is None or md.error is not None:
-            raise KafkaException(md.error if md is not None else f"no topic {topic}")
+            raise StateTopicError(f"no topic {topic}: {md.error if md is not None else ''}")
         todo: dict[int, int] = {}
         assign = []
         for p in md.partitions:
@@ -224,7 +224,7 @@ def read_state_topic(settings: Settings, timeout_s: float = 30.0) -> StateRecord
         deadline = time.monotonic() + timeout_s
         while todo:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} took over {timeout_s} s")
+                raise StateTopicError(f"reading {topic} took over {timeout_s} s")
             for m in consumer.consume(500, timeout=0.5):
                 err = m.error()
                 if err is not None:
@@ -243,6 +243,8 @@ def read_state_topic(settings: Settings, timeout_s: float = 30.0) -> StateRecord
             for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):
                 if tp.offset >= todo.get(tp.partition, 1 << 62):
                     todo.pop(tp.partition, None)
+    except KafkaException as exc:
+        raise StateTopicError(f"reading {topic}: {exc.args[0]}") from exc
     finally:
         consumer.close()
     return records

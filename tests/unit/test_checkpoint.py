@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from policies import ContextBatch, Feedback, policy_class
-from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint, Snapshot
-from tests.builders import trained
+from stream.state.records import Snapshot, SnapshotMeta
+from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint
+from tests.builders import pending, trained
 
 
 def snapshot(n_domains: int = 3) -> Snapshot:
@@ -20,9 +21,14 @@ def snapshot(n_domains: int = 3) -> Snapshot:
         for name in ("epsilon_greedy", "doubly_robust", "offset_tree"):
             roles[name] = trained(name, i).state_dict()
         domains[f"dom{i}"] = roles
-    pending = [{"domain": "dom0", "event_id": "e1", "chosen": 1, "probability": 0.5}]
     offsets = {("ctx", 0): 41, ("ctx", 1): 7, ("rew", 0): 13}
-    return Snapshot(domains, pending, offsets, {"features": {"n_features": 4, "seed": 0}})
+    return Snapshot(
+        domains,
+        [pending("dom0", "e1")],
+        [(pending("dom0", "e0"), 1.0)],  # joined, learned at the next update
+        offsets,
+        SnapshotMeta(n_features=4, seed=0),
+    )
 
 
 def test_round_trip_restores_identical_policies(tmp_path):
@@ -31,7 +37,8 @@ def test_round_trip_restores_identical_policies(tmp_path):
     v = store.write(snap)
     got = store.latest()
     assert got is not None and got.version == v
-    assert got.offsets == snap.offsets and got.pending == snap.pending and got.meta == snap.meta
+    assert got.offsets == snap.offsets and got.meta == snap.meta
+    assert got.pending == snap.pending and got.buffered == snap.buffered
     for domain, roles in snap.domains.items():
         for role, (meta, arrays) in roles.items():
             meta2, arrays2 = got.domains[domain][role]
@@ -224,7 +231,7 @@ def _domains(tmp_path, monkeypatch):
 def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path, monkeypatch):
     """A periodic checkpoint stores the reward buffers; a restore learns them later."""
     from stream.core.join import Pending, PendingJoins
-    from stream.state.snapshot import encode_pending, open_store, restore, take_snapshot
+    from stream.state.snapshot import open_store, restore, take_snapshot
 
     settings, h, doms = _domains(tmp_path, monkeypatch)
     st = doms.get_or_create("d", partition=0)
@@ -235,7 +242,7 @@ def test_joined_rewards_awaiting_their_learn_are_checkpointed_not_lost(tmp_path,
         p = Pending("d", f"e{i}", enc, 1, 0.25, "epsilon_greedy", "control", 0.0, 1e12)
         doms.learner.add(st, p, 0.75, 0.0)
     store = open_store(tmp_path, 5)
-    store.write(encode_pending(take_snapshot(doms, joins, h, {("c", 0): 9})))
+    store.write(take_snapshot(doms, joins, h, {("c", 0): 9}))
     snap = store.latest()
     assert snap is not None
 
@@ -314,7 +321,7 @@ def test_a_domains_feature_index_is_saved_and_restored(tmp_path):
     from stream.core.domains import Domains
     from stream.core.join import PendingJoins
     from stream.kafka.codec import ContextEvent
-    from stream.state.snapshot import encode_pending, restore, take_snapshot
+    from stream.state.snapshot import restore, take_snapshot
     from stream.state.store import CheckpointStore
     from stream.state.topic import decode_domain, encode_domain
 
@@ -324,7 +331,7 @@ def test_a_domains_feature_index_is_saved_and_restored(tmp_path):
     st = doms.get_or_create("d", 0)
     doms.decide(st, [ContextEvent("e1", "d", {"b": 1.0, "a": "x"}, ["p", "q"])])
     assert st.index is not None and st.index.tokens() == ["b", "a=x"]
-    snap = encode_pending(take_snapshot(doms, joins, h, {("ctx", 0): 5}))
+    snap = take_snapshot(doms, joins, h, {("ctx", 0): 5}).complete()
     doms.learner.end_write()
 
     def restored(s):
@@ -334,9 +341,9 @@ def test_a_domains_feature_index_is_saved_and_restored(tmp_path):
 
     store = CheckpointStore(tmp_path / "c.sqlite")
     assert restored(store.load(store.write(snap))).tokens() == ["b", "a=x"]
-    record = encode_domain(snap, "d", 0, (5, 0), snap.pending)
+    record = encode_domain(snap, "d", 0, (5, 0))
     assert restored(decode_domain(record, ("ctx", "rew")).snapshot).tokens() == ["b", "a=x"]
-    del snap.meta["domains"]["d"]["feature_index"]  # as a checkpoint of before
+    snap.meta.domains["d"].feature_index = None  # as a checkpoint of before
     assert restored(snap) is None
 
 

@@ -11,10 +11,15 @@ from confluent_kafka import OFFSET_BEGINNING
 from policies.base import ContextBatch, Feedback, Policy
 from policies.registry import create_policy
 from stream.config import load_settings
+from stream.core.domain import DomainInfo
+from stream.core.early import EarlyReward
+from stream.core.finished import Finished
 from stream.state.delta import MAX_DELTAS, Chain, apply_parts, changes, delta_key, digest_domain
 from stream.state.publisher import PartitionMark, StatePublisher
-from stream.state.store import CorruptCheckpoint, Snapshot
+from stream.state.records import Snapshot, SnapshotMeta
+from stream.state.store import CorruptCheckpoint
 from stream.state.topic import (
+    DomainShare,
     Marker,
     decode_domain,
     decode_marker,
@@ -23,23 +28,31 @@ from stream.state.topic import (
     marker_key,
 )
 from stream.state.topicreader import StateRecords
-from tests.builders import trained
+from tests.builders import pending, trained
 
 TOPICS = ("ctx", "rew")
 
 
 def snap() -> Snapshot:
     domains = {f"d{i}": {"served": trained("doubly_robust", i).state_dict()} for i in range(3)}
-    meta = {
-        "features": {"n_features": 4, "seed": 0},
-        "domains": {f"d{i}": {"partition": i % 2, "decisions": 7} for i in range(3)},
-        "early_rewards": [["d1", "late-ctx", 1.0, 99.0, 1], ["d2", "x", 0.0, 99.0, 0]],
-    }
-    return Snapshot(domains, [], {}, meta)
+    meta = SnapshotMeta(
+        4,
+        0,
+        {f"d{i}": DomainInfo(partition=i % 2, decisions=7) for i in range(3)},
+        [EarlyReward("d1", "late-ctx", 1.0, 99.0, 1), EarlyReward("d2", "x", 0.0, 99.0, 0)],
+    )
+    return Snapshot(domains, meta=meta)
+
+
+def fin(domain: str) -> Finished:
+    return Finished(domain, "e", True, 5.0)
 
 
 def record(s: Snapshot, domain: str, part: int, offsets: tuple[int, int]) -> bytes:
-    return encode_domain(s, domain, part, offsets, [{"domain": domain, "event_id": "p"}])
+    early = [e for e in s.meta.early if e.domain == domain]
+    return encode_domain(
+        s, domain, part, offsets, of=DomainShare([pending(domain, "p")], early=early)
+    )
 
 
 def test_domain_record_round_trips_exactly():
@@ -48,9 +61,9 @@ def test_domain_record_round_trips_exactly():
     assert (rec.domain, rec.partition, rec.offsets) == ("d1", 1, (40, 12))
     got = rec.snapshot
     assert got.offsets == {("ctx", 1): 40, ("rew", 1): 12}
-    assert got.pending == [{"domain": "d1", "event_id": "p"}]
-    assert got.meta["early_rewards"] == [["d1", "late-ctx", 1.0, 99.0, 1]]  # its own only
-    assert got.meta["domains"] == {"d1": {"partition": 1, "decisions": 7}}
+    assert got.pending == [pending("d1", "p")]
+    assert got.meta.early == [EarlyReward("d1", "late-ctx", 1.0, 99.0, 1)]  # its own only
+    assert got.meta.domains == {"d1": DomainInfo(partition=1, decisions=7)}
     meta, arrays = got.domains["d1"]["served"]
     meta0, arrays0 = s.domains["d1"]["served"]
     assert meta == meta0
@@ -128,10 +141,10 @@ def learn(p: Policy, actions: list[str], seed: int) -> None:
 
 
 def one(p: Policy) -> Snapshot:
-    meta = {"features": {"n_features": 64, "seed": 0}, "domains": {"d": {"partition": 0}}}
+    meta = SnapshotMeta(64, 0, {"d": DomainInfo(partition=0)})
     pmeta, arrays = p.state_dict()
     copied = {k: a.copy() for k, a in arrays.items()}  # a checkpoint's arrays stay still
-    return Snapshot({"d": {"served": (pmeta, copied)}}, [], {}, meta)
+    return Snapshot({"d": {"served": (pmeta, copied)}}, meta=meta)
 
 
 def same_state(rec: Any, s: Snapshot) -> None:
@@ -150,7 +163,7 @@ def chain_after(p: Policy, base: str) -> Chain:
 
 def test_a_delta_carries_the_changed_rows_and_restores_exactly():
     p = ranker()
-    base = encode_domain(one(p), "d", 0, (10, 4), [], "b1")
+    base = encode_domain(one(p), "d", 0, (10, 4), "b1")
     chain = chain_after(p, "b1")
     learn(p, ["a3", "a17"], seed=1)  # two of twenty actions learn
     s1 = one(p)
@@ -158,7 +171,7 @@ def test_a_delta_carries_the_changed_rows_and_restores_exactly():
     assert got is not None
     parts, size = got
     assert parts[("served", "A_inv")] == [3, 17]  # one chunk per 32 KB inverse
-    d1 = encode_domain(s1, "d", 0, (20, 9), [{"domain": "d", "event_id": "p"}], "b1", 1, parts)
+    d1 = encode_domain(s1, "d", 0, (20, 9), "b1", 1, parts, of=DomainShare([pending("d", "p")]))
     assert len(d1) < len(base) / 8
     values = {
         "d": base,
@@ -170,7 +183,7 @@ def test_a_delta_carries_the_changed_rows_and_restores_exactly():
     rec = plan.records[0]
     same_state(rec, s1)
     assert (rec.offsets, rec.seq) == ((20, 9), 1)
-    assert rec.snapshot.pending == [{"domain": "d", "event_id": "p"}]
+    assert rec.snapshot.pending == [pending("d", "p")]
 
     # A new action grows every array: its rows go with the next link.
     chain2 = Chain("b1", 1, chain.base_bytes, size, digest_domain(s1.domains["d"]))
@@ -178,7 +191,7 @@ def test_a_delta_carries_the_changed_rows_and_restores_exactly():
     s2 = one(p)
     got2 = changes(chain2, digest_domain(s2.domains["d"]))
     assert got2 is not None
-    values[delta_key("d", "b1", 2)] = encode_domain(s2, "d", 0, (30, 9), [], "b1", 2, got2[0])
+    values[delta_key("d", "b1", 2)] = encode_domain(s2, "d", 0, (30, 9), "b1", 2, got2[0])
     rec2 = StateRecords(values, TOPICS).plan(0).records[0]  # type: ignore[union-attr]
     same_state(rec2, s2)
     assert rec2.offsets == (30, 9)
@@ -191,18 +204,18 @@ def test_a_chain_stops_at_a_stale_missing_or_damaged_link():
     learn(p, ["a1"], seed=1)
     s1 = one(p)
     parts = changes(chain, digest_domain(s1.domains["d"]))[0]  # type: ignore[index]
-    base = encode_domain(s0, "d", 0, (10, 4), [], "b1")
+    base = encode_domain(s0, "d", 0, (10, 4), "b1")
 
     def restored(links: dict[str, bytes]) -> Any:
         plan = StateRecords({"d": base, **links}, TOPICS).plan(0)
         assert plan is not None
         return plan.records[0]
 
-    stale = encode_domain(s1, "d", 0, (20, 5), [], "b0", 1, parts)  # an older chain's link
+    stale = encode_domain(s1, "d", 0, (20, 5), "b0", 1, parts)  # an older chain's link
     same_state(restored({delta_key("d", "b1", 1): stale}), s0)
-    second = encode_domain(s1, "d", 0, (20, 5), [], "b1", 2, parts)  # link 1 is missing
+    second = encode_domain(s1, "d", 0, (20, 5), "b1", 2, parts)  # link 1 is missing
     same_state(restored({delta_key("d", "b1", 2): second}), s0)
-    good = encode_domain(s1, "d", 0, (20, 5), [], "b1", 1, parts)
+    good = encode_domain(s1, "d", 0, (20, 5), "b1", 1, parts)
     bad = bytearray(good)
     bad[-3] ^= 1
     same_state(restored({delta_key("d", "b1", 1): bytes(bad)}), s0)
@@ -283,8 +296,8 @@ def test_a_marker_vouches_only_for_the_heads_it_lists():
     chain = chain_after(p, "b1")
     learn(p, ["a1"], seed=1)
     parts = changes(chain, digest_domain(one(p).domains["d"]))[0]  # type: ignore[index]
-    base = encode_domain(s0, "d", 0, (10, 4), [], "b1")
-    link = encode_domain(one(p), "d", 0, (15, 6), [], "b1", 1, parts)
+    base = encode_domain(s0, "d", 0, (10, 4), "b1")
+    link = encode_domain(one(p), "d", 0, (15, 6), "b1", 1, parts)
     marker = encode_marker(0, (20, 9), heads={"d": ("b1", 2)})  # link 2 never arrived
     for links in ({}, {delta_key("d", "b1", 1): link}):
         plan = StateRecords({"d": base, **links, marker_key(0): marker}, TOPICS).plan(0)
@@ -320,11 +333,13 @@ def test_an_older_owners_late_write_never_replaces_a_newer_ones():
 
 def test_a_records_epoch_and_mark_travel_with_it():
     rec = decode_domain(
-        encode_domain(snap(), "d0", 0, (1, 2), [], epoch=9, mark=33, finished=[["e", True, 5.0]]),
+        encode_domain(
+            snap(), "d0", 0, (1, 2), epoch=9, mark=33, of=DomainShare(finished=[fin("d0")])
+        ),
         TOPICS,
     )
     assert (rec.epoch, rec.mark) == (9, 33)
-    assert rec.snapshot.meta["finished"] == [["d0", "e", True, 5.0]]
+    assert rec.snapshot.meta.finished == [fin("d0")]
 
 
 def test_a_publish_that_times_out_leaves_nothing_queued_to_land_later():
@@ -354,8 +369,8 @@ def test_a_quiet_vouched_domain_does_not_pull_the_decisions_mark_back():
     """Decisions of replayed contexts start at the marker's mark for a domain it vouches
     for, whatever mark its own (old) record carries; an unvouched record's own counts."""
     s = snap()
-    old = encode_domain(s, "d0", 0, (10, 5), [], mark=100)
-    new = encode_domain(s, "d2", 0, (30, 8), [], mark=900)
+    old = encode_domain(s, "d0", 0, (10, 5), mark=100)
+    new = encode_domain(s, "d2", 0, (30, 8), mark=900)
     marker = encode_marker(0, (20, 7), 1, 700, {"d0": ("", 0)})
     plan = StateRecords({"d0": old, "d2": new, marker_key(0): marker}, TOPICS).plan(0)
     assert plan is not None and plan.start == (20, 7) and plan.mark == 700

@@ -45,10 +45,11 @@ import stream.state.topic as topic_module
 from policies.base import ContextBatch, Feedback, Policy
 from policies.registry import create_policy
 from stream.config import load_settings
+from stream.core.domain import DomainInfo
 from stream.errors import CorruptCheckpoint
 from stream.state.delta import Chain, is_delta_key
 from stream.state.publisher import PartitionMark, StatePublisher
-from stream.state.store import Snapshot
+from stream.state.records import Snapshot, SnapshotMeta
 from stream.state.topic import Head, Offsets, decode_domain, decode_marker, marker_key
 from stream.state.topicreader import PartitionPlan, StateRecords
 
@@ -253,11 +254,8 @@ def checkpoint(world: World, owner: Owner, data: st.DataObject) -> None:
             records[d] = (0, offsets_at(t))
             landed[d] = v
             world.sent[d].add(v)
-    meta = {
-        "features": {"n_features": NF, "seed": 0},
-        "domains": {d: {"partition": 0} for d in states},
-    }
-    snap = Snapshot({d: {"served": s} for d, s in states.items()}, [], {}, meta)
+    meta = SnapshotMeta(NF, 0, {d: DomainInfo(partition=0) for d in states})
+    snap = Snapshot({d: {"served": s} for d, s in states.items()}, meta=meta)
     mark = PartitionMark(offsets_at(owner.at), owner.epoch, mark_at(owner.at), dict(owner.heads))
     chains = {d: c for d in records if (c := owner.chains.get(d)) is not None}
     pub = publisher()

@@ -299,10 +299,7 @@ def check_invariant(s: Settings, app: App, instances: list[Instance]) -> dict[st
     )
     served = {e: c[0] for e, c in app.copies.items()}
 
-    bootstrap = s.kafka_bootstrap_servers
-    contexts = _first_times(_read_all(bootstrap, s.topic_contexts))
-    rewards = _first_times(_read_all(bootstrap, s.topic_rewards))
-    in_time = {e for e, t in rewards.items() if t - contexts[e] <= WAIT_S}
+    in_time, late = _in_time(s)
     expected = Counter(served[e]["domain"] for e in in_time)
 
     records = read_state_topic(s)
@@ -330,7 +327,7 @@ def check_invariant(s: Settings, app: App, instances: list[Instance]) -> dict[st
         "contexts": len(app.sent),
         "decision copies": sum(len(c) for c in app.copies.values()),
         "rewards in time": len(in_time),
-        "rewards late": len(rewards) - len(in_time),
+        "rewards late": len(late),
         "contexts re-sent": app.resent["contexts"],
         "rewards re-sent": app.resent["rewards"],
     }
@@ -339,8 +336,7 @@ def check_invariant(s: Settings, app: App, instances: list[Instance]) -> dict[st
 def _uncredited(s: Settings, in_time: set[str], instances: list[Instance]) -> list[Any]:
     """For a failure's message: in-time rewards no joined log credits, with what the
     dead-letter topic says of them."""
-    joined = [r for i in instances if i.joined.exists() for r in read_joined(i.joined)]
-    credited = {r["event_id"] for r in joined if not r["default_reward"]}
+    credited = _credited(instances)
     dead: dict[str, list[str]] = defaultdict(list)
     for m in _read_all(s.kafka_bootstrap_servers, s.topic_dead_letter):
         h = {k: v.decode() for k, v in m.headers() or []}
@@ -354,10 +350,26 @@ def _uncredited(s: Settings, in_time: set[str], instances: list[Instance]) -> li
     ]
 
 
-def _settle(app: App, instances: list[Instance]) -> None:
-    """Contexts stop; every one is decided, every reward produced and read; then both
+def _in_time(s: Settings) -> tuple[set[str], set[str]]:
+    """Rewarded event ids: those whose first reward record lies within the window of
+    their first context, and the late ones."""
+    contexts = _first_times(_read_all(s.kafka_bootstrap_servers, s.topic_contexts))
+    rewards = _first_times(_read_all(s.kafka_bootstrap_servers, s.topic_rewards))
+    in_time = {e for e, t in rewards.items() if t - contexts[e] <= WAIT_S}
+    return in_time, set(rewards) - in_time
+
+
+def _credited(instances: list[Instance]) -> set[str]:
+    joined = [r for i in instances if i.joined.exists() for r in read_joined(i.joined)]
+    return {r["event_id"] for r in joined if not r["default_reward"]}
+
+
+def _settle(s: Settings, app: App, instances: list[Instance]) -> None:
+    """Contexts stop; every one is decided, every reward produced and joined; then both
     instances stop cleanly (their final checkpoints learn what is buffered). Windows
-    still open then change nothing checked: a decision without a reward learns nothing."""
+    still open then change nothing checked: a decision without a reward learns nothing.
+    Joined, not merely produced: after a freeze the group may leave a partition unowned
+    for seconds, and a reward still unread at the stop is not lost, only not yet learned."""
     app.producing.clear()
     wait_for(
         lambda: all(e in app.copies for e in list(app.sent)),
@@ -365,7 +377,13 @@ def _settle(app: App, instances: list[Instance]) -> None:
         what="every context decided",
     )
     wait_for(lambda: app.pending_rewards == 0, timeout=30, what="every reward produced")
-    time.sleep(3.0)  # the last rewards are read
+    in_time, _ = _in_time(s)
+    deadline = time.monotonic() + 90
+    while not in_time <= _credited(instances):
+        assert time.monotonic() < deadline, (
+            f"{len(in_time - _credited(instances))} in-time rewards never joined"
+        )
+        time.sleep(1.0)
     stop_all(instances)
 
 
@@ -409,7 +427,7 @@ def run_faults(
             done[fault] += 1
             print(f"fault {fault} of {victim.name} until {time.time():.3f}", flush=True)
         time.sleep(3.0)
-        _settle(app, instances)
+        _settle(s, app, instances)
     except BaseException:
         for inst in instances:
             if inst.alive:

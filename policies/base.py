@@ -27,6 +27,7 @@ from mmh3 import hash as murmur3
 from numpy.typing import NDArray
 
 from policies.kernels import greedy_floor, sample_segments
+from policies.knobs import Knob
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -201,6 +202,8 @@ class Policy(ABC):
     """
 
     name: ClassVar[str]
+    # Its hyperparameters as the product configures them (policies/knobs.py).
+    knobs: ClassVar[tuple[Knob, ...]] = ()
 
     def __init__(self, n_features: int, seed: int = 0) -> None:
         if n_features < 1:

@@ -19,6 +19,7 @@ from policies.base import (
     importance_weights,
 )
 from policies.history import RowRing
+from policies.knobs import FLOOR, SHARED, Knob
 from policies.ridge import RidgeArms
 from policies.shared import ModelRows
 
@@ -91,6 +92,22 @@ class DoublyRobust(Policy):
     """
 
     name = "doubly_robust"
+    # fmt: off
+    knobs = (
+        Knob("alpha", "dr_alpha", float, 0.3, "UCB width", ge=0.0, tune=("float", 0.5, 3.0)),
+        Knob("learning_rate", "dr_learning_rate", float, 1.0, "correction step", gt=0.0,
+             tune=("log", 0.01, 0.3)),
+        Knob("lr_decay", "dr_lr_decay", float, 1.0, "step decay per update", gt=0.0, le=1.0,
+             tune=("float", 0.99, 0.9999)),
+        Knob("max_weight", "dr_max_weight", float, 2.0, "importance weight cap", ge=1.0,
+             tune=("float", 2.0, 10.0)),
+        Knob("max_history", "dr_max_history", int, 5000, "refit history", ge=1),
+        Knob("forgetting", "dr_forgetting", float, 1.0, "weight of the past per update (1: off)",
+             gt=0.0, le=1.0, tune=("float", 0.99, 1.0)),
+        FLOOR,
+        *SHARED,
+    )
+    # fmt: on
 
     def __init__(
         self,

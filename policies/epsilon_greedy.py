@@ -18,6 +18,7 @@ from policies.base import (
     seeded_uniforms,
 )
 from policies.kernels import greedy_floor
+from policies.knobs import SHARED, Knob
 from policies.ridge import RidgePolicy
 
 
@@ -57,6 +58,10 @@ class EpsilonGreedy(RidgePolicy):
     """
 
     name = "epsilon_greedy"
+    knobs = (
+        Knob("epsilon", "epsilon", float, 0.05, "exploration of epsilon_greedy", ge=0.0, le=1.0),
+        *SHARED,
+    )
 
     def __init__(
         self,

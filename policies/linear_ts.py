@@ -16,6 +16,7 @@ from policies.base import (
     mix_floor,
 )
 from policies.kernels import ts_win_shares
+from policies.knobs import FLOOR, SHARED, Knob
 from policies.ridge import RidgePolicy
 
 # One table of standard normals shared by every instance (memory stays flat with many
@@ -66,6 +67,11 @@ class LinearTS(RidgePolicy):
     """
 
     name = "linear_ts"
+    knobs = (
+        Knob("v", "ts_scale", float, 0.2, "exploration of linear_ts (posterior scale)", ge=0.0),
+        FLOOR,
+        *SHARED,
+    )
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from policies.base import (
     check_floor,
     greedy_with_floor,
 )
+from policies.knobs import FLOOR, SHARED, Knob
 from policies.ridge import RidgePolicy
 
 
@@ -48,6 +49,11 @@ class LinUCB(RidgePolicy):
     """
 
     name = "linucb"
+    knobs = (
+        Knob("alpha", "linucb_alpha", float, 0.5, "exploration of linucb (UCB width)", ge=0.0),
+        FLOOR,
+        *SHARED,
+    )
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from policies.base import (
     mix_floor,
 )
 from policies.kernels import ot_advantages, ot_leaf_probs, ot_learn_least_squares
+from policies.knobs import FLOOR, SHARED, Knob
 from policies.node_models import LinearBank, LogisticBank, TreeBank
 from policies.ridge import RidgeArms, chosen_rows
 from policies.shared import ModelRows
@@ -45,10 +46,8 @@ class OffsetTree(Policy):
     Node classifiers (``node_model``): ``"linear"``, the default, are least-squares
     classifiers (ridge regression of the side label, rank-1 updates); ``"logistic"``
     online logistic regression (AdaGrad); ``"tree"`` scikit-learn decision trees refit
-    on each node's bounded, importance-weighted history whenever it grows by a quarter,
-    configured by ``max_depth``, ``min_split`` (minimum samples to split) and
-    ``split_threshold`` (minimum impurity decrease), with ``max_nodes`` bounding the
-    total number of tree nodes over all classifiers.
+    on each node's bounded, importance-weighted history whenever it grows by a quarter
+    (configured by the tree parameters below).
 
     A decision routes the context from the root: each contested node sends it right with
     probability ``q^s / (q^s + (1-q)^s)`` for its classifier's ``P(right) = q`` and
@@ -79,9 +78,7 @@ class OffsetTree(Policy):
     node_history
         Examples each node keeps (a ring) for its refits.
     node_model
-        ``"linear"`` (default: least-squares classifiers, rank-1 updates), ``"logistic"``
-        (online logistic regression, AdaGrad) or ``"tree"`` (decision trees, configured by
-        the tree knobs above).
+        ``"linear"`` (the default), ``"logistic"`` or ``"tree"``: the node classifiers above.
     node_lr
         AdaGrad step size of the logistic node classifiers.
     node_l2
@@ -123,6 +120,22 @@ class OffsetTree(Policy):
     """
 
     name = "offset_tree"
+    # fmt: off
+    knobs = (
+        Knob("max_depth", "ot_max_depth", int, 6, "tree depth", ge=1),
+        Knob("min_split", "ot_min_split", int, 20, "events before a split", ge=2),
+        Knob("split_threshold", "ot_split_threshold", float, 0.0, "gain a split needs", ge=0.0),
+        Knob("max_nodes", "ot_max_nodes", int, 2047, "nodes at most", ge=1),
+        Knob("node_model", "ot_node_model", str, "linear", "node classifiers",
+             choices=("linear", "logistic", "tree")),
+        Knob("baseline", "ot_baseline", float, 1.0, "weight of the reward model's advantage",
+             ge=0.0, tune=("float", 0.25, 2.0)),
+        Knob("alpha", "ot_alpha", float, 0.5, "the reward model's UCB width", ge=0.0,
+             tune=("float", 0.0, 1.5)),
+        FLOOR,
+        *SHARED,
+    )
+    # fmt: on
     # The numba kernels for least-squares and logistic nodes; False runs the generic numpy
     # path (the tests check that both compute the same).
     compiled = True
@@ -156,8 +169,11 @@ class OffsetTree(Policy):
             )
         if node_model not in ("linear", "logistic", "tree"):
             raise PolicyError(f"node_model must be linear, logistic or tree, not {node_model!r}")
-        if node_history < 1 or max_weight < 1:
-            raise PolicyError("node_history and max_weight must be >= 1")
+        if min(node_history, max_weight) < 1 or node_l2 <= 0 or min(sharpness, baseline, alpha) < 0:
+            raise PolicyError(
+                "offset tree needs node_history and max_weight >= 1, node_l2 > 0, "
+                "and sharpness, baseline and alpha >= 0"
+            )
         self.max_depth = int(max_depth)
         self.min_split = int(min_split)
         self.split_threshold = float(split_threshold)
@@ -165,17 +181,11 @@ class OffsetTree(Policy):
         self.node_history = int(node_history)
         self.node_model = node_model
         self.node_lr = float(node_lr)
-        if node_l2 <= 0:
-            raise PolicyError(f"node_l2 must be > 0, got {node_l2}")
         self.node_l2 = float(node_l2)
-        if sharpness < 0:
-            raise PolicyError(f"sharpness must be >= 0, got {sharpness}")
         self.sharpness = float(sharpness)
         self.offset = float(offset)
         self.max_weight = float(max_weight)
         self.floor = check_floor(floor)
-        if baseline < 0 or alpha < 0:
-            raise PolicyError("offset tree needs baseline >= 0 and alpha >= 0")
         self.baseline = 0.0 if node_model == "tree" else float(baseline)
         self.alpha = float(alpha)
         # The baseline's reward model: one ridge regression per action, keyed by name.

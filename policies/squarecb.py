@@ -8,6 +8,7 @@ import numpy as np
 
 from policies.base import ContextBatch, FloatArray, PolicyError, check_floor, mix_floor
 from policies.kernels import inverse_gap
+from policies.knobs import FLOOR, SHARED, Knob
 from policies.ridge import RidgePolicy
 
 
@@ -54,6 +55,16 @@ class SquareCB(RidgePolicy):
     """
 
     name = "squarecb"
+    # fmt: off
+    knobs = (
+        Knob("gamma_scale", "squarecb_gamma_scale", float, 10.0, "gamma = scale * t ** exponent",
+             gt=0.0, tune=("log", 1.0, 1000.0)),
+        Knob("gamma_exponent", "squarecb_gamma_exponent", float, 0.5, "gamma's exponent",
+             ge=0.0, le=1.0, tune=("float", 0.25, 0.75)),
+        FLOOR,
+        *SHARED,
+    )
+    # fmt: on
 
     def __init__(
         self,

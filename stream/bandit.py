@@ -112,9 +112,7 @@ class Bandit:
         assert decided is not None
         self.engine.claim_early(decided)
         d = decided.decision
-        return Choice(
-            ev.event_id, d.action, d.probability, d.probabilities, d.policy, d.variant
-        )
+        return Choice(ev.event_id, d.action, d.probability, d.probabilities, d.policy, d.variant)
 
     def learn(self, event_id: str, reward: float) -> str:
         """Join ``reward`` to the decision of ``event_id`` and learn on the service's

@@ -155,7 +155,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    policies = args.policies.split(",")
+    policies = args.policies.split(",") if args.policies else list(POLICIES)
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         print(f"unknown policies: {', '.join(unknown)}", file=sys.stderr)
@@ -317,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("log", help="a JSONL joined log")
     rp.add_argument(
         "--policies",
-        default="doubly_robust,offset_tree,linucb,linear_ts,squarecb",
-        help="comma list of policies to replay",
+        default=None,
+        help="comma list of policies to replay (default: every registered policy)",
     )
     rp.add_argument("--out", default="replay-out", help="directory for replay.json, .md, .png")
     rp.set_defaults(fn=cmd_replay)

@@ -12,19 +12,22 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from pydantic import (
     AliasChoices,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from policies.knobs import Knob
 from stream.errors import ConfigError
 
 ENV_PREFIX = "RL_"
@@ -37,11 +40,9 @@ CommaList = Annotated[list[str], NoDecode]
 _UPPER_CHOICES = ("log_level", "kafka_security_protocol", "kafka_sasl_mechanism")
 _LOWER_CHOICES = (
     "log_format",
-    "ot_node_model",
     "on_processing_error",
     "policy",
     "baseline_policy",
-    "shared_model",
 )
 
 
@@ -57,7 +58,7 @@ def _switch(name: str, default: bool) -> Any:
     return Field(default, validation_alias=AliasChoices(name, name.lower()))
 
 
-class Settings(BaseSettings):
+class _Settings(BaseSettings):
     """All of bandit-stream's configuration. Defaults suit production Kafka."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True, extra="forbid")
@@ -126,37 +127,8 @@ class Settings(BaseSettings):
     shadow_policies: CommaList = Field(default_factory=lambda: ["offset_tree", "linucb"])
     feature_dim: int = Field(64, ge=2, le=4096)
     seed: int = Field(0, ge=0)
-    epsilon: float = Field(0.05, ge=0.0, le=1.0)
-    # Probability mass every non-epsilon-greedy policy spreads over the K candidates, so
-    # each has at least exploration_floor / K.
-    exploration_floor: float = Field(0.01, ge=0.0, lt=1.0)
-    linucb_alpha: float = Field(0.5, ge=0.0)
-    ts_scale: float = Field(0.2, ge=0.0)
-    dr_alpha: float = Field(0.3, ge=0.0)
-    dr_learning_rate: float = Field(1.0, gt=0.0)
-    dr_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
-    dr_max_weight: float = Field(2.0, ge=1.0)
-    dr_max_history: int = Field(5000, ge=1)
-    # Exponential forgetting of doubly robust's reward models: 1.0 keeps every past reward.
-    dr_forgetting: float = Field(1.0, gt=0.0, le=1.0)
-    ot_max_depth: int = Field(6, ge=1)
-    ot_min_split: int = Field(20, ge=2)
-    ot_split_threshold: float = Field(0.0, ge=0.0)
-    ot_max_nodes: int = Field(2047, ge=1)
-    # Node classifiers of the offset tree; the four knobs above configure "tree".
-    ot_node_model: Literal["linear", "logistic", "tree"] = "linear"
-    # Weight of the offset tree's reward-model advantage in each node's score (0 = the
-    # classic tree, no reward model) and of that model's confidence width.
-    ot_baseline: float = Field(1.0, ge=0.0)
-    ot_alpha: float = Field(0.5, ge=0.0)
-    # One reward model per domain over candidate features (their crosses with the context,
-    # and each action's identity crossed with the context) instead of one per action:
-    # "auto" when a domain's first events carry candidate_features. shared_dim bounds it.
-    shared_model: Literal["auto", "true", "false"] = "auto"
-    shared_dim: int = Field(256, ge=16, le=2048)
-    # SquareCB's inverse-gap weighting: gamma = scale * (events learned) ** exponent.
-    squarecb_gamma_scale: float = Field(10.0, gt=0.0)
-    squarecb_gamma_exponent: float = Field(0.5, ge=0.0, le=1.0)
+    # Each policy's knobs (RL_EPSILON, RL_DR_ALPHA, ...) are fields too, made from the
+    # policies' own declarations (policies/knobs.py): see the end of this module.
 
     # --- Loop ----------------------------------------------------------------------------
     batch_size: int = Field(10_000, ge=1, le=100_000)
@@ -256,14 +228,15 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> Settings:
+    def _consistent(self) -> _Settings:
         if self.reward_min >= self.reward_max:
             raise ValueError("RL_REWARD_MIN must be below RL_REWARD_MAX")
         if self.default_reward is not None and not (
             self.reward_min <= self.default_reward <= self.reward_max
         ):
             raise ValueError("RL_DEFAULT_REWARD must lie within RL_REWARD_MIN..RL_REWARD_MAX")
-        if self.shared_model != "false" and self.shared_dim < 2 * self.feature_dim + 2:
+        shared, dim = getattr(self, "shared_model", "false"), getattr(self, "shared_dim", 0)
+        if shared != "false" and dim < 2 * self.feature_dim + 2:
             raise ValueError(
                 "RL_SHARED_DIM must exceed twice RL_FEATURE_DIM (the context and the "
                 "candidate's features each take RL_FEATURE_DIM slots; the crosses the rest)"
@@ -273,6 +246,36 @@ class Settings(BaseSettings):
                 "RL_KAFKA_HEARTBEAT_INTERVAL_MS must be below RL_KAFKA_SESSION_TIMEOUT_MS"
             )
         return self
+
+
+def _lower(v: Any) -> Any:
+    return v.strip().lower() if isinstance(v, str) else v
+
+
+def _knob_fields() -> dict[str, Any]:
+    """A settings field per policy knob, as the policies declare them (one field for a
+    knob several policies share)."""
+    from policies.registry import POLICIES
+
+    declared: dict[str, Knob] = {}
+    for cls in POLICIES.values():
+        for knob in cls.knobs:
+            if declared.setdefault(knob.setting, knob) != knob:
+                raise TypeError(f"the setting {knob.setting} is declared twice, differently")
+    fields: dict[str, Any] = {}
+    for name, k in declared.items():
+        kind: Any = k.kind
+        if k.choices:  # matched without regard to case, as every choice
+            kind = Annotated[Literal[k.choices], BeforeValidator(_lower)]
+        field = Field(k.default, description=k.doc, ge=k.ge, gt=k.gt, le=k.le, lt=k.lt)
+        fields[name] = (kind, field)
+    return fields
+
+
+if TYPE_CHECKING:
+    Settings = _Settings
+else:
+    Settings = create_model("Settings", __base__=_Settings, **_knob_fields())
 
 
 def env_name(field: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mmh3 import hash as murmur3
 
-from policies import Policy, create_policy
+from policies import Policy, create_policy, policy_class
 from stream.config import Settings
 
 # The direct-method reward model of doubly robust estimates: a per-action ridge regression.
@@ -18,49 +18,9 @@ REWARD_MODEL_POLICY = "epsilon_greedy"
 
 
 def policy_params(name: str, settings: Settings) -> dict[str, Any]:
-    """The settings knobs that configure policy ``name`` (constructor keyword arguments):
-    its own, and the shared reward model's, which every policy takes."""
-    own = _own_params(name, settings)
-    if own is None:
-        return {}
-    return {**own, "shared": settings.shared_model, "shared_dim": settings.shared_dim}
-
-
-def _own_params(name: str, settings: Settings) -> dict[str, Any] | None:
-    if name == "epsilon_greedy":
-        return {"epsilon": settings.epsilon}
-    if name == "linucb":
-        return {"alpha": settings.linucb_alpha, "floor": settings.exploration_floor}
-    if name == "doubly_robust":
-        return {
-            "alpha": settings.dr_alpha,
-            "learning_rate": settings.dr_learning_rate,
-            "lr_decay": settings.dr_lr_decay,
-            "max_weight": settings.dr_max_weight,
-            "max_history": settings.dr_max_history,
-            "floor": settings.exploration_floor,
-            "forgetting": settings.dr_forgetting,
-        }
-    if name == "offset_tree":
-        return {
-            "max_depth": settings.ot_max_depth,
-            "min_split": settings.ot_min_split,
-            "split_threshold": settings.ot_split_threshold,
-            "max_nodes": settings.ot_max_nodes,
-            "node_model": settings.ot_node_model,
-            "floor": settings.exploration_floor,
-            "baseline": settings.ot_baseline,
-            "alpha": settings.ot_alpha,
-        }
-    if name == "squarecb":
-        return {
-            "gamma_scale": settings.squarecb_gamma_scale,
-            "gamma_exponent": settings.squarecb_gamma_exponent,
-            "floor": settings.exploration_floor,
-        }
-    if name == "linear_ts":
-        return {"v": settings.ts_scale, "floor": settings.exploration_floor}
-    return None
+    """The settings knobs that configure policy ``name`` (constructor keyword arguments),
+    as the policy declares them (policies/knobs.py)."""
+    return {k.param: getattr(settings, k.setting) for k in policy_class(name).knobs}
 
 
 def policy_seed(domain: str, name: str, settings: Settings) -> int:

@@ -18,24 +18,19 @@ import numpy as np
 
 from stream.config import Settings, env_name
 
-# Search space per policy: settings field -> (kind, low, high); as the product defines it.
-SPACES: dict[str, dict[str, tuple[str, float, float]]] = {
-    "doubly_robust": {
-        "dr_alpha": ("float", 0.5, 3.0),
-        "dr_learning_rate": ("log", 0.01, 0.3),
-        "dr_lr_decay": ("float", 0.99, 0.9999),
-        "dr_max_weight": ("float", 2.0, 10.0),
-        "dr_forgetting": ("float", 0.99, 1.0),
-    },
-    "offset_tree": {
-        "ot_baseline": ("float", 0.25, 2.0),
-        "ot_alpha": ("float", 0.0, 1.5),
-    },
-    "squarecb": {
-        "squarecb_gamma_scale": ("log", 1.0, 1000.0),
-        "squarecb_gamma_exponent": ("float", 0.25, 0.75),
-    },
-}
+
+def _spaces() -> dict[str, dict[str, tuple[str, float, float]]]:
+    """Search space per policy, as each declares its knobs: setting -> (kind, low, high)."""
+    from policies.registry import POLICIES
+
+    out = {
+        name: {k.setting: k.tune for k in cls.knobs if k.tune is not None}
+        for name, cls in POLICIES.items()
+    }
+    return {name: space for name, space in out.items() if space}
+
+
+SPACES = _spaces()
 
 
 def _suggest(trial: Any, policy: str) -> dict[str, Any]:

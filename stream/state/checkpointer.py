@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 class Flushable(Protocol):
     def flush(self) -> None: ...
 
+
 FAILURES_NOT_READY = 3  # consecutive failed writes before /readyz says so
 
 

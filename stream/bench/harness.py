@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from stream.config import Settings, load_settings, settings_env
 from stream.kafka.brokers import make_broker
-from stream.kafka.clients import admin_config
+from stream.kafka.clients import admin_config, tool_config
 from stream.kafka.embedded import FAST_CLIENT_SETTINGS
 from stream.kafka.topics import ensure_topics
 
@@ -29,12 +29,10 @@ def topic_reader(
     """A consumer assigned every partition of ``topic`` (or of each topic) from its start: no
     group join, which on the embedded broker takes seconds that a measurement would count."""
     c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": fetch_wait_ms,
-        }
+        tool_config(
+            bootstrap,
+            {"group.id": group, "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms},
+        )
     )
     tps = []
     for t in (topic,) if isinstance(topic, str) else topic:

@@ -16,6 +16,7 @@ import orjson
 from confluent_kafka import Producer
 
 from stream.bench import harness
+from stream.kafka.clients import tool_config
 
 CANDIDATES = ["a", "b", "c", "d"]
 
@@ -79,11 +80,13 @@ def produce(
     # reward never reaches the broker before its context (an application has the decision
     # before it rewards it); a second connection let rewards overtake their contexts.
     p = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": linger_ms if linger_ms is not None else 0 if rate > 0 else 5,
-            "queue.buffering.max.messages": 500000,
-        }
+        tool_config(
+            bootstrap,
+            {
+                "linger.ms": linger_ms if linger_ms is not None else 0 if rate > 0 else 5,
+                "queue.buffering.max.messages": 500000,
+            },
+        )
     )
 
     msgs: Iterable[tuple[bool, bytes, bytes]]
@@ -164,7 +167,7 @@ def passthrough(bootstrap: str, src: tuple[str, ...], dst: str, n: int, batch: i
     then rewards) and produce each context on, nothing else."""
     c = harness.topic_reader(bootstrap, src, f"passthrough-{uuid.uuid4().hex[:8]}", 10)
     contexts = src[0]
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "compression.type": "lz4"})
+    p = Producer(tool_config(bootstrap, {"linger.ms": 2, "compression.type": "lz4"}))
     done = 0
     deadline = time.monotonic() + 600
     while done < n and time.monotonic() < deadline:

@@ -32,6 +32,7 @@ from stream.bench.report import (
     write_json,
     write_markdown,
 )
+from stream.kafka.clients import tool_config
 
 GARBAGE: list[bytes] = [
     b"\xff\xfe\x00 not utf-8",
@@ -86,9 +87,7 @@ def run_soak(
         s = harness.fresh_settings(bootstrap, "soak")
         tag = s.kafka_group_id
         svc = harness.ServiceProcess(s, stack)
-        producer = Producer(
-            {"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"}
-        )
+        producer = Producer(tool_config(bootstrap, {"linger.ms": 5, "compression.type": "lz4"}))
         decided = _Counter(bootstrap, s.topic_decisions, tag)
         dead_letters = _Counter(bootstrap, s.topic_dead_letter, tag)
         rng = random.Random(seed)

@@ -5,6 +5,9 @@ first, or a replay after a restore reads the topics in another order). It is hel
 its context is decided, or until its deadline (its record time + the early wait) is
 before its partition's ``until`` (the contexts partition's stream time, see
 :mod:`stream.core.streamtime`): then its context can no longer come, and it is given up on.
+Every reward read for an event is held, and all are claimed in read order, so the join
+judges them as it would have had they come after the context (the first in time joins; the
+others are duplicate or late) — read order between the topics never decides a join.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ class EarlyRewards:
         self.wait_s = wait_s
         self._changes = changes
         # Per input partition, in insertion order (which is deadline order while its
-        # rewards come in time order).
-        self._held: dict[int, OrderedDict[Key, EarlyReward]] = {}
+        # rewards come in time order); an event's rewards in read order.
+        self._held: dict[int, OrderedDict[Key, list[EarlyReward]]] = {}
         self._n = 0
         self._per_domain: dict[str, int] = {}
 
@@ -57,31 +60,33 @@ class EarlyRewards:
         """Keep a reward stamped ``at`` in case its context is yet to come. Returns whether
         it is held, and the oldest held rewards pushed out to stay within the bound: they
         are given up on."""
-        key = (domain, event_id)
-        if self.wait_s <= 0 or self._find(key) is not None:
+        if self.wait_s <= 0:
             return False, []
-        dropped = []
+        dropped: list[EarlyReward] = []
         while self._n >= self.bound:
             fullest = max(self._held.values(), key=len)
             _, old = fullest.popitem(last=False)
-            self._gone(old.domain)
-            dropped.append(old)
+            for e in old:
+                self._gone(e.domain)
+            dropped.extend(old)
         early = EarlyReward(domain, event_id, reward, at + self.wait_s, partition, source, at)
         self._add(early)
         return True, dropped
 
     def restore(self, early: EarlyReward) -> None:
         """Hold a reward from a checkpoint again (keeps its original deadline)."""
-        if self._find((early.domain, early.event_id)) is None:
-            self._add(early)
+        self._add(early)
 
-    def claim(self, domain: str, event_id: str, partition: int = -1) -> EarlyReward | None:
-        """The reward held for this decision (its context's ``partition``), taken."""
+    def claim(self, domain: str, event_id: str, partition: int = -1) -> list[EarlyReward]:
+        """The rewards held for this decision (its context's ``partition``), taken, in the
+        order they were read."""
         if not self._n:  # the common case: skip building the key
-            return None
+            return []
         held = self._held.get(partition)
         early = None if held is None else held.pop((domain, event_id), None)
-        if early is not None:
+        if early is None:
+            return []
+        for _ in early:
             self._gone(domain)
         return early
 
@@ -93,11 +98,12 @@ class EarlyRewards:
             t = until_of(until, part)
             while held:
                 first = next(iter(held.values()))
-                if first.deadline >= t:
+                if first[0].deadline >= t:
                     break
                 held.popitem(last=False)
-                self._gone(first.domain)
-                out.append(first)
+                for e in first:
+                    self._gone(e.domain)
+                out.extend(first)
         return out
 
     def domains(self) -> set[str]:
@@ -105,7 +111,7 @@ class EarlyRewards:
         return set(self._per_domain)
 
     def items(self) -> list[EarlyReward]:
-        return [e for held in self._held.values() for e in held.values()]
+        return [e for held in self._held.values() for same in held.values() for e in same]
 
     def partitions(self) -> set[int]:
         return {p for p, held in self._held.items() if held}
@@ -116,23 +122,16 @@ class EarlyRewards:
         for part, held in self._held.items():
             keys = [k for k in held if k[0] in domains or part in partitions]
             for k in keys:
-                del held[k]
-                self._gone(k[0])
-            n += len(keys)
+                for _ in held.pop(k):
+                    self._gone(k[0])
+                    n += 1
         return n
-
-    def _find(self, key: Key) -> EarlyReward | None:
-        for held in self._held.values():
-            early = held.get(key)
-            if early is not None:
-                return early
-        return None
 
     def _add(self, early: EarlyReward) -> None:
         held = self._held.get(early.partition)
         if held is None:
             held = self._held[early.partition] = OrderedDict()
-        held[(early.domain, early.event_id)] = early
+        held.setdefault((early.domain, early.event_id), []).append(early)
         self._n += 1
         self._per_domain[early.domain] = self._per_domain.get(early.domain, 0) + 1
         self._changes[early.domain] = self._changes.get(early.domain, 0) + 1

@@ -282,12 +282,12 @@ class Engine:
             out.extend(self._default(evicted, evicted=True))
 
     def _claim(self, state: DomainState, event_id: str) -> list[Outcome]:
-        early = self.joins.early.claim(state.name, event_id, state.partition)
-        if early is None:
-            return []
-        r = RewardEvent(event_id, state.name, early.reward, source=early.source)
-        r.record_time = early.timestamp
-        return self.reward(r, early.partition)
+        out: list[Outcome] = []
+        for early in self.joins.early.claim(state.name, event_id, state.partition):
+            r = RewardEvent(event_id, state.name, early.reward, source=early.source)
+            r.record_time = early.timestamp
+            out += self.reward(r, early.partition)
+        return out
 
     # -- rewards ------------------------------------------------------------------------
     def reward(self, r: RewardEvent, partition: int) -> list[Outcome]:

@@ -7,7 +7,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from stream.config import Settings
+from stream.config import Settings, load_settings
 from stream.errors import ConfigError
 from stream.logs import KAFKA_LOG
 
@@ -28,6 +28,16 @@ def common_config(settings: Settings) -> dict[str, Any]:
     if settings.kafka_ssl_ca_location:
         conf["ssl.ca.location"] = settings.kafka_ssl_ca_location
     return conf
+
+
+def tool_config(bootstrap: str, props: dict[str, Any]) -> dict[str, Any]:
+    """A bench or traffic tool's client of ``bootstrap`` with ``props``: the cluster the
+    settings name (RL_KAFKA_BOOTSTRAP_SERVERS) gets their security and RL_KAFKA_EXTRA; a
+    broker the tool started itself is plaintext."""
+    s = load_settings()
+    if bootstrap != s.kafka_bootstrap_servers:
+        return {"bootstrap.servers": bootstrap, **props}
+    return {**common_config(s), **props, **s.kafka_extra}
 
 
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer
 
+from stream.kafka.clients import tool_config
+
 
 @dataclass(frozen=True)
 class HiddenDomain:
@@ -112,17 +114,19 @@ def simulate(
     """Process entry point. Sends ``("progress"|"done", {...})`` tuples on ``reports``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the demo stops us through ``stop``
     rng = random.Random(seed)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    producer = Producer(tool_config(bootstrap, {"linger.ms": 5}))
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"demo-sim-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 500,
-            "fetch.wait.max.ms": 10,
-        }
+        tool_config(
+            bootstrap,
+            {
+                "group.id": f"demo-sim-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 2000,
+                "heartbeat.interval.ms": 500,
+                "fetch.wait.max.ms": 10,
+            },
+        )
     )
     consumer.subscribe([decisions_topic])
     by_name = {d.name: d for d in DOMAINS}

@@ -44,10 +44,55 @@ def _rules(values: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for g in rule["spec"]["groups"] for r in g["rules"]]
 
 
+# Each alert, the metric its rule reads (with the service's own alert label, or None), and
+# the setting its threshold comes from as the pod sees it.
+ALERTS = {
+    "BanditStreamLatency": ("bandit_alert_active", "latency", "RL_LATENCY_THRESHOLD_MS"),
+    "BanditStreamMemory": ("bandit_alert_active", "memory", "RL_MEMORY_THRESHOLD_MB"),
+    "BanditStreamErrorRate": ("bandit_alert_active", "error_rate", "RL_ERROR_RATE_THRESHOLD"),
+    "BanditStreamCheckpointStale": (
+        "bandit_checkpoint_age_seconds",
+        None,
+        "RL_CHECKPOINT_INTERVAL_S",
+    ),
+}
+
+
+def _pod_setting(data: dict[str, str], name: str) -> str:
+    """The setting as the pod sees it: the ConfigMap's value, else the product's default."""
+    if name in data:
+        return data[name]
+    default = Settings.model_fields[name.removeprefix("RL_").lower()].default
+    return f"{default:g}"
+
+
 @pytest.mark.parametrize("name", sorted(VALUES))
 def test_every_rendered_rule_is_valid_promql(name):
-    for rule in _rules(VALUES[name]):
-        promql_parser.parse(rule["expr"])  # raises on invalid PromQL
+    """Every value set renders the four alerts (not none: a loop over no rules proves
+    nothing), each valid PromQL on a metric the service exports, its threshold the pod's."""
+    from stream.observe.metrics import Metrics
+
+    metrics = Metrics(Settings())
+    exported = {family.name for family in metrics.registry.collect()}
+    rules, data = _rules(VALUES[name]), _config(VALUES[name])
+    assert rules, f"{name}: no rule rendered"
+    by_alert = {r["alert"]: r for r in rules}
+    assert len(by_alert) == len(rules)  # no alert twice
+    assert set(by_alert) == set(ALERTS)
+    for alert, (metric, label, setting) in ALERTS.items():
+        rule = by_alert[alert]
+        expr = promql_parser.parse(rule["expr"])  # raises on invalid PromQL
+        assert isinstance(expr, promql_parser.BinaryExpr), rule["expr"]
+        selector = expr.lhs
+        assert isinstance(selector, promql_parser.VectorSelector), rule["expr"]
+        assert selector.name == metric and metric in exported
+        matchers = {(m.name, m.value) for m in selector.matchers.matchers}
+        assert matchers == ({("alert", label)} if label else set()), rule["expr"]
+        assert label is None or label in metrics.alerts
+        assert rule["for"] and rule["labels"]["severity"] in ("warning", "critical")
+        want = _pod_setting(data, setting)
+        shown = rule["expr"] if label is None else rule["annotations"]["summary"]
+        assert re.search(rf"(?<![\d.]){re.escape(want)}(?![\d.])", shown), (alert, want, shown)
 
 
 def test_the_parser_really_rejects_what_the_chart_once_rendered():

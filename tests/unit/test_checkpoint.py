@@ -8,10 +8,10 @@ import sqlite3
 import numpy as np
 import pytest
 
-from policies import ContextBatch, Feedback, policy_class
+from policies import Feedback, policy_class
 from stream.state.records import Snapshot, SnapshotMeta
 from stream.state.store import CheckpointError, CheckpointStore, CorruptCheckpoint
-from tests.builders import pending, trained
+from tests.builders import context_batch, pending, trained
 
 
 def snapshot(n_domains: int = 3) -> Snapshot:
@@ -48,12 +48,7 @@ def test_round_trip_restores_identical_policies(tmp_path):
             restored = policy_class(role).from_state(meta2, arrays2)
             original = policy_class(role).from_state(meta, arrays)
             X = np.hstack([np.ones((10, 1)), np.random.default_rng(1).random((10, 3))])
-            b = ContextBatch(
-                np.repeat(X, 3, axis=0),
-                ["a", "b", "c"] * 10,
-                np.arange(0, 31, 3),
-                [f"x{i}" for i in range(10)],
-            )
+            b = context_batch(X, keys="x")
             assert np.array_equal(restored.choose(b).row, original.choose(b).row)
 
 
@@ -141,7 +136,7 @@ def test_checkpoint_cli_lists_shows_and_rolls_back(tmp_path, monkeypatch, capsys
 
 
 def _one_batch():
-    b = ContextBatch(np.ones((3, 4)), ["a", "b", "c"], np.array([0, 3]), ["z"])
+    b = context_batch(np.ones((1, 4)), keys=["z"])
     return b, np.array([1]), np.array([1.0]), np.array([0.5])
 
 

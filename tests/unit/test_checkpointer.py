@@ -16,61 +16,13 @@ from stream.core.domains import Domains
 from stream.core.join import PendingJoins
 from stream.kafka.balance import TopicBalance
 from stream.state.checkpointer import Checkpointer, Clients, Skipped, Started, Written
-from stream.state.delta import Chain
 from stream.state.ownership import Ownership
 from stream.state.rebalance import Rebalance
 from stream.state.store import CheckpointStore
+from tests.fakes import FakeConsumer, FakeDelivery, FakePublisher
 
 CTX, REW = "bandit.contexts", "bandit.rewards"
-
-
-class FakeConsumer:
-    def __init__(self, positions: dict[tuple[str, int], int] | None = None) -> None:
-        self.positions = positions if positions is not None else {(CTX, 0): 7, (REW, 0): 3}
-        self.position_error: KafkaException | None = None
-        self.committed: list[list[tuple[str, int, int]]] = []
-
-    def assignment(self) -> list[TopicPartition]:
-        return [TopicPartition(t, p) for t, p in self.positions]
-
-    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-        if self.position_error is not None:
-            raise self.position_error
-        return [
-            TopicPartition(tp.topic, tp.partition, self.positions[tp.topic, tp.partition])
-            for tp in tps
-        ]
-
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        self.committed.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
-
-
-class FakeDelivery:
-    def __init__(self, unacknowledged: int = 0) -> None:
-        self.unacknowledged = unacknowledged
-
-    def flush(self, timeout_s: float, stop_by: Any) -> int:
-        return self.unacknowledged
-
-
-class FakePublisher:
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.published: list[Any] = []
-
-    def publish(
-        self, snap: Any, records: Any, markers: Any, timeout: float, *rest: Any
-    ) -> dict[str, Chain]:
-        if self.fail:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
-        self.published.append(markers)
-        return {d: Chain("base", 0, 1, 0, {}) for d in records}
-
-    def close(self, timeout_s: float) -> None:
-        pass
-
-    def purge(self) -> None:
-        pass
+POSITIONS = {(CTX, 0): 7, (REW, 0): 3}
 
 
 class FailingStore(CheckpointStore):
@@ -108,7 +60,7 @@ def _checkpoint(ck: Checkpointer, wait: bool = True) -> Any:
 
 def test_a_full_checkpoint_writes_then_commits_what_it_wrote(settings):
     ck, own = _parts(settings)
-    consumer, publisher = FakeConsumer(), FakePublisher()
+    consumer, publisher = FakeConsumer(POSITIONS), FakePublisher()
     _attach(ck, consumer, FakeDelivery(), publisher)
     out = _checkpoint(ck)
     assert isinstance(out, Written) and ck.store.versions()[0].version == out.version
@@ -119,7 +71,7 @@ def test_a_full_checkpoint_writes_then_commits_what_it_wrote(settings):
 
 def test_a_periodic_checkpoint_commits_only_once_its_write_is_finished(settings):
     ck, _ = _parts(settings)
-    consumer = FakeConsumer()
+    consumer = FakeConsumer(POSITIONS)
     _attach(ck, consumer, FakeDelivery(), FakePublisher())
     assert isinstance(_checkpoint(ck, wait=False), Started)
     ck.writing.future.result(5)  # type: ignore[union-attr]
@@ -130,7 +82,7 @@ def test_a_periodic_checkpoint_commits_only_once_its_write_is_finished(settings)
 
 def test_decisions_left_in_the_producer_skip_the_checkpoint(settings):
     ck, _ = _parts(settings)
-    consumer = FakeConsumer()
+    consumer = FakeConsumer(POSITIONS)
     _attach(ck, consumer, FakeDelivery(unacknowledged=3), FakePublisher())
     out = _checkpoint(ck)
     assert out == Skipped("3 decisions unacknowledged")
@@ -139,7 +91,7 @@ def test_decisions_left_in_the_producer_skip_the_checkpoint(settings):
 
 def test_positions_that_raise_skip_the_checkpoint(settings):
     ck, _ = _parts(settings)
-    consumer = FakeConsumer()
+    consumer = FakeConsumer(POSITIONS)
     consumer.position_error = KafkaException(KafkaError(KafkaError._TRANSPORT))
     _attach(ck, consumer, FakeDelivery(), FakePublisher())
     assert isinstance(_checkpoint(ck), Skipped)
@@ -148,7 +100,7 @@ def test_positions_that_raise_skip_the_checkpoint(settings):
 
 def test_a_failing_sqlite_write_commits_nothing_and_counts(settings):
     ck, own = _parts(settings, FailingStore(settings.state_dir / "checkpoints.sqlite"))
-    consumer = FakeConsumer()
+    consumer = FakeConsumer(POSITIONS)
     _attach(ck, consumer, FakeDelivery(), FakePublisher())
     for n in (1, 2, 3):
         out = _checkpoint(ck)
@@ -159,7 +111,7 @@ def test_a_failing_sqlite_write_commits_nothing_and_counts(settings):
 
 def test_a_failing_state_topic_publish_keeps_the_local_checkpoint_and_its_commit(settings):
     ck, own = _parts(settings)
-    consumer, publisher = FakeConsumer(), FakePublisher()
+    consumer, publisher = FakeConsumer(POSITIONS), FakePublisher()
     _attach(ck, consumer, FakeDelivery(), publisher)
     assert isinstance(_checkpoint(ck), Written) and "d" in own.chains
     own.published.clear()  # "d" changed since
@@ -213,36 +165,14 @@ def test_lost_partitions_are_dropped_without_a_checkpoint(settings):
     assert "d" not in own.domains.states
 
 
-class BlockingPublisher(FakePublisher):
-    """Holds its publish until ``go`` is set, then honours the write's cancel event, as
-    StatePublisher does between records."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.go, self.purged = threading.Event(), 0
-
-    def publish(
-        self, snap: Any, records: Any, markers: Any, timeout: float, *rest: Any
-    ) -> dict[str, Chain]:
-        self.go.wait(5)
-        cancel = rest[2]
-        if cancel.is_set():
-            from stream.state.publisher import Abandoned
-
-            raise Abandoned("cancelled")
-        return super().publish(snap, records, markers, timeout)
-
-    def purge(self) -> None:
-        self.purged += 1
-
-
 def test_a_write_in_flight_when_the_partitions_are_lost_publishes_and_commits_nothing(settings):
     ck, own = _parts(settings)
-    consumer, publisher = FakeConsumer(), BlockingPublisher()
+    go = threading.Event()
+    consumer, publisher = FakeConsumer(POSITIONS), FakePublisher(hold=go)
     _attach(ck, consumer, FakeDelivery(), publisher)
     assert isinstance(_checkpoint(ck, wait=False), Started)
     ck.lost()  # on_lost, while the write waits on the state topic
-    publisher.go.set()
+    go.set()
     out = ck.finish(block=True)
     assert isinstance(out, Skipped) and "lost" in out.reason
     assert consumer.committed == [] and publisher.published == [] and publisher.purged == 1
@@ -299,7 +229,7 @@ def test_every_change_a_record_carries_marks_its_domain_changed(settings):
     """An early reward held, expired or dropped, a refused decision: each must reach the
     state topic, or a new owner restores without it (its decision then learns the default)."""
     ck, own = _parts(settings)
-    _attach(ck, FakeConsumer(), FakeDelivery(), FakePublisher())
+    _attach(ck, FakeConsumer(POSITIONS), FakeDelivery(), FakePublisher())
     assert isinstance(_checkpoint(ck), Written)
     assert "d" not in own.publish_plan()[0]  # published, unchanged
     early = own.joins.early

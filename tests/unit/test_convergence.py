@@ -104,12 +104,33 @@ def test_bench_convergence_with_a_delay_reports_its_cost(tmp_path, monkeypatch, 
     assert "delay cost" in (out / "convergence.md").read_text()
 
 
+def _draws_follow_the_means(sim, t: int, n: int = 4000) -> None:
+    """Round ``t``'s draws of each candidate: Bernoulli (0 or 1) with its mean, or its mean
+    plus Gaussian noise of sd ``noise_sd`` where the simulator has noise."""
+    rng = np.random.default_rng(7)
+    for a in sim.candidates(t).tolist():
+        mean = float(sim.mean(np.array([t]), np.array([a]))[0])
+        r = sim.draw(np.full(n, t), np.full(n, a), rng)
+        assert r.shape == (n,) and np.all(np.isfinite(r))
+        if sim.noise_sd > 0:
+            assert abs(r.mean() - mean) < 5 * sim.noise_sd / np.sqrt(n)
+            assert r.std() == pytest.approx(sim.noise_sd, rel=0.1)
+        else:
+            assert set(np.unique(r).tolist()) <= {0.0, 1.0}
+            assert abs(r.mean() - mean) <= 5 * np.sqrt(mean * (1 - mean) / n)
+
+
 @pytest.mark.parametrize("sim_name", sorted(SIMULATORS))
 def test_every_simulator_gives_contexts_candidates_and_a_best_reward(sim_name):
     sim = SIMULATORS[sim_name](0, rounds=300)
     K = len(sim.actions)
     assert sim.expected.shape[0] == sim.rounds == 300
-    assert np.all((sim.expected >= 0) & (sim.expected <= 1) | (sim.noise_sd > 0))
+    # Mean rewards are probabilities in the product's default reward range (0..1), noisy
+    # simulator or not: only a noisy one's draws may leave it (checked below).
+    assert np.all(np.isfinite(sim.expected))
+    lo, hi = float(sim.expected.min()), float(sim.expected.max())
+    assert lo >= 0.0 and hi <= 1.0, (lo, hi)
+    _draws_follow_the_means(sim, t=150)
     for t in (0, 150, 299):
         ctx, cands = sim.context(t), sim.candidates(t)
         assert list(ctx) == sim.names and len(cands) >= 2 and set(cands) <= set(range(K))

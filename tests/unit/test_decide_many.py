@@ -9,6 +9,7 @@ from policies.features import FeatureHasher
 from stream.config import load_settings
 from stream.core.domains import MANY_DOMAINS, Domains
 from stream.kafka.codec import ContextEvent
+from tests.builders import context_batch
 
 ACTIONS = ["a", "b", "c", "d", "e"]
 
@@ -107,9 +108,9 @@ def test_a_domain_whose_decide_raises_inside_the_group_is_decided_alone(tmp_path
 def test_a_nan_score_raises_rather_than_log_a_nan_probability() -> None:
     import pytest
 
-    from policies.base import ContextBatch, greedy_with_floor
+    from policies.base import greedy_with_floor
 
-    batch = ContextBatch(np.ones((3, 2)), ["a", "b", "c"], np.array([0, 3]), ["e"])
+    batch = context_batch(np.ones((1, 2)), keys=["e"])
     with pytest.raises(ValueError, match="nan"):
         greedy_with_floor(np.array([0.1, np.nan, 0.3]), batch, 0.1)
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies.base import ContextBatch, Feedback, PolicyError, sample_rows
+from policies.base import Feedback, PolicyError, sample_rows
 from policies.epsilon_greedy import EpsilonGreedy
+from tests.builders import context_batch
 
 
 def test_sampling_frequencies_match_the_logged_pmf():
@@ -24,17 +25,12 @@ def test_sampling_frequencies_match_the_logged_pmf():
 
 def test_event_seeding_matches_pmf_for_a_real_policy():
     p = EpsilonGreedy(n_features=2, epsilon=0.3, seed=11)
-    X = np.tile([[1.0, 0.0]], (3, 1))
-    fb = ContextBatch(X[:1], ["b"], np.array([0, 1]), ["warm"])
+    x = np.array([[1.0, 0.0]])  # every event's context
+    fb = context_batch(x, ["b"], ["warm"])
     for _ in range(10):
         p.learn(Feedback(fb, np.array([0]), np.array([1.0]), np.array([1.0])))
     n = 20_000
-    batch = ContextBatch(
-        np.tile(X, (n, 1)),
-        ["a", "b", "c"] * n,
-        np.arange(0, 3 * n + 1, 3),
-        [f"event-{i}" for i in range(n)],
-    )
+    batch = context_batch(np.repeat(x, n, axis=0), keys="event-")
     d = p.choose(batch)
     assert np.allclose(d.pmf[:3], [0.1, 0.8, 0.1])
     freq = np.bincount(d.row - batch.offsets[:-1], minlength=3) / n
@@ -43,7 +39,7 @@ def test_event_seeding_matches_pmf_for_a_real_policy():
 
 def test_ties_share_the_greedy_mass_exactly():
     p = EpsilonGreedy(n_features=2, epsilon=0.2)
-    b = ContextBatch(np.ones((4, 2)), ["a", "b", "c", "d"], np.array([0, 4]), ["e"])
+    b = context_batch(np.ones((1, 2)), ["a", "b", "c", "d"], ["e"])
     assert np.allclose(p.choose(b).pmf, 0.25)
 
 
@@ -54,10 +50,8 @@ def test_learns_the_best_action_per_context():
     total, n = 0.0, 0
     for step in range(200):
         ctx = rng.integers(2, size=20)
-        X = np.repeat(np.stack([np.ones(20), ctx == 0, ctx == 1], axis=1).astype(float), 2, axis=0)
-        b = ContextBatch(
-            X, ["a", "b"] * 20, np.arange(0, 41, 2), [f"{step}-{i}" for i in range(20)]
-        )
+        X = np.stack([np.ones(20), ctx == 0, ctx == 1], axis=1)
+        b = context_batch(X, ["a", "b"], f"{step}-")
         d = p.choose(b)
         acts = [b.actions[r] for r in d.row]
         r = np.array([float(rng.random() < means[a][c]) for a, c in zip(acts, ctx, strict=True)])
@@ -74,7 +68,7 @@ def test_rank_one_updates_match_the_closed_form_ridge():
     p = EpsilonGreedy(n_features=4, l2=2.0)
     X = rng.normal(size=(300, 4))
     y = X @ np.array([1.0, -2.0, 0.5, 0.0]) + rng.normal(scale=0.1, size=300)
-    b = ContextBatch(X, ["a"] * 300, np.arange(301), [str(i) for i in range(300)])
+    b = context_batch(X, ["a"], [str(i) for i in range(300)])
     p.learn(Feedback(b, np.arange(300), y, np.ones(300)))
     exact = np.linalg.solve(2.0 * np.eye(4) + X.T @ X, X.T @ y)
     assert np.allclose(p._arms.theta[0], exact, atol=1e-8)

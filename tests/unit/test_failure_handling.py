@@ -4,10 +4,9 @@ fail for their size: each with fakes, no broker."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError
 
 from stream.config import closest_env_name, load_settings
 from stream.errorpolicy import ProcessingErrors
@@ -16,67 +15,7 @@ from stream.failpoints import POINTS, Failpoints, InjectedFault, parse
 from stream.kafka.deadletter import DeadLetters, Source
 from stream.kafka.delivery import Delivery, classify
 from stream.logs import RepeatFilter
-
-
-class FakeMessage:
-    def __init__(self, topic: str, value: bytes | None, key: bytes | None, headers: Any) -> None:
-        self._t, self._v, self._k, self._h = topic, value, key, headers
-
-    def topic(self) -> str:
-        return self._t
-
-    def value(self) -> bytes | None:
-        return self._v
-
-    def key(self) -> bytes | None:
-        return self._k
-
-    def headers(self) -> Any:
-        return self._h
-
-    def partition(self) -> int | None:
-        return None
-
-    def __len__(self) -> int:
-        return len(self._v or b"")
-
-
-class FakeProducer:
-    """Queues records; poll/flush report each with the error ``fate`` gives it (None: ok).
-    ``limit``: larger records are refused at produce, as librdkafka does."""
-
-    def __init__(self, fate: Any = None, limit: int | None = None) -> None:
-        self.fate = fate or (lambda msg: None)
-        self.limit = limit
-        self.queued: list[tuple[FakeMessage, Any]] = []
-        self.delivered: list[FakeMessage] = []
-        self.in_callback = False
-
-    def produce(self, topic, value, key, partition=-1, headers=None, on_delivery=None) -> None:
-        assert not self.in_callback, "produce() called from inside a delivery callback"
-        if self.limit is not None and len(value or b"") + len(key or b"") > self.limit:
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-        self.queued.append((FakeMessage(topic, value, key, headers), on_delivery))
-
-    def poll(self, timeout: float = 0) -> int:
-        queued, self.queued = self.queued, []
-        self.in_callback = True
-        try:
-            for msg, cb in queued:
-                err = self.fate(msg)
-                if err is None:
-                    self.delivered.append(msg)
-                cb(err, msg)
-        finally:
-            self.in_callback = False
-        return len(queued)
-
-    def flush(self, timeout: float = 0) -> int:
-        self.poll()
-        return len(self.queued)
-
-    def __len__(self) -> int:
-        return len(self.queued)
+from tests.fakes import FakeMessage, FakeProducer
 
 
 # -- failpoints ---------------------------------------------------------------------------

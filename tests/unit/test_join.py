@@ -64,10 +64,10 @@ def test_early_rewards_wait_for_their_context_then_expire():
     early = j.early
     assert j.take("d", "x")[0] is Outcome.UNKNOWN
     assert early.hold("d", "x", 0.7, at=0.0) == (True, [])
-    assert not early.hold("d", "x", 0.1, at=1.0)[0]  # first reward wins
+    assert early.hold("d", "x", 0.1, at=1.0) == (True, [])  # both held, judged at the join
     claimed = early.claim("d", "x")
-    assert claimed is not None and claimed.reward == 0.7 and claimed.timestamp == 0.0
-    assert early.claim("d", "x") is None
+    assert [(e.reward, e.timestamp) for e in claimed] == [(0.7, 0.0), (0.1, 1.0)]  # read order
+    assert early.claim("d", "x") == [] and len(early) == 0
     early.hold("d", "y", 1.0, at=0.0, source="src-y")
     early.hold("d", "z", 1.0, at=4.0)
     assert early.expire(4.5) == []

@@ -60,8 +60,8 @@ def test_reward_only_domains_are_tracked_as_their_holds_come_and_go():
     early.hold("g1", "e2", 1.0, at=0.0)
     early.hold("g2", "e1", 1.0, at=1.0)
     assert early.domains() == {"g1", "g2"}
-    claimed = early.claim("g1", "e1")
-    assert claimed is not None and claimed.reward == 1.0
+    (claimed,) = early.claim("g1", "e1")
+    assert claimed.reward == 1.0
     assert early.domains() == {"g1", "g2"}
     early.hold("g3", "e1", 1.0, at=2.0)
     early.hold("g4", "e1", 1.0, at=3.0)  # pushes g1's last hold out (bound 3)

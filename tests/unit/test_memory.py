@@ -4,12 +4,13 @@ import time
 
 import numpy as np
 
-from policies import ContextBatch, Feedback
+from policies import Feedback
 from policies.features import FeatureHasher
 from stream.config import load_settings
 from stream.core.domains import Domains
 from stream.core.join import Pending, PendingJoins
 from stream.observe.memory import MemoryGuard, trim
+from tests.builders import context_batch
 
 
 def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monkeypatch):
@@ -26,7 +27,7 @@ def test_over_the_limit_trims_rebuildable_state_but_keeps_pending(tmp_path, monk
     from policies.doubly_robust import DoublyRobust
 
     dr = DoublyRobust(3)
-    b = ContextBatch(np.ones((2, 3)), ["a", "b"], np.array([0, 2]), ["k"])
+    b = context_batch(np.ones((1, 3)), ["a", "b"], ["k"])
     dr.learn(Feedback(b, np.array([0]), np.array([1.0]), np.array([0.5])))
     st.baseline = dr
     rss = [100.0]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies import ContextBatch, Feedback
+from policies import Feedback
 from policies.doubly_robust import DoublyRobust
 from policies.offset_tree import OffsetTree
+from tests.builders import context_batch
 
 N_UPDATES = 200_000
 BATCH = 500
@@ -17,12 +18,7 @@ def stream_batches(rng: np.random.Generator, d: int, k: int):
     for step in range(N_UPDATES // BATCH):
         X = np.hstack([np.ones((n, 1)), rng.random((n, d - 1))])
         acts = [f"a{(step + j) % (k + 2)}" for j in range(k)]  # the action set drifts
-        yield ContextBatch(
-            np.repeat(X, k, axis=0),
-            acts * n,
-            np.arange(0, n * k + 1, k),
-            [f"{step}-{i}" for i in range(n)],
-        )
+        yield context_batch(X, acts, f"{step}-")
 
 
 def test_doubly_robust_history_stays_bounded():

@@ -14,6 +14,7 @@ from policies.linear_ts import LinearTS
 from policies.linucb import LinUCB
 from policies.offset_tree import OffsetTree
 from policies.ridge import RidgeArms
+from tests.builders import context_batch
 
 
 def two_arm_stream(seed: int, n_batches: int = 40, n: int = 25):
@@ -22,16 +23,7 @@ def two_arm_stream(seed: int, n_batches: int = 40, n: int = 25):
     for s in range(n_batches):
         c = rng.integers(2, size=n)
         X = np.stack([np.ones(n), c == 0, c == 1], axis=1).astype(float)
-        yield (
-            ContextBatch(
-                np.repeat(X, 2, axis=0),
-                ["a", "b"] * n,
-                np.arange(0, 2 * n + 1, 2),
-                [f"{seed}-{s}-{i}" for i in range(n)],
-            ),
-            c,
-            rng,
-        )
+        yield context_batch(X, ["a", "b"], f"{seed}-{s}-"), c, rng
 
 
 def run(policy, seed: int = 0, n_batches: int = 40) -> float:
@@ -49,21 +41,15 @@ def run(policy, seed: int = 0, n_batches: int = 40) -> float:
     return total / count
 
 
-def probe(policy) -> ContextBatch:
-    X = np.repeat(np.array([[1.0, 1.0, 0.0]]), 2, axis=0)
-    return ContextBatch(X, ["a", "b"], np.array([0, 2]), ["probe"])
+def probe(policy, key: str = "probe") -> ContextBatch:
+    return context_batch([[1.0, 1.0, 0.0]], ["a", "b"], [key])
 
 
 def greedy_mass_spread(policy, n: int = 200) -> float:
     """Mean probability of the non-best candidate over fresh contexts (exploration)."""
     rng = np.random.default_rng(9)
     X = np.hstack([np.ones((n, 1)), rng.random((n, 2))])
-    b = ContextBatch(
-        np.repeat(X, 2, axis=0),
-        ["a", "b"] * n,
-        np.arange(0, 2 * n + 1, 2),
-        [f"q{i}" for i in range(n)],
-    )
+    b = context_batch(X, ["a", "b"], "q")
     pmf = policy.choose(b).pmf.reshape(n, 2)
     return float(pmf.min(axis=1).mean())
 
@@ -73,7 +59,7 @@ def exploited_arm(policy) -> str:
     """Train 'a' only (reward 0.6, 20 times), then ask: which arm does the policy prefer?"""
     b = probe(policy)
     for i in range(20):
-        fb = ContextBatch(b.X, b.actions, b.offsets, [f"t{i}"])
+        fb = probe(policy, f"t{i}")
         policy.learn(Feedback(fb, np.array([0]), np.array([0.6]), np.array([0.9])))
     d = policy.choose(b)
     return b.actions[int(np.argmax(d.pmf))]
@@ -88,7 +74,7 @@ def test_dr_alpha_is_exploration_strength():
 def one_step(p: DoublyRobust, reward: float = 1.0, times: int = 1) -> float:
     b = probe(p)
     for i in range(times):
-        fb = ContextBatch(b.X, b.actions, b.offsets, [f"s{i}"])
+        fb = probe(p, f"s{i}")
         p.learn(Feedback(fb, np.array([0]), np.array([reward]), np.array([1.0])))
     return float(p._arms.theta[p._arms.index["a"]] @ b.X[0])
 
@@ -170,12 +156,7 @@ def test_offset_tree_knobs_shape_the_node_trees():
         rng = np.random.default_rng(3)
         for s in range(40):
             X = np.hstack([np.ones((50, 1)), rng.random((50, 5))])
-            b = ContextBatch(
-                np.repeat(X, 4, axis=0),
-                ["a", "b", "c", "d"] * 50,
-                np.arange(0, 201, 4),
-                [f"{s}-{i}" for i in range(50)],
-            )
+            b = context_batch(X, ["a", "b", "c", "d"], f"{s}-")
             d = p.choose(b)
             # A nonlinear rule: pays when the chosen action matches the quadrant of x1, x2.
             quad = (X[:, 1] > 0.5) * 2 + (X[:, 2] > 0.5)
@@ -192,10 +173,10 @@ def test_offset_tree_knobs_shape_the_node_trees():
 
 def test_offset_tree_new_actions_get_leaves_and_keep_theirs():
     p = OffsetTree(n_features=2, seed=0)
-    b1 = ContextBatch(np.ones((2, 2)), ["a", "b"], np.array([0, 2]), ["e1"])
+    b1 = context_batch(np.ones((1, 2)), ["a", "b"], ["e1"])
     p.choose(b1)
     slots = dict(p._slots)
-    b2 = ContextBatch(np.ones((5, 2)), ["c", "d", "e", "a", "b"], np.array([0, 5]), ["e2"])
+    b2 = context_batch(np.ones((1, 2)), ["c", "d", "e", "a", "b"], ["e2"])
     d = p.choose(b2)
     assert {k: p._slots[k] for k in slots} == slots  # old actions keep their leaves
     assert set(p._slots) == {"a", "b", "c", "d", "e"} and p._cap == 8
@@ -210,15 +191,10 @@ def test_offset_tree_one_batch_teaches_the_whole_path():
     learns nothing from the batch; judged by the node after it, the root turns to "a".
     (Learning before any choice also checks that new actions get leaves in learn.)
     """
-    one = ContextBatch(np.ones((4, 1)), ["c", "d", "a", "b"], np.array([0, 4]), ["p"])
+    one = context_batch(np.ones((1, 1)), ["c", "d", "a", "b"], ["p"])
 
     def batch(n: int, reward: float, tag: str) -> Feedback:
-        b = ContextBatch(
-            np.ones((4 * n, 1)),
-            one.actions * n,
-            np.arange(0, 4 * n + 1, 4),
-            [f"{tag}{i}" for i in range(n)],
-        )
+        b = context_batch(np.ones((n, 1)), one.actions, tag)
         row = np.arange(n) * 4 + 2  # "a" every time
         return Feedback(b, row, np.full(n, reward), np.full(n, 0.25))
 
@@ -239,13 +215,7 @@ def _best_offered_share(p: OffsetTree, seed: int, n: int = 4000) -> float:
     hits = []
     for s in range(n // 20):
         offers = [rng.choice(8, size=rng.integers(2, 5), replace=False) for _ in range(20)]
-        sizes = [len(o) for o in offers]
-        b = ContextBatch(
-            np.ones((sum(sizes), 1)),
-            [f"a{a}" for o in offers for a in o],
-            np.concatenate([[0], np.cumsum(sizes)]),
-            [f"{s}-{i}" for i in range(20)],
-        )
+        b = context_batch(np.ones((20, 1)), [[f"a{a}" for a in o] for o in offers], f"{s}-")
         d = p.choose(b)
         chosen = np.array([o[i] for o, i in zip(offers, d.row - b.offsets[:-1], strict=True)])
         hits.append(chosen == [o[np.argmax(means[o])] for o in offers])
@@ -265,7 +235,7 @@ def test_offset_tree_baseline_takes_the_best_offered_candidate():
 
 
 def test_offset_tree_state_keeps_its_reward_model_or_its_absence():
-    batch = ContextBatch(np.ones((3, 2)), ["a", "b", "c"], np.array([0, 3]), ["e"])
+    batch = context_batch(np.ones((1, 2)), keys=["e"])
     fb = Feedback(batch, np.array([1]), np.array([1.0]), np.array([0.4]))
     tree = OffsetTree(2, seed=1)
     tree.learn(fb)
@@ -318,12 +288,7 @@ def test_offset_tree_compiled_path_matches_numpy(model, baseline):
             k = 3 + s % 4
             X = np.hstack([np.ones((20, 1)), rng.random((20, 3))])
             acts = [f"a{(s + j) % 7}" for j in range(k)]
-            b = ContextBatch(
-                np.repeat(X, k, axis=0),
-                acts * 20,
-                np.arange(0, 20 * k + 1, k),
-                [f"{s}-{i}" for i in range(20)],
-            )
+            b = context_batch(X, acts, f"{s}-")
             d = p.choose(b)
             out.append(d.pmf)
             p.learn(Feedback(b, d.row, rng.random(20), d.probability))

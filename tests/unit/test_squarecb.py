@@ -8,18 +8,13 @@ from policies import ContextBatch, Feedback
 from policies.squarecb import SquareCB
 from stream.config import load_settings
 from stream.core.policy_config import build_policy
+from tests.builders import context_batch
 
 
 def _batch(n: int, actions: list[str], tag: str) -> ContextBatch:
-    k = len(actions)
     rng = np.random.default_rng(len(tag))
     X = np.hstack([np.ones((n, 1)), rng.random((n, 2))])
-    return ContextBatch(
-        np.repeat(X, k, axis=0),
-        actions * n,
-        np.arange(0, n * k + 1, k),
-        [f"{tag}{i}" for i in range(n)],
-    )
+    return context_batch(X, actions, tag)
 
 
 def _trained() -> SquareCB:
@@ -49,7 +44,7 @@ def test_probabilities_are_the_inverse_gap_weights_of_the_predictions():
 
 def test_tied_best_candidates_share_the_rest_evenly_and_the_floor_is_mixed_in():
     p = SquareCB(1, floor=0.0)
-    b = ContextBatch(np.ones((3, 1)), ["a", "b", "c"], np.array([0, 3]), ["e"])
+    b = context_batch(np.ones((1, 1)), keys=["e"])
     assert p.choose(b).pmf.tolist() == [1 / 3, 1 / 3, 1 / 3]  # untrained: all tied
     p = _trained()
     q = _batch(3, ["a", "b", "c", "d"], "f")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
 
-from policies.base import ContextBatch, Feedback, Policy
+from policies.base import Feedback, Policy
 from policies.registry import create_policy
 from stream.config import load_settings
 from stream.core.domain import DomainInfo
@@ -28,7 +28,7 @@ from stream.state.topic import (
     marker_key,
 )
 from stream.state.topicreader import StateRecords
-from tests.builders import pending, trained
+from tests.builders import context_batch, pending, trained
 
 TOPICS = ("ctx", "rew")
 
@@ -133,8 +133,8 @@ def learn(p: Policy, actions: list[str], seed: int) -> None:
     """One reward for each of ``actions`` (and only them)."""
     rng = np.random.default_rng(seed)
     k = len(actions)
-    b = ContextBatch(
-        rng.random((k * k, 64)), actions * k, np.arange(0, k * k + 1, k), [str(i) for i in range(k)]
+    b = context_batch(
+        rows=rng.random((k * k, 64)), candidates=actions, keys=[str(i) for i in range(k)]
     )
     rows = np.arange(k) * k + np.arange(k)
     p.learn(Feedback(b, rows, rng.random(k), np.full(k, 1.0 / k)))

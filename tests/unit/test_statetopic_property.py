@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 
 import stream.state.publisher as publisher_module
 import stream.state.topic as topic_module
-from policies.base import ContextBatch, Feedback, Policy
+from policies.base import Feedback, Policy
 from policies.registry import create_policy
 from stream.config import load_settings
 from stream.core.domain import DomainInfo
@@ -52,6 +52,7 @@ from stream.state.publisher import PartitionMark, StatePublisher
 from stream.state.records import Snapshot, SnapshotMeta
 from stream.state.topic import Head, Offsets, decode_domain, decode_marker, marker_key
 from stream.state.topicreader import PartitionPlan, StateRecords
+from tests.builders import context_batch
 
 TOPICS = ("ctx", "rew")
 NF = 16  # a 2 KB inverse per action: one action's change is worth a delta, all are not
@@ -97,8 +98,8 @@ def learn(p: Policy, actions: list[str], seed: int) -> None:
     """One reward for each of ``actions`` (and only them)."""
     rng = np.random.default_rng(seed)
     k = len(actions)
-    b = ContextBatch(
-        rng.random((k * k, NF)), actions * k, np.arange(0, k * k + 1, k), [str(i) for i in range(k)]
+    b = context_batch(
+        rows=rng.random((k * k, NF)), candidates=actions, keys=[str(i) for i in range(k)]
     )
     rows = np.arange(k) * k + np.arange(k)
     p.learn(Feedback(b, rows, rng.random(k), np.full(k, 1.0 / k)))

@@ -15,6 +15,7 @@ from stream.config import load_settings
 from stream.core.streamtime import StreamTime
 from stream.errors import KafkaClientError
 from stream.kafka.codec import Decision
+from tests.fakes import FakeConsumer
 
 CTX, REW = "bandit.contexts", "bandit.rewards"
 HOUR_AGO = time.time() - 3600.0  # a backlog read an hour after it was produced
@@ -107,17 +108,13 @@ def test_a_partition_is_at_its_end_only_as_of_an_answer_the_loop_consumed_past()
     loop has not consumed to an answer's end (paused, rebalancing, behind) stays put."""
     from stream.kafka.endwatch import EndWatch
 
-    class Positions:  # the consumer, as the end watch sees it: only its assignment
-        def assignment(self) -> list[Any]:
-            return []
-
     watch = EndWatch(load_settings(topic_contexts=CTX, topic_rewards=REW))
     clock = StreamTime(grace_s=0.0)
     clock.consumed(False, 0, 40)  # consumed up to its answer's end
     clock.consumed(False, 1, 39)  # one short of it
     clock.consumed(True, 0, 9)
     watch._answers = {(REW, 0): (500.0, 40), (REW, 1): (500.0, 40), (CTX, 0): (500.0, 7)}
-    watch.observe(Positions(), clock)  # type: ignore[arg-type]
+    watch.observe(FakeConsumer(), clock)  # type: ignore[arg-type]  # nothing assigned
     assert clock.rewards_until({0, 1}) == {0: 500.0, 1: float("-inf")}
     assert clock.contexts_until({0}) == {0: 500.0}
     watch.stop()

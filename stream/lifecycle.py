@@ -63,6 +63,11 @@ class PauseWatch:
                 self.frozen_s = max(self.frozen_s, now - self.last)
             self.last = now
 
+    def running(self) -> bool:
+        """Whether no freeze past the limit is pending (unlike :meth:`check`, it leaves
+        one to be acknowledged by the loop)."""
+        return not self.frozen_s and time.monotonic() - self.last <= self.limit_s
+
     def check(self) -> None:
         """Raise :class:`Paused` once after the process stood still past the limit."""
         gap = time.monotonic() - self.last

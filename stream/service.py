@@ -220,7 +220,7 @@ class Service:
         and a restart replays from it exactly once, as after kill -9."""
         self.failed = self.rebalance.failed = True
         self.probes.failed = f"{type(why).__name__}: {why}"  # /healthz says so from now
-        log.error("stopping after an unexpected error: the last checkpoint stands")
+        log.error("stopping after an unexpected error: the last checkpoint stands", exc_info=why)
         self.checkpointer.abandon()
         if self._producer is not None:  # decisions already made reach their consumers
             self._producer.flush(min(5.0, self.settings.shutdown_timeout_s))

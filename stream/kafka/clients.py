@@ -74,6 +74,12 @@ def producer_config(settings: Settings) -> dict[str, Any]:
             "acks": "all",
             "linger.ms": 2,
             "compression.type": "lz4",
+            # A record still queued after a freeze this long is given up on, not sent: the
+            # group may have handed its partition to another member meanwhile (the loop's
+            # PauseWatch then withdraws it; a running instance produces it again).
+            "message.timeout.ms": (
+                settings.kafka_session_timeout_ms - settings.kafka_heartbeat_interval_ms
+            ),
             # Delivery acts on failures only: no Python callback per delivered decision.
             "delivery.report.only.error": True,
         }

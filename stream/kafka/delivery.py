@@ -15,8 +15,10 @@ The failures of a produced record, kept apart:
 
 Order: a domain's records share its key, hence one partition, and the idempotent
 producer keeps a partition's records in order through its own retries. Only records that
-exhaust ``delivery.timeout.ms`` (the broker away that long) are produced again behind
+exhaust ``message.timeout.ms`` (the broker away that long) are produced again behind
 the ones produced meanwhile; consumers join decisions by event id, not by position.
+After a freeze past the group session they are withdrawn instead: the partition may be
+another member's by then.
 
 Input offsets are not tracked here: a checkpoint flushes (:meth:`Delivery.flush`) before
 it reads the consumer's positions, so every offset it commits has its records settled.
@@ -24,6 +26,7 @@ it reads the consumer's positions, so every offset it commits has its records se
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -31,6 +34,8 @@ from functools import partial
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream.errors import DeliveryError
+
+log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str | bytes | None]]
 FLUSH_SLICE_S = 0.5  # a long flush re-checks its deadline this often (a SIGTERM shortens it)
@@ -92,6 +97,9 @@ class Delivery:
         ] = []
         self._refused: list[tuple[KafkaError, Refused | None]] = []
         self._fatal: KafkaError | None = None
+        # Asked before anything is produced again: False after a freeze past the group
+        # session, when the records may be another owner's (they are withdrawn).
+        self.may_resend: Callable[[], bool] | None = None
 
     def produce(
         self,
@@ -132,6 +140,9 @@ class Delivery:
             raise DeliveryError(f"producer failed: {err.str()}", err.code())
         if self._again:
             again, self._again = self._again, []
+            if self.may_resend is not None and not self.may_resend():
+                log.warning("withdrew %d records given up on across a freeze", len(again))
+                again = []
             for topic, value, key, headers, on_refused, partition in again:
                 self.retries += 1
                 self.produce(value, key, topic, headers, on_refused, partition)

@@ -45,6 +45,7 @@ class Membership:
 
     def start(self, consumer: Consumer, delivery: Delivery) -> None:
         self.consumer, self.delivery = consumer, delivery
+        delivery.may_resend = self.watch.running  # nothing given up on across a freeze
         self._subscribe()
         self.watch.start()
         s = self.settings

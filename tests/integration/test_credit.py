@@ -98,7 +98,10 @@ class Instance:
         return code
 
     def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        """Its errors and anything not logged as JSON (a traceback) first, then its last lines."""
+        text = self.log_path.read_text(errors="replace")
+        worst = [ln for ln in text.splitlines() if '"ERROR"' in ln or not ln.startswith("{")]
+        return "errors:\n" + "\n".join(worst[-40:])[-6000:] + "\nlast:\n" + text[-3000:]
 
     def assignments(self) -> int:
         return self.log_path.read_text(errors="replace").count('"assigned ')

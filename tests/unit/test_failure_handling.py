@@ -4,6 +4,7 @@ fail for their size: each with fakes, no broker."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from confluent_kafka import KafkaError
@@ -14,6 +15,7 @@ from stream.errors import ConfigError, DeliveryError, TooManyProcessingErrors
 from stream.failpoints import POINTS, Failpoints, InjectedFault, parse
 from stream.kafka.deadletter import DeadLetters, Source
 from stream.kafka.delivery import Delivery, classify
+from stream.lifecycle import Paused, PauseWatch
 from stream.logs import RepeatFilter
 from tests.fakes import FakeMessage, FakeProducer
 
@@ -87,6 +89,38 @@ def test_a_timed_out_record_is_produced_again_by_the_loop_not_the_callback():
     assert d.flush(1.0) == 0
     assert attempts == [b"v", b"v"] and d.retries == 1
     assert [m.value() for m in producer.delivered] == [b"v"]
+
+
+def test_a_record_given_up_on_after_a_freeze_is_withdrawn_not_produced_again():
+    """librdkafka times out a record queued across a freeze past the session; the guard
+    (the loop's PauseWatch) stops it being produced again, and the freeze stays for the
+    loop to act on."""
+    attempts: list[bytes | None] = []
+
+    def fate(msg: FakeMessage) -> KafkaError | None:
+        attempts.append(msg.value())
+        return KafkaError(KafkaError._MSG_TIMED_OUT)
+
+    watch = PauseWatch(0.05)
+    producer = FakeProducer(fate)
+    d = Delivery(producer, "decisions")  # type: ignore[arg-type]
+    d.may_resend = watch.running
+    d.produce(b"v", b"k")
+    time.sleep(0.1)  # the watch's thread is not started: it looks frozen
+    assert d.flush(1.0) == 0
+    assert attempts == [b"v"] and d.retries == 0 and producer.delivered == []
+    with pytest.raises(Paused):
+        watch.check()
+
+
+def test_a_decision_queued_longer_than_a_freeze_could_last_unnoticed_is_given_up_on(
+    monkeypatch,
+):
+    monkeypatch.setenv("RL_KAFKA_SESSION_TIMEOUT_MS", "15000")
+    monkeypatch.setenv("RL_KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
+    from stream.kafka.clients import producer_config
+
+    assert producer_config(load_settings())["message.timeout.ms"] == 14_000
 
 
 def test_a_refused_record_goes_to_its_owner_once_and_nothing_loops():

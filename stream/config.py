@@ -152,6 +152,9 @@ class _Settings(BaseSettings):
     memory_cleanup_interval: float = Field(60.0, gt=0)
     # Every finished join (JSONL file path, or "kafka:TOPIC"); empty: none.
     joined_log: str = ""
+    # Every loop turn's stage timings and garbage collections (JSONL file path; empty:
+    # none): what ``bench latency`` reads to explain its slowest decisions.
+    loop_trace: str = ""
 
     # --- Failure handling ------------------------------------------------------------------
     # An unexpected exception while processing a message that decoded fine: "fail" stops

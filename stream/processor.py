@@ -91,13 +91,17 @@ class BatchProcessor:
         self._may_publish()
         self.engine.now = now
         read = 0
+        lap = self.tally.metrics.stages.lap
         if msgs:
             read = self.process(msgs, now, consumed_at, now if fetched_at is None else fetched_at)
             self.tally.metrics.end_turn()
         self.translate(self.engine.expire())
+        lap("expire")
         self.tally.learned(self.engine.learn(now))
+        lap("learn")
         self._may_publish()  # records given up on by librdkafka are produced again here
         delivery.poll()
+        lap("deliver")
         return read
 
     def _may_publish(self) -> None:
@@ -172,7 +176,12 @@ class BatchProcessor:
         self.balance.observe(last_context, last_reward)
         published = self._published if self.ownership.replays else None
         batches = [(d, evs, partition_of[d]) for d, evs in contexts.items()]
-        self._publish(self.engine.decide(batches, published), consumed_at)
+        lap = self.tally.metrics.stages.lap
+        lap("decode")
+        decided = self.engine.decide(batches, published)
+        lap("decide")
+        self._publish(decided, consumed_at)
+        lap("produce")
         for r, partition in rewards:
             try:
                 if fp is not None:
@@ -180,6 +189,7 @@ class BatchProcessor:
                 self.translate(self.engine.reward(r, partition))
             except Exception as exc:
                 self.rejections.internal_error(exc, r.source)
+        lap("join")
         return read
 
     def _published(self, state: DomainState, ev: ContextEvent) -> Decision | None:

@@ -26,7 +26,7 @@ from stream.failpoints import Failpoints
 from stream.joinedlog import JoinedLog
 from stream.kafka.balance import TopicBalance
 from stream.kafka.brokerwatch import BrokerWatch
-from stream.kafka.clients import consumer_config, producer_config
+from stream.kafka.clients import consumer_config, fetch_batch, producer_config
 from stream.kafka.decisionlog import DecisionLog
 from stream.kafka.endwatch import EndWatch
 from stream.kafka.lag import consumer_lag, send_metrics
@@ -79,16 +79,13 @@ class Service:
         self.processor = BatchProcessor(s, e, self.ownership, self.balance, self.tally, fp)
         e.learner.on_learn_error = self.processor.rejections.learn_failed
         self.checkpointer = Checkpointer(self.ownership, fp, self.tally.learned, self.clock)
+        self.stages = self.metrics.stages
+        self.checkpointer.lap = self.stages.lap
         self.rebalance = Rebalance(s, self.ownership, self.balance, self.checkpoint, self.ready, fp)
-        self.membership = Membership(
-            s, self.rebalance, self.ownership, self.checkpointer, self.ready
-        )
-        self.probes = Probes(
-            s.poll_timeout_s, self.ready, self._stopping, self.checkpointer, self.ownership
-        )
-        self.reporter = MetricsReporter(
-            s, self.metrics, self.domains, self.joins, self.checkpointer
-        )
+        ckpt, own = self.checkpointer, self.ownership
+        self.membership = Membership(s, self.rebalance, own, ckpt, self.ready)
+        self.probes = Probes(s.poll_timeout_s, self.ready, self._stopping, ckpt, own)
+        self.reporter = MetricsReporter(s, self.metrics, self.domains, self.joins, ckpt)
         self.memory = MemoryGuard(
             s.memory_limit_mb,
             s.memory_cleanup_interval,
@@ -119,6 +116,7 @@ class Service:
         # What is imported by now lives forever: out of the collector's sight, a full
         # collection scans only the service's own objects (the loop's longest pause).
         gc.freeze()
+        self.stages.start()
         self._producer = Producer(producer_config(s))
         self.broker = self.probes.broker = BrokerWatch(s)
         self.broker.start()
@@ -154,31 +152,32 @@ class Service:
     def _turn(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        s = self.settings
+        s, lap = self.settings, self.stages.lap
         self.membership.watch.check()
-        # Whatever is already fetched, without waiting to fill a batch; only when
-        # nothing is there, wait for the first message.
         fetched_at = time.time()  # an end of partition seen now holds what came before
-        msgs = consumer.consume(num_messages=s.batch_size, timeout=0)
-        if not msgs:
-            msgs = consumer.consume(num_messages=1, timeout=s.poll_timeout_s)
-            if msgs:
-                msgs += consumer.consume(num_messages=s.batch_size - 1, timeout=0)
+        # The wait for a first message (when nothing was fetched) is no turn's work.
+        msgs = fetch_batch(consumer, s.batch_size, s.poll_timeout_s, self.stages.start_turn)
         consumed_at = time.perf_counter()
+        lap("consume")
         read = self.processor.handle(msgs, time.time(), consumed_at, fetched_at)
         self.ends.observe(consumer, self.clock)
         paused = self.balance.update(consumer, len(self.joins), len(self.joins.early), read)
         if paused is not None:
             self.metrics.p_topic_pauses.labels(paused).inc()
+        lap("balance")
         self.checkpointer.finish(block=False)
+        lap("checkpoint_finish")
         self.memory.check()
         self.probes.turned()
+        lap("memory")
         if self.reporter.due():
             self.report_metrics()
+            lap("report")
         if self.checkpointer.due(s.checkpoint_interval_s) and (
             self.broker is None or self.broker.reachable  # an outage: nothing to flush
         ):
             self.checkpoint(wait=False)
+        self.stages.end_turn()
         self.stats.turns += 1
         if self.on_turn is not None:
             self.on_turn(self)
@@ -234,6 +233,7 @@ class Service:
     def _release(self) -> None:
         """Release every client, thread and file the service holds."""
         self.checkpointer.close(min(5.0, self._stopping.time_left(True)))
+        self.stages.close()
         if self._http is not None:
             self._http.shutdown()
         if self.joined_log is not None:

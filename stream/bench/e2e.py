@@ -36,6 +36,7 @@ from stream.bench.report import (
     write_json,
     write_markdown,
 )
+from stream.bench.tail import breakdown_table, plot_timeline, slowest
 from stream.config import Settings
 
 WARM_EVENTS = 20_000
@@ -204,8 +205,12 @@ def _percentiles(end: list[float], start: list[float]) -> tuple[np.ndarray, dict
 def latency(
     events: int, domains: int, rate: float, out: Path, engine: str = "embedded"
 ) -> dict[str, Any]:
+    trace = out / "loop-trace.jsonl"
+    trace.unlink(missing_ok=True)
     with ExitStack() as stack:
-        bootstrap, broker, s, svc, reader = _start(stack, engine, warm_rate=rate)
+        bootstrap, broker, s, svc, reader = _start(
+            stack, engine, warm_rate=rate, loop_trace=str(trace)
+        )
         prod = _spawn(
             produce, bootstrap, s.topic_contexts, s.topic_rewards, events, domains, rate, 1000, 1
         )
@@ -236,6 +241,8 @@ def latency(
     # Where the service's time goes: context sent -> decided, decided -> decision read.
     _, inbound = _percentiles(reader.decided, reader.sent)
     _, outbound = _percentiles(reader.times, reader.decided)
+    sent, decided, got = (np.asarray(x) for x in (reader.sent, reader.decided, reader.times))
+    tail = slowest(sent, decided, got, trace)
     result = {
         "events": events,
         "domains": domains,
@@ -253,6 +260,7 @@ def latency(
         "to_decision_p99_ms": round(inbound[99], 3),
         "decision_to_reader_p50_ms": round(outbound[50], 3),
         "decision_to_reader_p99_ms": round(outbound[99], 3),
+        "slowest_1pct": tail,
         "broker": broker,
         "machine": machine(),
     }
@@ -270,7 +278,16 @@ def latency(
         + "\n\nThe service's share, by the decision's own timestamp: context sent -> decided "
         f"p50 {result['to_decision_p50_ms']} ms, p99 {result['to_decision_p99_ms']} ms; "
         f"decided -> read p50 {result['decision_to_reader_p50_ms']} ms, p99 "
-        f"{result['decision_to_reader_p99_ms']} ms.\n",
+        f"{result['decision_to_reader_p99_ms']} ms.\n\n"
+        f"What the loop was doing while the slowest 1% ({tail.get('decisions', 0)} decisions, "
+        f"mean {tail.get('latency_ms')} ms) waited, mean ms per decision (from the "
+        "service's RL_LOOP_TRACE):\n\n"
+        + markdown_table(["", "ms"], breakdown_table(tail))
+        + "\n\nlatency-timeline.png: latency over the run, checkpoints, learning chunks and "
+        "full collections marked.\n",
+    )
+    plot_timeline(
+        sent, got, trace, out / "latency-timeline.png", f"latency over time at {rate:.0f}/s"
     )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))

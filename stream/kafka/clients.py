@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from stream.config import Settings, load_settings
@@ -28,6 +29,20 @@ def common_config(settings: Settings) -> dict[str, Any]:
     if settings.kafka_ssl_ca_location:
         conf["ssl.ca.location"] = settings.kafka_ssl_ca_location
     return conf
+
+
+def fetch_batch(
+    consumer: Consumer, n: int, wait_s: float, waited: Callable[[], None]
+) -> list[Message]:
+    """Up to ``n`` messages: whatever is already fetched, without waiting to fill a batch;
+    only when nothing is there, wait up to ``wait_s`` for the first (then ``waited()``)."""
+    msgs = consumer.consume(num_messages=n, timeout=0)
+    if not msgs:
+        msgs = consumer.consume(num_messages=1, timeout=wait_s)
+        waited()
+        if msgs:
+            msgs += consumer.consume(num_messages=n - 1, timeout=0)
+    return msgs
 
 
 def tool_config(bootstrap: str, props: dict[str, Any]) -> dict[str, Any]:

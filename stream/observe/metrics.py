@@ -25,6 +25,7 @@ from prometheus_client import Counter as PCounter
 from policies.estimators import Z95
 from stream.config import Settings
 from stream.observe.prometheus import BatchHistogram, CounterTable
+from stream.observe.stages import Stages
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class Metrics:
         }
         self.last_report: list[dict[str, Any]] = []
         r = self.registry = CollectorRegistry()
+        self.stages = Stages(settings.loop_trace or None)
+        r.register(self.stages.histograms)
+        r.register(self.stages.gc_pauses)
         self.p_decisions = CounterTable("bandit_decisions", "Decisions made", ("domain", "variant"))
         self.p_rewards = CounterTable(
             "bandit_rewards",

@@ -39,6 +39,10 @@ from stream.sysmem import release_free_memory
 log = logging.getLogger(__name__)
 
 
+def _no_lap(stage: str) -> None:
+    pass
+
+
 class Flushable(Protocol):
     def flush(self) -> None: ...
 
@@ -116,6 +120,7 @@ class Checkpointer:
         self.on_learned = on_learned
         self.clients: Clients | None = None
         self.joined_log: Flushable | None = None  # flushed before each checkpoint
+        self.lap: Callable[[str], None] = _no_lap  # the loop's stage timer
         # One background writer: the loop only takes the snapshot; SQLite writes beside it.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self.writing: PendingWrite | None = None
@@ -151,6 +156,7 @@ class Checkpointer:
         if wait:
             self.on_learned(self.domains.learner.learn(time.time(), force=True))
         remaining = self.clients.delivery.flush(timeout_s, stop_by)
+        self.lap("checkpoint_flush")
         if remaining:
             log.error(
                 "%d decisions unacknowledged: checkpoint skipped, their inputs will be "
@@ -165,6 +171,7 @@ class Checkpointer:
             log.warning("cannot read positions for a checkpoint: %s", exc)
             return Skipped(f"positions: {exc}")
         self.writing = self._submit(positions, wait, timeout_s, started)
+        self.lap("checkpoint_snapshot")
         if not wait:
             return Started()
         return self.finish(block=True) or Skipped("no write")
@@ -185,6 +192,7 @@ class Checkpointer:
             return ends[q]
 
         own.advance({(tp.topic, tp.partition): tp.offset for tp in positions}, decisions_end)
+        self.lap("checkpoint_positions")
         changed, parts, ahead, gone = own.publish_plan()
         signatures = {d: own.signature(d) for d in changed}
         until = None

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
+
+# The loop takes the GIL back this soon from a background thread (the checkpoint writer);
+# Python's 5 ms default let a write hold a decision that long at every switch.
+SWITCH_INTERVAL_S = 0.0005
+
+
+def settle_process() -> None:
+    """After start-up, before the first event: what is imported by now lives forever, so
+    it leaves the collector's sight (a full collection then scans only the service's own
+    objects, the loop's longest pause), and the GIL switches often."""
+    gc.freeze()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 class Stopping(threading.Event):

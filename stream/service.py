@@ -8,7 +8,6 @@ every decision of those inputs is acknowledged.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from stream.kafka.clients import consumer_config, fetch_batch, producer_config
 from stream.kafka.decisionlog import DecisionLog
 from stream.kafka.endwatch import EndWatch
 from stream.kafka.lag import consumer_lag, send_metrics
-from stream.lifecycle import Paused, Stopping
+from stream.lifecycle import Paused, Stopping, settle_process
 from stream.observe.memory import MemoryGuard, trim
 from stream.observe.metrics import Metrics
 from stream.observe.probes import Probes
@@ -113,9 +112,7 @@ class Service:
     def run(self) -> None:
         s = self.settings
         warm_up()  # compile the policies' kernels before the first event, not during it
-        # What is imported by now lives forever: out of the collector's sight, a full
-        # collection scans only the service's own objects (the loop's longest pause).
-        gc.freeze()
+        settle_process()
         self.stages.start()
         self._producer = Producer(producer_config(s))
         self.broker = self.probes.broker = BrokerWatch(s)

@@ -149,6 +149,10 @@ class DecisionReader:
             if bar is not None:
                 bar.update(len(self.times) - bar.n)
 
+    def reset(self) -> None:
+        """Forget what was read so far (a warm-up's decisions)."""
+        self.times, self.sent, self.decided = [], [], []
+
     def rate(self) -> float:
         """Messages per second over the middle 80% (no start-up, no drain)."""
         t = np.sort(np.asarray(self.times))

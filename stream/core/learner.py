@@ -84,7 +84,7 @@ class Learner:
         if len(state.buffer) == self.settings.update_interval:
             self._full.append(state)
 
-    def learn(self, now: float, force: bool = False, budget_s: float = 0.02) -> int:
+    def learn(self, now: float, force: bool = False, budget_s: float = 0.004) -> int:
         """Learn the buffers that are old enough (oldest first), then the full ones; returns
         how many rewards were learned. Without ``force`` it stops after ``budget_s``, so a
         backlog is spread over turns instead of stalling decisions, but not before it has

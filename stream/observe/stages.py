@@ -14,6 +14,7 @@ import gc
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -117,6 +118,7 @@ class Stages:
     def start(self) -> None:
         """Time collections and, with a trace path, write the turns from now on."""
         if self.trace_path and self._trace is None:
+            Path(self.trace_path).parent.mkdir(parents=True, exist_ok=True)
             self._trace = open(self.trace_path, "ab")  # noqa: SIM115 - open till close()
         if self._on_gc not in gc.callbacks:
             gc.callbacks.append(self._on_gc)

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from stream.bench import e2e
+from stream.observe.stages import STAGES
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +44,9 @@ def test_throughput_latency_and_memory_reports(on_test_broker, engine, tmp_path)
     md = (tmp_path / "latency.md").read_text()
     assert f"| p99_ms | {lat['p99_ms']} | {lat['passthrough_p99_ms']} |" in md
     assert math.isfinite(mem["growth_mb_per_million"])
+    # The slowest 1% explained from the service's loop trace, and the timeline drawn.
+    tail = lat["slowest_1pct"]
+    assert tail["decisions"] == round(3000 * 0.8 * 0.01)
+    assert set(tail["in_loop_ms"]) <= set(STAGES) and "decide" in tail["in_loop_ms"]
+    assert tail["latency_ms"] >= lat["p99_ms"] * 0.99
+    assert "slowest 1%" in md and (tmp_path / "latency-timeline.png").stat().st_size > 1000

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,30 @@ class PartitionMark:
     heads: dict[str, Head]  # every domain of the partition -> its newest record, before
 
 
+class Pace:
+    """Holds a sender to ``bytes_per_s`` (0: unpaced), sleeping at most ``budget_s`` in all."""
+
+    def __init__(self, bytes_per_s: float, budget_s: float) -> None:
+        self.bytes_per_s = bytes_per_s
+        self.budget_s = budget_s
+        self.start = time.monotonic()
+        self.sent = 0
+        self.slept = 0.0
+
+    def wait(self, n: int, check: Callable[[], None]) -> None:
+        """Before sending ``n`` more bytes: sleep until the rate allows them."""
+        if self.bytes_per_s > 0:
+            ahead = self.sent / self.bytes_per_s - (time.monotonic() - self.start)
+            nap = min(ahead, self.budget_s - self.slept)
+            while nap > 0:
+                check()
+                step = min(nap, 0.05)
+                time.sleep(step)
+                self.slept += step
+                nap -= step
+        self.sent += n
+
+
 class StatePublisher:
     """Produces a checkpoint's domain records, then its partition markers (see module doc)."""
 
@@ -100,6 +124,7 @@ class StatePublisher:
         self._failed = []
         topic = self.settings.topic_state
         timeout_s = deadline - time.monotonic()
+        pace = Pace(self.settings.state_publish_mb_per_s * 1e6, timeout_s / 2)
 
         def check() -> None:
             if cancel is not None and cancel.is_set():
@@ -117,6 +142,7 @@ class StatePublisher:
                 check()
                 self._producer.poll(0.05)
             check()
+            pace.wait(len(value or b""), check)
             self._inflight += len(value or b"")
             self.sent_bytes += len(value or b"")
             while True:

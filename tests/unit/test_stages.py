@@ -104,3 +104,20 @@ def test_the_slowest_decisions_are_charged_to_the_stages_that_covered_their_wait
     assert got["waiting_for_a_fetch_ms"] == pytest.approx(10.0, abs=0.01)
     assert got["decided_to_read_ms"] == pytest.approx(1.0, abs=0.01)
     assert breakdown_table(got)[0] == ["checkpoint_snapshot", 40.0]
+
+
+def test_the_state_publish_is_paced_within_its_budget():
+    from stream.state.publisher import Pace
+
+    checks = []
+    pace = Pace(1e6, budget_s=0.15)  # 1 MB/s, at most 0.15 s of sleep
+    t = time.monotonic()
+    for _ in range(4):
+        pace.wait(50_000, lambda: checks.append(1))  # 0.2 MB: 0.15 s at that rate
+    assert 0.13 <= time.monotonic() - t < 0.3 and checks
+    for _ in range(10):
+        pace.wait(1_000_000, lambda: None)  # far ahead: the budget is spent, no more sleep
+    assert pace.slept == pytest.approx(0.15, abs=0.01) and time.monotonic() - t < 0.4
+    unpaced = Pace(0, budget_s=10)
+    unpaced.wait(10**9, lambda: None)
+    assert unpaced.slept == 0

@@ -67,15 +67,20 @@ def _on(broker: dict[str, str]) -> str:
 
 
 def _start(
-    stack: ExitStack, engine: str, warm_rate: float | None = None, **extra: Any
+    stack: ExitStack,
+    engine: str,
+    warm_rate: float | None = None,
+    warm_max: int = WARM_EVENTS * 2,
+    **extra: Any,
 ) -> tuple[str, dict[str, str], Settings, ServiceProcess, DecisionReader]:
     """A broker (and what it is), fresh topics, the service consuming them, and a reader
-    of its decisions. With ``warm_rate``, a passthrough at that rate (0: unpaced) first
-    warms the broker: a fresh JVM's first seconds of produce requests queue behind its
-    compiler, which the first run measured would count and the next not."""
+    of its decisions. With ``warm_rate``, a passthrough at that rate (0: unpaced; 30 s of it,
+    ``warm_max`` events at most) first warms the broker: a fresh JVM's first seconds of
+    produce requests queue behind its compiler, which the first run measured would count
+    and the next not."""
     bootstrap, broker = harness.bootstrap(stack, engine=engine)
     if warm_rate is not None:
-        n = WARM_EVENTS if warm_rate <= 0 else int(min(WARM_EVENTS * 2, warm_rate * 30))
+        n = WARM_EVENTS if warm_rate <= 0 else int(min(warm_max, warm_rate * 30))
         _run_passthrough(
             bootstrap,
             n,
@@ -211,7 +216,7 @@ def latency(
     trace.unlink(missing_ok=True)
     with ExitStack() as stack:
         bootstrap, broker, s, svc, reader = _start(
-            stack, engine, warm_rate=rate, loop_trace=str(trace)
+            stack, engine, warm_rate=rate, warm_max=events, loop_trace=str(trace)
         )
         # The service warmed too, unmeasured: its domains made and learning (a deployed
         # service is past its first seconds); the same stream at the same rate.

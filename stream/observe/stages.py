@@ -157,6 +157,7 @@ class Stages:
         turn.fill(np.nan)
         self._order.clear()
         self._gcs.clear()
+        self.start_turn()  # the next turn starts now, unless it first waits for a message
 
     def _row(self) -> bytes:
         doc: dict[str, Any] = {

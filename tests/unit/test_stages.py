@@ -121,3 +121,22 @@ def test_the_state_publish_is_paced_within_its_budget():
     unpaced = Pace(0, budget_s=10)
     unpaced.wait(10**9, lambda: None)
     assert unpaced.slept == 0
+
+
+def test_back_to_back_turns_start_where_the_previous_one_ended(tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    stages = Stages(str(trace))
+    stages.start()
+    try:
+        stages.start_turn()
+        time.sleep(0.02)
+        stages.lap("decide")
+        stages.end_turn()
+        time.sleep(0.01)  # no wait for a message: this is the next turn's
+        stages.lap("consume")
+        stages.end_turn()
+    finally:
+        stages.close()
+    first, second = read_trace(str(trace))
+    assert second["t"] - first["t"] == pytest.approx(0.02, abs=0.008)
+    assert dict(second["s"])["consume"] == pytest.approx(10, abs=5)

@@ -167,7 +167,7 @@ class Service:
         self.memory.check()
         self.probes.turned()
         lap("memory")
-        if self.reporter.due():
+        if self.reporter.due() and self.checkpointer.writing is None:  # never both at once
             self.report_metrics()
             lap("report")
         if self.checkpointer.due(s.checkpoint_interval_s) and (

@@ -143,9 +143,9 @@ class _Settings(BaseSettings):
     state_dir: Path = Path("state")
     checkpoint_interval_s: float = Field(30.0, gt=0)
     checkpoint_keep: int = Field(5, ge=1)
-    # A checkpoint's state-topic records are paced to this (0: as fast as the broker takes
-    # them), for at most half the publish's time: a burst of them on the broker the
-    # decisions go through is a burst of slow decisions.
+    # A periodic checkpoint's state-topic records are paced to this (0: as fast as the
+    # broker takes them), waiting a quarter of the publish's time at most: a burst of them
+    # on the broker the decisions go through is a burst of slow decisions.
     state_publish_mb_per_s: float = Field(16.0, ge=0)
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9464, ge=0, le=65535)

@@ -113,7 +113,6 @@ class Service:
         s = self.settings
         warm_up()  # compile the policies' kernels before the first event, not during it
         settle_process()
-        self.stages.start()
         self._producer = Producer(producer_config(s))
         self.broker = self.probes.broker = BrokerWatch(s)
         self.broker.start()
@@ -131,6 +130,7 @@ class Service:
         self.membership.start(self._consumer, delivery)
         self.ends.start()
         self.processor.may_publish = self.membership.watch.check
+        self.stages.start()
         try:
             while not self._stopping.is_set():
                 self.turn()
@@ -167,7 +167,7 @@ class Service:
         self.memory.check()
         self.probes.turned()
         lap("memory")
-        if self.reporter.due() and self.checkpointer.writing is None:  # never both at once
+        if self.reporter.due(busy=self.checkpointer.writing is not None):
             self.report_metrics()
             lap("report")
         if self.checkpointer.due(s.checkpoint_interval_s) and (

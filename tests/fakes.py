@@ -212,6 +212,7 @@ class FakePublisher:
         self.hold = hold
         self.published: list[dict[int, PartitionMark]] = []
         self.purged = self.closed = 0
+        self.paced: list[bool] = []  # each publish's: paced while the loop decides beside it
 
     def publish(
         self,
@@ -222,7 +223,9 @@ class FakePublisher:
         chains: Mapping[str, Chain] | None = None,
         cancel: threading.Event | None = None,
         deleted: Mapping[str, tuple[int, Head | None]] | None = None,
+        paced: bool = False,
     ) -> dict[str, Chain]:
+        self.paced.append(paced)
         if self.hold is not None:
             self.hold.wait(5)
         if cancel is not None and cancel.is_set():

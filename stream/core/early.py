@@ -43,6 +43,7 @@ class EarlyRewards:
         # rewards come in time order); an event's rewards in read order.
         self._held: dict[int, OrderedDict[Key, list[EarlyReward]]] = {}
         self._n = 0
+        self._per_partition: dict[int, int] = {}  # rewards held (not events)
         self._per_domain: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -64,18 +65,22 @@ class EarlyRewards:
             return False, []
         dropped: list[EarlyReward] = []
         while self._n >= self.bound:
-            fullest = max(self._held.values(), key=len)
-            _, old = fullest.popitem(last=False)
+            part = max(self._per_partition, key=self._per_partition.__getitem__)
+            _, old = self._held[part].popitem(last=False)
             for e in old:
-                self._gone(e.domain)
+                self._gone(e)
             dropped.extend(old)
         early = EarlyReward(domain, event_id, reward, at + self.wait_s, partition, source, at)
         self._add(early)
         return True, dropped
 
     def restore(self, early: EarlyReward) -> None:
-        """Hold a reward from a checkpoint again (keeps its original deadline)."""
-        self._add(early)
+        """Hold a reward from a checkpoint again (keeps its original deadline); one held
+        already (restored twice, from two records) is not held twice."""
+        held = self._held.get(early.partition)
+        same = [] if held is None else held.get((early.domain, early.event_id), [])
+        if not any((e.timestamp, e.reward) == (early.timestamp, early.reward) for e in same):
+            self._add(early)
 
     def claim(self, domain: str, event_id: str, partition: int = -1) -> list[EarlyReward]:
         """The rewards held for this decision (its context's ``partition``), taken, in the
@@ -86,8 +91,8 @@ class EarlyRewards:
         early = None if held is None else held.pop((domain, event_id), None)
         if early is None:
             return []
-        for _ in early:
-            self._gone(domain)
+        for e in early:
+            self._gone(e)
         return early
 
     def expire(self, until: Until) -> list[EarlyReward]:
@@ -97,13 +102,18 @@ class EarlyRewards:
         for part, held in self._held.items():
             t = until_of(until, part)
             while held:
-                first = next(iter(held.values()))
-                if first[0].deadline >= t:
+                key, same = next(iter(held.items()))
+                if same[0].deadline >= t:
                     break
-                held.popitem(last=False)
-                for e in first:
-                    self._gone(e.domain)
-                out.extend(first)
+                gone = [e for e in same if e.deadline < t]
+                for e in gone:
+                    same.remove(e)
+                    self._gone(e)
+                out.extend(gone)
+                if same:  # a later reward for the event waits on, behind the others
+                    held.move_to_end(key)
+                else:
+                    del held[key]
         return out
 
     def domains(self) -> set[str]:
@@ -122,8 +132,8 @@ class EarlyRewards:
         for part, held in self._held.items():
             keys = [k for k in held if k[0] in domains or part in partitions]
             for k in keys:
-                for _ in held.pop(k):
-                    self._gone(k[0])
+                for e in held.pop(k):
+                    self._gone(e)
                     n += 1
         return n
 
@@ -133,11 +143,14 @@ class EarlyRewards:
             held = self._held[early.partition] = OrderedDict()
         held.setdefault((early.domain, early.event_id), []).append(early)
         self._n += 1
+        self._per_partition[early.partition] = self._per_partition.get(early.partition, 0) + 1
         self._per_domain[early.domain] = self._per_domain.get(early.domain, 0) + 1
         self._changes[early.domain] = self._changes.get(early.domain, 0) + 1
 
-    def _gone(self, domain: str) -> None:
+    def _gone(self, early: EarlyReward) -> None:
+        domain = early.domain
         self._n -= 1
+        self._per_partition[early.partition] -= 1
         n = self._per_domain[domain] - 1
         if n:
             self._per_domain[domain] = n

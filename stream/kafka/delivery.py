@@ -58,6 +58,8 @@ FATAL = frozenset(
         KafkaError.SASL_AUTHENTICATION_FAILED,
         KafkaError._AUTHENTICATION,
         KafkaError.POLICY_VIOLATION,
+        # Another producer took this one's identity: nothing it sends is accepted again.
+        KafkaError.PRODUCER_FENCED,
     }
 )
 
@@ -98,7 +100,7 @@ class Delivery:
         self._refused: list[tuple[KafkaError, Refused | None]] = []
         self._fatal: KafkaError | None = None
         # Asked before anything is produced again: False after a freeze past the group
-        # session, when the records may be another owner's (they are withdrawn).
+        # session, when the records may be another owner's (held back, then withdrawn).
         self.may_resend: Callable[[], bool] | None = None
 
     def produce(
@@ -138,11 +140,8 @@ class Delivery:
         if self._fatal is not None:
             err = self._fatal
             raise DeliveryError(f"producer failed: {err.str()}", err.code())
-        if self._again:
+        if self._again and not self.withheld():
             again, self._again = self._again, []
-            if self.may_resend is not None and not self.may_resend():
-                log.warning("withdrew %d records given up on across a freeze", len(again))
-                again = []
             for topic, value, key, headers, on_refused, partition in again:
                 self.retries += 1
                 self.produce(value, key, topic, headers, on_refused, partition)
@@ -161,9 +160,19 @@ class Delivery:
             left = max(0.0, end - time.monotonic())
             remaining = self.producer.flush(min(left, FLUSH_SLICE_S))
             self.service()
-            outstanding = remaining + len(self.producer)
-            if outstanding == 0 or time.monotonic() >= end:
+            outstanding = remaining + len(self.producer) + len(self._again)
+            # Records withheld across a freeze stay outstanding (nothing past their inputs
+            # is committed) until the loop's rejoin withdraws them: no use waiting.
+            if outstanding == 0 or time.monotonic() >= end or self.withheld():
                 return outstanding
+
+    def withheld(self) -> bool:
+        """Whether records librdkafka gave up on are kept unsent: a freeze past the group
+        session is pending, and their partitions may be another member's by now."""
+        if not self._again or self.may_resend is None or self.may_resend():
+            return False
+        log.warning("holding back %d records given up on across a freeze", len(self._again))
+        return True
 
     def poll(self) -> None:
         self.producer.poll(0)

@@ -40,8 +40,11 @@ class MetricsReporter:
         self.checkpointer = checkpointer
         self.last = time.monotonic()
 
-    def due(self) -> bool:
-        return time.monotonic() - self.last >= self.interval_s
+    def due(self, busy: bool = False) -> bool:
+        """Time for a report; while ``busy`` (a checkpoint being written beside the loop),
+        only once it is a whole interval late, so a stuck write never silences metrics."""
+        late = time.monotonic() - self.last - self.interval_s
+        return late >= (self.interval_s if busy else 0.0)
 
     def report(self, lag: Mapping[tuple[str, int], int]) -> list[dict[str, Any]]:
         """One metrics event per active domain (for the metrics topic); the gauges

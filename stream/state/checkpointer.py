@@ -235,8 +235,9 @@ class Checkpointer:
             if publisher is not None and markers:
                 try:
                     failpoint(fp, "state_publish")
+                    # Paced only when the loop decides beside it (not on revoke, shutdown).
                     made = publisher.publish(
-                        snap, records, markers, timeout_s, chains, cancel, deleted
+                        snap, records, markers, timeout_s, chains, cancel, deleted, not sync
                     )
                     published.update(made)
                 except Abandoned:

@@ -118,13 +118,16 @@ class StatePublisher:
         epoch: Mapping[str, int],
         deadline: float,
         cancel: threading.Event | None,
+        paced: bool = False,
     ) -> None:
         """Produce ``items``, each with its writer's epoch (``epoch[key]``) in a header,
         and wait for their acknowledgements."""
         self._failed = []
         topic = self.settings.topic_state
         timeout_s = deadline - time.monotonic()
-        pace = Pace(self.settings.state_publish_mb_per_s * 1e6, timeout_s / 2)
+        rate = self.settings.state_publish_mb_per_s * 1e6 if paced else 0.0
+        # Sleeping adds to the time the broker needs: a quarter of the publish's time at most.
+        pace = Pace(rate, timeout_s / 4)
 
         def check() -> None:
             if cancel is not None and cancel.is_set():
@@ -182,6 +185,7 @@ class StatePublisher:
         chains: Mapping[str, Chain] | None = None,
         cancel: threading.Event | None = None,
         deleted: Mapping[str, tuple[int, Head | None]] | None = None,
+        paced: bool = False,
     ) -> dict[str, Chain]:
         """Records of ``domains`` (domain -> partition, offsets its state reflects): a
         delta on the domain's chain in ``chains`` where one is worth it, else a new base;
@@ -251,7 +255,7 @@ class StatePublisher:
         deadline = time.monotonic() + timeout_s  # records and markers share the timeout
         self.sent_bytes = 0
         try:
-            self._send(records(), epochs, deadline, cancel)
+            self._send(records(), epochs, deadline, cancel, paced)
             markers_out = []
             for part, m in markers.items():
                 heads = dict(m.heads)

@@ -67,14 +67,16 @@ def test_a_full_checkpoint_writes_then_commits_what_it_wrote(settings):
     assert consumer.committed == [[(CTX, 0, 7), (REW, 0, 3)]]
     assert publisher.published and ck.written == 1 and "d" in own.published
     assert own.chains["d"].base == "base"  # the next record of "d" may be a delta
+    assert publisher.paced == [False]  # revoke and shutdown publish at once
 
 
 def test_a_periodic_checkpoint_commits_only_once_its_write_is_finished(settings):
     ck, _ = _parts(settings)
-    consumer = FakeConsumer(POSITIONS)
-    _attach(ck, consumer, FakeDelivery(), FakePublisher())
+    consumer, publisher = FakeConsumer(POSITIONS), FakePublisher()
+    _attach(ck, consumer, FakeDelivery(), publisher)
     assert isinstance(_checkpoint(ck, wait=False), Started)
     ck.writing.future.result(5)  # type: ignore[union-attr]
+    assert publisher.paced == [True]  # beside the loop's decisions: paced
     assert consumer.committed == []  # not until the loop finishes it
     assert isinstance(ck.finish(block=False), Written)
     assert consumer.committed == [[(CTX, 0, 7), (REW, 0, 3)]]
@@ -265,3 +267,28 @@ def test_a_state_topic_that_cannot_be_read_stops_the_restore(settings, monkeypat
     own.held = set()
     with pytest.raises(CheckpointError):
         own.assign({0})
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["revoke", "periodic"])
+def test_a_decision_held_back_across_a_freeze_keeps_its_input_uncommitted(settings, wait):
+    """A decision librdkafka gave up on across a freeze past the session is neither sent
+    nor counted settled: a checkpoint on revoke, shutdown or its period commits nothing
+    past its context (found by review: it was dropped and its offset committed)."""
+    import time
+
+    from stream.kafka.delivery import Delivery
+    from stream.lifecycle import PauseWatch
+    from tests.fakes import FakeProducer
+
+    ck, _own = _parts(settings)
+    producer = FakeProducer(lambda m: KafkaError(KafkaError._MSG_TIMED_OUT))
+    delivery = Delivery(producer, "decisions")  # type: ignore[arg-type]
+    delivery.may_resend = PauseWatch(0.05).running
+    delivery.produce(b"decision for the context at offset 6", b"d")
+    time.sleep(0.1)  # stopped past the limit, then continued
+    consumer = FakeConsumer(POSITIONS)
+    _attach(ck, consumer, delivery, FakePublisher())
+    out = _checkpoint(ck, wait=wait)
+    assert isinstance(out, Skipped) and "unacknowledged" in out.reason
+    assert producer.delivered == [] and consumer.committed == []
+    assert ck.store.versions() == []

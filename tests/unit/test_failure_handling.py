@@ -93,8 +93,9 @@ def test_a_timed_out_record_is_produced_again_by_the_loop_not_the_callback():
 
 def test_a_record_given_up_on_after_a_freeze_is_withdrawn_not_produced_again():
     """librdkafka times out a record queued across a freeze past the session; the guard
-    (the loop's PauseWatch) stops it being produced again, and the freeze stays for the
-    loop to act on."""
+    (the loop's PauseWatch) stops it being produced again, it stays outstanding (a
+    checkpoint commits nothing past its input) without the flush waiting for it, and the
+    freeze stays for the loop to act on; the rejoin's purge withdraws it."""
     attempts: list[bytes | None] = []
 
     def fate(msg: FakeMessage) -> KafkaError | None:
@@ -107,10 +108,13 @@ def test_a_record_given_up_on_after_a_freeze_is_withdrawn_not_produced_again():
     d.may_resend = watch.running
     d.produce(b"v", b"k")
     time.sleep(0.1)  # the watch's thread is not started: it looks frozen
-    assert d.flush(1.0) == 0
+    t = time.monotonic()
+    assert d.flush(5.0) == 1 and time.monotonic() - t < 1.0
     assert attempts == [b"v"] and d.retries == 0 and producer.delivered == []
     with pytest.raises(Paused):
         watch.check()
+    d.purge()
+    assert d.flush(1.0) == 0 and attempts == [b"v"]
 
 
 def test_a_decision_queued_longer_than_a_freeze_could_last_unnoticed_is_given_up_on(
@@ -121,6 +125,24 @@ def test_a_decision_queued_longer_than_a_freeze_could_last_unnoticed_is_given_up
     from stream.kafka.clients import producer_config
 
     assert producer_config(load_settings())["message.timeout.ms"] == 14_000
+    # A short session (the embedded broker's 2 s) keeps 10 s: a give-up bumps the
+    # idempotent producer's epoch, which a brief stall should not cost.
+    monkeypatch.setenv("RL_KAFKA_SESSION_TIMEOUT_MS", "2000")
+    monkeypatch.setenv("RL_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
+    assert producer_config(load_settings())["message.timeout.ms"] == 10_000
+
+
+def test_a_fenced_producer_is_fatal_not_produced_again_forever():
+    """Found by CI: the embedded broker answered PRODUCER_FENCED after an epoch bump and
+    every decision was produced again, ~60,000 times a second, until the process was
+    killed; a fenced producer can send nothing again: the service stops (a restart
+    resumes from the last checkpoint)."""
+    assert classify(KafkaError(KafkaError.PRODUCER_FENCED)) == "fatal"
+    producer = FakeProducer(lambda m: KafkaError(KafkaError.PRODUCER_FENCED))
+    d = Delivery(producer, "decisions")  # type: ignore[arg-type]
+    d.produce(b"v", b"k")
+    with pytest.raises(DeliveryError):
+        d.flush(1.0)
 
 
 def test_a_refused_record_goes_to_its_owner_once_and_nothing_loops():

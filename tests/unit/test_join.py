@@ -209,3 +209,24 @@ def test_what_pending_joins_hold_is_out_of_the_collectors_sight():
     gc.collect()
     assert not gc.is_tracked(p.encoded.context) and not gc.is_tracked(p.encoded.candidates)
     assert not gc.is_tracked(j.finished._names)
+
+
+def test_held_rewards_of_one_event_expire_each_by_its_own_deadline_and_restore_once():
+    """Found by review: a list of held rewards expired whole by its first deadline, a
+    restore of the same reward held it twice, and eviction counted events, not rewards."""
+    j = PendingJoins(5, 10.0, early_wait_s=5.0)
+    early = j.early
+    early.hold("d", "x", 1.0, at=0.0)  # deadline 5
+    early.hold("d", "x", 0.0, at=3.0)  # deadline 8
+    assert [e.timestamp for e in early.expire(6.0)] == [0.0]
+    assert [e.timestamp for e in early.items()] == [3.0] and len(early) == 1
+    for e in list(early.items()):
+        early.restore(e)  # the same reward again (two records carried it)
+    assert len(early) == 1
+    for _ in range(3):
+        early.hold("d", "storm", 1.0, at=4.0, partition=0)  # one event retried
+    early.hold("d", "other", 1.0, at=4.0, partition=1)
+    pushed = early.hold("d", "new", 1.0, at=4.0, partition=1)[1]
+    # partition 0 holds the most rewards (3): its oldest event goes, not partition 1's
+    assert {(e.event_id, e.partition) for e in pushed} == {("storm", 0)}
+    assert len(early) == 3  # x, other, new

@@ -140,3 +140,13 @@ def test_back_to_back_turns_start_where_the_previous_one_ended(tmp_path):
     first, second = read_trace(str(trace))
     assert second["t"] - first["t"] == pytest.approx(0.02, abs=0.008)
     assert dict(second["s"])["consume"] == pytest.approx(10, abs=5)
+
+
+def test_the_report_waits_for_a_checkpoint_write_but_never_longer_than_an_interval():
+    from stream.observe.reporter import MetricsReporter
+
+    r = MetricsReporter.__new__(MetricsReporter)
+    r.interval_s, r.last = 10.0, time.monotonic() - 12.0
+    assert r.due() and not r.due(busy=True)
+    r.last = time.monotonic() - 20.5  # a stuck write never silences the metrics
+    assert r.due(busy=True)

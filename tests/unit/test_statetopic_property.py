@@ -175,6 +175,7 @@ class Capture(StatePublisher):
         epoch: Mapping[str, int],
         deadline: float,
         cancel: threading.Event | None,
+        paced: bool = False,
     ) -> None:
         # ``epoch`` fills in as the record generator runs: read each key's after its item.
         self.batches.append([(k, v, epoch.get(k, 0)) for k, v in items])

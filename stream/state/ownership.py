@@ -227,6 +227,9 @@ class Ownership:
             except CorruptCheckpoint as exc:
                 log.error("%s (%s); trying the previous version", exc, self.store.path)
                 continue
+            except CheckpointError as exc:  # pruned by a write that finished meanwhile
+                log.warning("%s; trying the previous version", exc)
+                continue
             for p in todo:
                 if (ctx, p) in snap.offsets:
                     found[p] = snap

@@ -292,3 +292,26 @@ def test_a_decision_held_back_across_a_freeze_keeps_its_input_uncommitted(settin
     assert isinstance(out, Skipped) and "unacknowledged" in out.reason
     assert producer.delivered == [] and consumer.committed == []
     assert ck.store.versions() == []
+
+
+def test_a_restore_skips_a_local_version_pruned_while_it_reads(settings, monkeypatch):
+    """The background writer may prune an old version between the restore's listing and
+    its load: that version is skipped, not a reason to stop (found by CI: 'no checkpoint
+    version 36' raised in on_assign)."""
+    from stream.errors import CheckpointError
+
+    ck, own = _parts(settings)
+    _attach(ck, FakeConsumer(POSITIONS), FakeDelivery(), FakePublisher())
+    first = _checkpoint(ck)
+    second = _checkpoint(ck)
+    assert isinstance(first, Written) and isinstance(second, Written)
+    load = own.store.load
+
+    def pruned(version: int) -> Any:
+        if version == second.version:
+            raise CheckpointError(f"no checkpoint version {version}")
+        return load(version)
+
+    monkeypatch.setattr(own.store, "load", pruned)
+    found = own._local({0})
+    assert set(found) == {0} and found[0].offsets[(CTX, 0)] == 7

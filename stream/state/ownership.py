@@ -248,6 +248,8 @@ class Ownership:
                     attempt + 1,
                     exc,
                 )
+                if attempt < 2:  # a topic just created may not be known to every broker yet
+                    time.sleep(1.0 + attempt)
         raise CheckpointError(
             f"the state topic {self.settings.topic_state} cannot be read: the assigned "
             "partitions cannot be restored safely"

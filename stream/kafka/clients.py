@@ -12,9 +12,6 @@ from stream.config import Settings, load_settings
 from stream.errors import ConfigError
 from stream.logs import KAFKA_LOG
 
-MIN_MESSAGE_TIMEOUT_MS = 10_000
-
-
 def common_config(settings: Settings) -> dict[str, Any]:
     """Connection and security properties shared by every client."""
     conf: dict[str, Any] = {
@@ -94,11 +91,10 @@ def producer_config(settings: Settings) -> dict[str, Any]:
             # A record still queued after a freeze this long is given up on, not sent: the
             # group may have handed its partition to another member meanwhile (the loop's
             # PauseWatch then holds it back and withdraws it; a running instance produces
-            # it again). Never under 10 s: a give-up bumps the idempotent producer's epoch,
-            # which a broker's brief stall should not cost.
-            "message.timeout.ms": max(
-                MIN_MESSAGE_TIMEOUT_MS,
-                settings.kafka_session_timeout_ms - settings.kafka_heartbeat_interval_ms,
+            # it again). A give-up bumps the idempotent producer's epoch; a broker that
+            # refuses the bump (the embedded one) fences the producer: the service stops.
+            "message.timeout.ms": (
+                settings.kafka_session_timeout_ms - settings.kafka_heartbeat_interval_ms
             ),
             # Delivery acts on failures only: no Python callback per delivered decision.
             "delivery.report.only.error": True,

@@ -97,6 +97,15 @@ class Instance:
         self.exits.append(code)
         return code
 
+    def restart_if_fenced(self) -> None:
+        """After a freeze past the session: a broker that refuses the producer's epoch bump
+        (the embedded one) fences it and the service stops non-zero, as it must; its
+        supervisor starts it again."""
+        time.sleep(1.0)
+        if not self.alive:
+            assert self._wait(1) != 0 and "(code 90)" in self.tail(), self.tail()
+            self.start()
+
     def tail(self) -> str:
         """Its errors and anything not logged as JSON (a traceback) first, then its last lines."""
         text = self.log_path.read_text(errors="replace")
@@ -418,6 +427,7 @@ def run_faults(
                 victim.signal(signal.SIGSTOP)
                 time.sleep(session_s + 4.0)
                 victim.signal(signal.SIGCONT)
+                victim.restart_if_fenced()
             elif fault == "downtime":  # longer than the window: rewards wait in the topic
                 stop_all(instances)
                 time.sleep(WAIT_S + 3.0)

@@ -25,7 +25,7 @@ from tests.integration.conftest import Client, SteadyTraffic, assert_nothing_los
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_S = 15.0  # past the group session and the decisions producer's 10 s message timeout
+OUTAGE_S = 15.0  # past the group session and the decisions producer's message timeout
 
 
 @contextmanager

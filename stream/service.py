@@ -91,7 +91,7 @@ class Service:
             partial(trim, self.hasher, self.joins, self.domains),
             self._shed,
         )
-        self.ends = EndWatch(s)
+        self.ends = EndWatch(s, self.decision_log)
         self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
         self._http: Any = None
         self.broker: BrokerWatch | None = None

@@ -12,6 +12,7 @@ from stream.config import Settings, load_settings
 from stream.errors import ConfigError
 from stream.logs import KAFKA_LOG
 
+
 def common_config(settings: Settings) -> dict[str, Any]:
     """Connection and security properties shared by every client."""
     conf: dict[str, Any] = {

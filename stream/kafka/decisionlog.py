@@ -47,6 +47,9 @@ class DecisionLog:
         self.settings = settings
         self.topic = settings.topic_decisions
         self.n = 0  # partitions of the decisions topic, once connected
+        # Decisions partition -> an end read beside the loop: any end read earlier is at
+        # or below every decision made later, so it serves as a mark without a request.
+        self._seen: dict[int, int] = {}
 
     def connect(self, producer: Producer, timeout_s: float = 15.0) -> None:
         """Learn the decisions topic's partition count (it must exist)."""
@@ -63,11 +66,19 @@ class DecisionLog:
         """The decisions partition of an input partition's decisions."""
         return input_partition % self.n if self.n and input_partition >= 0 else -1
 
+    def saw_end(self, q: int, end: int) -> None:
+        """Note decisions partition ``q``'s end as read (by another thread) just now."""
+        if end >= 0:
+            self._seen[q] = max(end, self._seen.get(q, end))
+
     def end(self, consumer: Consumer, input_partition: int, timeout_s: float = 5.0) -> int | None:
-        """The decisions partition's end now (None: unknown)."""
+        """A mark for ``input_partition``: the decisions partition's end as last seen
+        beside the loop, else asked now (None: unknown)."""
         q = self.partition_of(input_partition)
         if q < 0:
             return None
+        if (seen := self._seen.get(q)) is not None:
+            return seen
         try:
             _low, high = consumer.get_watermark_offsets(
                 TopicPartition(self.topic, q), timeout=timeout_s, cached=False

@@ -8,6 +8,9 @@ windows still close. An answer only ever says what was there when it was asked, 
 consumer that stopped fetching (a rebalance, a pause, a broker away) never makes a window
 close early. (The embedded broker answers with its last batch's first offset: below the
 end, but past the position of a consumer that has not read that batch.)
+
+It asks for the held partitions' decisions partitions too: a checkpoint takes their last
+answer as its marks (:mod:`stream.kafka.decisionlog`) instead of a request in the loop.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from stream.config import Settings
 from stream.core.streamtime import StreamTime
 from stream.kafka.clients import admin_config
+from stream.kafka.decisionlog import DecisionLog
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,9 @@ class EndWatch:
     INTERVAL_S = 1.0
     TIMEOUT_S = 5.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, decisions: DecisionLog | None = None) -> None:
         self.contexts_topic = settings.topic_contexts
+        self.decisions = decisions
         self._admin: AdminClient | None = AdminClient(admin_config(settings))
         self._wanted: frozenset[TP] = frozenset()
         self._refreshed = 0.0
@@ -69,6 +74,11 @@ class EndWatch:
             except Exception as exc:  # noqa: BLE001 - no answer: nothing is concluded
                 log.debug("end offsets unavailable: %s", exc)
                 continue
+            if self.decisions is not None:
+                for (topic, q), (_asked, end) in list(answers.items()):
+                    if topic == self.decisions.topic:
+                        self.decisions.saw_end(q, end)
+                        del answers[(topic, q)]
             with self._lock:
                 self._answers.update(answers)
 
@@ -80,7 +90,12 @@ class EndWatch:
         if now >= self._refreshed + self.INTERVAL_S:
             self._refreshed = now
             try:
-                self._wanted = frozenset((tp.topic, tp.partition) for tp in consumer.assignment())
+                held = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+                if self.decisions is not None:
+                    for _t, p in list(held):
+                        if (q := self.decisions.partition_of(p)) >= 0:
+                            held.add((self.decisions.topic, q))
+                self._wanted = frozenset(held)
             except Exception as exc:  # noqa: BLE001 - e.g. closing
                 log.debug("assignment unavailable: %s", exc)
         with self._lock:

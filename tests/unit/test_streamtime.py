@@ -120,6 +120,24 @@ def test_a_partition_is_at_its_end_only_as_of_an_answer_the_loop_consumed_past()
     watch.stop()
 
 
+def test_a_checkpoint_mark_is_the_decisions_end_seen_beside_the_loop():
+    from stream.kafka.decisionlog import DecisionLog
+    from stream.kafka.endwatch import EndWatch
+
+    s = load_settings(topic_contexts=CTX, topic_rewards=REW)
+    log = DecisionLog(s)
+    log.n = 4
+    watch = EndWatch(s, log)
+    watch.observe(FakeConsumer({(CTX, 5): 0, (REW, 5): 0}), StreamTime(grace_s=0.0))  # type: ignore[arg-type]
+    assert (s.topic_decisions, 1) in watch._wanted  # input partition 5's decisions partition
+    log.saw_end(1, 50)
+    log.saw_end(1, 40)  # an answer that arrives late does not move it back
+    # No request: the consumer is never asked (None would fail if it were).
+    assert log.end(None, 5) == 50  # type: ignore[arg-type]
+    assert log.end(None, -1) is None  # type: ignore[arg-type]
+    watch.stop()
+
+
 def test_a_fatal_consumer_error_stops_the_loop(svc):
     fenced = Message(
         topic=CTX, partition=0, error=KafkaError(KafkaError._FENCED, "fenced", fatal=True)

@@ -189,14 +189,30 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from stream.state.snapshot import BASELINE_ROLE, open_store
+    from stream.errors import CheckpointError
+    from stream.state.snapshot import BASELINE_ROLE
+    from stream.state.store import CheckpointStore
 
     settings = _settings()
-    if not (Path(settings.state_dir) / "checkpoints.sqlite").is_file():
+    state_dir = Path(args.state_dir or settings.state_dir)
+    path = state_dir / "checkpoints.sqlite"
+    if not path.is_file():
         # Reading must not create: a typo in RL_STATE_DIR would show an empty store.
-        print(f"no checkpoints in {settings.state_dir} (RL_STATE_DIR)", file=sys.stderr)
+        print(f"no checkpoints in {state_dir} (RL_STATE_DIR or --state-dir)", file=sys.stderr)
         return 1
-    store = open_store(settings.state_dir, settings.checkpoint_keep)
+    # Looking never changes a pod's state: a damaged store is reported and left in place
+    # (the service itself moves it aside when it starts).
+    try:
+        store = CheckpointStore(path, settings.checkpoint_keep, read_only=True)
+        problem = store.damage()
+    except CheckpointError as exc:
+        problem = str(exc)
+    if problem is not None:
+        print(f"checkpoint store {path} is damaged: {problem}", file=sys.stderr)
+        return 1
+    if args.action == "rollback":
+        store.close()
+        store = CheckpointStore(path, settings.checkpoint_keep)
     if args.action == "list":
         print(f"{'version':>8}  {'created (UTC)':<20} {'domains':>8} {'pending bytes':>14}")
         for v in store.versions():
@@ -299,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="traffic seed")
     demo.set_defaults(fn=cmd_demo)
     ck = sub.add_parser("checkpoint", help="inspect checkpoints under RL_STATE_DIR, roll back")
+    ck.add_argument("--state-dir", type=Path, help="the state directory (default: RL_STATE_DIR)")
     ck_sub = ck.add_subparsers(dest="action", required=True)
     ck_sub.add_parser("list", help="versions, newest first").set_defaults(fn=cmd_checkpoint)
     show = ck_sub.add_parser("show", help="a domain's state in the newest (or a given) version")

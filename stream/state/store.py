@@ -75,13 +75,23 @@ class VersionInfo:
 class CheckpointStore:
     """Versioned checkpoints in one SQLite file (WAL mode)."""
 
-    def __init__(self, path: Path, keep: int = 5) -> None:
+    def __init__(self, path: Path, keep: int = 5, read_only: bool = False) -> None:
+        """``read_only``: for inspection; nothing is created, changed or moved (the file
+        must exist)."""
         if keep < 1:
             raise CheckpointError("keep must be >= 1")
         self.path = Path(path)
         self.keep = keep
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if read_only:
+                # Without a write-ahead log no one is writing: read the file as it is, or
+                # SQLite would create the log and its index beside it.
+                live = Path(f"{self.path}-wal").exists()
+                uri = f"{self.path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
+                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+                self._db.execute("SELECT count(*) FROM checkpoint").fetchone()
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

@@ -353,3 +353,34 @@ def test_checkpoint_cli_on_a_missing_state_dir_says_so_and_creates_nothing(
     assert main(["checkpoint", "show", "shop"]) == 1
     assert "no checkpoints in" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_inspecting_a_store_changes_nothing_and_a_damaged_one_is_reported_in_place(
+    tmp_path, monkeypatch, capsys
+):
+    from stream.cli import main
+    from stream.core.domain import BASELINE_ROLE
+
+    store = CheckpointStore(tmp_path / "checkpoints.sqlite")
+    store.write(Snapshot({"shop": {BASELINE_ROLE: trained("epsilon_greedy", 0).state_dict()}}))
+    store.close()
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(tmp_path.iterdir())}
+
+    before = files()
+    assert main(["checkpoint", "--state-dir", str(tmp_path), "list"]) == 0
+    assert main(["checkpoint", "--state-dir", str(tmp_path), "show", "shop"]) == 0
+    assert files() == before  # nothing created, moved or written
+    capsys.readouterr()
+
+    db = tmp_path / "checkpoints.sqlite"
+    raw = bytearray(db.read_bytes())
+    raw[100:4096] = b"\xff" * (4096 - 100)  # the schema page overwritten
+    db.write_bytes(bytes(raw))
+    before = files()
+    monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
+    assert main(["checkpoint", "list"]) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint store {db} is damaged" in err and len(err.strip().splitlines()) == 1
+    assert files() == before

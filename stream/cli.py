@@ -16,13 +16,21 @@ import orjson
 from confluent_kafka.admin import AdminClient
 
 from stream import extras
+from stream.argparsing import Parser, command
 from stream.bench.commands import add_bench_commands
+from stream.checkpoints import add_checkpoint_commands
 from stream.config import Settings, closest_env_name, load_settings, unknown_env_vars
-from stream.errors import ConfigError, StreamError
+from stream.errors import (
+    BrokerError,
+    BrokerUnreachable,
+    ConfigError,
+    InputFileError,
+    StreamError,
+)
 from stream.kafka.clients import admin_config, check_client_configs
 from stream.kafka.topics import ensure_topics
 from stream.logs import JsonFormatter, setup_logging
-from stream.signals import stop_on_signals
+from stream.signals import Later, stop_on_signals
 
 log = logging.getLogger("stream.cli")
 
@@ -42,10 +50,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings()
     check_client_configs(settings)
-    service = Service(settings)
+    later = Later()
     # From the start: a SIGTERM during start-up exits 0 too.
-    with stop_on_signals(service, settings.shutdown_timeout_s):
-        ensure_topics(settings, AdminClient(admin_config(settings)))
+    with stop_on_signals(later, settings.shutdown_timeout_s):
+        # A broker's answer first, with the probe's own connection errors unlogged: when
+        # none comes, the one line is the exit-3 error's.
+        ensure_topics(settings, AdminClient(admin_config(settings, log_errors=False)))
+        service = Service(settings)
+        later.bind(service)
         try:
             if args.profile:
                 from stream.observe.profiling import run_profiled
@@ -91,6 +103,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+SIMULATE_QUIET_S = 10.0  # simulate says no service seems to answer after this long
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """The demo's traffic alone, against RL_KAFKA_BOOTSTRAP_SERVERS (docker-compose)."""
     import multiprocessing as mp
@@ -119,6 +134,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         daemon=True,
     )
     proc.start()
+    started, warned = time.monotonic(), False
     try:
         while proc.is_alive():
             try:
@@ -128,6 +144,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(orjson.dumps({"kind": kind, **summary}).decode(), flush=True)
             if kind == "done":
                 break
+            decided = sum(t.get("decisions", 0) for t in summary["tallies"].values())
+            if not decided and not warned and time.monotonic() - started > SIMULATE_QUIET_S:
+                warned = True
+                print(
+                    f"no decision in {SIMULATE_QUIET_S:.0f} s: is a service consuming "
+                    f"{s.topic_contexts} on {s.kafka_bootstrap_servers}? (bandit-stream run, "
+                    "with the same RL_KAFKA_BOOTSTRAP_SERVERS and RL_TOPIC_* settings)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     except KeyboardInterrupt:
         pass
     finally:
@@ -188,78 +214,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from stream.errors import CheckpointError
-    from stream.state.snapshot import BASELINE_ROLE
-    from stream.state.store import CheckpointStore
-
-    settings = _settings()
-    state_dir = Path(args.state_dir or settings.state_dir)
-    path = state_dir / "checkpoints.sqlite"
-    if not path.is_file():
-        # Reading must not create: a typo in RL_STATE_DIR would show an empty store.
-        print(f"no checkpoints in {state_dir} (RL_STATE_DIR or --state-dir)", file=sys.stderr)
-        return 1
-    # Looking never changes a pod's state: a damaged store is reported and left in place
-    # (the service itself moves it aside when it starts).
-    try:
-        store = CheckpointStore(path, settings.checkpoint_keep, read_only=True)
-        problem = store.damage()
-    except CheckpointError as exc:
-        problem = str(exc)
-    if problem is not None:
-        print(f"checkpoint store {path} is damaged: {problem}", file=sys.stderr)
-        return 1
-    if args.action == "rollback":
-        store.close()
-        store = CheckpointStore(path, settings.checkpoint_keep)
-    if args.action == "list":
-        print(f"{'version':>8}  {'created (UTC)':<20} {'domains':>8} {'pending bytes':>14}")
-        for v in store.versions():
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created))
-            print(f"{v.version:>8}  {created:<20} {v.domains:>8} {v.pending:>14}")
-        return 0
-    if args.action == "show":
-        snap = store.load(args.at) if args.at else store.latest()
-        if snap is None:
-            print("no checkpoint", file=sys.stderr)
-            return 1
-        if args.domain not in snap.domains:
-            print(f"domain {args.domain!r} is not in checkpoint {snap.version}", file=sys.stderr)
-            return 1
-        meta, arrays = snap.domains[args.domain][BASELINE_ROLE]
-        info = snap.meta.domains.get(args.domain)
-        pending = sum(1 for p in snap.pending if p.domain == args.domain)
-        print(f"checkpoint {snap.version}, domain {args.domain}")
-        print(f"  policy {meta['policy']} ({meta['params']}), learned {meta['n_learned']}")
-        print(
-            f"  decisions {info.decisions if info else 0}, rewards joined "
-            f"{info.rewards_joined if info else 0}, pending {pending}"
-        )
-        print("  arrays: " + ", ".join(f"{k} {list(a.shape)}" for k, a in sorted(arrays.items())))
-        return 0
-    version = store.rollback(args.domain, args.version)
-    print(
-        f"wrote checkpoint {version}: {args.domain} as of version {args.version}; "
-        "effective when the service next starts"
-    )
-    return 0
-
-
 DESCRIPTION = (
     "bandit-stream: contextual-bandit decisions on Kafka. Consumes context events, publishes "
     "each decision with its exact probability, joins rewards and learns online. Commands run "
     "the service, try it locally (broker, simulate, demo), inspect its checkpoints, replay and "
     "tune policies on a joined log, and benchmark it. Settings: RL_* environment variables."
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    """Every flag's help shows its default (subcommands' parsers are of this class too)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
 
 
 def _version() -> str:
@@ -272,10 +232,18 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bandit-stream", description=DESCRIPTION)
+    p = Parser(prog="bandit-stream", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the service (configured by RL_* environment variables)")
+    run = command(
+        sub,
+        "run",
+        "run the service (configured by RL_* environment variables)",
+        description="Run the service: consume contexts and rewards, publish decisions, learn, "
+        "checkpoint. Configured by RL_* environment variables only (every one: "
+        "docs/configuration.md); a bad one stops the start with one line naming it (exit 2). "
+        "Exit codes: 0 stopped cleanly, 1 stopped by an error, 2 settings, 3 no broker.",
+    )
     run.add_argument(
         "--profile",
         choices=["cpu", "memory"],
@@ -283,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--profile-out", help="report path (default RL_STATE_DIR/profile-KIND.txt)")
     run.set_defaults(fn=cmd_run)
-    broker = sub.add_parser(
+    broker = command(
+        sub,
         "broker",
-        help="run a local broker: embedded Tansu (default) or Apache Kafka",
+        "run a local broker: embedded Tansu (default) or Apache Kafka",
         description="A local broker for trying the service out, with the service's topics "
         "created. embedded: Tansu, in memory, no install. kafka: Apache Kafka "
         "(KRaft), resolved with Maven into ~/.cache/bandit-stream/kafka on first use (Java >= "
@@ -302,35 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions", type=int, default=4, help="partitions of the topics it creates"
     )
     broker.set_defaults(fn=cmd_broker)
-    sim = sub.add_parser(
-        "simulate", help="the demo's simulated traffic against RL_KAFKA_BOOTSTRAP_SERVERS"
+    sim = command(
+        sub,
+        "simulate",
+        "the demo's simulated traffic against RL_KAFKA_BOOTSTRAP_SERVERS",
+        description="Produce the demo's contexts to RL_TOPIC_CONTEXTS, read their decisions "
+        "and reward them as the simulated users would; prints a JSON progress line four times "
+        "a second. Needs a service consuming the same topics (bandit-stream run).",
     )
     sim.add_argument("--events", type=int, default=0, help="0: until stopped")
     sim.add_argument("--rate", type=float, default=200.0, help="contexts per second")
     sim.add_argument("--seed", type=int, default=0, help="traffic seed")
     sim.set_defaults(fn=cmd_simulate)
-    demo = sub.add_parser("demo", help="broker + service + simulated traffic, live")
+    demo = command(sub, "demo", "broker + service + simulated traffic, live")
     demo.add_argument("--events", type=int, default=20_000, help="contexts to send")
     demo.add_argument("--rate", type=float, default=2_000.0, help="contexts per second")
     demo.add_argument("--seed", type=int, default=7, help="traffic seed")
     demo.set_defaults(fn=cmd_demo)
-    ck = sub.add_parser("checkpoint", help="inspect checkpoints under RL_STATE_DIR, roll back")
-    ck.add_argument("--state-dir", type=Path, help="the state directory (default: RL_STATE_DIR)")
-    ck_sub = ck.add_subparsers(dest="action", required=True)
-    ck_sub.add_parser("list", help="versions, newest first").set_defaults(fn=cmd_checkpoint)
-    show = ck_sub.add_parser("show", help="a domain's state in the newest (or a given) version")
-    show.add_argument("domain", help="the domain to show")
-    show.add_argument("--at", type=int, default=0, help="checkpoint version (0: the newest)")
-    show.set_defaults(fn=cmd_checkpoint)
-    rb = ck_sub.add_parser(
-        "rollback",
-        help="restore a domain's state from an older version "
-        "(effective at the next start; run it with the service stopped)",
-    )
-    rb.add_argument("domain", help="the domain to restore")
-    rb.add_argument("version", type=int, help="the checkpoint version to restore it from")
-    rb.set_defaults(fn=cmd_checkpoint)
-    rp = sub.add_parser("replay", help="policies off-policy on a joined log (RL_JOINED_LOG)")
+    add_checkpoint_commands(sub, _settings)
+    rp = command(sub, "replay", "policies off-policy on a joined log (RL_JOINED_LOG)")
     rp.add_argument("log", help="a JSONL joined log")
     rp.add_argument(
         "--policies",
@@ -339,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--out", default="replay-out", help="directory for replay.json, .md, .png")
     rp.set_defaults(fn=cmd_replay)
-    tn = sub.add_parser("tune", help="optuna search of a policy's settings")
+    tn = command(sub, "tune", "optuna search of a policy's settings")
     from stream.bench.simulators import SIMULATORS
     from stream.offline.tune import SPACES
 
@@ -376,7 +335,24 @@ def main(argv: list[str] | None = None) -> int:
             log.critical("%s", exc)  # RL_LOG_FORMAT=json: every line on stderr is JSON
         else:
             print(f"bandit-stream: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
+
+
+# The README's exit-code table.
+EXIT_FAILED = 1  # ran, and failed or found nothing (no checkpoint, damaged store, a bug)
+EXIT_USAGE = 2  # a bad argument or setting, a missing extra or tool (Java, Maven)
+EXIT_BROKER = 3  # no broker answered within RL_KAFKA_CONNECT_TIMEOUT_S
+EXIT_INPUT = 4  # a file named on the command line is missing or unreadable
+
+
+def exit_code(exc: StreamError) -> int:
+    if isinstance(exc, BrokerUnreachable):
+        return EXIT_BROKER
+    if isinstance(exc, InputFileError):
+        return EXIT_INPUT
+    if isinstance(exc, ConfigError | BrokerError):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

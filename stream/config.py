@@ -72,6 +72,8 @@ class _Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(45_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
     kafka_fetch_wait_max_ms: int = Field(500, ge=0)
+    # How long a command waits for a broker's first answer before it exits 3.
+    kafka_connect_timeout_s: float = Field(15.0, gt=0)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: (
         Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None

@@ -23,6 +23,14 @@ class KafkaClientError(StreamError):
         self.code = code
 
 
+class BrokerUnreachable(KafkaClientError):
+    """No broker answered within RL_KAFKA_CONNECT_TIMEOUT_S."""
+
+
+class InputFileError(StreamError):
+    """A file named on the command line is missing or unreadable."""
+
+
 class TooManyProcessingErrors(StreamError):
     """More than RL_MAX_PROCESSING_ERRORS dead-lettered processing errors in a minute."""
 

@@ -25,6 +25,7 @@ from typing import IO, Any
 import orjson
 
 from stream.core.join import Pending
+from stream.errors import InputFileError
 from stream.kafka.delivery import Delivery
 from stream.state.records import joined_record
 
@@ -72,12 +73,15 @@ class JoinedLog:
 def read(path: Path) -> list[dict[str, Any]]:
     """Every record of a JSONL joined log (a bad line is reported and skipped)."""
     out = []
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                log.warning("%s:%d: not JSON (%s); skipped", path, n, exc)
+    try:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
+                    log.warning("%s:%d: not JSON (%s); skipped", path, n, exc)
+    except OSError as exc:
+        raise InputFileError(f"cannot read the joined log {path}: {exc.strerror}") from exc
     return out

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stream.argparsing import command
 from stream.bench.simulators import SIMULATORS
 from stream.config import Settings
 
@@ -142,10 +143,10 @@ def cmd_bench_hotpath(args: argparse.Namespace) -> int:
 
 def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
     """Add ``bench`` and its subcommands; ``load_settings`` reads and reports the settings."""
-    bench = sub.add_parser("bench", help="benchmarks writing JSON, Markdown and PNG")
+    bench = command(sub, "bench", "benchmarks writing JSON, Markdown and PNG")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bench.set_defaults(load_settings=load_settings)
-    conv = bench_sub.add_parser("convergence", help="policies on simulated bandits (no broker)")
+    conv = command(bench_sub, "convergence", "policies on simulated bandits (no broker)")
     conv.add_argument("--policies", default="", help="comma list (empty: every policy)")
     conv.add_argument("--sims", default=",".join(SIMULATORS), help="comma list of simulators")
     conv.add_argument(
@@ -162,16 +163,20 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
     conv.add_argument("--delay", type=int, default=0, help="reward delay in events")
     conv.add_argument("--out", default="bench-out", help=OUT)
     conv.set_defaults(fn=cmd_bench_convergence)
-    hot = bench_sub.add_parser(
-        "hotpath", help="the batch processor's µs per context by stage, in process (no broker)"
+    hot = command(
+        bench_sub,
+        "hotpath",
+        "the batch processor's µs per context by stage, in process (no broker)",
     )
     hot.add_argument("--domains", default="100,1000", help="comma list of domain counts")
     hot.add_argument("--batch", type=int, default=1000, help="contexts per batch")
     hot.add_argument("--batches", type=int, default=100, help="batches timed per domain count")
     hot.add_argument("--out", default="bench-out", help=OUT)
     hot.set_defaults(fn=cmd_bench_hotpath)
-    soak = bench_sub.add_parser(
-        "soak", help="a long run through a real broker with garbage (the service as a process)"
+    soak = command(
+        bench_sub,
+        "soak",
+        "a long run through a real broker with garbage (the service as a process)",
     )
     soak.add_argument("--events", type=int, default=1_000_000, help="events to send")
     soak.add_argument("--garbage", type=float, default=0.01, help="share of garbage contexts")
@@ -187,7 +192,7 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
         ("latency", 100_000, "context produced -> decision consumed at a fixed load"),
         ("memory", 1_000_000, "the service's RSS over many events and domains"),
     ):
-        b = bench_sub.add_parser(name, help=help_text)
+        b = command(bench_sub, name, help_text)
         b.add_argument("--events", type=int, default=events, help="contexts to send")
         b.add_argument(
             "--domains", type=int, default=1000 if name == "memory" else 100, help="domains"
@@ -203,7 +208,7 @@ def add_bench_commands(sub: Any, load_settings: Callable[[], Settings]) -> None:
         b.add_argument("--out", default="bench-out", help=OUT)
         _broker_option(b)
         b.set_defaults(fn=cmd_bench_e2e)
-    ball = bench_sub.add_parser("all", help="every benchmark, one report (all.md)")
+    ball = command(bench_sub, "all", "every benchmark, one report (all.md)")
     ball.add_argument("--scale", type=float, default=1.0, help="event counts x this")
     ball.add_argument("--out", default="bench-out", help=OUT)
     _broker_option(ball)

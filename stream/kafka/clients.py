@@ -105,8 +105,11 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-def admin_config(settings: Settings) -> dict[str, Any]:
+def admin_config(settings: Settings, log_errors: bool = True) -> dict[str, Any]:
+    """``log_errors=False``: a probe whose failure the caller reports itself."""
     conf = common_config(settings)
+    if not log_errors:
+        conf["log_level"] = 2
     conf.update(settings.kafka_extra)
     return conf
 
@@ -139,7 +142,7 @@ def check_client_configs(settings: Settings) -> None:
         (Consumer, consumer_config(settings)),
     ):
         try:
-            client = build(conf)
+            client = build({**conf, "log_level": 0})  # built to be checked: no connect errors
         except KafkaException as exc:
             err = exc.args[0]
             text = err.str() if isinstance(err, KafkaError) else str(exc)

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
-from stream.errors import ConfigError, KafkaClientError
+from stream.errors import BrokerUnreachable, ConfigError, KafkaClientError
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,9 @@ def _partition_counts(admin: AdminClient, timeout: float, bootstrap: str) -> dic
         md = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         err = exc.args[0]
-        raise KafkaClientError(
+        raise BrokerUnreachable(
             f"cannot reach Kafka at {bootstrap} (RL_KAFKA_BOOTSTRAP_SERVERS) within "
-            f"{timeout:.0f} s: {err.str()}",
+            f"{timeout:g} s (RL_KAFKA_CONNECT_TIMEOUT_S): {err.str()}",
             err.code(),
         ) from exc
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
@@ -45,7 +45,9 @@ def _await_topics(
         time.sleep(0.1)
 
 
-def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 15.0) -> dict[str, int]:
+def ensure_topics(
+    settings: Settings, admin: AdminClient, timeout: float | None = None
+) -> dict[str, int]:
     """Create the service's missing topics; check contexts and rewards are co-partitioned.
 
     A domain's contexts and rewards must land in the same partition number so that one
@@ -53,6 +55,7 @@ def ensure_topics(settings: Settings, admin: AdminClient, timeout: float = 15.0)
     Returns the partition count of every service topic.
     """
     s = settings
+    timeout = s.kafka_connect_timeout_s if timeout is None else timeout
     wanted = {
         s.topic_contexts: {},
         s.topic_rewards: {},

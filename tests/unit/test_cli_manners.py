@@ -59,3 +59,48 @@ def test_the_demo_takes_its_log_level_from_rl_log_level(monkeypatch):
     assert levels == ["WARNING", "DEBUG"]
     with pytest.raises(SystemExit):
         main(["demo", "--log-level", "INFO"])  # one way to set it: RL_LOG_LEVEL
+
+
+def test_every_subcommand_describes_itself_in_its_own_help():
+    bare = [path for path, p in _parsers(build_parser()) if not p.description]
+    assert not bare, bare
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_missing_input_file_is_one_line_and_exit_4(tmp_path, capsys):
+    missing = tmp_path / "missing.jsonl"
+    assert main(["replay", str(missing), "--out", str(tmp_path)]) == 4
+    assert f"cannot read the joined log {missing}" in _one_error_line(capsys)
+    args = ["tune", "--log", str(missing), "--policy", "squarecb", "--out", str(tmp_path)]
+    assert main(args) == 4
+    assert "No such file" in _one_error_line(capsys)
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_3(monkeypatch, tmp_path, capsys):
+    from stream.kafka.embedded import free_port
+
+    monkeypatch.setenv("RL_KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RL_KAFKA_CONNECT_TIMEOUT_S", "1")
+    monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("RL_METRICS_PORT", "0")
+    assert main(["run"]) == 3
+    assert "RL_KAFKA_CONNECT_TIMEOUT_S" in _one_error_line(capsys)
+
+
+def test_a_checkpoint_version_that_is_not_there_is_exit_1_like_any_miss(
+    monkeypatch, tmp_path, capsys
+):
+    from stream.state.records import Snapshot
+    from stream.state.store import CheckpointStore
+
+    CheckpointStore(tmp_path / "checkpoints.sqlite").write(Snapshot({}))
+    monkeypatch.setenv("RL_STATE_DIR", str(tmp_path))
+    assert main(["checkpoint", "show", "shop", "--at", "99"]) == 1
+    _one_error_line(capsys)
+    assert main(["checkpoint", "show", "shop"]) == 1  # a domain not in it
+    _one_error_line(capsys)

@@ -64,6 +64,11 @@ class Bandit:
     """One domain's policies, deciding and learning in process (see the module doc)."""
 
     def __init__(self, domain: str = "default", **overrides: Any) -> None:
+        """``overrides``: settings by name; ``policy`` names the policy that serves (as
+        ``baseline_policy`` does; the service's ``RL_POLICY`` is its rollout's advanced
+        policy, served only with ``enable_rl_advanced``)."""
+        if "policy" in overrides and not overrides.get("enable_rl_advanced"):
+            overrides.setdefault("baseline_policy", overrides["policy"])
         s = self.settings = load_settings(**overrides)
         self.domain = domain
         self.hasher = FeatureHasher(s.feature_dim, seed=s.seed)

@@ -19,7 +19,13 @@ from stream import extras
 from stream.argparsing import Parser, command
 from stream.bench.commands import add_bench_commands
 from stream.checkpoints import add_checkpoint_commands
-from stream.config import Settings, closest_env_name, load_settings, unknown_env_vars
+from stream.config import (
+    Settings,
+    closest_env_name,
+    load_settings,
+    policy_trap,
+    unknown_env_vars,
+)
 from stream.errors import (
     BrokerError,
     BrokerUnreachable,
@@ -42,6 +48,8 @@ def _settings(**overrides: object) -> Settings:
         near = closest_env_name(name)
         hint = f"; did you mean {near}?" if near else ""
         log.warning("environment variable %s is not a bandit-stream setting%s", name, hint)
+    if trap := policy_trap(settings):
+        log.warning("%s", trap)
     return settings
 
 

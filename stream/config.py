@@ -333,6 +333,20 @@ def unknown_env_vars() -> list[str]:
     )
 
 
+def policy_trap(settings: Settings) -> str | None:
+    """A warning when RL_POLICY is set as if it chose the served policy, which it does not
+    without ENABLE_RL_ADVANCED."""
+    if "policy" not in settings.model_fields_set or settings.enable_rl_advanced:
+        return None
+    if settings.policy == settings.baseline_policy:
+        return None
+    return (
+        f"RL_POLICY={settings.policy} serves nothing without ENABLE_RL_ADVANCED=true (then "
+        f"only the rollout's treatment share); every domain is served by "
+        f"RL_BASELINE_POLICY={settings.baseline_policy}"
+    )
+
+
 def closest_env_name(name: str) -> str | None:
     """The setting a mistyped variable most likely meant (None when nothing is close)."""
     match = difflib.get_close_matches(name.upper(), sorted(known_env_names()), n=1, cutoff=0.6)

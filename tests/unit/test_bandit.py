@@ -126,3 +126,21 @@ def test_described_candidates_share_one_model_and_a_new_one_is_scored_from_its_f
     assert copy.decide({"x": 1.0}, new, "again", features) == b.decide(
         {"x": 1.0}, new, "again", features
     )
+
+
+def test_the_policy_named_is_the_policy_that_serves():
+    served = Bandit("d", policy="linucb")._state.baseline
+    assert type(served).__name__ == "LinUCB"
+    assert type(Bandit("d")._state.baseline).__name__ == "EpsilonGreedy"
+
+
+def test_rl_policy_alone_warns_that_it_serves_nothing(monkeypatch):
+    from stream.config import load_settings, policy_trap
+
+    monkeypatch.setenv("RL_POLICY", "linucb")
+    assert "RL_BASELINE_POLICY=epsilon_greedy" in (policy_trap(load_settings()) or "")
+    monkeypatch.setenv("ENABLE_RL_ADVANCED", "true")
+    assert policy_trap(load_settings()) is None
+    monkeypatch.delenv("RL_POLICY")
+    monkeypatch.delenv("ENABLE_RL_ADVANCED")
+    assert policy_trap(load_settings()) is None

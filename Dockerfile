@@ -4,14 +4,16 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+COPY requirements/service.lock ./requirements/
 COPY policies ./policies
 COPY stream ./stream
 # A virtual environment we can copy whole into the runtime stage: the service alone, no
-# [bench] (plots, tuning) or [local] (embedded broker) extra.
+# [bench] (plots, tuning) or [local] (embedded broker) extra, at the locked versions.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install .
+ && /opt/venv/bin/pip install --require-hashes -r requirements/service.lock \
+ && /opt/venv/bin/pip install --no-deps .
 # Compile the numba kernels once at build time (the cache ships in the image).
 ENV NUMBA_CACHE_DIR=/opt/numba-cache
 RUN /opt/venv/bin/python -c "from policies.kernels import warm_up; warm_up()"

@@ -14,12 +14,14 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
 fi
-SPEC="."
-if [ -n "${VENV_EXTRA:-}" ]; then SPEC=".[$VENV_EXTRA]"; fi
-# Re-install only when pyproject.toml changed since the last install of this spec.
-STAMP=".venv/.installed-$(echo "$SPEC" | tr -c 'a-z' '_')"
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-    echo "installing bandit-stream $SPEC into .venv" >&2
-    .venv/bin/python -m pip install -q -e "$SPEC"
+# The exact versions (and hashes) of requirements/<extra>.lock, then the project itself
+# without resolving anything: every machine runs what CI ran (scripts/lock renews them).
+LOCK="requirements/${VENV_EXTRA:-service}.lock"
+# Re-install only when pyproject.toml or the lock changed since the last install of it.
+STAMP=".venv/.installed-$(echo "$LOCK" | tr -c 'a-z' '_')"
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "$LOCK" -nt "$STAMP" ]; then
+    echo "installing bandit-stream with $LOCK into .venv" >&2
+    .venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
+    .venv/bin/python -m pip install -q --no-deps -e .
     touch "$STAMP"
 fi

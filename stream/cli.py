@@ -31,6 +31,7 @@ from stream.errors import (
     BrokerUnreachable,
     ConfigError,
     InputFileError,
+    NewerFormat,
     StreamError,
 )
 from stream.kafka.clients import admin_config, check_client_configs
@@ -76,8 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"{args.profile} profile: {out}", file=sys.stderr)
             else:
                 service.run()
-        except ConfigError:
-            raise  # one line, exit 2 (main)
+        except (ConfigError, NewerFormat):
+            raise  # one line (main): exit 2, or 1 for state this version cannot read
         except Exception as exc:
             # One line an operator can act on (the traceback follows it in the log).
             log.critical(

@@ -40,6 +40,11 @@ class DeliveryError(KafkaClientError):
     producer error or an authorization failure on the dead-letter topic)."""
 
 
+class NewerFormat(StreamError):
+    """State written by a newer bandit-stream than this one reads (a rollback past a
+    format change): the service stops rather than restore around it (docs/upgrading.md)."""
+
+
 class CheckpointError(StreamError):
     """A checkpoint cannot be written or read."""
 

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from numpy.typing import NDArray
 
-from stream.errors import CheckpointError, CorruptCheckpoint
+from stream.errors import CheckpointError, CorruptCheckpoint, NewerFormat
 from stream.state.framing import frame, unframe
 from stream.state.records import (
     Snapshot,
@@ -89,15 +89,26 @@ class CheckpointStore:
                 live = Path(f"{self.path}-wal").exists()
                 uri = f"{self.path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
                 self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-                self._db.execute("SELECT count(*) FROM checkpoint").fetchone()
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_DDL)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_DDL)
+            (newest,) = self._db.execute("SELECT max(schema) FROM checkpoint").fetchone()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(f"cannot open checkpoint file {self.path}: {exc}") from exc
+        if isinstance(newest, int) and newest > SCHEMA_VERSION:
+            self._db.close()
+            self._refuse_newer(newest)
+
+    def _refuse_newer(self, schema: object) -> None:
+        if isinstance(schema, int) and schema > SCHEMA_VERSION:
+            raise NewerFormat(
+                f"checkpoint store {self.path} holds schema {schema}, newer than this version "
+                f"reads (up to {SCHEMA_VERSION}): run the version that wrote it or a later "
+                "one, or start from an empty RL_STATE_DIR (docs/upgrading.md)"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -196,6 +207,7 @@ class CheckpointStore:
             raise CheckpointError(f"no checkpoint version {version}")
         created, schema, digest, meta_text = row
         if schema != SCHEMA_VERSION:
+            self._refuse_newer(schema)
             raise CorruptCheckpoint(f"version {version} has schema {schema}, not {SCHEMA_VERSION}")
         policies = [
             (d, r, m.encode())

@@ -48,7 +48,7 @@ from numpy.typing import NDArray
 from stream.core.early import EarlyReward
 from stream.core.finished import Finished
 from stream.core.join import Pending
-from stream.errors import CorruptCheckpoint
+from stream.errors import CorruptCheckpoint, NewerFormat
 from stream.state.delta import (
     ArrayKey,
     Parts,
@@ -277,11 +277,8 @@ def decode_domain(value: bytes, topics: tuple[str, str]) -> DomainRecord:
     try:
         seq = int(h.get("seq", 0))
         schema = h.get("schema")
+        _refuse_newer(schema, f"state record of {h.get('domain')!r}")
         if schema not in SCHEMAS or h.get("kind") != ("delta" if seq else "domain"):
-            if isinstance(schema, int) and schema > SCHEMA:
-                raise CorruptCheckpoint(
-                    f"state record format {schema} is newer than this version reads ({SCHEMA})"
-                )
             raise CorruptCheckpoint(f"state record schema {schema!r} not one of {SCHEMAS}")
         domain, partition = str(h["domain"]), int(h["partition"])
         offsets = _offsets(h["offsets"])
@@ -361,9 +358,19 @@ class Marker:
     heads: dict[str, Head] | None = None
 
 
+def _refuse_newer(schema: Any, what: str) -> None:
+    if isinstance(schema, int) and schema > SCHEMA:
+        raise NewerFormat(
+            f"{what} is in state format {schema}, newer than this version reads (up to "
+            f"{SCHEMA}): run the version that wrote it or a later one (docs/upgrading.md)"
+        )
+
+
 def decode_marker(value: bytes) -> Marker:
     try:
         h = orjson.loads(value)
+        if isinstance(h, dict) and h.get("kind") == "partition":
+            _refuse_newer(h.get("schema"), f"partition {h.get('partition')} marker")
         if h.get("kind") != "partition" or h.get("schema") not in SCHEMAS:
             raise CorruptCheckpoint("not a partition marker")
         if h["schema"] > 1 and h.pop("sha256", None) != _marker_digest(h):

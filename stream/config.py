@@ -74,6 +74,8 @@ class _Settings(BaseSettings):
     kafka_fetch_wait_max_ms: int = Field(500, ge=0)
     # How long a command waits for a broker's first answer before it exits 3.
     kafka_connect_timeout_s: float = Field(15.0, gt=0)
+    # In the group this long without an assignment: a warning and /readyz say why.
+    assignment_timeout_s: float = Field(30.0, gt=0)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: (
         Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None

@@ -81,9 +81,9 @@ class Service:
         self.stages = self.metrics.stages
         self.checkpointer.lap = self.stages.lap
         self.rebalance = Rebalance(s, self.ownership, self.balance, self.checkpoint, self.ready, fp)
-        ckpt, own = self.checkpointer, self.ownership
-        self.membership = Membership(s, self.rebalance, own, ckpt, self.ready)
-        self.probes = Probes(s.poll_timeout_s, self.ready, self._stopping, ckpt, own)
+        ckpt, own, reg = self.checkpointer, self.ownership, self.metrics.registry
+        m = self.membership = Membership(s, self.rebalance, own, ckpt, self.ready, reg)
+        self.probes = Probes(s.poll_timeout_s, self.ready, self._stopping, ckpt, own, m)
         self.reporter = MetricsReporter(s, self.metrics, self.domains, self.joins, ckpt)
         self.memory = MemoryGuard(
             s.memory_limit_mb,
@@ -150,7 +150,7 @@ class Service:
         consumer = self._consumer
         assert consumer is not None
         s, lap = self.settings, self.stages.lap
-        self.membership.watch.check()
+        self.membership.check()
         fetched_at = time.time()  # an end of partition seen now holds what came before
         # The wait for a first message (when nothing was fetched) is no turn's work.
         msgs = fetch_batch(consumer, s.batch_size, s.poll_timeout_s, self.stages.start_turn)

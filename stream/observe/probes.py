@@ -32,6 +32,10 @@ class Broker(Protocol):
     reachable: bool
 
 
+class Group(Protocol):
+    stall: str  # why the group has not assigned anything (empty: nothing to say)
+
+
 class Probes:
     def __init__(
         self,
@@ -40,12 +44,14 @@ class Probes:
         stopping: threading.Event,
         checkpointer: Checkpoints,
         ownership: Holdings,
+        group: Group | None = None,
     ) -> None:
         self.limit_s = max(10.0, 5 * poll_timeout_s)
         self.ready = ready
         self.stopping = stopping
         self.checkpointer = checkpointer
         self.ownership = ownership
+        self.group = group
         self.broker: Broker | None = None
         self.last_turn = time.monotonic()
         self.failed = ""  # why the service is stopping after an error (healthz fails)
@@ -65,6 +71,8 @@ class Probes:
         if self.stopping.is_set():
             return False, "stopping\n"
         if not self.ready.is_set():
+            if self.group is not None and self.group.stall:
+                return False, f"no partitions assigned: {self.group.stall}\n"
             return False, "waiting for partitions and their state\n"
         if self.broker is not None and not self.broker.reachable:
             return False, "the broker is unreachable\n"

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
 
 from confluent_kafka import Consumer
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
 
 from stream.config import Settings
 from stream.kafka.delivery import Delivery
@@ -20,6 +24,9 @@ from stream.state.rebalance import Rebalance
 
 log = logging.getLogger(__name__)
 
+STALL_REPEAT_S = 60.0  # a stalled group's warning, at most this often
+TANSU_CLUSTER = "tansu_cluster"  # the embedded broker's cluster id
+
 
 class Membership:
     def __init__(
@@ -29,6 +36,7 @@ class Membership:
         ownership: Ownership,
         checkpointer: Checkpointer,
         ready: threading.Event,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.rebalance = rebalance
@@ -42,6 +50,42 @@ class Membership:
         self.consumer: Consumer | None = None
         self.delivery: Delivery | None = None
         self.rejoins = 0
+        self.waiting_since: float | None = None  # in the group, no assignment yet
+        self.stall = ""  # why no assignment came (for /readyz); empty while none is due
+        self._warned = -STALL_REPEAT_S
+        if registry is not None:
+            registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """bandit_rebalances_total{event} and bandit_restores_total{source}, counted by
+        the rebalance callbacks and the restores, read when Prometheus scrapes."""
+        rb, own = self.rebalance, self.ownership
+        events = CounterMetricFamily(
+            "bandit_rebalances",
+            "Group events of this member: partitions assigned, revoked, lost, and joins "
+            "again after a freeze past the session",
+            labels=["event"],
+        )
+        for event, n in (
+            ("assigned", rb.assignments),
+            ("revoked", rb.revocations),
+            ("lost", rb.losses),
+            ("rejoined", self.rejoins),
+        ):
+            events.add_metric([event], n)
+        yield events
+        restores = CounterMetricFamily(
+            "bandit_restores",
+            "Partitions restored on assignment, by where their state came from",
+            labels=["source"],
+        )
+        for source, n in (
+            ("local", own.restored_from_local),
+            ("state_topic", own.restored_from_topic),
+            ("empty", own.restored_empty),
+        ):
+            restores.add_metric([source], n)
+        yield restores
 
     def start(self, consumer: Consumer, delivery: Delivery) -> None:
         self.consumer, self.delivery = consumer, delivery
@@ -60,6 +104,44 @@ class Membership:
     def stop(self) -> None:
         self.watch.stop()
         self.consumer = self.delivery = None
+
+    def check(self) -> None:
+        """Every turn: raises :class:`Paused` after a freeze past the session; names a
+        group that has not assigned this member anything for RL_ASSIGNMENT_TIMEOUT_S."""
+        self.watch.check()
+        now = time.monotonic()
+        if self.ready.is_set():
+            self.waiting_since, self.stall = None, ""
+            return
+        if self.waiting_since is None:
+            self.waiting_since = now
+        waited = now - self.waiting_since
+        if waited < self.settings.assignment_timeout_s:
+            return
+        if not self.stall:
+            self.stall = self._stall_causes()
+        if now - self._warned >= STALL_REPEAT_S:
+            self._warned = now
+            log.warning("no partitions assigned after %.0f s in the group: %s", waited, self.stall)
+
+    def _stall_causes(self) -> str:
+        s = self.settings
+        causes = (
+            f"group {s.kafka_group_id} keeps rebalancing (a member restarting in a loop, or "
+            "one slower than max.poll.interval.ms) or its coordinator is unavailable; "
+            "bandit_rebalances_total and the broker's logs tell which"
+        )
+        try:
+            cluster = self.consumer.list_topics(timeout=2.0).cluster_id if self.consumer else None
+        except Exception:  # noqa: BLE001 - the broker away: the generic causes stand
+            cluster = None
+        if cluster == TANSU_CLUSTER:
+            causes = (
+                "on the embedded broker this is its known fault: a member that left while its "
+                "join was pending holds the group for good. Restart `bandit-stream broker` "
+                f"(its topics go with it) or use another RL_KAFKA_GROUP_ID; otherwise {causes}"
+            )
+        return causes
 
     def _subscribe(self) -> None:
         s, rb = self.settings, self.rebalance

@@ -84,6 +84,7 @@ class Ownership:
         self.heads: dict[str, tuple[int, Head | None]] = {}
         self.restored_from_topic = 0
         self.restored_from_local = 0
+        self.restored_empty = 0  # assigned with no state anywhere: it starts from nothing
         self.restore_s = 0.0  # duration of the last restore
 
     # -- assignment ---------------------------------------------------------------------
@@ -163,6 +164,7 @@ class Ownership:
                 )
             else:
                 self.marks[p] = OFFSET_BEGINNING  # nothing held: any decision may be replayed
+                self.restored_empty += 1
             self._load_replay(p)
 
     def _from_topic(self, p: int, plan: PartitionPlan) -> None:

@@ -74,13 +74,14 @@ def _start(
     **extra: Any,
 ) -> tuple[str, dict[str, str], Settings, ServiceProcess, DecisionReader]:
     """A broker (and what it is), fresh topics, the service consuming them, and a reader
-    of its decisions. With ``warm_rate``, a passthrough at that rate (0: unpaced; 30 s of it,
-    ``warm_max`` events at most) first warms the broker: a fresh JVM's first seconds of
+    of its decisions. With ``warm_rate``, a passthrough at that rate (0: unpaced, WARM_EVENTS
+    of it; else 30 s of it; ``warm_max`` events at most) first warms the broker: a fresh
+    JVM's first seconds of
     produce requests queue behind its compiler, which the first run measured would count
     and the next not."""
     bootstrap, broker = harness.bootstrap(stack, engine=engine)
     if warm_rate is not None:
-        n = WARM_EVENTS if warm_rate <= 0 else int(min(warm_max, warm_rate * 30))
+        n = int(min(warm_max, WARM_EVENTS if warm_rate <= 0 else warm_rate * 30))
         _run_passthrough(
             bootstrap,
             n,
@@ -128,7 +129,7 @@ def throughput(
     events: int, domains: int, out: Path, reward_delay: int = 1000, engine: str = "embedded"
 ) -> dict[str, Any]:
     with ExitStack() as stack:
-        bootstrap, broker, s, svc, reader = _start(stack, engine, warm_rate=0.0)
+        bootstrap, broker, s, svc, reader = _start(stack, engine, warm_rate=0.0, warm_max=events)
         prod = _spawn(
             produce,
             bootstrap,

@@ -220,7 +220,18 @@ def test_the_keys_users_expect_land_where_they_belong():
     pod = sts["spec"]["template"]
     spec = pod["spec"]
     c = container(docs, "StatefulSet")
-    assert c["image"] == f"bandit-stream@{values['image']['digest']}"
+    assert c["image"] == f"registry.example.com/bandit-stream@{values['image']['digest']}"
+    assert all(d["metadata"]["labels"]["cost-center"] == "ranking" for d in docs)
+    assert c["livenessProbe"]["timeoutSeconds"] == 5 and c["readinessProbe"]["timeoutSeconds"] == 3
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["from"] == values["networkPolicy"]["metricsFrom"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    egress = policy["spec"]["egress"]
+    assert {"port": 53, "protocol": "UDP"} in egress[0]["ports"] and egress[1:] == values[
+        "networkPolicy"
+    ]["extraEgress"]
     assert spec["imagePullSecrets"] == [{"name": "registry-creds"}, {"name": "other-creds"}]
     (sa,) = by_kind(docs, "ServiceAccount")
     assert sa["metadata"]["annotations"] == values["serviceAccount"]["annotations"]

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,35 @@ def cmd_broker(args: argparse.Namespace) -> int:
 SIMULATE_QUIET_S = 10.0  # simulate says no service seems to answer after this long
 
 
+def follow(reports: Any, alive: Callable[[], bool], s: Settings) -> None:
+    """Print the simulator's reports as JSON lines until it is done; say once when no
+    decision came back for SIMULATE_QUIET_S (no service consumes its contexts)."""
+    import queue
+
+    started, warned = time.monotonic(), False
+    while alive():
+        try:
+            kind, summary = reports.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        print(orjson.dumps({"kind": kind, **summary}).decode(), flush=True)
+        if kind == "done":
+            return
+        decided = sum(t.get("decisions", 0) for t in summary["tallies"].values())
+        if not decided and not warned and time.monotonic() - started > SIMULATE_QUIET_S:
+            warned = True
+            print(
+                f"no decision in {SIMULATE_QUIET_S:.0f} s: is a service consuming "
+                f"{s.topic_contexts} on {s.kafka_bootstrap_servers}? (bandit-stream run, "
+                "with the same RL_KAFKA_BOOTSTRAP_SERVERS and RL_TOPIC_* settings)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """The demo's traffic alone, against RL_KAFKA_BOOTSTRAP_SERVERS (docker-compose)."""
     import multiprocessing as mp
-    import queue
 
     from stream.offline.traffic import simulate
 
@@ -143,26 +169,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         daemon=True,
     )
     proc.start()
-    started, warned = time.monotonic(), False
     try:
-        while proc.is_alive():
-            try:
-                kind, summary = reports.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            print(orjson.dumps({"kind": kind, **summary}).decode(), flush=True)
-            if kind == "done":
-                break
-            decided = sum(t.get("decisions", 0) for t in summary["tallies"].values())
-            if not decided and not warned and time.monotonic() - started > SIMULATE_QUIET_S:
-                warned = True
-                print(
-                    f"no decision in {SIMULATE_QUIET_S:.0f} s: is a service consuming "
-                    f"{s.topic_contexts} on {s.kafka_bootstrap_servers}? (bandit-stream run, "
-                    "with the same RL_KAFKA_BOOTSTRAP_SERVERS and RL_TOPIC_* settings)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        follow(reports, proc.is_alive, s)
     except KeyboardInterrupt:
         pass
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import threading
+import time
 
 import pytest
 
@@ -104,3 +106,27 @@ def test_a_checkpoint_version_that_is_not_there_is_exit_1_like_any_miss(
     _one_error_line(capsys)
     assert main(["checkpoint", "show", "shop"]) == 1  # a domain not in it
     _one_error_line(capsys)
+
+
+def test_simulate_says_once_when_no_service_answers(monkeypatch, capsys):
+    import queue
+
+    import stream.cli as cli
+    from stream.config import load_settings
+
+    monkeypatch.setattr(cli, "SIMULATE_QUIET_S", 0.05)
+    reports: queue.Queue = queue.Queue()
+    quiet = {"produced": 10, "tallies": {"shop": {"decisions": 0}}}
+
+    def simulator() -> None:  # reports a quarter of a second apart, as the real one
+        for _ in range(3):
+            time.sleep(0.06)
+            reports.put(("progress", quiet))
+        reports.put(("progress", {"produced": 20, "tallies": {"shop": {"decisions": 5}}}))
+        reports.put(("done", {"produced": 20, "tallies": {"shop": {"decisions": 20}}}))
+
+    threading.Thread(target=simulator, daemon=True).start()
+    cli.follow(reports, lambda: True, load_settings())
+    out = capsys.readouterr()
+    assert out.err.count("no decision in") == 1 and "bandit.contexts" in out.err
+    assert len(out.out.strip().splitlines()) == 5  # every report, as JSON

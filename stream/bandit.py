@@ -67,9 +67,14 @@ class Bandit:
         """``overrides``: settings by name; ``policy`` names the policy that serves (as
         ``baseline_policy`` does; the service's ``RL_POLICY`` is its rollout's advanced
         policy, served only with ``enable_rl_advanced``)."""
-        if "policy" in overrides and not overrides.get("enable_rl_advanced"):
-            overrides.setdefault("baseline_policy", overrides["policy"])
-        s = self.settings = load_settings(**overrides)
+        s = load_settings(**overrides)
+        if (
+            "policy" in overrides
+            and "baseline_policy" not in overrides
+            and not s.enable_rl_advanced
+        ):
+            s = load_settings(**overrides, baseline_policy=overrides["policy"])
+        self.settings = s
         self.domain = domain
         self.hasher = FeatureHasher(s.feature_dim, seed=s.seed)
         # In process the caller's clock is the stream's: a window closes at its deadline,

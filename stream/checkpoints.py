@@ -27,11 +27,14 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         return 1
     # Looking never changes a pod's state: a damaged store is reported and left in place
     # (the service itself moves it aside when it starts).
-    try:
-        store = CheckpointStore(path, settings.checkpoint_keep, read_only=True)
-        problem = store.damage()
-    except CheckpointError as exc:
-        problem = str(exc)
+    for _look in range(2):  # once more if a service started writing while we looked
+        try:
+            store = CheckpointStore(path, settings.checkpoint_keep, read_only=True)
+            problem = store.damage()
+        except CheckpointError as exc:
+            problem = str(exc)
+        if problem is None or not Path(f"{path}-wal").exists():
+            break
     if problem is not None:
         print(f"checkpoint store {path} is damaged: {problem}", file=sys.stderr)
         return 1

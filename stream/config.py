@@ -252,9 +252,11 @@ class _Settings(BaseSettings):
                 "RL_SHARED_DIM must exceed twice RL_FEATURE_DIM (the context and the "
                 "candidate's features each take RL_FEATURE_DIM slots; the crosses the rest)"
             )
-        if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
+        if self.kafka_session_timeout_ms - self.kafka_heartbeat_interval_ms < 1000:
             raise ValueError(
-                "RL_KAFKA_HEARTBEAT_INTERVAL_MS must be below RL_KAFKA_SESSION_TIMEOUT_MS"
+                "RL_KAFKA_HEARTBEAT_INTERVAL_MS must be at least 1000 below "
+                "RL_KAFKA_SESSION_TIMEOUT_MS (their difference is how long a decision may "
+                "wait for the broker before it is given up on)"
             )
         return self
 

@@ -38,6 +38,7 @@ _DECODER = msgspec.json.Decoder(Decision)
 # Every decision names the context it answers: a replay matches decisions to contexts by
 # position, so a reused event id or a producer's second copy is never taken for another.
 CONTEXT_HEADER = "context"
+SEEN_FRESH_S = 10.0  # an end read beside the loop serves as a mark this long
 
 
 class DecisionLog:
@@ -47,9 +48,10 @@ class DecisionLog:
         self.settings = settings
         self.topic = settings.topic_decisions
         self.n = 0  # partitions of the decisions topic, once connected
-        # Decisions partition -> an end read beside the loop: any end read earlier is at
-        # or below every decision made later, so it serves as a mark without a request.
-        self._seen: dict[int, int] = {}
+        # Decisions partition -> (an end read beside the loop, when): any end read earlier
+        # is at or below every decision made later, so it serves as a mark without a
+        # request while it is recent (an old one would make a restore read that much more).
+        self._seen: dict[int, tuple[int, float]] = {}
 
     def connect(self, producer: Producer, timeout_s: float = 15.0) -> None:
         """Learn the decisions topic's partition count (it must exist)."""
@@ -67,9 +69,10 @@ class DecisionLog:
         return input_partition % self.n if self.n and input_partition >= 0 else -1
 
     def saw_end(self, q: int, end: int) -> None:
-        """Note decisions partition ``q``'s end as read (by another thread) just now."""
+        """Note decisions partition ``q``'s end as read (by another thread) just now: the
+        latest answer, lower too (a topic created again starts from 0)."""
         if end >= 0:
-            self._seen[q] = max(end, self._seen.get(q, end))
+            self._seen[q] = (end, time.monotonic())
 
     def end(self, consumer: Consumer, input_partition: int, timeout_s: float = 5.0) -> int | None:
         """A mark for ``input_partition``: the decisions partition's end as last seen
@@ -77,8 +80,9 @@ class DecisionLog:
         q = self.partition_of(input_partition)
         if q < 0:
             return None
-        if (seen := self._seen.get(q)) is not None:
-            return seen
+        seen = self._seen.get(q)
+        if seen is not None and time.monotonic() - seen[1] <= SEEN_FRESH_S:
+            return seen[0]
         try:
             _low, high = consumer.get_watermark_offsets(
                 TopicPartition(self.topic, q), timeout=timeout_s, cached=False

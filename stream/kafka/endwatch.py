@@ -43,6 +43,7 @@ class EndWatch:
         self._wanted: frozenset[TP] = frozenset()
         self._refreshed = 0.0
         self._answers: dict[TP, tuple[float, int]] = {}
+        self._failing = False  # the last round had a failure (warned once per streak)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="end-watch", daemon=True)
@@ -62,18 +63,25 @@ class EndWatch:
             if admin is None or not wanted:
                 continue
             asked = time.time()
+            answers: dict[TP, tuple[float, int]] = {}
+            failed: list[str] = []
             try:
                 futures = admin.list_offsets(
                     {TopicPartition(t, p): OffsetSpec.latest() for t, p in wanted},
                     request_timeout=self.TIMEOUT_S,
                 )
-                answers = {
-                    (tp.topic, tp.partition): (asked, f.result(self.TIMEOUT_S).offset)
-                    for tp, f in futures.items()
-                }
             except Exception as exc:  # noqa: BLE001 - no answer: nothing is concluded
-                log.debug("end offsets unavailable: %s", exc)
-                continue
+                futures, failed = {}, [str(exc)]
+            for tp, f in futures.items():  # one partition's failure is no other's
+                try:
+                    answers[(tp.topic, tp.partition)] = (asked, f.result(self.TIMEOUT_S).offset)
+                except Exception as exc:  # noqa: BLE001 - that partition concludes nothing
+                    failed.append(f"{tp.topic}[{tp.partition}]: {exc}")
+            if failed and not self._failing:
+                log.warning(
+                    "end offsets unavailable (%s): windows of quiet partitions wait", failed[0]
+                )
+            self._failing = bool(failed)
             if self.decisions is not None:
                 for (topic, q), (_asked, end) in list(answers.items()):
                     if topic == self.decisions.topic:

@@ -137,8 +137,8 @@ class Membership:
             cluster = None
         if cluster == TANSU_CLUSTER:
             causes = (
-                "on the embedded broker this is its known fault: a member that left while its "
-                "join was pending holds the group for good. Restart `bandit-stream broker` "
+                "on the embedded broker most likely its known fault: a member that left while "
+                "its join was pending holds the group for good. Restart `bandit-stream broker` "
                 f"(its topics go with it) or use another RL_KAFKA_GROUP_ID; otherwise {causes}"
             )
         return causes

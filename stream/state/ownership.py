@@ -26,6 +26,7 @@ from policies.features import FeatureHasher
 from stream.config import Settings
 from stream.core.domains import Domains
 from stream.core.join import PendingJoins
+from stream.errors import NewerFormat
 from stream.kafka.codec import Decision
 from stream.kafka.decisionlog import DecisionLog
 from stream.state.delta import Chain
@@ -243,12 +244,12 @@ class Ownership:
         for attempt in range(3):
             try:
                 return read_state_topic(self.settings)
+            except NewerFormat:
+                raise  # no retry reads it: the operator's one line (docs/upgrading.md)
             except Exception as exc:  # noqa: BLE001 - any failure: retry, then stop
+                topic = self.settings.topic_state
                 log.error(
-                    "cannot read the state topic %s (attempt %d of 3): %s",
-                    self.settings.topic_state,
-                    attempt + 1,
-                    exc,
+                    "cannot read the state topic %s (attempt %d of 3): %s", topic, attempt + 1, exc
                 )
                 if attempt < 2:  # a topic just created may not be known to every broker yet
                     time.sleep(1.0 + attempt)

@@ -144,3 +144,8 @@ def test_rl_policy_alone_warns_that_it_serves_nothing(monkeypatch):
     monkeypatch.delenv("RL_POLICY")
     monkeypatch.delenv("ENABLE_RL_ADVANCED")
     assert policy_trap(load_settings()) is None
+
+
+def test_a_policy_named_with_rollout_switched_off_in_words_still_serves():
+    served = Bandit("d", policy="linucb", enable_rl_advanced="false")._state.baseline
+    assert type(served).__name__ == "LinUCB"

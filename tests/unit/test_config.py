@@ -186,3 +186,8 @@ def test_the_benchmarks_service_runs_with_the_users_settings(monkeypatch):
     assert env["RL_POLICY"] == "linucb" and env["RL_BATCH_SIZE"] == "123"
     assert env["RL_TOPIC_CONTEXTS"] == "bench.contexts"
     assert env["RL_METRICS_PORT"] == "0" and "RL_TEST_BOOTSTRAP_SERVERS" not in env
+
+
+def test_the_session_leaves_a_decision_at_least_a_second_to_be_delivered():
+    with pytest.raises(ConfigError, match="RL_KAFKA_HEARTBEAT_INTERVAL_MS must be at least 1000"):
+        load_settings(kafka_session_timeout_ms=1500, kafka_heartbeat_interval_ms=1000)

@@ -131,11 +131,24 @@ def test_a_checkpoint_mark_is_the_decisions_end_seen_beside_the_loop():
     watch.observe(FakeConsumer({(CTX, 5): 0, (REW, 5): 0}), StreamTime(grace_s=0.0))  # type: ignore[arg-type]
     assert (s.topic_decisions, 1) in watch._wanted  # input partition 5's decisions partition
     log.saw_end(1, 50)
-    log.saw_end(1, 40)  # an answer that arrives late does not move it back
+    log.saw_end(1, 40)  # the latest answer: a topic created again starts low
     # No request: the consumer is never asked (None would fail if it were).
-    assert log.end(None, 5) == 50  # type: ignore[arg-type]
+    assert log.end(None, 5) == 40  # type: ignore[arg-type]
     assert log.end(None, -1) is None  # type: ignore[arg-type]
     watch.stop()
+
+    class Asked:  # an answer too old to serve: the end is asked for then
+        def get_watermark_offsets(self, tp, timeout, cached):
+            assert (tp.topic, tp.partition, cached) == (s.topic_decisions, 1, False)
+            return 0, 77
+
+    import stream.kafka.decisionlog as decisionlog
+
+    decisionlog.SEEN_FRESH_S, fresh = -1.0, decisionlog.SEEN_FRESH_S
+    try:
+        assert log.end(Asked(), 5) == 77  # type: ignore[arg-type]
+    finally:
+        decisionlog.SEEN_FRESH_S = fresh
 
 
 def test_a_fatal_consumer_error_stops_the_loop(svc):

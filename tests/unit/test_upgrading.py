@@ -72,3 +72,18 @@ def test_a_newer_checkpoint_store_is_refused_and_left_in_place(tmp_path, monkeyp
     assert main(["checkpoint", "list"]) == 1
     err = capsys.readouterr().err.strip()
     assert "newer than this version reads" in err and len(err.splitlines()) == 1
+
+
+def test_a_newer_state_topic_is_not_retried_into_a_generic_error(monkeypatch):
+    from types import SimpleNamespace
+
+    import stream.state.ownership as ownership
+    from stream.config import load_settings
+
+    def newer(settings):
+        raise NewerFormat("state record of 'shop' is in state format 9, newer than this reads")
+
+    monkeypatch.setattr(ownership, "read_state_topic", newer)
+    fake = SimpleNamespace(settings=load_settings())
+    with pytest.raises(NewerFormat):  # at once: the operator's line, not "cannot be read"
+        ownership.Ownership._read_topic(fake)  # type: ignore[arg-type]

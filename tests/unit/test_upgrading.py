@@ -7,6 +7,7 @@ import hashlib
 import sqlite3
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -26,8 +27,12 @@ TOPICS = ("contexts", "rewards")
 PROBE = {"a": 0.0033333333333333335, "b": 0.9933333333333333, "c": 0.0033333333333333335}
 
 
-def test_a_format_1_record_restores_its_policy_and_pending_decisions_exactly():
+def test_a_format_1_record_restores_its_policy_and_pending_decisions_exactly(monkeypatch):
     data = (FIXTURES / "state-format1-domain.bin").read_bytes()
+    (n,) = struct.unpack("<I", data[4:8])
+    written = orjson.loads(data[40 : 40 + n])["created"]
+    # The reward comes a minute after the record was written, inside its decisions' windows.
+    monkeypatch.setattr("stream.bandit.time", SimpleNamespace(time=lambda: written + 60.0))
     bandit = Bandit.from_state(data, policy="linucb", update_interval=1, seed=3, feature_dim=8)
     assert bandit._state.baseline.n_learned == 30
     probe = bandit.decide({"country": "de", "basket": 2.0}, ["a", "b", "c"], "probe")

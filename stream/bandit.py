@@ -73,7 +73,7 @@ class Bandit:
             and "baseline_policy" not in overrides
             and not s.enable_rl_advanced
         ):
-            s = load_settings(**overrides, baseline_policy=overrides["policy"])
+            s = s.model_copy(update={"baseline_policy": s.policy})  # validated as RL_POLICY
         self.settings = s
         self.domain = domain
         self.hasher = FeatureHasher(s.feature_dim, seed=s.seed)

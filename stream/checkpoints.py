@@ -17,6 +17,19 @@ from stream.state.snapshot import BASELINE_ROLE
 from stream.state.store import CheckpointStore
 
 
+def _open_to_read(path: Path, keep: int) -> CheckpointStore | str:
+    """The store opened read-only, or what is wrong with it."""
+    try:
+        store = CheckpointStore(path, keep, read_only=True)
+    except CheckpointError as exc:
+        return str(exc)
+    problem = store.damage()
+    if problem is None:
+        return store
+    store.close()
+    return problem
+
+
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     settings = args.load_settings()
     state_dir = Path(args.state_dir or settings.state_dir)
@@ -27,16 +40,11 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         return 1
     # Looking never changes a pod's state: a damaged store is reported and left in place
     # (the service itself moves it aside when it starts).
-    for _look in range(2):  # once more if a service started writing while we looked
-        try:
-            store = CheckpointStore(path, settings.checkpoint_keep, read_only=True)
-            problem = store.damage()
-        except CheckpointError as exc:
-            problem = str(exc)
-        if problem is None or not Path(f"{path}-wal").exists():
-            break
-    if problem is not None:
-        print(f"checkpoint store {path} is damaged: {problem}", file=sys.stderr)
+    store = _open_to_read(path, settings.checkpoint_keep)
+    if isinstance(store, str) and Path(f"{path}-wal").exists():
+        store = _open_to_read(path, settings.checkpoint_keep)  # a service started meanwhile
+    if isinstance(store, str):
+        print(f"checkpoint store {path} is damaged: {store}", file=sys.stderr)
         return 1
     if args.action == "rollback":
         store.close()

@@ -38,7 +38,7 @@ from stream.errors import (
 from stream.kafka.clients import admin_config, check_client_configs
 from stream.kafka.topics import ensure_topics
 from stream.logs import JsonFormatter, setup_logging
-from stream.signals import Later, stop_on_signals
+from stream.signals import stop_on_signals
 
 log = logging.getLogger("stream.cli")
 
@@ -60,14 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings()
     check_client_configs(settings)
-    later = Later()
+    service = Service(settings)  # connects nowhere until it runs
     # From the start: a SIGTERM during start-up exits 0 too.
-    with stop_on_signals(later, settings.shutdown_timeout_s):
-        # A broker's answer first, with the probe's own connection errors unlogged: when
-        # none comes, the one line is the exit-3 error's.
+    with stop_on_signals(service, settings.shutdown_timeout_s):
+        # The probe's own connection errors unlogged: when no broker answers, the one line
+        # is the exit-3 error's.
         ensure_topics(settings, AdminClient(admin_config(settings, log_errors=False)))
-        service = Service(settings)
-        later.bind(service)
         try:
             if args.profile:
                 from stream.observe.profiling import run_profiled

@@ -44,6 +44,16 @@ class NewerFormat(StreamError):
     """State written by a newer bandit-stream than this one reads (a rollback past a
     format change): the service stops rather than restore around it (docs/upgrading.md)."""
 
+    @classmethod
+    def check(cls, found: object, reads: int, what: str, remedy: str = "") -> None:
+        """Raise when ``what`` (e.g. "x is in state format") is at version ``found``, past
+        the ``reads`` this code reads."""
+        if isinstance(found, int) and found > reads:
+            raise cls(
+                f"{what} {found}, newer than this version reads (up to {reads}): run the "
+                f"version that wrote it or a later one{remedy} (docs/upgrading.md)"
+            )
+
 
 class CheckpointError(StreamError):
     """A checkpoint cannot be written or read."""

@@ -19,24 +19,6 @@ class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-class Later:
-    """Stands for a target made later: a stop asked before it exists is passed on."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self.target: Stoppable | None = None
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.target is not None:
-            self.target.stop()
-
-    def bind(self, target: Stoppable) -> None:
-        self.target = target
-        if self.stopped:
-            target.stop()
-
-
 def _overdue(timeout_s: float) -> None:
     # Exiting mid-checkpoint is safe: offsets are committed only after a complete write.
     log.error(

@@ -107,11 +107,15 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+# librdkafka's own lines up to critical only: for a client whose failure the caller reports.
+QUIET = {"log_level": 2}
+
+
 def admin_config(settings: Settings, log_errors: bool = True) -> dict[str, Any]:
     """``log_errors=False``: a probe whose failure the caller reports itself."""
     conf = common_config(settings)
     if not log_errors:
-        conf["log_level"] = 2
+        conf.update(QUIET)
     conf.update(settings.kafka_extra)
     return conf
 
@@ -144,7 +148,7 @@ def check_client_configs(settings: Settings) -> None:
         (Consumer, consumer_config(settings)),
     ):
         try:
-            client = build({**conf, "log_level": 0})  # built to be checked: no connect errors
+            client = build({**conf, **QUIET})  # built to be checked: no connect errors
         except KafkaException as exc:
             err = exc.args[0]
             text = err.str() if isinstance(err, KafkaError) else str(exc)

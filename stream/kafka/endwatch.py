@@ -39,7 +39,8 @@ class EndWatch:
     def __init__(self, settings: Settings, decisions: DecisionLog | None = None) -> None:
         self.contexts_topic = settings.topic_contexts
         self.decisions = decisions
-        self._admin: AdminClient | None = AdminClient(admin_config(settings))
+        self.settings = settings
+        self._admin: AdminClient | None = None  # made by start: constructing connects nowhere
         self._wanted: frozenset[TP] = frozenset()
         self._refreshed = 0.0
         self._answers: dict[TP, tuple[float, int]] = {}
@@ -49,6 +50,7 @@ class EndWatch:
         self._thread = threading.Thread(target=self._run, name="end-watch", daemon=True)
 
     def start(self) -> None:
+        self._admin = AdminClient(admin_config(self.settings))
         self._thread.start()
 
     def stop(self) -> None:

@@ -60,32 +60,24 @@ class Membership:
         """bandit_rebalances_total{event} and bandit_restores_total{source}, counted by
         the rebalance callbacks and the restores, read when Prometheus scrapes."""
         rb, own = self.rebalance, self.ownership
-        events = CounterMetricFamily(
+        yield _counters(
             "bandit_rebalances",
             "Group events of this member: partitions assigned, revoked, lost, and joins "
             "again after a freeze past the session",
-            labels=["event"],
+            "event",
+            assigned=rb.assignments,
+            revoked=rb.revocations,
+            lost=rb.losses,
+            rejoined=self.rejoins,
         )
-        for event, n in (
-            ("assigned", rb.assignments),
-            ("revoked", rb.revocations),
-            ("lost", rb.losses),
-            ("rejoined", self.rejoins),
-        ):
-            events.add_metric([event], n)
-        yield events
-        restores = CounterMetricFamily(
+        yield _counters(
             "bandit_restores",
             "Partitions restored on assignment, by where their state came from",
-            labels=["source"],
+            "source",
+            local=own.restored_from_local,
+            state_topic=own.restored_from_topic,
+            empty=own.restored_empty,
         )
-        for source, n in (
-            ("local", own.restored_from_local),
-            ("state_topic", own.restored_from_topic),
-            ("empty", own.restored_empty),
-        ):
-            restores.add_metric([source], n)
-        yield restores
 
     def start(self, consumer: Consumer, delivery: Delivery) -> None:
         self.consumer, self.delivery = consumer, delivery
@@ -181,3 +173,10 @@ class Membership:
         assert self.consumer is not None
         self.consumer.unsubscribe()
         self._subscribe()
+
+
+def _counters(name: str, doc: str, label: str, **values: int) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in values.items():
+        family.add_metric([value], n)
+    return family

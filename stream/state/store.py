@@ -98,17 +98,19 @@ class CheckpointStore:
             (newest,) = self._db.execute("SELECT max(schema) FROM checkpoint").fetchone()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(f"cannot open checkpoint file {self.path}: {exc}") from exc
-        if isinstance(newest, int) and newest > SCHEMA_VERSION:
-            self._db.close()
+        try:
             self._refuse_newer(newest)
+        except NewerFormat:
+            self._db.close()
+            raise
 
     def _refuse_newer(self, schema: object) -> None:
-        if isinstance(schema, int) and schema > SCHEMA_VERSION:
-            raise NewerFormat(
-                f"checkpoint store {self.path} holds schema {schema}, newer than this version "
-                f"reads (up to {SCHEMA_VERSION}): run the version that wrote it or a later "
-                "one, or start from an empty RL_STATE_DIR (docs/upgrading.md)"
-            )
+        NewerFormat.check(
+            schema,
+            SCHEMA_VERSION,
+            f"checkpoint store {self.path} holds schema",
+            ", or an empty RL_STATE_DIR",
+        )
 
     def close(self) -> None:
         self._db.close()

@@ -277,7 +277,7 @@ def decode_domain(value: bytes, topics: tuple[str, str]) -> DomainRecord:
     try:
         seq = int(h.get("seq", 0))
         schema = h.get("schema")
-        _refuse_newer(schema, f"state record of {h.get('domain')!r}")
+        NewerFormat.check(schema, SCHEMA, f"state record of {h.get('domain')!r} is in state format")
         if schema not in SCHEMAS or h.get("kind") != ("delta" if seq else "domain"):
             raise CorruptCheckpoint(f"state record schema {schema!r} not one of {SCHEMAS}")
         domain, partition = str(h["domain"]), int(h["partition"])
@@ -358,19 +358,13 @@ class Marker:
     heads: dict[str, Head] | None = None
 
 
-def _refuse_newer(schema: Any, what: str) -> None:
-    if isinstance(schema, int) and schema > SCHEMA:
-        raise NewerFormat(
-            f"{what} is in state format {schema}, newer than this version reads (up to "
-            f"{SCHEMA}): run the version that wrote it or a later one (docs/upgrading.md)"
-        )
-
-
 def decode_marker(value: bytes) -> Marker:
     try:
         h = orjson.loads(value)
         if isinstance(h, dict) and h.get("kind") == "partition":
-            _refuse_newer(h.get("schema"), f"partition {h.get('partition')} marker")
+            NewerFormat.check(
+                h.get("schema"), SCHEMA, f"partition {h.get('partition')} marker is in state format"
+            )
         if h.get("kind") != "partition" or h.get("schema") not in SCHEMAS:
             raise CorruptCheckpoint("not a partition marker")
         if h["schema"] > 1 and h.pop("sha256", None) != _marker_digest(h):
